@@ -1,0 +1,32 @@
+# Hearth: `make run` starts everything on embedded defaults; `make test` runs the whole suite on PostgreSQL.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+
+.PHONY: run test venv services lint bench clean migrate
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.txt requirements-dev.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements-dev.txt
+	@touch $@
+
+run: venv
+	@scripts/run.sh
+
+test: venv
+	@scripts/services.sh postgres redis docker haproxy chromium
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: venv
+	$(VENV)/bin/ruff check .
+
+migrate: venv
+	$(PY) manage.py migrate
+
+clean:
+	rm -rf var/static var/artifacts

@@ -1,0 +1,1 @@
+"""Billing: dj-stripe, the billing-event outbox and its providers, reconciliation."""

@@ -1,0 +1,1 @@
+"""Metering: usage events, roll-ups, quotas and entitlements."""

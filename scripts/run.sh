@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# `make run`: prepare the embedded defaults (SQLite under var/, local Redis and Docker) and run every process.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+mkdir -p var
+
+say() { printf '\033[1m[hearth]\033[0m %s\n' "$*"; }
+
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  scripts/services.sh redis docker haproxy
+else
+  missing=()
+  redis-cli ping >/dev/null 2>&1 || missing+=("Redis (apt-get install redis-server; redis-server --daemonize yes)")
+  docker info >/dev/null 2>&1 || missing+=("the Docker engine (apt-get install docker.io; dockerd)")
+  command -v haproxy >/dev/null || missing+=("HAProxy (apt-get install haproxy)")
+  if [ ${#missing[@]} -gt 0 ]; then
+    say "Hearth needs these running; as root on Debian/Ubuntu \`make run\` installs them itself:"
+    printf '  - %s\n' "${missing[@]}"
+    exit 1
+  fi
+fi
+
+say "migrating the database (${DATABASE_URL:-SQLite var/hearth.sqlite3}); the first time takes about a minute"
+.venv/bin/python manage.py migrate --no-input -v0
+.venv/bin/python manage.py collectstatic --no-input -v0
+.venv/bin/python manage.py seed_demo
+say "portal http://localhost:${HEARTH_PORT:-8000}/   admin http://localhost:${HEARTH_PORT:-8000}/admin/   API http://localhost:${HEARTH_PORT:-8000}/api/docs/"
+exec .venv/bin/honcho start -f Procfile

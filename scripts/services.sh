@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# Installs (as root on Debian/Ubuntu) and starts the services Hearth needs: PostgreSQL, Redis, dockerd, HAProxy.
+# Usage: scripts/services.sh [postgres] [redis] [docker] [haproxy] [chromium]   (no argument: all but chromium)
+set -euo pipefail
+
+want=("$@")
+[ ${#want[@]} -gt 0 ] || want=(postgres redis docker haproxy)
+
+log() { printf '[services] %s\n' "$*"; }
+
+apt_updated=
+apt_install() {
+  if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then
+    log "missing: $* — install these packages (Debian/Ubuntu: apt-get install $*) and run again"
+    exit 1
+  fi
+  if [ -z "$apt_updated" ]; then
+    log "apt-get update"
+    apt-get update -qq
+    apt_updated=1
+  fi
+  log "installing $*"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
+
+pg_version() { ls /usr/lib/postgresql 2>/dev/null | sort -n | tail -1; }
+
+start_postgres() {
+  command -v pg_ctlcluster >/dev/null && [ -n "$(pg_version)" ] || apt_install postgresql
+  local v; v=$(pg_version)
+  if ! pg_lsclusters -h 2>/dev/null | grep -q "^$v main"; then
+    pg_createcluster "$v" main >/dev/null
+  fi
+  local hba="/etc/postgresql/$v/main/pg_hba.conf"
+  if ! grep -q "hearth: trust loopback" "$hba"; then
+    # Local test and dev connections without a password; production uses DATABASE_URL with credentials.
+    sed -i '1i # hearth: trust loopback\nhost all all 127.0.0.1/32 trust\nhost all all ::1/128 trust' "$hba"
+    pg_ctlcluster --skip-systemctl-redirect "$v" main reload 2>/dev/null || true
+  fi
+  if ! pg_lsclusters -h | grep -q "^$v main .* online"; then
+    log "starting PostgreSQL $v"
+    pg_ctlcluster --skip-systemctl-redirect "$v" main start
+  fi
+  # A role named after the OS user keeps DATABASE_URL short: postgres://postgres@127.0.0.1/hearth
+  su postgres -c "psql -qtAc \"ALTER ROLE postgres WITH PASSWORD NULL\"" >/dev/null 2>&1 || true
+}
+
+start_redis() {
+  command -v redis-server >/dev/null || apt_install redis-server
+  if ! redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; then
+    log "starting Redis"
+    redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save '' --appendonly no >/dev/null
+    for _ in $(seq 50); do redis-cli -h 127.0.0.1 ping >/dev/null 2>&1 && break; sleep 0.1; done
+  fi
+}
+
+start_docker() {
+  command -v dockerd >/dev/null || apt_install docker.io
+  if ! docker info >/dev/null 2>&1; then
+    log "starting dockerd"
+    mkdir -p /var/log
+    nohup dockerd >/var/log/hearth-dockerd.log 2>&1 &
+    for _ in $(seq 100); do docker info >/dev/null 2>&1 && break; sleep 0.2; done
+    docker info >/dev/null 2>&1 || { log "dockerd did not start; see /var/log/hearth-dockerd.log"; exit 1; }
+  fi
+}
+
+install_haproxy() { command -v haproxy >/dev/null || apt_install haproxy; }
+install_chromium() { command -v chromium >/dev/null || apt_install chromium chromium-driver fonts-liberation; }
+
+for s in "${want[@]}"; do
+  case "$s" in
+    postgres) start_postgres ;;
+    redis) start_redis ;;
+    docker) start_docker ;;
+    haproxy) install_haproxy ;;
+    chromium) install_chromium ;;
+    *) log "unknown service $s"; exit 2 ;;
+  esac
+done

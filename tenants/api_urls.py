@@ -1,0 +1,2 @@
+"""REST API v1 routes (every app's API lives under /api/v1/)."""
+urlpatterns = []

@@ -1,0 +1,25 @@
+"""API authentication by personal token; kept apart from the views so DRF's settings can import it early."""
+from rest_framework import exceptions
+from rest_framework.authentication import BaseAuthentication, get_authorization_header
+
+from tenants.services import api_token_authenticate
+
+
+class ApiTokenAuthentication(BaseAuthentication):
+    """`Authorization: Bearer hth_…` — a personal token that acts for one member of one tenant."""
+
+    keyword = b"bearer"
+
+    def authenticate(self, request):
+        parts = get_authorization_header(request).split()
+        if not parts or parts[0].lower() != self.keyword:
+            return None
+        if len(parts) != 2:
+            raise exceptions.AuthenticationFailed("Send the token as 'Authorization: Bearer <token>'.")
+        token = api_token_authenticate(parts[1].decode(errors="replace"))
+        if token is None:
+            raise exceptions.AuthenticationFailed("Invalid or revoked API token.")
+        return token.membership.user, token
+
+    def authenticate_header(self, request):
+        return 'Bearer realm="api"'

@@ -1,0 +1,458 @@
+"""Writes of the tenants app: onboarding, members, invitations, plans, suspension, offboarding, API tokens."""
+import hashlib
+import io
+import json
+import logging
+import secrets
+import shutil
+import tarfile
+from datetime import timedelta
+from pathlib import Path
+
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+from django.utils.text import slugify
+
+from tenants import offboarding
+from tenants.audit import audit_record
+from tenants.events import event_emit
+from tenants.exceptions import Conflict, Forbidden, NotFound, ServiceError
+from tenants.models import ApiToken, AuditLog, Invitation, Membership, Plan, Role, Tenant, TenantExport
+
+log = logging.getLogger(__name__)
+User = get_user_model()
+
+RESERVED_SLUGS = {"admin", "api", "www", "static", "media", "portal", "accounts", "gateway", "healthz", "hearth"}
+
+
+def hash_secret(value):
+    return hashlib.sha256(value.encode()).hexdigest()
+
+
+def tenant_storage_path(slug):
+    return Path(settings.STORAGE_ROOT) / "tenants" / slug
+
+
+# --- onboarding ----------------------------------------------------------------------------------
+
+
+def _unique_slug(name):
+    base = slugify(name)[:40].strip("-") or "tenant"
+    if base in RESERVED_SLUGS:
+        base = f"{base}-org"
+    slug, n = base, 1
+    while Tenant.objects.filter(slug=slug).exists():
+        n += 1
+        slug = f"{base}-{n}"
+    return slug
+
+
+def _plan_by_slug(slug):
+    try:
+        return Plan.objects.get(slug=slug)
+    except Plan.DoesNotExist:
+        known = ", ".join(Plan.objects.values_list("slug", flat=True))
+        raise ServiceError(f"Unknown plan '{slug}'. Known plans: {known}.", code="unknown_plan", field="plan") from None
+
+
+def tenant_onboard(*, name, owner, plan="free", slug=None, synthetic=False, actor=None):
+    """Create a tenant with `owner` (a User) as its owner, its storage directory, audit row and event."""
+    name = (name or "").strip()
+    if not name:
+        raise ServiceError("A tenant needs a name.", field="name")
+    plan_obj = plan if isinstance(plan, Plan) else _plan_by_slug(plan)
+    if slug is not None:
+        if slug != slugify(slug) or not slug or slug in RESERVED_SLUGS:
+            raise ServiceError(f"'{slug}' is not a usable tenant slug: use lower-case letters, digits and dashes.",
+                               field="slug")
+        if Tenant.objects.filter(slug=slug).exists():
+            raise Conflict(f"The tenant slug '{slug}' is taken.", code="duplicate_slug", field="slug")
+    try:
+        with transaction.atomic():
+            tenant = Tenant.objects.create(
+                slug=slug or _unique_slug(name), name=name, plan=plan_obj, synthetic=synthetic
+            )
+            Membership.objects.create(tenant=tenant, user=owner, role=Role.OWNER)
+            audit_record(tenant=tenant, actor=actor or owner, action="tenant.onboarded", target=tenant.slug,
+                         data={"plan": plan_obj.slug, "owner": owner.email, "synthetic": synthetic})
+            event_emit(type="tenant.onboarded", tenant=tenant,
+                       payload={"tenant": tenant.slug, "owner": owner.email, "plan": plan_obj.slug})
+    except IntegrityError:
+        raise Conflict(f"The tenant slug '{slug or name}' is taken.", code="duplicate_slug", field="slug") from None
+    tenant_storage_path(tenant.slug).mkdir(parents=True, exist_ok=True)
+    return tenant
+
+
+def user_get_or_create(*, email, password=None):
+    email = User.objects.normalize_email(email or "").strip().lower()
+    if "@" not in email:
+        raise ServiceError(f"'{email}' is not an email address.", field="email")
+    user = User.objects.filter(email__iexact=email).first()
+    if user is None:
+        user = User.objects.create_user(email=email, password=password)
+        if password is None:
+            user.set_unusable_password()
+            user.save(update_fields=["password"])
+    return user
+
+
+# --- permissions ---------------------------------------------------------------------------------
+
+
+def membership_for(*, tenant, user):
+    if user is None or not getattr(user, "pk", None):
+        return None
+    return Membership.objects.filter(tenant=tenant, user=user).first()
+
+
+def _require_manager(*, tenant, actor):
+    """Owners and admins manage members; staff act through the control plane."""
+    if actor is not None and getattr(actor, "is_staff", False) and not Membership.objects.filter(
+        tenant=tenant, user=actor
+    ).exists():
+        return None
+    membership = membership_for(tenant=tenant, user=actor)
+    if membership is None:
+        raise NotFound("No such tenant.")
+    if not membership.can_manage_members:
+        raise Forbidden("Only the tenant's owners and admins can manage members.")
+    return membership
+
+
+def _require_owner(*, tenant, actor):
+    if actor is not None and getattr(actor, "is_staff", False) and not Membership.objects.filter(
+        tenant=tenant, user=actor
+    ).exists():
+        return None
+    membership = membership_for(tenant=tenant, user=actor)
+    if membership is None:
+        raise NotFound("No such tenant.")
+    if membership.role != Role.OWNER:
+        raise Forbidden("Only the tenant's owners can do this.")
+    return membership
+
+
+def _require_active(tenant):
+    if tenant.status != Tenant.Status.ACTIVE:
+        raise Forbidden(f"The tenant is {tenant.status}.", code=f"tenant_{tenant.status}")
+
+
+# --- seats ---------------------------------------------------------------------------------------
+
+
+def seats_used(tenant):
+    pending = Invitation.objects.filter(
+        tenant=tenant, accepted_at__isnull=True, revoked_at__isnull=True, expires_at__gt=timezone.now()
+    ).count()
+    return tenant.memberships.count() + pending
+
+
+def _check_seat_available(tenant, *, counting_pending=True):
+    limit = tenant.plan.seats
+    if limit is None:
+        return
+    used = seats_used(tenant) if counting_pending else tenant.memberships.count()
+    if used >= limit:
+        raise Conflict(
+            f"The {tenant.plan.name} plan includes {limit} seat{'s' if limit != 1 else ''} and all are taken "
+            f"(members and pending invitations). Remove a member, revoke an invitation or upgrade the plan.",
+            code="seat_limit",
+        )
+
+
+# --- invitations and members ---------------------------------------------------------------------
+
+
+def member_invite(*, tenant, email, role=Role.MEMBER, actor):
+    """Invite an address; returns (invitation, token). The token is shown once and stored hashed."""
+    inviter = _require_manager(tenant=tenant, actor=actor)
+    _require_active(tenant)
+    email = (email or "").strip().lower()
+    if "@" not in email or len(email) > 254:
+        raise ServiceError(f"'{email}' is not an email address.", field="email")
+    if role not in Role.values:
+        raise ServiceError(f"Unknown role '{role}'. Roles: {', '.join(Role.values)}.", field="role")
+    if role == Role.OWNER and inviter is not None and inviter.role != Role.OWNER:
+        raise Forbidden("Only owners can invite owners.")
+    token = secrets.token_urlsafe(32)
+    with transaction.atomic():
+        Tenant.objects.select_for_update().get(pk=tenant.pk)  # serialise seat counting per tenant
+        if Membership.objects.filter(tenant=tenant, user__email__iexact=email).exists():
+            raise Conflict(f"{email} is already a member of {tenant.name}.", code="already_member", field="email")
+        if Invitation.objects.filter(
+            tenant=tenant, email__iexact=email, accepted_at__isnull=True, revoked_at__isnull=True
+        ).exists():
+            raise Conflict(f"{email} already has a pending invitation.", code="already_invited", field="email")
+        _check_seat_available(tenant)
+        invitation = Invitation.objects.create(
+            tenant=tenant,
+            email=email,
+            role=role,
+            token_hash=hash_secret(token),
+            invited_by=actor if getattr(actor, "pk", None) else None,
+            expires_at=timezone.now() + settings.INVITATION_TTL,
+        )
+        audit_record(tenant=tenant, actor=actor, action="member.invited", target=email, data={"role": role})
+        event_emit(type="member.invited", tenant=tenant,
+                   payload={"email": email, "role": role, "invitation": invitation.pk})
+    return invitation, token
+
+
+def invitation_revoke(*, invitation, actor):
+    _require_manager(tenant=invitation.tenant, actor=actor)
+    with transaction.atomic():
+        invitation = Invitation.objects.select_for_update().get(pk=invitation.pk)
+        if not invitation.is_pending:
+            raise Conflict("This invitation was already used or revoked.", code="invitation_closed")
+        invitation.revoked_at = timezone.now()
+        invitation.save(update_fields=["revoked_at"])
+        audit_record(tenant=invitation.tenant, actor=actor, action="member.invitation_revoked",
+                     target=invitation.email)
+    return invitation
+
+
+def invitation_by_token(token):
+    invitation = Invitation.objects.select_related("tenant").filter(token_hash=hash_secret(token or "")).first()
+    if invitation is None:
+        raise NotFound("This invitation link is not valid.", code="invitation_invalid")
+    return invitation
+
+
+def invitation_accept(*, token, user):
+    """Join the inviting tenant. The token is single-use and expires."""
+    invitation = invitation_by_token(token)
+    with transaction.atomic():
+        invitation = Invitation.objects.select_for_update().select_related("tenant__plan").get(pk=invitation.pk)
+        tenant = invitation.tenant
+        if invitation.accepted_at is not None:
+            raise Conflict("This invitation has already been used.", code="invitation_used")
+        if invitation.revoked_at is not None:
+            raise Conflict("This invitation was revoked.", code="invitation_revoked")
+        if invitation.expires_at <= timezone.now():
+            raise Conflict("This invitation has expired; ask for a new one.", code="invitation_expired")
+        if user.email.lower() != invitation.email.lower():
+            raise Forbidden(f"This invitation is for {invitation.email}; you are signed in as {user.email}.",
+                            code="invitation_other_email")
+        _require_active(tenant)
+        if Membership.objects.filter(tenant=tenant, user=user).exists():
+            raise Conflict(f"You are already a member of {tenant.name}.", code="already_member")
+        membership = Membership.objects.create(tenant=tenant, user=user, role=invitation.role)
+        invitation.accepted_at = timezone.now()
+        invitation.accepted_by = user
+        invitation.save(update_fields=["accepted_at", "accepted_by"])
+        audit_record(tenant=tenant, actor=user, action="member.joined", target=user.email,
+                     data={"role": invitation.role, "invitation": invitation.pk})
+        event_emit(type="member.joined", tenant=tenant, payload={"email": user.email, "role": invitation.role})
+    return membership
+
+
+def _lock_memberships(tenant):
+    return list(Membership.objects.filter(tenant=tenant).order_by("pk").select_for_update())
+
+
+def member_set_role(*, membership, role, actor):
+    tenant = membership.tenant
+    acting = _require_manager(tenant=tenant, actor=actor)
+    if role not in Role.values:
+        raise ServiceError(f"Unknown role '{role}'. Roles: {', '.join(Role.values)}.", field="role")
+    with transaction.atomic():
+        locked = {m.pk: m for m in _lock_memberships(tenant)}
+        target = locked.get(membership.pk)
+        if target is None:
+            raise NotFound("No such member.")
+        if acting is not None and acting.role != Role.OWNER and Role.OWNER in (role, target.role):
+            raise Forbidden("Only owners can make or unmake owners.")
+        if target.role == role:
+            return target
+        if target.role == Role.OWNER and sum(m.role == Role.OWNER for m in locked.values()) == 1:
+            raise Conflict("A tenant needs at least one owner: make someone else an owner first.", code="last_owner")
+        old = target.role
+        target.role = role
+        target.save(update_fields=["role"])
+        audit_record(tenant=tenant, actor=actor, action="member.role_changed", target=target.user.email,
+                     data={"from": old, "to": role})
+    return target
+
+
+def member_remove(*, membership, actor):
+    tenant = membership.tenant
+    leaving_self = getattr(actor, "pk", None) == membership.user_id
+    acting = None if leaving_self else _require_manager(tenant=tenant, actor=actor)
+    with transaction.atomic():
+        locked = {m.pk: m for m in _lock_memberships(tenant)}
+        target = locked.get(membership.pk)
+        if target is None:
+            raise NotFound("No such member.")
+        if acting is not None and acting.role != Role.OWNER and target.role == Role.OWNER:
+            raise Forbidden("Only owners can remove owners.")
+        if target.role == Role.OWNER and sum(m.role == Role.OWNER for m in locked.values()) == 1:
+            raise Conflict("The last owner cannot be removed: make someone else an owner first.", code="last_owner")
+        email = target.user.email
+        target.delete()
+        audit_record(tenant=tenant, actor=actor, action="member.removed", target=email, data={"role": target.role})
+        event_emit(type="member.removed", tenant=tenant, payload={"email": email, "user": membership.user_id})
+
+
+# --- plan and status -----------------------------------------------------------------------------
+
+
+def tenant_change_plan(*, tenant, plan, actor):
+    _require_owner(tenant=tenant, actor=actor)
+    plan_obj = plan if isinstance(plan, Plan) else _plan_by_slug(plan)
+    with transaction.atomic():
+        tenant = Tenant.objects.select_for_update().get(pk=tenant.pk)
+        if tenant.status == Tenant.Status.OFFBOARDED:
+            raise Forbidden("The tenant is offboarded.", code="tenant_offboarded")
+        if tenant.plan_id == plan_obj.pk:
+            return tenant
+        if plan_obj.seats is not None and tenant.memberships.count() > plan_obj.seats:
+            raise Conflict(
+                f"The {plan_obj.name} plan includes {plan_obj.seats} seats and {tenant.name} has "
+                f"{tenant.memberships.count()} members: remove members first.",
+                code="seat_limit",
+            )
+        old = tenant.plan
+        tenant.plan = plan_obj
+        tenant.save(update_fields=["plan"])
+        audit_record(tenant=tenant, actor=actor, action="tenant.plan_changed", target=tenant.slug,
+                     data={"from": old.slug, "to": plan_obj.slug})
+        event_emit(type="tenant.plan_changed", tenant=tenant, payload={"from": old.slug, "to": plan_obj.slug})
+    return tenant
+
+
+def _set_status(*, tenant, status, actor, action, reason=""):
+    with transaction.atomic():
+        tenant = Tenant.objects.select_for_update().get(pk=tenant.pk)
+        if tenant.status == Tenant.Status.OFFBOARDED:
+            raise Forbidden("The tenant is offboarded.", code="tenant_offboarded")
+        if tenant.status == status:
+            return tenant
+        old = tenant.status
+        tenant.status = status
+        tenant.save(update_fields=["status"])
+        audit_record(tenant=tenant, actor=actor, action=action, target=tenant.slug,
+                     data={"from": old, "to": status, "reason": reason})
+        event_emit(type=action, tenant=tenant, payload={"reason": reason})
+    return tenant
+
+
+def tenant_suspend(*, tenant, actor, reason=""):
+    """Suspend: members can still log in and read, but no workspace opens and running sessions end."""
+    tenant = _set_status(tenant=tenant, status=Tenant.Status.SUSPENDED, actor=actor, action="tenant.suspended",
+                         reason=reason)
+    offboarding.run_suspend_hooks(tenant)
+    return tenant
+
+
+def tenant_resume(*, tenant, actor):
+    return _set_status(tenant=tenant, status=Tenant.Status.ACTIVE, actor=actor, action="tenant.resumed")
+
+
+def tenant_offboard(*, tenant, actor):
+    """Export the tenant's data to an archive its owners can download, then delete the tenant.
+
+    The audit trail stays (its rows keep the tenant's slug). Returns the TenantExport.
+    """
+    _require_owner(tenant=tenant, actor=actor)
+    tenant = _set_status(tenant=tenant, status=Tenant.Status.SUSPENDED, actor=actor, action="tenant.suspended",
+                         reason="offboarding")
+    offboarding.run_suspend_hooks(tenant)
+    owners = [m.user for m in tenant.memberships.select_related("user").filter(role=Role.OWNER)]
+    archive = _export_archive(tenant)
+    with transaction.atomic():
+        export = TenantExport.objects.create(tenant_slug=tenant.slug, path=str(archive),
+                                             size_bytes=archive.stat().st_size)
+        export.owners.set(owners)
+        audit_record(tenant=tenant, actor=actor, action="tenant.offboarded", target=tenant.slug,
+                     data={"export": export.pk, "bytes": export.size_bytes})
+        event_emit(type="tenant.offboarded", tenant=None, payload={"tenant": tenant.slug, "export": export.pk})
+        offboarding.run_teardown_hooks(tenant)
+        tenant.delete()
+    shutil.rmtree(tenant_storage_path(tenant.slug), ignore_errors=True)
+    return export
+
+
+def _export_archive(tenant):
+    """A .tar.gz with the tenant's records as JSON and its storage directory."""
+    export_root = Path(settings.EXPORT_ROOT)
+    export_root.mkdir(parents=True, exist_ok=True)
+    path = export_root / f"{tenant.slug}-{timezone.now():%Y%m%dT%H%M%S}-{secrets.token_hex(4)}.tar.gz"
+    records = {
+        "tenant": {"slug": tenant.slug, "name": tenant.name, "plan": tenant.plan.slug,
+                   "created_at": tenant.created_at.isoformat(), "synthetic": tenant.synthetic},
+        "members": [{"email": m.user.email, "role": m.role, "since": m.created_at.isoformat()}
+                    for m in tenant.memberships.select_related("user")],
+        "invitations": [{"email": i.email, "role": i.role, "created_at": i.created_at.isoformat(),
+                         "accepted_at": i.accepted_at.isoformat() if i.accepted_at else None}
+                        for i in tenant.invitations.all()],
+        "audit_log": [{"at": a.created_at.isoformat(), "actor": a.actor_label, "action": a.action,
+                       "target": a.target, "data": a.data}
+                      for a in AuditLog.objects.filter(tenant=tenant).order_by("created_at", "pk")],
+        **offboarding.run_exporters(tenant),
+    }
+    tmp = path.with_suffix(".part")
+    with tarfile.open(tmp, "w:gz") as tar:
+        data = json.dumps(records, indent=2, default=str).encode()
+        info = tarfile.TarInfo(f"{tenant.slug}/tenant.json")
+        info.size = len(data)
+        info.mtime = int(timezone.now().timestamp())
+        tar.addfile(info, io.BytesIO(data))
+        storage = tenant_storage_path(tenant.slug)
+        if storage.exists():
+            tar.add(storage, arcname=f"{tenant.slug}/storage")
+    tmp.rename(path)
+    return path
+
+
+# --- API tokens ----------------------------------------------------------------------------------
+
+TOKEN_PREFIX = "hth_"
+
+
+def api_token_create(*, membership, name, actor):
+    """Create a personal token for one membership; returns (ApiToken, plaintext shown once)."""
+    if getattr(actor, "pk", None) != membership.user_id and not getattr(actor, "is_staff", False):
+        raise Forbidden("A personal API token can only be created by its owner.")
+    name = (name or "").strip()[:80] or "API token"
+    secret = secrets.token_urlsafe(32)
+    prefix = secrets.token_hex(4)
+    plaintext = f"{TOKEN_PREFIX}{prefix}_{secret}"
+    with transaction.atomic():
+        token = ApiToken.objects.create(membership=membership, name=name, prefix=prefix,
+                                        token_hash=hash_secret(plaintext))
+        audit_record(tenant=membership.tenant, actor=actor, action="api_token.created",
+                     target=f"{membership.user.email}:{prefix}", data={"name": name})
+    return token, plaintext
+
+
+def api_token_revoke(*, token, actor):
+    membership = token.membership
+    if getattr(actor, "pk", None) != membership.user_id:
+        _require_manager(tenant=membership.tenant, actor=actor)
+    with transaction.atomic():
+        token = ApiToken.objects.select_for_update().get(pk=token.pk)
+        if token.revoked_at is None:
+            token.revoked_at = timezone.now()
+            token.save(update_fields=["revoked_at"])
+            audit_record(tenant=membership.tenant, actor=actor, action="api_token.revoked",
+                         target=f"{membership.user.email}:{token.prefix}")
+    return token
+
+
+def api_token_authenticate(plaintext):
+    """The token's membership if the token is valid and its tenant not offboarded, else None."""
+    if not plaintext or not plaintext.startswith(TOKEN_PREFIX):
+        return None
+    token = (
+        ApiToken.objects.select_related("membership__tenant__plan", "membership__user")
+        .filter(token_hash=hash_secret(plaintext), revoked_at__isnull=True)
+        .first()
+    )
+    if token is None or not token.membership.user.is_active:
+        return None
+    now = timezone.now()
+    if token.last_used_at is None or now - token.last_used_at > timedelta(minutes=1):
+        ApiToken.objects.filter(pk=token.pk).update(last_used_at=now)
+    return token

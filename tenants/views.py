@@ -1,0 +1,8 @@
+"""Portal views of the tenants app."""
+from django.contrib.auth.decorators import login_required
+from django.shortcuts import render
+
+
+@login_required
+def dashboard(request):
+    return render(request, "portal/dashboard.html")

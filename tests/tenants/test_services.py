@@ -1,0 +1,198 @@
+"""tenants.services: onboarding, invitations, members, plans, status, offboarding, tokens."""
+import tarfile
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+from tenants import services
+from tenants.events import outbox_drain
+from tenants.exceptions import Conflict, Forbidden, NotFound, ServiceError
+from tenants.models import AuditLog, Invitation, Membership, OutboxEvent, Tenant, TenantExport
+from tests.factories import MembershipFactory, TenantFactory, UserFactory
+
+pytestmark = pytest.mark.django_db
+
+
+def test_onboard_creates_tenant_owner_storage_audit_and_event(settings):
+    owner = UserFactory(email="ada@example.test")
+    tenant = services.tenant_onboard(name="Analytical Engines", owner=owner, plan="pro")
+    assert tenant.slug == "analytical-engines"
+    assert tenant.plan.slug == "pro"
+    assert Membership.objects.get(tenant=tenant, user=owner).role == "owner"
+    assert (settings.STORAGE_ROOT / "tenants" / tenant.slug).is_dir()
+    assert AuditLog.objects.filter(tenant=tenant, action="tenant.onboarded").count() == 1
+    event = OutboxEvent.objects.get(type="tenant.onboarded", tenant=tenant)
+    assert event.payload["owner"] == "ada@example.test"
+
+
+def test_onboard_duplicate_slug_is_a_conflict_and_writes_nothing():
+    TenantFactory(slug="acme", name="Acme")
+    before = (Tenant.objects.count(), AuditLog.objects.count())
+    with pytest.raises(Conflict, match="taken"):
+        services.tenant_onboard(name="Acme", slug="acme", owner=UserFactory())
+    assert (Tenant.objects.count(), AuditLog.objects.count()) == before
+
+
+def test_onboard_same_name_gets_a_fresh_slug():
+    a = services.tenant_onboard(name="Acme", owner=UserFactory())
+    b = services.tenant_onboard(name="Acme", owner=UserFactory())
+    assert a.slug != b.slug
+
+
+def test_onboard_unknown_plan_names_the_known_ones():
+    with pytest.raises(ServiceError, match="Unknown plan 'gold'.*free"):
+        services.tenant_onboard(name="X", owner=UserFactory(), plan="gold")
+
+
+def test_invite_and_accept():
+    owner = MembershipFactory(role="owner").user
+    tenant = owner.memberships.get().tenant
+    invitation, token = services.member_invite(tenant=tenant, email="Bob@Example.test", actor=owner)
+    assert invitation.email == "bob@example.test"
+    assert token not in invitation.token_hash
+    bob = UserFactory(email="bob@example.test")
+    membership = services.invitation_accept(token=token, user=bob)
+    assert membership.role == "member"
+    with pytest.raises(Conflict, match="already been used"):
+        services.invitation_accept(token=token, user=bob)
+
+
+def test_invitation_expired():
+    owner = MembershipFactory(role="owner").user
+    tenant = owner.memberships.get().tenant
+    invitation, token = services.member_invite(tenant=tenant, email="c@example.test", actor=owner)
+    Invitation.objects.filter(pk=invitation.pk).update(expires_at=timezone.now() - timedelta(seconds=1))
+    with pytest.raises(Conflict, match="expired"):
+        services.invitation_accept(token=token, user=UserFactory(email="c@example.test"))
+    assert not Membership.objects.filter(user__email="c@example.test").exists()
+
+
+def test_invitation_bad_token_is_not_found():
+    with pytest.raises(NotFound):
+        services.invitation_accept(token="nope", user=UserFactory())
+
+
+def test_inviting_an_existing_member_is_refused():
+    owner = MembershipFactory(role="owner").user
+    tenant = owner.memberships.get().tenant
+    with pytest.raises(Conflict, match="already a member"):
+        services.member_invite(tenant=tenant, email=owner.email.upper(), actor=owner)
+
+
+def test_seat_limit_counts_members_and_pending_invitations():
+    owner = MembershipFactory(role="owner", tenant=TenantFactory()).user  # team plan: 3 seats
+    tenant = owner.memberships.get().tenant
+    services.member_invite(tenant=tenant, email="a@example.test", actor=owner)
+    services.member_invite(tenant=tenant, email="b@example.test", actor=owner)
+    with pytest.raises(Conflict, match="3 seats") as exc:
+        services.member_invite(tenant=tenant, email="c@example.test", actor=owner)
+    assert exc.value.code == "seat_limit"
+    assert tenant.invitations.count() == 2
+
+
+def test_member_cannot_invite():
+    membership = MembershipFactory(role="member")
+    with pytest.raises(Forbidden):
+        services.member_invite(tenant=membership.tenant, email="x@example.test", actor=membership.user)
+
+
+def test_outsider_gets_not_found():
+    tenant = TenantFactory()
+    with pytest.raises(NotFound):
+        services.member_invite(tenant=tenant, email="x@example.test", actor=UserFactory())
+
+
+def test_last_owner_cannot_be_removed_or_demoted():
+    owner_m = MembershipFactory(role="owner")
+    with pytest.raises(Conflict, match="last owner"):
+        services.member_remove(membership=owner_m, actor=owner_m.user)
+    with pytest.raises(Conflict, match="at least one owner"):
+        services.member_set_role(membership=owner_m, role="member", actor=owner_m.user)
+    assert Membership.objects.get(pk=owner_m.pk).role == "owner"
+
+
+def test_admin_cannot_touch_owners():
+    owner_m = MembershipFactory(role="owner")
+    admin_m = MembershipFactory(role="admin", tenant=owner_m.tenant)
+    with pytest.raises(Forbidden):
+        services.member_remove(membership=owner_m, actor=admin_m.user)
+    with pytest.raises(Forbidden):
+        services.member_set_role(membership=admin_m, role="owner", actor=admin_m.user)
+
+
+def test_change_plan_audited_and_seat_checked():
+    owner_m = MembershipFactory(role="owner")
+    MembershipFactory(tenant=owner_m.tenant)
+    with pytest.raises(Conflict, match="seats"):
+        services.tenant_change_plan(tenant=owner_m.tenant, plan="pro", actor=owner_m.user)
+    tenant = services.tenant_change_plan(tenant=owner_m.tenant, plan="enterprise", actor=owner_m.user)
+    assert tenant.plan.slug == "enterprise"
+    assert AuditLog.objects.filter(tenant=tenant, action="tenant.plan_changed", data__to="enterprise").exists()
+
+
+def test_suspend_resume():
+    staff = UserFactory(is_staff=True)
+    tenant = TenantFactory()
+    services.tenant_suspend(tenant=tenant, actor=staff, reason="unpaid")
+    tenant.refresh_from_db()
+    assert tenant.status == "suspended"
+    services.tenant_resume(tenant=tenant, actor=staff)
+    tenant.refresh_from_db()
+    assert tenant.status == "active"
+    assert list(AuditLog.objects.filter(tenant=tenant).values_list("action", flat=True)) == [
+        "tenant.resumed", "tenant.suspended"]
+
+
+def test_offboard_exports_then_deletes_and_keeps_audit(settings):
+    owner = UserFactory()
+    tenant = services.tenant_onboard(name="Gone Soon", owner=owner)
+    (settings.STORAGE_ROOT / "tenants" / tenant.slug / "hello.txt").write_text("hi")
+    export = services.tenant_offboard(tenant=tenant, actor=owner)
+    assert not Tenant.objects.filter(slug="gone-soon").exists()
+    assert not (settings.STORAGE_ROOT / "tenants" / "gone-soon").exists()
+    assert list(TenantExport.objects.get(pk=export.pk).owners.all()) == [owner]
+    with tarfile.open(export.path) as tar:
+        names = tar.getnames()
+        assert "gone-soon/tenant.json" in names
+        assert tar.extractfile("gone-soon/storage/hello.txt").read() == b"hi"
+    assert AuditLog.objects.filter(tenant_slug="gone-soon", action="tenant.offboarded").exists()
+
+
+def test_api_token_hashed_and_revocable():
+    membership = MembershipFactory()
+    token, plaintext = services.api_token_create(membership=membership, name="ci", actor=membership.user)
+    assert plaintext not in token.token_hash
+    assert services.api_token_authenticate(plaintext).pk == token.pk
+    services.api_token_revoke(token=token, actor=membership.user)
+    assert services.api_token_authenticate(plaintext) is None
+
+
+def test_outbox_delivers_each_consumer_once_and_retries_failures():
+    from tenants import events
+
+    seen, fail = [], {"on": True}
+
+    @events.consumer("test.thing", name="ok")
+    def ok(event):
+        seen.append(("ok", event.id))
+
+    @events.consumer("test.thing", name="flaky")
+    def flaky(event):
+        if fail["on"]:
+            raise RuntimeError("provider down")
+        seen.append(("flaky", event.id))
+
+    try:
+        from django.db import transaction
+
+        with transaction.atomic():
+            event = events.event_emit(type="test.thing", payload={})
+        assert outbox_drain() == 0
+        event.refresh_from_db()
+        assert event.dispatched_at is None and "provider down" in event.last_error
+        fail["on"] = False
+        assert outbox_drain(now=timezone.now() + timedelta(minutes=1)) == 1
+        assert seen == [("ok", event.id), ("flaky", event.id)]
+    finally:
+        events._consumers["test.thing"].clear()

@@ -1,0 +1,1 @@
+"""Workspaces: templates, workspaces, nodes, containers, sessions; the runtime, the pool, the gateway."""
