@@ -1,1 +1,190 @@
-"""Workspaces: templates, workspaces, nodes, containers, sessions; the runtime, the pool, the gateway."""
+"""Workspaces: templates, users' workspaces, Docker nodes, pool containers and the sessions that hold them."""
+import secrets
+import string
+import uuid
+
+from django.conf import settings
+from django.db import models
+
+from tenants.models import Tenant
+
+HOST_KEY_ALPHABET = string.ascii_lowercase + string.digits
+
+
+def host_key_new():
+    """A random lower-case DNS label starting with a letter (12 chars, ~61 bits)."""
+    return secrets.choice(string.ascii_lowercase) + "".join(secrets.choice(HOST_KEY_ALPHABET) for _ in range(11))
+
+
+class WorkspaceTemplate(models.Model):
+    """What a workspace runs: an image, its port and resources, and the warm pool kept for it."""
+
+    slug = models.SlugField(unique=True, max_length=40)
+    name = models.CharField(max_length=80)
+    description = models.CharField(max_length=240, blank=True)
+    image = models.CharField(max_length=200)
+    internal_port = models.PositiveIntegerField(default=8080)
+    cpus = models.DecimalField(max_digits=5, decimal_places=2, default=1)
+    memory_mb = models.PositiveIntegerField(default=1024)
+    pids_limit = models.PositiveIntegerField(default=256)
+    idle_timeout_minutes = models.PositiveIntegerField(default=30)
+    warm_target = models.PositiveSmallIntegerField(default=2, help_text="WARM containers kept per node.")
+    max_containers = models.PositiveIntegerField(default=50, help_text="All containers of this template, all nodes.")
+    environment = models.JSONField(default=dict, blank=True, help_text="Extra environment variables (str → str).")
+    enabled = models.BooleanField(default=True)
+    pool_paused = models.BooleanField(default=False, help_text="No claims and no refills while paused.")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["slug"]
+
+    def __str__(self):
+        return self.slug
+
+
+class Workspace(models.Model):
+    """A user's persistent project: its files live on the host and are bound into a container per session."""
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="workspaces")
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="workspaces")
+    template = models.ForeignKey(WorkspaceTemplate, on_delete=models.PROTECT, related_name="workspaces")
+    name = models.CharField(max_length=80)
+    # The gateway host is <host_key>.<GATEWAY_HOST>; stable for the workspace's life.
+    host_key = models.CharField(max_length=63, unique=True, default=host_key_new)
+    storage_path = models.CharField(max_length=500, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    deleted_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-pk"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["tenant", "owner", "name"],
+                condition=models.Q(deleted_at__isnull=True),
+                name="workspace_unique_name_per_owner",
+            )
+        ]
+        indexes = [models.Index(fields=["tenant", "owner"], name="workspace_tenant_owner_idx")]
+
+    def __str__(self):
+        return f"{self.name} ({self.tenant_id}/{self.owner_id})"
+
+
+class Node(models.Model):
+    """One Docker engine that runs workspace containers."""
+
+    name = models.SlugField(unique=True, max_length=60)
+    engine_url = models.CharField(max_length=300, help_text="unix:///var/run/docker.sock or tcp://host:2376")
+    cpus = models.DecimalField(max_digits=6, decimal_places=2, default=2)
+    memory_mb = models.PositiveIntegerField(default=4096)
+    max_containers = models.PositiveIntegerField(default=40)
+    enabled = models.BooleanField(default=True)
+    draining = models.BooleanField(default=False, help_text="No new containers; running sessions were ended.")
+    last_seen_at = models.DateTimeField(null=True, blank=True)
+    last_error = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self):
+        return self.name
+
+
+class Container(models.Model):
+    """A pool member. Rows are kept after removal (state REMOVED) so sessions keep their history."""
+
+    class State(models.TextChoices):
+        PROVISIONING = "provisioning"
+        WARM = "warm"
+        CLAIMED = "claimed"
+        RELEASING = "releasing"
+        REMOVED = "removed"
+        FAILED = "failed"
+        LOST = "lost"
+
+    # States that hold (or may hold) an engine container and count against capacity.
+    ACTIVE_STATES = (State.PROVISIONING, State.WARM, State.CLAIMED, State.RELEASING)
+
+    node = models.ForeignKey(Node, on_delete=models.PROTECT, related_name="containers")
+    template = models.ForeignKey(WorkspaceTemplate, on_delete=models.PROTECT, related_name="containers")
+    state = models.CharField(max_length=16, choices=State.choices, default=State.PROVISIONING)
+    engine_id = models.CharField(max_length=80, blank=True)
+    name = models.CharField(max_length=120, blank=True)
+    address = models.CharField(max_length=80, blank=True, help_text="ip:port reachable from the host.")
+    slot_path = models.CharField(max_length=500, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    ready_at = models.DateTimeField(null=True, blank=True)
+    claimed_at = models.DateTimeField(null=True, blank=True)
+    released_at = models.DateTimeField(null=True, blank=True)
+    removed_at = models.DateTimeField(null=True, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    last_error = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["-pk"]
+        indexes = [
+            # The claim query: the oldest WARM container of a template.
+            models.Index(
+                fields=["template", "id"], condition=models.Q(state="warm"), name="container_warm_idx"
+            ),
+            models.Index(fields=["node", "template", "state"], name="container_pool_idx"),
+            models.Index(fields=["state", "created_at"], name="container_state_age_idx"),
+        ]
+
+    def __str__(self):
+        return self.name or f"container {self.pk}"
+
+
+class Session(models.Model):
+    """A user attached to a container for one workspace; ends on close, idle, suspension, drain or loss."""
+
+    class EndReason(models.TextChoices):
+        CLOSED = "closed"
+        IDLE = "idle"
+        SUSPENDED = "suspended"
+        DRAINED = "drained"
+        LOST = "lost"
+        DELETED = "deleted"
+        QUOTA = "quota"
+        FAILED = "failed"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="workspace_sessions")
+    workspace = models.ForeignKey(Workspace, on_delete=models.CASCADE, related_name="sessions")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="workspace_sessions")
+    container = models.ForeignKey(Container, on_delete=models.PROTECT, related_name="sessions")
+    # False: served from the warm pool; True: the pool was empty and a container was started for it.
+    cold_start = models.BooleanField(default=False)
+    started_at = models.DateTimeField()
+    last_activity_at = models.DateTimeField()
+    ended_at = models.DateTimeField(null=True, blank=True)
+    end_reason = models.CharField(max_length=16, choices=EndReason.choices, blank=True)
+    metered_until = models.DateTimeField(null=True, blank=True, help_text="Usage recorded up to here.")
+
+    class Meta:
+        ordering = ["-started_at"]
+        constraints = [
+            # A container is never shared: at most one live session per container.
+            models.UniqueConstraint(
+                fields=["container"], condition=models.Q(ended_at__isnull=True), name="session_one_live_per_container"
+            ),
+            # Opening a workspace that is already open resumes its session instead of claiming a second one.
+            models.UniqueConstraint(
+                fields=["workspace"], condition=models.Q(ended_at__isnull=True), name="session_one_live_per_workspace"
+            ),
+        ]
+        indexes = [
+            models.Index(fields=["tenant", "user", "-started_at"], name="session_tenant_user_idx"),
+            models.Index(
+                fields=["last_activity_at"], condition=models.Q(ended_at__isnull=True), name="session_live_idx"
+            ),
+            models.Index(fields=["workspace", "ended_at"], name="session_workspace_idx"),
+        ]
+
+    def __str__(self):
+        return f"session {self.pk}"
+
+    @property
+    def is_live(self):
+        return self.ended_at is None

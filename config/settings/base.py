@@ -187,3 +187,17 @@ LOGGING = {
 
 # Invitations stay valid this long.
 INVITATION_TTL = timedelta(days=env.int("INVITATION_TTL_DAYS", default=7))
+
+# --- workspaces: the pool, reclaim and the reconciler ----------------------------------------------
+# A PROVISIONING row older than this is given up by the reconciler (its worker died); keep it under 60 s.
+WORKSPACES_PROVISION_TIMEOUT = env.int("WORKSPACES_PROVISION_TIMEOUT", default=40)
+# How long a new container may take until its port answers.
+WORKSPACES_READY_TIMEOUT = env.float("WORKSPACES_READY_TIMEOUT", default=30.0)
+# The auto-registered local node's capacity: workspaces idle most of the time, so CPU is overcommitted.
+WORKSPACES_LOCAL_CPU_OVERCOMMIT = env.float("WORKSPACES_LOCAL_CPU_OVERCOMMIT", default=8.0)
+WORKSPACES_LOCAL_MEMORY_OVERCOMMIT = env.float("WORKSPACES_LOCAL_MEMORY_OVERCOMMIT", default=2.0)
+CELERY_BEAT_SCHEDULE.update({
+    "workspaces-pool-fill": {"task": "workspaces.tasks.pool_fill", "schedule": schedule(timedelta(seconds=15))},
+    "workspaces-reclaim": {"task": "workspaces.tasks.sessions_reclaim", "schedule": schedule(timedelta(seconds=30))},
+    "workspaces-reconcile": {"task": "workspaces.tasks.reconcile", "schedule": schedule(timedelta(seconds=20))},
+})

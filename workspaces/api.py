@@ -1,0 +1,154 @@
+"""REST API of the workspaces app: templates, workspaces (create, open, delete) and sessions.
+
+Every view is a TenantScopedView with write_roles=None: members create, open and close their own
+workspaces; the selectors decide who sees what (members: their own; owners/admins: the tenant's).
+"""
+from rest_framework import serializers, status
+from rest_framework.response import Response
+
+from tenants.api_base import TenantScopedView
+from workspaces import selectors, services
+
+
+class TemplateListApi(TenantScopedView):
+    class OutputSerializer(serializers.Serializer):
+        slug = serializers.CharField()
+        name = serializers.CharField()
+        description = serializers.CharField()
+        image = serializers.CharField()
+        cpus = serializers.DecimalField(max_digits=5, decimal_places=2)
+        memory_mb = serializers.IntegerField()
+        idle_timeout_minutes = serializers.IntegerField()
+        pool_paused = serializers.BooleanField()
+        warm = serializers.IntegerField(help_text="Containers ready to open at once.")
+
+    def scoped_queryset(self):
+        return selectors.template_list()  # templates are global; the view still needs a tenant member
+
+    def get(self, request):
+        return Response(self.OutputSerializer(self.get_queryset(), many=True).data)
+
+
+class WorkspaceOutputSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    name = serializers.CharField()
+    template = serializers.CharField(source="template.slug")
+    owner = serializers.EmailField(source="owner.email")
+    host_key = serializers.CharField()
+    created_at = serializers.DateTimeField()
+
+
+class WorkspaceListCreateApi(TenantScopedView):
+    write_roles = None
+
+    class InputSerializer(serializers.Serializer):
+        name = serializers.CharField(max_length=80)
+        template = serializers.SlugField(max_length=40)
+
+    def scoped_queryset(self):
+        return selectors.workspace_list(tenant=self.tenant, membership=self.membership)
+
+    def get(self, request):
+        return Response(WorkspaceOutputSerializer(self.get_queryset(), many=True).data)
+
+    def post(self, request):
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        workspace = services.workspace_create(tenant=self.tenant, owner=request.user, actor=request.user,
+                                              **data.validated_data)
+        return Response(WorkspaceOutputSerializer(workspace).data, status=status.HTTP_201_CREATED)
+
+
+class WorkspaceDetailApi(TenantScopedView):
+    write_roles = None
+
+    def scoped_queryset(self):
+        return selectors.workspace_list(tenant=self.tenant, membership=self.membership)
+
+    def get(self, request, pk):
+        return Response(WorkspaceOutputSerializer(self.get_object()).data)
+
+    def delete(self, request, pk):
+        """Deletes the workspace and its files; `confirm` (query or body) must repeat its name."""
+        workspace = self.get_object()
+        confirm = request.query_params.get("confirm") or (request.data or {}).get("confirm")
+        services.workspace_delete(workspace=workspace, actor=request.user, confirm=confirm)
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class WorkspaceOpenApi(TenantScopedView):
+    write_roles = None
+
+    class OutputSerializer(serializers.Serializer):
+        session = serializers.UUIDField(source="session.pk")
+        url = serializers.CharField()
+        expires_at = serializers.DateTimeField()
+        resumed = serializers.BooleanField()
+
+    def scoped_queryset(self):
+        return selectors.workspace_list(tenant=self.tenant, membership=self.membership)
+
+    def post(self, request, pk):
+        opened = services.workspace_open(workspace=self.get_object(), user=request.user)
+        return Response(self.OutputSerializer(opened).data)
+
+
+class SessionOutputSerializer(serializers.Serializer):
+    id = serializers.UUIDField()
+    workspace = serializers.IntegerField(source="workspace_id")
+    user = serializers.EmailField(source="user.email")
+    container = serializers.CharField(source="container.name")
+    node = serializers.CharField(source="container.node.name")
+    state = serializers.SerializerMethodField()
+    cold_start = serializers.BooleanField()
+    started_at = serializers.DateTimeField()
+    last_activity_at = serializers.DateTimeField()
+    ended_at = serializers.DateTimeField()
+    end_reason = serializers.CharField()
+
+    def get_state(self, session):
+        return "live" if session.ended_at is None else "ended"
+
+
+class SessionListApi(TenantScopedView):
+    def scoped_queryset(self):
+        return selectors.session_list(tenant=self.tenant, membership=self.membership)
+
+    def get(self, request):
+        sessions = self.get_queryset()
+        if request.query_params.get("live") in ("1", "true"):
+            sessions = sessions.filter(ended_at__isnull=True)
+        return Response(SessionOutputSerializer(sessions[:200], many=True).data)
+
+
+class SessionDetailApi(TenantScopedView):
+    def scoped_queryset(self):
+        return selectors.session_list(tenant=self.tenant, membership=self.membership)
+
+    def get(self, request, pk):
+        return Response(SessionOutputSerializer(self.get_object()).data)
+
+
+class SessionCloseApi(TenantScopedView):
+    write_roles = None
+
+    def scoped_queryset(self):
+        return selectors.session_list(tenant=self.tenant, membership=self.membership)
+
+    def post(self, request, pk):
+        session = services.session_close(session=self.get_object(), actor=request.user)
+        session.refresh_from_db()
+        return Response(SessionOutputSerializer(session).data)
+
+
+class SessionHeartbeatApi(TenantScopedView):
+    """Marks the session active (the gateway does this from its counters once it lands)."""
+
+    write_roles = None
+
+    def scoped_queryset(self):
+        return selectors.session_list(tenant=self.tenant, membership=self.membership)
+
+    def post(self, request, pk):
+        session = services.session_touch(session=self.get_object(), user=request.user)
+        return Response(SessionOutputSerializer(session).data)

@@ -1,0 +1,15 @@
+"""REST routes of the workspaces app (included under /api/v1/)."""
+from django.urls import path
+
+from workspaces import api
+
+urlpatterns = [
+    path("templates", api.TemplateListApi.as_view(), name="api-templates"),
+    path("workspaces", api.WorkspaceListCreateApi.as_view(), name="api-workspaces"),
+    path("workspaces/<int:pk>", api.WorkspaceDetailApi.as_view(), name="api-workspace"),
+    path("workspaces/<int:pk>/open", api.WorkspaceOpenApi.as_view(), name="api-workspace-open"),
+    path("sessions", api.SessionListApi.as_view(), name="api-sessions"),
+    path("sessions/<uuid:pk>", api.SessionDetailApi.as_view(), name="api-session"),
+    path("sessions/<uuid:pk>/close", api.SessionCloseApi.as_view(), name="api-session-close"),
+    path("sessions/<uuid:pk>/heartbeat", api.SessionHeartbeatApi.as_view(), name="api-session-heartbeat"),
+]

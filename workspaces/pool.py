@@ -1,0 +1,445 @@
+"""The warm pool: placement, provisioning, the claim transaction, container release and the reconciler.
+
+Every step that talks to an engine first commits the row that describes it (PROVISIONING before create,
+RELEASING before remove), so a worker killed at any point leaves a row the reconciler can finish.
+"""
+import logging
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+from django.conf import settings
+from django.db import connection, transaction
+from django.db.models import Count, Q, Sum
+from django.utils import timezone
+
+from tenants.exceptions import Conflict, ServiceError
+from workspaces import runtime as rt
+from workspaces import storage
+from workspaces.models import Container, Node, Session, WorkspaceTemplate
+
+log = logging.getLogger(__name__)
+
+State = Container.State
+
+
+class NoCapacity(Conflict):
+    code = "no_capacity"
+
+
+class NodeUnavailable(ServiceError):
+    status_code = 503
+    code = "node_unavailable"
+
+
+def instance():
+    return settings.HEARTH_INSTANCE
+
+
+def _provision_timeout():
+    return timedelta(seconds=settings.WORKSPACES_PROVISION_TIMEOUT)
+
+
+# --- nodes and placement -------------------------------------------------------------------------
+
+
+def node_ensure_default():
+    """A fresh install has no Node: register the local engine (settings.DOCKER_HOST) so the first open works."""
+    if Node.objects.exists():
+        return None
+    cpus = (os.cpu_count() or 2) * settings.WORKSPACES_LOCAL_CPU_OVERCOMMIT
+    memory_mb = _host_memory_mb() * settings.WORKSPACES_LOCAL_MEMORY_OVERCOMMIT
+    node, _ = Node.objects.get_or_create(
+        name="local",
+        defaults=dict(engine_url=settings.DOCKER_HOST, cpus=cpus, memory_mb=int(memory_mb), max_containers=100),
+    )
+    return node
+
+
+def _host_memory_mb():
+    try:
+        with open("/proc/meminfo") as f:
+            return int(f.readline().split()[1]) // 1024
+    except (OSError, ValueError, IndexError):
+        return 4096
+
+
+def usable_nodes():
+    return Node.objects.filter(enabled=True, draining=False).order_by("pk")
+
+
+@dataclass
+class NodeLoad:
+    node: Node
+    containers: int
+    cpus: float
+    memory_mb: int
+
+    def room_for(self, template):
+        return (
+            self.containers < self.node.max_containers
+            and self.cpus + float(template.cpus) <= float(self.node.cpus)
+            and self.memory_mb + template.memory_mb <= self.node.memory_mb
+        )
+
+    @property
+    def load(self):
+        return max(
+            self.containers / max(self.node.max_containers, 1),
+            self.cpus / max(float(self.node.cpus), 0.01),
+            self.memory_mb / max(self.node.memory_mb, 1),
+        )
+
+
+def node_loads(nodes):
+    usage = {
+        row["node"]: row
+        for row in Container.objects.filter(node__in=nodes, state__in=Container.ACTIVE_STATES)
+        .values("node")
+        .annotate(n=Count("pk"), cpus=Sum("template__cpus"), mem=Sum("template__memory_mb"))
+    }
+    return [
+        NodeLoad(node=n, containers=usage.get(n.pk, {}).get("n", 0), cpus=float(usage.get(n.pk, {}).get("cpus") or 0),
+                 memory_mb=usage.get(n.pk, {}).get("mem") or 0)
+        for n in nodes
+    ]
+
+
+def placement_candidates(template):
+    """Usable nodes with room for one more container of `template`, least loaded first."""
+    node_ensure_default()
+    loads = [nl for nl in node_loads(list(usable_nodes())) if nl.room_for(template)]
+    return [nl.node for nl in sorted(loads, key=lambda nl: (nl.load, nl.node.pk))]
+
+
+# --- provisioning --------------------------------------------------------------------------------
+
+
+def _reserve(*, template, node, for_warm):
+    """Commit a PROVISIONING row on `node` if capacity (and, for the pool, the warm target) allows; else None."""
+    with transaction.atomic():
+        # Lock order: template, then node (pk order within each table); refills on one node serialise here.
+        template = WorkspaceTemplate.objects.select_for_update().get(pk=template.pk)
+        node = Node.objects.select_for_update().get(pk=node.pk)
+        if not node.enabled or node.draining:
+            return None
+        if Container.objects.filter(template=template, state__in=Container.ACTIVE_STATES).count() >= (
+            template.max_containers
+        ):
+            return None
+        if not node_loads([node])[0].room_for(template):
+            return None
+        if for_warm:
+            ready = Container.objects.filter(
+                template=template, node=node, state__in=(State.PROVISIONING, State.WARM)
+            ).count()
+            if ready >= template.warm_target:
+                return None
+        container = Container.objects.create(node=node, template=template, state=State.PROVISIONING)
+        container.name = f"hearth-{instance()}-c{container.pk}"
+        container.slot_path = str(storage.slot_root() / _slot_key(container.pk))
+        container.save(update_fields=["name", "slot_path"])
+    return container
+
+
+def _slot_key(pk):
+    return f"c{pk}"
+
+
+def _spec(container):
+    template = container.template
+    env = {str(k): str(v) for k, v in (template.environment or {}).items()}
+    return rt.ContainerSpec(
+        name=container.name,
+        image=template.image,
+        internal_port=template.internal_port,
+        cpus=float(template.cpus),
+        memory_mb=template.memory_mb,
+        pids_limit=template.pids_limit,
+        environment=env,
+        labels={
+            "hearth.instance": instance(),
+            "hearth.node": container.node.name,
+            "hearth.template": template.slug,
+            "hearth.container": str(container.pk),
+        },
+        slot_path=container.slot_path,
+    )
+
+
+def _start(container):
+    """Create and start the engine container of a PROVISIONING row; returns when its port answers."""
+    storage.slot_create(_slot_key(container.pk))
+    runtime = rt.runtime_for(container.node)
+    created = runtime.create(_spec(container))
+    Container.objects.filter(pk=container.pk).update(engine_id=created.engine_id, address=created.address or "")
+    container.engine_id, container.address = created.engine_id, created.address or ""
+    if not runtime.wait_ready(created, timeout=settings.WORKSPACES_READY_TIMEOUT):
+        raise rt.RuntimeError_(f"the container did not answer on port {container.template.internal_port} "
+                               f"within {settings.WORKSPACES_READY_TIMEOUT} s")
+
+
+def container_provision(*, template, node, for_warm=True):
+    """Start one container on `node`. Returns the row (WARM, or still PROVISIONING when not for_warm) or None.
+
+    None: no room, or the pool is already at target. Raises NodeUnavailable / ServiceError when the engine
+    fails; the row is then FAILED and nothing is left on the engine.
+    """
+    container = _reserve(template=template, node=node, for_warm=for_warm)
+    if container is None:
+        return None
+    try:
+        _start(container)
+    except rt.RuntimeUnavailable as exc:
+        _provision_failed(container, exc)
+        Node.objects.filter(pk=node.pk).update(last_error=f"{timezone.now():%Y-%m-%d %H:%M:%S} {exc}"[:2000])
+        raise NodeUnavailable(f"The Docker engine of node '{node.name}' does not answer ({node.engine_url}): {exc}",
+                              extra={"node": node.name}) from exc
+    except Exception as exc:
+        _provision_failed(container, exc)
+        raise ServiceError(f"Could not start a '{template.slug}' container on node '{node.name}': {exc}",
+                           code="provision_failed") from exc
+    if not for_warm:
+        return container
+    now = timezone.now()
+    if not Container.objects.filter(pk=container.pk, state=State.PROVISIONING).update(
+        state=State.WARM, ready_at=now
+    ):
+        # The reconciler gave up on it while it started: it is not ours to hand out any more.
+        container_release(container)
+        return None
+    container.state, container.ready_at = State.WARM, now
+    return container
+
+
+def _provision_failed(container, exc):
+    log.warning("provisioning %s failed: %s", container, exc)
+    Container.objects.filter(pk=container.pk, state=State.PROVISIONING).update(
+        state=State.FAILED, last_error=str(exc)[:2000]
+    )
+    _engine_cleanup(container)
+
+
+def _engine_cleanup(container):
+    """Remove the engine container and the slot of a row; best effort (the reconciler retries)."""
+    try:
+        runtime = rt.runtime_for(container.node)
+        if container.engine_id:
+            runtime.remove(container.engine_id)
+        else:
+            # Killed between create and saving the id: find it by its label.
+            for found in runtime.list(instance=instance()):
+                if found.labels.get("hearth.container") == str(container.pk):
+                    runtime.remove(found.engine_id)
+    except (rt.RuntimeUnavailable, rt.RuntimeError_) as exc:
+        log.warning("could not remove the engine container of %s: %s", container, exc)
+        return False
+    if container.slot_path:
+        storage.slot_remove(Path(container.slot_path))
+    return True
+
+
+def pool_fill(*, template_id=None):
+    """Top up every (template, node) pool to warm_target. Returns the number of containers started."""
+    node_ensure_default()
+    templates = WorkspaceTemplate.objects.filter(enabled=True, pool_paused=False).order_by("pk")
+    if template_id is not None:
+        templates = templates.filter(pk=template_id)
+    started = 0
+    for node in usable_nodes():
+        for template in templates:
+            missing = template.warm_target - Container.objects.filter(
+                template=template, node=node, state__in=(State.PROVISIONING, State.WARM)
+            ).count()
+            for _ in range(max(missing, 0)):
+                try:
+                    container = container_provision(template=template, node=node, for_warm=True)
+                except NodeUnavailable:
+                    break  # try this node again on the next tick
+                except ServiceError as exc:
+                    log.warning("pool fill of %s on %s: %s", template, node, exc.message)
+                    break
+                if container is None:
+                    break
+                started += 1
+    return started
+
+
+# --- the claim -----------------------------------------------------------------------------------
+
+
+def _warm_candidates(template):
+    return Container.objects.filter(
+        template=template, state=State.WARM, node__enabled=True, node__draining=False
+    ).order_by("pk")
+
+
+def container_claim(*, template, now):
+    """Inside the caller's transaction: take one WARM container of `template` (CLAIMED), or None.
+
+    PostgreSQL: SELECT ... FOR UPDATE SKIP LOCKED, so concurrent claims take different rows without waiting.
+    Other databases (SQLite): a compare-and-set UPDATE, retried when another claim won the row.
+    """
+    if not transaction.get_connection().in_atomic_block:
+        raise RuntimeError("container_claim must run inside the transaction that creates the session")
+    if connection.vendor == "postgresql":
+        container = _warm_candidates(template).select_for_update(skip_locked=True, of=("self",)).first()
+        if container is None:
+            return None
+        Container.objects.filter(pk=container.pk).update(state=State.CLAIMED, claimed_at=now)
+    else:
+        for _ in range(20):
+            container = _warm_candidates(template).first()
+            if container is None:
+                return None
+            if Container.objects.filter(pk=container.pk, state=State.WARM).update(
+                state=State.CLAIMED, claimed_at=now
+            ):
+                break
+        else:
+            return None
+    container.state, container.claimed_at = State.CLAIMED, now
+    return container
+
+
+# --- release -------------------------------------------------------------------------------------
+
+
+def container_release(container):
+    """Unbind the slot, remove the engine container and mark the row REMOVED. Idempotent.
+
+    The caller has already moved the row out of WARM/CLAIMED (to RELEASING, FAILED or LOST) in a committed
+    transaction; on an engine error the row stays as it is and the reconciler retries.
+    """
+    if container.slot_path:
+        storage.slot_unbind(slot=Path(container.slot_path))
+    if not _engine_cleanup(container):
+        Container.objects.filter(pk=container.pk).update(last_error="release: the engine did not answer")
+        return False
+    Container.objects.filter(pk=container.pk, state=State.RELEASING).update(
+        state=State.REMOVED, removed_at=timezone.now()
+    )
+    return True
+
+
+# --- reconciler ----------------------------------------------------------------------------------
+
+
+def reconcile(*, now=None, end_session=None):
+    """Make the database and every engine agree. Returns a report of what was fixed.
+
+    `end_session(session, reason)` ends a session whose container is gone (workspaces.services passes its
+    session_end so usage is metered and routes are deleted).
+    """
+    now = now or timezone.now()
+    report = {"orphans_removed": 0, "lost": 0, "failed": 0, "released": 0, "slots_removed": 0,
+              "sessions_ended": 0, "nodes_unreachable": []}
+    for node in Node.objects.filter(enabled=True).order_by("pk"):
+        try:
+            engine = rt.runtime_for(node).list(instance=instance())
+        except rt.RuntimeUnavailable as exc:
+            Node.objects.filter(pk=node.pk).update(last_error=f"{now:%Y-%m-%d %H:%M:%S} reconcile: {exc}"[:2000])
+            report["nodes_unreachable"].append(node.name)
+            continue
+        Node.objects.filter(pk=node.pk).update(last_seen_at=now, last_error="")
+        by_pk = {}
+        for found in engine:
+            if found.labels.get("hearth.node", node.name) == node.name:
+                by_pk.setdefault(found.labels.get("hearth.container", ""), []).append(found)
+        rows = list(Container.objects.filter(node=node, state__in=Container.ACTIVE_STATES).select_related(
+            "node", "template"))
+        for row in rows:
+            found = by_pk.pop(str(row.pk), [])
+            if row.state == State.PROVISIONING:
+                if row.created_at < now - _provision_timeout():
+                    if Container.objects.filter(pk=row.pk, state=State.PROVISIONING).update(
+                        state=State.FAILED, last_error="provisioning did not finish in time (worker lost?)"
+                    ):
+                        _engine_cleanup(row)
+                        report["failed"] += 1
+                continue
+            if row.state == State.RELEASING:
+                report["released"] += int(container_release(row))
+                continue
+            running = any(f.status == "running" for f in found)
+            if not running:
+                if Container.objects.filter(pk=row.pk, state=row.state).update(
+                    state=State.LOST, last_error="missing or stopped on the engine"
+                ):
+                    report["lost"] += 1
+                    for session in Session.objects.filter(container=row, ended_at__isnull=True):
+                        if end_session is not None:
+                            end_session(session, Session.EndReason.LOST)
+                            report["sessions_ended"] += 1
+                    _engine_cleanup(row)
+                continue
+            if row.state == State.CLAIMED and not Session.objects.filter(container=row, ended_at__isnull=True).exists():
+                # Its session ended but the release did not happen (worker killed): finish it.
+                if Container.objects.filter(pk=row.pk, state=State.CLAIMED, claimed_at__lt=now - timedelta(
+                        seconds=30)).update(state=State.RELEASING, released_at=now):
+                    report["released"] += int(container_release(row))
+        runtime = rt.runtime_for(node)
+        for leftovers in by_pk.values():
+            for found in leftovers:
+                try:
+                    runtime.remove(found.engine_id)
+                    report["orphans_removed"] += 1
+                except (rt.RuntimeUnavailable, rt.RuntimeError_) as exc:
+                    log.warning("could not remove orphan %s: %s", found.name, exc)
+    # Dead rows whose engine container the reconciler could not reach before.
+    for row in Container.objects.filter(state__in=(State.FAILED, State.LOST), removed_at__isnull=True,
+                                        node__enabled=True).select_related("node"):
+        if _engine_cleanup(row):
+            Container.objects.filter(pk=row.pk).update(removed_at=now)
+    # Live sessions on a container that is no longer claimed (lost, removed) end too.
+    if end_session is not None:
+        for session in Session.objects.filter(ended_at__isnull=True).exclude(container__state=State.CLAIMED):
+            end_session(session, Session.EndReason.LOST)
+            report["sessions_ended"] += 1
+    report["slots_removed"] = _stale_slots_remove()
+    return report
+
+
+def _stale_slots_remove():
+    root = storage.slot_root()
+    live = {_slot_key(pk) for pk in Container.objects.filter(state__in=Container.ACTIVE_STATES).values_list(
+        "pk", flat=True)}
+    removed = 0
+    for entry in root.iterdir() if root.exists() else ():
+        if entry.is_dir() and entry.name.startswith("c") and entry.name not in live:
+            storage.slot_remove(entry)
+            removed += 1
+    return removed
+
+
+# --- what admin and the portal show --------------------------------------------------------------
+
+
+def pool_overview(*, since=None):
+    """Per template and node: warm, provisioning, claimed counts and the hit rate of claims since `since`."""
+    since = since or timezone.now() - timedelta(hours=24)
+    counts = {}
+    for row in Container.objects.filter(state__in=Container.ACTIVE_STATES).values(
+        "template", "node", "state"
+    ).annotate(n=Count("pk")):
+        counts.setdefault((row["template"], row["node"]), {})[row["state"]] = row["n"]
+    hits = {}
+    for row in Session.objects.filter(started_at__gte=since).values("container__template", "container__node").annotate(
+        warm=Count("pk", filter=Q(cold_start=False)), cold=Count("pk", filter=Q(cold_start=True))
+    ):
+        hits[(row["container__template"], row["container__node"])] = (row["warm"], row["cold"])
+    rows = []
+    for template in WorkspaceTemplate.objects.order_by("slug"):
+        for node in Node.objects.order_by("name"):
+            c = counts.get((template.pk, node.pk), {})
+            warm, cold = hits.get((template.pk, node.pk), (0, 0))
+            rows.append({
+                "template": template, "node": node,
+                "warm": c.get(State.WARM, 0), "provisioning": c.get(State.PROVISIONING, 0),
+                "claimed": c.get(State.CLAIMED, 0), "releasing": c.get(State.RELEASING, 0),
+                "target": template.warm_target if node.enabled and not node.draining else 0,
+                "claims_warm": warm, "claims_cold": cold,
+                "hit_rate": (warm / (warm + cold)) if warm + cold else None,
+            })
+    return rows

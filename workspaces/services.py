@@ -1,0 +1,500 @@
+"""Writes of the workspaces app: create, open (claim, bind, session, URL), close, delete, drain, pause.
+
+Other apps plug in here, and only here, through `_hook(module, name)`: metering's `entitlement_check`
+and `workspace_seconds_record`, and the gateway's `session_token_issue`, `workspace_url`, `route_set`
+and `route_delete`. Until those modules exist the hooks fall back to: no quota, no usage events, a
+Django-signed token and no route (see `_session_url_and_token`).
+"""
+import functools
+import importlib
+import logging
+import os
+import shutil
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from django.conf import settings
+from django.core import signing
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from tenants import offboarding
+from tenants.audit import audit_record
+from tenants.exceptions import Conflict, Forbidden, NotFound, ServiceError
+from tenants.models import Membership, Role, Tenant
+from workspaces import pool, storage
+from workspaces.models import Container, Node, Session, Workspace, WorkspaceTemplate
+
+log = logging.getLogger(__name__)
+
+State = Container.State
+EndReason = Session.EndReason
+SESSION_TOKEN_SALT = "hearth.workspaces.session"
+SESSION_TOKEN_TTL = timedelta(hours=1)
+
+
+# --- hooks into metering and the gateway (the one place) -----------------------------------------
+
+
+@functools.cache
+def _hook(module, name):
+    """`module.name` if that app has landed, else None. Errors inside an existing module are not hidden."""
+    try:
+        mod = importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        if exc.name and module.startswith(exc.name):
+            return None
+        raise
+    return getattr(mod, name, None)
+
+
+def _entitlement_check(tenant):
+    check = _hook("metering.services", "entitlement_check")
+    if check is not None:
+        check(tenant=tenant)
+
+
+def _usage_record(session, *, end):
+    """Advance session.metered_until to `end` and record the seconds; inside the caller's transaction."""
+    start = session.metered_until or session.started_at
+    if end <= start:
+        return
+    record = _hook("metering.services", "workspace_seconds_record")
+    if record is not None:
+        record(tenant=session.tenant, session_id=session.pk, user_id=session.user_id,
+               workspace_id=session.workspace_id, start=start, end=end)
+    session.metered_until = end
+
+
+def _session_url_and_token(session):
+    """(url, token, expires_at) for opening `session` through the gateway."""
+    issue = _hook("workspaces.gateway.tokens", "session_token_issue")
+    make_url = _hook("workspaces.gateway.urls", "workspace_url")
+    workspace = session.workspace
+    if issue is not None and make_url is not None:
+        token, expires_at = issue(tenant_slug=session.tenant.slug, user_id=session.user_id,
+                                  workspace_host_key=workspace.host_key, session_id=str(session.pk),
+                                  container_id=session.container_id)
+        return make_url(host_key=workspace.host_key, token=token), token, expires_at
+    # Until the gateway lands: a signed, expiring token and the URL the gateway will serve.
+    expires_at = timezone.now() + SESSION_TOKEN_TTL
+    token = signing.dumps({"s": str(session.pk), "w": workspace.host_key, "exp": int(expires_at.timestamp())},
+                          salt=SESSION_TOKEN_SALT)
+    host = getattr(settings, "GATEWAY_HOST", "localhost")
+    url = f"http://{workspace.host_key}.{host}:{settings.HEARTH_GATEWAY_PORT}/?token={token}"
+    return url, token, expires_at
+
+
+def _route_set(session):
+    route_set = _hook("workspaces.gateway.routes", "route_set")
+    if route_set is not None:
+        route_set(host_key=session.workspace.host_key, session_id=str(session.pk), address=session.container.address)
+
+
+def _route_delete(workspace):
+    route_delete = _hook("workspaces.gateway.routes", "route_delete")
+    if route_delete is not None:
+        try:
+            route_delete(host_key=workspace.host_key)
+        except Exception as exc:  # the gateway being down must not keep a container claimed
+            log.warning("route_delete(%s) failed: %s", workspace.host_key, exc)
+
+
+def _enqueue_pool_fill(template_id):
+    from workspaces import tasks
+
+    def enqueue():
+        try:
+            tasks.pool_fill.delay(template_id=template_id)
+        except Exception as exc:  # a dead broker delays the refill until the next beat tick
+            log.warning("could not enqueue pool_fill: %s", exc)
+
+    transaction.on_commit(enqueue)
+
+
+# --- who may act ---------------------------------------------------------------------------------
+
+
+def _membership(*, tenant, user):
+    membership = Membership.objects.filter(tenant=tenant, user=user).first() if getattr(user, "pk", None) else None
+    if membership is None:
+        raise NotFound("No such workspace.")
+    return membership
+
+
+def _can_manage(membership, workspace):
+    return workspace.owner_id == membership.user_id or membership.role in (Role.OWNER, Role.ADMIN)
+
+
+def _require_active(tenant):
+    status = Tenant.objects.filter(pk=tenant.pk).values_list("status", flat=True).first()
+    if status != Tenant.Status.ACTIVE:
+        raise Forbidden(f"The tenant is {status}: workspaces cannot be opened.", code=f"tenant_{status}")
+
+
+# --- workspaces ----------------------------------------------------------------------------------
+
+
+def workspace_create(*, tenant, owner, name, template, actor=None):
+    """Create a workspace for `owner` from a template slug (or object); its storage directory is made now."""
+    actor = actor or owner
+    _membership(tenant=tenant, user=owner)
+    name = (name or "").strip()
+    if not name or len(name) > 80:
+        raise ServiceError("A workspace needs a name of 1 to 80 characters.", field="name")
+    if isinstance(template, WorkspaceTemplate):
+        template_obj = template
+    else:
+        template_obj = WorkspaceTemplate.objects.filter(slug=str(template or "")).first()
+        if template_obj is None:
+            known = ", ".join(WorkspaceTemplate.objects.filter(enabled=True).values_list("slug", flat=True))
+            raise ServiceError(f"Unknown template '{template}'. Templates: {known}.", code="unknown_template",
+                               field="template")
+    if not template_obj.enabled:
+        raise ServiceError(f"The template '{template_obj.slug}' is disabled.", code="template_disabled",
+                           field="template")
+    if tenant.status != Tenant.Status.ACTIVE:
+        raise Forbidden(f"The tenant is {tenant.status}.", code=f"tenant_{tenant.status}")
+    try:
+        with transaction.atomic():
+            workspace = Workspace.objects.create(tenant=tenant, owner=owner, template=template_obj, name=name)
+            workspace.storage_path = str(storage.user_storage_path(
+                tenant_slug=tenant.slug, user_id=owner.pk, workspace_id=workspace.pk))
+            workspace.save(update_fields=["storage_path"])
+            audit_record(tenant=tenant, actor=actor, action="workspace.created", target=f"workspace:{workspace.pk}",
+                         data={"name": name, "template": template_obj.slug, "owner": owner.email})
+    except IntegrityError:
+        raise Conflict(f"You already have a workspace named '{name}'.", code="duplicate_name", field="name")
+    return workspace
+
+
+def workspace_delete(*, workspace, actor, confirm):
+    """Delete a workspace and its files. `confirm` must repeat the workspace's name."""
+    membership = _membership(tenant=workspace.tenant, user=actor)
+    if not _can_manage(membership, workspace):
+        raise NotFound("No such workspace.")
+    if (confirm or "").strip() != workspace.name:
+        raise ServiceError(f"To delete '{workspace.name}' and all its files, confirm with its name.",
+                           code="confirmation_required", field="confirm")
+    for session in Session.objects.filter(workspace=workspace, ended_at__isnull=True):
+        session_end(session=session, reason=EndReason.DELETED, actor=actor)
+    with transaction.atomic():
+        workspace = Workspace.objects.select_for_update().get(pk=workspace.pk)
+        if workspace.deleted_at is not None:
+            raise NotFound("No such workspace.")
+        workspace.deleted_at = timezone.now()
+        workspace.save(update_fields=["deleted_at"])
+        audit_record(tenant=workspace.tenant, actor=actor, action="workspace.deleted",
+                     target=f"workspace:{workspace.pk}", data={"name": workspace.name})
+    if workspace.storage_path:
+        shutil.rmtree(workspace.storage_path, ignore_errors=True)
+    return workspace
+
+
+# --- open ----------------------------------------------------------------------------------------
+
+
+@dataclass
+class Opened:
+    session: Session
+    url: str
+    token: str
+    expires_at: datetime
+    resumed: bool = False
+
+
+def workspace_open(*, workspace, user):
+    """Give `user` a running container with their workspace's files: warm claim, else a cold start.
+
+    Order: checks (tenant active, template enabled, pool not paused, entitlement), one claim transaction
+    (container CLAIMED + Session), then the storage bind, the gateway route and the token. A failure after
+    the claim ends the session (reason `failed`) and releases the container: nothing is left half-made.
+    """
+    workspace = Workspace.objects.select_related("tenant__plan", "template", "owner").filter(
+        pk=workspace.pk, deleted_at__isnull=True).first()
+    if workspace is None:
+        raise NotFound("No such workspace.")
+    membership = _membership(tenant=workspace.tenant, user=user)
+    if workspace.owner_id != user.pk:
+        if _can_manage(membership, workspace):
+            raise Forbidden("Only the workspace's owner can open it: its files are theirs.", code="not_owner")
+        raise NotFound("No such workspace.")
+    tenant, template = workspace.tenant, workspace.template
+    _require_active(tenant)
+    if not template.enabled:
+        raise Conflict(f"The template '{template.slug}' is disabled.", code="template_disabled")
+    if template.pool_paused:
+        raise Conflict(f"The '{template.slug}' pool is paused by the operators; try again later.",
+                       code="pool_paused")
+    live = Session.objects.select_related("container", "workspace", "tenant").filter(
+        workspace=workspace, ended_at__isnull=True).first()
+    if live is not None:
+        return _resume(live)
+    _entitlement_check(tenant)
+
+    session = _claim(workspace=workspace, user=user)
+    if session is None:
+        session = _cold_start(workspace=workspace, user=user)
+    try:
+        _bind(session)
+        _route_set(session)
+        url, token, expires_at = _session_url_and_token(session)
+    except Exception as exc:
+        log.exception("opening %s failed after the claim", workspace)
+        session_end(session=session, reason=EndReason.FAILED)
+        if isinstance(exc, ServiceError):
+            raise
+        raise ServiceError(f"The workspace could not be started: {exc}", code="open_failed") from exc
+    return Opened(session=session, url=url, token=token, expires_at=expires_at)
+
+
+def _bind(session):
+    slot = Path(session.container.slot_path)
+    if not os.path.ismount(slot):  # a resumed session is bound already; binding twice would stack mounts
+        storage.slot_bind(slot=slot, source=Path(session.workspace.storage_path))
+
+
+def _check_concurrency(tenant, now):
+    limit = tenant.plan.max_concurrent_workspaces
+    if limit is None:
+        return
+    # Serialise this tenant's opens so two cannot both take the last slot.
+    Tenant.objects.select_for_update().filter(pk=tenant.pk).first()
+    running = Session.objects.filter(tenant=tenant, ended_at__isnull=True).count()
+    if running >= limit:
+        raise Conflict(
+            f"The {tenant.plan.name} plan runs {limit} workspace{'s' if limit != 1 else ''} at a time and "
+            f"{running} {'are' if running != 1 else 'is'} open: close one or upgrade the plan.",
+            code="concurrency_limit")
+
+
+def _new_session(*, workspace, user, container, now, cold):
+    session = Session.objects.create(
+        tenant=workspace.tenant, workspace=workspace, user=user, container=container, cold_start=cold,
+        started_at=now, last_activity_at=now, metered_until=now,
+    )
+    session.workspace, session.container = workspace, container
+    audit_record(tenant=workspace.tenant, actor=user, action="session.opened", target=f"session:{session.pk}",
+                 data={"workspace": workspace.pk, "container": container.pk, "cold_start": cold})
+    return session
+
+
+def _claim(*, workspace, user):
+    now = timezone.now()
+    try:
+        with transaction.atomic():
+            _check_concurrency(workspace.tenant, now)
+            container = pool.container_claim(template=workspace.template, now=now)
+            if container is None:
+                return None
+            session = _new_session(workspace=workspace, user=user, container=container, now=now, cold=False)
+            _enqueue_pool_fill(workspace.template_id)
+    except IntegrityError:
+        # A concurrent open of the same workspace won; the claim rolled back, the container stays WARM.
+        return _existing_or_conflict(workspace)
+    return session
+
+
+def _existing_or_conflict(workspace):
+    live = Session.objects.select_related("container", "workspace", "tenant").filter(
+        workspace=workspace, ended_at__isnull=True).first()
+    if live is None:
+        raise Conflict("The workspace is being opened by another request; try again.", code="open_in_progress")
+    return live
+
+
+def _cold_start(*, workspace, user):
+    """The pool is empty: start a container for this session on the least-loaded node that answers."""
+    template = workspace.template
+    candidates = pool.placement_candidates(template)
+    if not candidates:
+        raise pool.NoCapacity(f"No node has room for another '{template.slug}' workspace; try again shortly.")
+    last_error = None
+    for node in candidates:
+        try:
+            container = pool.container_provision(template=template, node=node, for_warm=False)
+        except pool.NodeUnavailable as exc:
+            last_error = exc
+            continue
+        if container is None:
+            continue
+        now = timezone.now()
+        try:
+            with transaction.atomic():
+                _check_concurrency(workspace.tenant, now)
+                if not Container.objects.filter(pk=container.pk, state=State.PROVISIONING).update(
+                    state=State.CLAIMED, ready_at=now, claimed_at=now
+                ):
+                    raise ServiceError("The new container was given up while it started.", code="open_failed")
+                container.state = State.CLAIMED
+                session = _new_session(workspace=workspace, user=user, container=container, now=now, cold=True)
+                _enqueue_pool_fill(template.pk)
+        except (ServiceError, IntegrityError) as exc:
+            Container.objects.filter(pk=container.pk, state__in=(State.PROVISIONING, State.CLAIMED)).update(
+                state=State.RELEASING, released_at=timezone.now())
+            pool.container_release(container)
+            if isinstance(exc, IntegrityError):
+                return _existing_or_conflict(workspace)
+            raise
+        return session
+    if last_error is not None:
+        raise last_error
+    raise pool.NoCapacity(f"No node has room for another '{template.slug}' workspace; try again shortly.")
+
+
+def _resume(session):
+    """The workspace is already open: the same session (and container) with a fresh token."""
+    now = timezone.now()
+    Session.objects.filter(pk=session.pk).update(last_activity_at=now)
+    session.last_activity_at = now
+    _bind(session)
+    _route_set(session)
+    url, token, expires_at = _session_url_and_token(session)
+    return Opened(session=session, url=url, token=token, expires_at=expires_at, resumed=True)
+
+
+# --- sessions ------------------------------------------------------------------------------------
+
+
+def session_touch(*, session, user, now=None):
+    """Record activity (the gateway does this from its counters; the API's heartbeat until then)."""
+    if session.user_id != user.pk:
+        raise NotFound("No such session.")
+    if session.ended_at is not None:
+        raise Conflict("This session has ended.", code="session_ended")
+    now = now or timezone.now()
+    Session.objects.filter(pk=session.pk, last_activity_at__lt=now).update(last_activity_at=now)
+    session.last_activity_at = now
+    return session
+
+
+def session_close(*, session, actor):
+    """The user (or a tenant manager) closes a session."""
+    membership = _membership(tenant=session.tenant, user=actor)
+    if session.user_id != actor.pk and membership.role not in (Role.OWNER, Role.ADMIN):
+        raise NotFound("No such session.")
+    return session_end(session=session, reason=EndReason.CLOSED, actor=actor)
+
+
+def session_end(*, session, reason, actor=None):
+    """End a session: meter it, free its container (unbind, route off, removed) and refill the pool.
+
+    Idempotent. The database change commits first; if the engine does not answer the container stays
+    RELEASING and the reconciler finishes the release.
+    """
+    now = timezone.now()
+    with transaction.atomic():
+        session = Session.objects.select_for_update().select_related("tenant", "workspace").get(pk=session.pk)
+        if session.ended_at is not None:
+            return session
+        session.ended_at, session.end_reason = now, reason
+        _usage_record(session, end=now)
+        session.save(update_fields=["ended_at", "end_reason", "metered_until"])
+        Container.objects.filter(pk=session.container_id, state=State.CLAIMED).update(
+            state=State.RELEASING, released_at=now)
+        audit_record(tenant=session.tenant, actor=actor, action="session.ended", target=f"session:{session.pk}",
+                     data={"reason": reason, "workspace": session.workspace_id,
+                           "seconds": int((now - session.started_at).total_seconds())})
+        template_id = Container.objects.filter(pk=session.container_id).values_list("template_id", flat=True).first()
+        _enqueue_pool_fill(template_id)
+    _route_delete(session.workspace)
+    container = Container.objects.select_related("node", "template").get(pk=session.container_id)
+    try:
+        pool.container_release(container)
+    except Exception as exc:  # unbind/remove failed: RELEASING stays, the reconciler retries
+        log.warning("release of %s failed: %s", container, exc)
+    return session
+
+
+def sessions_reclaim(*, now=None):
+    """End sessions idle past the template's (or the plan's, if shorter) idle timeout; meter the others."""
+    now = now or timezone.now()
+    ended = 0
+    remaining_hook = _hook("metering.selectors", "workspace_seconds_remaining")
+    live = Session.objects.filter(ended_at__isnull=True).select_related("workspace__template", "tenant__plan")
+    for session in live:
+        minutes = min(session.workspace.template.idle_timeout_minutes, session.tenant.plan.idle_timeout_minutes)
+        if session.last_activity_at < now - timedelta(minutes=minutes):
+            session_end(session=session, reason=EndReason.IDLE)
+            ended += 1
+            continue
+        if remaining_hook is not None and remaining_hook(tenant=session.tenant, now=now) == 0:
+            session_end(session=session, reason=EndReason.QUOTA)
+            ended += 1
+            continue
+        with transaction.atomic():
+            locked = Session.objects.select_for_update().select_related("tenant").get(pk=session.pk)
+            if locked.ended_at is None:
+                _usage_record(locked, end=now)
+                locked.save(update_fields=["metered_until"])
+    return ended
+
+
+def sessions_end_for_tenant(*, tenant, reason=EndReason.SUSPENDED):
+    sessions = list(Session.objects.filter(tenant=tenant, ended_at__isnull=True))
+    for session in sessions:
+        session_end(session=session, reason=reason)
+    return len(sessions)
+
+
+@offboarding.on_suspend
+def _end_sessions_on_suspend(tenant):
+    sessions_end_for_tenant(tenant=tenant, reason=EndReason.SUSPENDED)
+
+
+@offboarding.exporter("workspaces")
+def _export(tenant):
+    return [
+        {"name": w.name, "template": w.template.slug, "owner": w.owner.email, "created_at": w.created_at.isoformat(),
+         "deleted_at": w.deleted_at.isoformat() if w.deleted_at else None,
+         "sessions": [{"started_at": s.started_at.isoformat(), "ended_at": s.ended_at.isoformat() if s.ended_at else None,
+                       "end_reason": s.end_reason} for s in w.sessions.order_by("started_at")]}
+        for w in Workspace.objects.filter(tenant=tenant).select_related("template", "owner")
+    ]
+
+
+# --- operators -----------------------------------------------------------------------------------
+
+
+def node_drain(*, node, actor):
+    """Stop placing on `node`, end its sessions (reason `drained`) and remove its warm containers."""
+    with transaction.atomic():
+        node = Node.objects.select_for_update().get(pk=node.pk)
+        node.draining = True
+        node.save(update_fields=["draining"])
+    for session in Session.objects.filter(container__node=node, ended_at__isnull=True):
+        session_end(session=session, reason=EndReason.DRAINED, actor=actor)
+    warm = list(Container.objects.filter(node=node, state=State.WARM).select_related("node", "template"))
+    for container in warm:
+        if Container.objects.filter(pk=container.pk, state=State.WARM).update(
+                state=State.RELEASING, released_at=timezone.now()):
+            pool.container_release(container)
+    for template_id in {c.template_id for c in warm}:
+        with transaction.atomic():
+            _enqueue_pool_fill(template_id)
+    log.info("node %s drained by %s", node.name, actor)
+    return node
+
+
+def node_undrain(*, node, actor):
+    Node.objects.filter(pk=node.pk).update(draining=False)
+    node.draining = False
+    with transaction.atomic():
+        _enqueue_pool_fill(None)
+    return node
+
+
+def pool_pause(*, template, paused, actor):
+    """Pause (no claims, no refills) or resume a template's pool."""
+    WorkspaceTemplate.objects.filter(pk=template.pk).update(pool_paused=paused)
+    template.pool_paused = paused
+    log.info("pool %s %s by %s", template.slug, "paused" if paused else "resumed", actor)
+    if not paused:
+        with transaction.atomic():
+            _enqueue_pool_fill(template.pk)
+    return template
+
+
+def reconcile(*, now=None):
+    return pool.reconcile(now=now, end_session=lambda session, reason: session_end(session=session, reason=reason))
