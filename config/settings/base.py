@@ -184,3 +184,6 @@ LOGGING = {
 
 # Invitations stay valid this long.
 INVITATION_TTL = timedelta(days=env.int("INVITATION_TTL_DAYS", default=7))
+
+# workspaces.runtime: seconds before a Docker engine that does not answer counts as unavailable.
+HEARTH_DOCKER_TIMEOUT = env.float("HEARTH_DOCKER_TIMEOUT", default=15.0)
