@@ -201,3 +201,5 @@ CELERY_BEAT_SCHEDULE.update({
     "workspaces-reclaim": {"task": "workspaces.tasks.sessions_reclaim", "schedule": schedule(timedelta(seconds=30))},
     "workspaces-reconcile": {"task": "workspaces.tasks.reconcile", "schedule": schedule(timedelta(seconds=20))},
 })
+# workspaces.runtime: seconds before a Docker engine that does not answer counts as unavailable.
+HEARTH_DOCKER_TIMEOUT = env.float("HEARTH_DOCKER_TIMEOUT", default=15.0)
