@@ -234,10 +234,13 @@ def _engine_cleanup(container):
                     runtime.remove(found.engine_id)
     except (rt.RuntimeUnavailable, rt.RuntimeError_) as exc:
         log.warning("could not remove the engine container of %s: %s", container, exc)
-        return False
+        removed = False
+    else:
+        removed = True
     if container.slot_path:
+        # Host-side and independent of the engine: the slot goes even if the engine is away.
         storage.slot_remove(Path(container.slot_path))
-    return True
+    return removed
 
 
 def pool_fill(*, template_id=None):
@@ -249,6 +252,8 @@ def pool_fill(*, template_id=None):
     started = 0
     for node in usable_nodes():
         for template in templates:
+            if _failing_recently(template, node):
+                continue
             missing = template.warm_target - Container.objects.filter(
                 template=template, node=node, state__in=(State.PROVISIONING, State.WARM)
             ).count()
@@ -264,6 +269,14 @@ def pool_fill(*, template_id=None):
                     break
                 started += 1
     return started
+
+
+def _failing_recently(template, node):
+    """The newest container of this pool failed a moment ago: wait a little before the next attempt."""
+    last = Container.objects.filter(template=template, node=node).order_by("-pk").values_list(
+        "state", "updated_at").first()
+    return last is not None and last[0] == State.FAILED and last[1] > timezone.now() - timedelta(
+        seconds=settings.WORKSPACES_FAILURE_BACKOFF)
 
 
 # --- the claim -----------------------------------------------------------------------------------

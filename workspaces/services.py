@@ -448,7 +448,8 @@ def _export(tenant):
     return [
         {"name": w.name, "template": w.template.slug, "owner": w.owner.email, "created_at": w.created_at.isoformat(),
          "deleted_at": w.deleted_at.isoformat() if w.deleted_at else None,
-         "sessions": [{"started_at": s.started_at.isoformat(), "ended_at": s.ended_at.isoformat() if s.ended_at else None,
+         "sessions": [{"started_at": s.started_at.isoformat(),
+                       "ended_at": s.ended_at.isoformat() if s.ended_at else None,
                        "end_reason": s.end_reason} for s in w.sessions.order_by("started_at")]}
         for w in Workspace.objects.filter(tenant=tenant).select_related("template", "owner")
     ]

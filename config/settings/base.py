@@ -193,6 +193,8 @@ INVITATION_TTL = timedelta(days=env.int("INVITATION_TTL_DAYS", default=7))
 WORKSPACES_PROVISION_TIMEOUT = env.int("WORKSPACES_PROVISION_TIMEOUT", default=40)
 # How long a new container may take until its port answers.
 WORKSPACES_READY_TIMEOUT = env.float("WORKSPACES_READY_TIMEOUT", default=30.0)
+# After a failed provisioning the pool of that template and node waits this long before trying again.
+WORKSPACES_FAILURE_BACKOFF = env.int("WORKSPACES_FAILURE_BACKOFF", default=30)
 # The auto-registered local node's capacity: workspaces idle most of the time, so CPU is overcommitted.
 WORKSPACES_LOCAL_CPU_OVERCOMMIT = env.float("WORKSPACES_LOCAL_CPU_OVERCOMMIT", default=8.0)
 WORKSPACES_LOCAL_MEMORY_OVERCOMMIT = env.float("WORKSPACES_LOCAL_MEMORY_OVERCOMMIT", default=2.0)
