@@ -73,3 +73,6 @@ def api_client_for(membership):
 @pytest.fixture
 def make_api_client(db):
     return api_client_for
+
+# The runtime/storage fixtures (tiny image, Docker runtimes, a second dockerd, slots) for any workspaces test.
+pytest_plugins = ["tests.workspaces.fixtures_runtime"]

@@ -43,10 +43,10 @@ class StorageError(Exception):
 def _mount(source, target, flags) -> None:
     if _libc.mount(os.fsencode(source) if source else None, os.fsencode(target), None, flags, None) != 0:
         err = ctypes.get_errno()
-        if err == errno.EPERM:
+        if err == errno.EPERM or (err == errno.EACCES and os.geteuid() != 0):
             raise StorageError(
-                f"mount {source} -> {target}: permission denied. Late-bound storage mounts on the host: run the "
-                "Hearth worker/web as root (or with CAP_SYS_ADMIN)."
+                f"mount {source} -> {target}: permission denied ({os.strerror(err)}). Late-bound storage mounts on "
+                "the host: run the Hearth worker and web processes as root (or with CAP_SYS_ADMIN)."
             )
         raise StorageError(f"mount {source or ''} -> {target} failed: {os.strerror(err)}")
 
@@ -120,8 +120,10 @@ def slot_create(key: str) -> Path:
 def _ensure_source(source: Path) -> None:
     if not source.is_dir():
         source.mkdir(parents=True, exist_ok=True)
-        os.chown(source, WORKSPACE_UID, WORKSPACE_GID)
         source.chmod(0o750)
+    st = source.stat()
+    if (st.st_uid, st.st_gid) != (WORKSPACE_UID, WORKSPACE_GID):  # e.g. made by an import or a restore as root
+        os.chown(source, WORKSPACE_UID, WORKSPACE_GID)
     marker = source / READY_MARKER
     if not marker.exists():
         fd = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o644)
@@ -132,7 +134,7 @@ def _ensure_source(source: Path) -> None:
 def slot_bind(*, slot: Path, source: Path) -> None:
     """Bind the user's directory onto the slot; it shows up in the slot's container at once.
 
-    The source is created (owned by the workspace user) if missing and gets the ready marker before the
+    The source is created if missing, made the workspace user's, and gets the ready marker before the
     bind, so the marker appears in the container atomically with the files. A slot already bound is
     unbound first, so binds never stack.
     """

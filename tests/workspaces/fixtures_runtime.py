@@ -1,0 +1,182 @@
+"""Fixtures for the runtime and storage layers: the tiny image, Docker runtimes (a second dockerd too), slots."""
+import hashlib
+import os
+import shutil
+import signal
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from django.conf import settings
+
+from tests.conftest import require_service
+
+REPO = Path(__file__).resolve().parents[2]
+TINY_IMAGE = "hearth/tiny:1"
+CODE_SERVER_IMAGE = "hearth/code-server:4.100.3"
+
+
+def _instance():
+    return settings.HEARTH_INSTANCE
+
+
+def _cleanup_engine(runtime):
+    """Remove this instance's test containers on an engine (never another instance's)."""
+    for c in runtime.list(instance=_instance()):
+        if c.labels.get("hearth.test") == "1":
+            runtime.remove(c.engine_id)
+
+
+@pytest.fixture(scope="session")
+def docker_runtime():
+    from workspaces.runtime import DockerRuntime
+
+    runtime = DockerRuntime(settings.DOCKER_HOST, node_name="main")
+    require_service("The Docker engine", runtime.ping)
+    yield runtime
+    _cleanup_engine(runtime)
+    runtime.close()
+
+
+def build_tiny_image(docker_host=None):
+    env = {**os.environ, **({"DOCKER_HOST": docker_host} if docker_host else {})}
+    subprocess.run([str(REPO / "scripts/images/build-tiny.sh"), TINY_IMAGE], check=True, env=env, timeout=120)
+
+
+@pytest.fixture(scope="session")
+def tiny_image(docker_runtime):
+    if not docker_runtime.image_exists(TINY_IMAGE):
+        build_tiny_image()
+    return TINY_IMAGE
+
+
+@pytest.fixture
+def slots(settings):
+    """A fresh rshared slot root under this test's STORAGE_ROOT, unmounted (with every bind) afterwards."""
+    from workspaces import storage
+
+    root = storage.slot_root()
+    yield root
+    storage.slot_root_release(root)
+
+
+@pytest.fixture
+def make_container(slots, tiny_image, docker_runtime):
+    """make_container(runtime=None, image=tiny, **spec overrides) -> (RuntimeContainer, slot path); removed after."""
+    from workspaces import storage
+    from workspaces.runtime import ContainerSpec
+
+    made = []
+
+    def make(runtime=None, *, image=None, key=None, **overrides):
+        runtime = runtime or docker_runtime
+        key = key or f"t{uuid.uuid4().hex[:10]}"
+        slot = storage.slot_create(key)
+        spec = dict(
+            name=f"hearth-{_instance()}-{key}",
+            image=image or tiny_image,
+            internal_port=8080,
+            cpus=0.5,
+            memory_mb=64,
+            pids_limit=64,
+            environment={},
+            labels={
+                "hearth.instance": _instance(),
+                "hearth.node": runtime.node_name,
+                "hearth.template": "tiny",
+                "hearth.container": key,
+                "hearth.test": "1",
+            },
+            slot_path=str(slot),
+        )
+        spec.update(overrides)
+        container = runtime.create(ContainerSpec(**spec))
+        made.append((runtime, container, slot))
+        return container, slot
+
+    yield make
+    for runtime, container, slot in made:
+        runtime.remove(container.engine_id)
+        storage.slot_remove(slot)
+
+
+def docker_exec(runtime, engine_id, *cmd, timeout=30):
+    """Run a command inside a container as its user; returns (exit code, output)."""
+    exec_id = runtime.api.exec_create(engine_id, list(cmd))["Id"]
+    output = runtime.api.exec_start(exec_id)
+    code = runtime.api.exec_inspect(exec_id)["ExitCode"]
+    return code, output.decode(errors="replace")
+
+
+@pytest.fixture(scope="session")
+def second_engine(docker_runtime, tiny_image):
+    """A second dockerd on this machine: own socket, data root, exec root, pidfile and address pool.
+
+    It gets a bridge of its own: `--bridge none` would make dockerd delete the host's docker0 (seen here),
+    breaking the main engine. `--iptables=false` keeps it out of the main engine's firewall rules (its networks
+    are therefore not isolated; isolation is tested on the main engine).
+    """
+    from workspaces.runtime import DockerRuntime
+
+    dockerd = shutil.which("dockerd")
+    if not dockerd or os.geteuid() != 0:
+
+        def missing():
+            raise RuntimeError("a second engine needs the dockerd binary and root")
+
+        require_service("a second dockerd", missing)
+    name = f"{_instance()}-dockerd2"
+    sock = f"/run/{name}.sock"
+    digest = hashlib.sha1(name.encode()).hexdigest()
+    octet = 200 + int(digest, 16) % 50
+    bridge = f"hbr-{digest[:8]}"
+    subprocess.run(["ip", "link", "del", bridge], capture_output=True)
+    subprocess.run(["ip", "link", "add", bridge, "type", "bridge"], check=True)
+    subprocess.run(["ip", "addr", "add", f"10.{octet}.0.1/24", "dev", bridge], check=True)
+    subprocess.run(["ip", "link", "set", bridge, "up"], check=True)
+    args = [
+        dockerd,
+        f"--host=unix://{sock}",
+        f"--data-root=/var/lib/{name}",
+        f"--exec-root=/run/{name}",
+        f"--pidfile=/run/{name}.pid",
+        f"--bridge={bridge}",
+        "--iptables=false",
+        "--ip-masq=false",
+        f"--default-address-pool=base=10.{octet}.128.0/17,size=24",
+    ]
+    log = open(f"/tmp/{name}.log", "wb")
+    proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    runtime = DockerRuntime(f"unix://{sock}", node_name="second")
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                runtime.ping()
+                break
+            except Exception:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"second dockerd did not start; see /tmp/{name}.log")
+                runtime.close()
+                time.sleep(0.2)
+        if not runtime.image_exists(tiny_image):
+            build_tiny_image(f"unix://{sock}")
+        yield runtime
+    finally:
+        try:
+            _cleanup_engine(runtime)
+            for net in runtime.api.networks(names=[runtime.network]):
+                runtime.api.remove_network(net["Id"])
+        except Exception:
+            pass
+        runtime.close()
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        subprocess.run(["ip", "link", "del", bridge], capture_output=True)
+        log.close()
