@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parents[2]
 TINY_IMAGE = "hearth/tiny:1"
 
 __all__ = ["engine", "tiny_image", "pool_env", "node", "tiny_template", "tenant_e", "member", "workspace",
-           "restore_defaults", "live_db", "TINY_IMAGE", "engine_cleanup", "make_workspace"]
+           "restore_defaults", "live_db", "own_broker_url", "TINY_IMAGE", "engine_cleanup", "make_workspace"]
 
 
 def restore_defaults():
@@ -87,11 +87,23 @@ def pool_env(settings, tiny_image):
     docker_runtime._runtimes.clear()
 
 
+def own_broker_url():
+    """A Redis database of this test instance, so tasks enqueued on commit never reach another install's worker."""
+    import zlib
+
+    return f"redis://127.0.0.1:6379/{1 + zlib.crc32(settings.HEARTH_INSTANCE.encode()) % 15}"
+
+
 @pytest.fixture
 def live_db(transactional_db):
-    """Committed transactions (threads, subprocesses); seed data restored first."""
+    """Committed transactions (threads, subprocesses); seed data restored first; tasks go to our own broker."""
+    from config.celery import app
+
     restore_defaults()
-    return transactional_db
+    old = app.conf.broker_url
+    app.conf.broker_url = own_broker_url()
+    yield transactional_db
+    app.conf.broker_url = old
 
 
 @pytest.fixture
