@@ -52,7 +52,8 @@ def test_admin_pages_and_actions(client, node, tiny_template):
     for url in ["/admin/workspaces/workspacetemplate/", "/admin/workspaces/node/", "/admin/workspaces/container/",
                 "/admin/workspaces/session/", "/admin/workspaces/workspace/"]:
         assert client.get(url).status_code == 200, url
-    client.post("/admin/workspaces/workspacetemplate/", {"action": "pause_pools", "_selected_action": [tiny_template.pk]})
+    client.post("/admin/workspaces/workspacetemplate/",
+                {"action": "pause_pools", "_selected_action": [tiny_template.pk]})
     tiny_template.refresh_from_db()
     assert tiny_template.pool_paused
     client.post("/admin/workspaces/node/", {"action": "drain", "_selected_action": [node.pk]})
