@@ -11,6 +11,7 @@ import ctypes
 import errno
 import os
 import re
+import shutil
 import threading
 from pathlib import Path
 
@@ -177,14 +178,23 @@ def slot_unbind(*, slot: Path) -> None:
 
 
 def slot_remove(slot: Path) -> None:
-    """Unbind and delete the slot directory; a missing slot is fine. Never touches the user's files."""
+    """Unbind and delete the slot directory; a missing slot is fine. Never touches the user's files.
+
+    What a container wrote into its slot before any bind (a code-server started warm writes its config there)
+    is deleted with the slot, once nothing is mounted on or under it.
+    """
     slot_unbind(slot=slot)
+    real_slot = os.path.realpath(slot)
+    if any(point == real_slot or point.startswith(real_slot + "/") for point, _ in _mountinfo()):
+        raise StorageError(f"slot {slot} still has something mounted under it; not deleting")
     try:
-        os.rmdir(slot)
+        os.rmdir(real_slot)
     except FileNotFoundError:
         pass
     except OSError as exc:
-        raise StorageError(f"cannot remove slot {slot}: {exc.strerror}") from exc
+        if exc.errno != errno.ENOTEMPTY:
+            raise StorageError(f"cannot remove slot {slot}: {exc.strerror}") from exc
+        shutil.rmtree(real_slot)
 
 
 def user_storage_path(*, tenant_slug: str, user_id, workspace_id) -> Path:

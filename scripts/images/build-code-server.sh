@@ -73,13 +73,20 @@ install -m 755 "$NODE" "$OVERLAY/usr/local/bin/node"
 install -m 755 "$ROOT/images/code-server/hearth-entrypoint" "$OVERLAY/usr/local/bin/hearth-entrypoint"
 install -m 644 "$ROOT/images/code-server/settings.json" "$OVERLAY/etc/hearth/settings.json"
 ln -s /opt/code-server/node_modules/code-server/out/node/entry.js "$OVERLAY/usr/local/bin/code-server"
+# The host's npm (it runs on this Node) so users can install packages into their home.
+NPM_DIR=$(dirname "$(dirname "$(readlink -f "$(command -v npm)")")")
+mkdir -p "$OVERLAY/usr/local/lib/node_modules"
+cp -a "$NPM_DIR" "$OVERLAY/usr/local/lib/node_modules/npm"
+ln -s ../lib/node_modules/npm/bin/npm-cli.js "$OVERLAY/usr/local/bin/npm"
+ln -s ../lib/node_modules/npm/bin/npx-cli.js "$OVERLAY/usr/local/bin/npx"
 say "importing $IMAGE (tar of rootfs + Node + code-server, about 500 MB)"
 tar --numeric-owner -c -C "$BASE" --exclude=./.hearth-done . \
-    -C "$OVERLAY" ./usr/local/bin/node ./usr/local/bin/hearth-entrypoint ./usr/local/bin/code-server ./etc/hearth \
+    -C "$OVERLAY" ./usr/local/bin/node ./usr/local/bin/hearth-entrypoint ./usr/local/bin/code-server \
+      ./usr/local/bin/npm ./usr/local/bin/npx ./usr/local/lib/node_modules ./etc/hearth \
     --transform 's,^\./node_modules,./opt/code-server/node_modules,' -C "$NPMTREE" ./node_modules \
   | docker import \
     --change 'USER 1000:1000' --change 'WORKDIR /home/coder' \
-    --change 'ENV HOME=/home/coder LANG=C.UTF-8 SHELL=/bin/bash PORT=8080 PATH=/usr/local/bin:/usr/bin:/bin' \
+    --change 'ENV HOME=/home/coder LANG=C.UTF-8 SHELL=/bin/bash HEARTH_IDE_PORT=8080 NPM_CONFIG_PREFIX=/home/coder/.local PATH=/home/coder/.local/bin:/usr/local/bin:/usr/bin:/bin' \
     --change 'EXPOSE 8080' --change "LABEL hearth.image=code-server org.opencontainers.image.version=$VERSION" \
     --change 'ENTRYPOINT ["/usr/local/bin/hearth-entrypoint"]' - "$IMAGE" >/dev/null
 say "built $IMAGE ($(docker image inspect -f '{{.Size}}' "$IMAGE" | awk '{printf "%d MB", $1/1e6}'))"

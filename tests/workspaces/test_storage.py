@@ -104,6 +104,18 @@ def test_slot_remove_never_touches_the_users_files(slots):
     storage.slot_remove(slot)  # idempotent
 
 
+def test_slot_remove_deletes_what_was_written_before_the_bind(slots):
+    slot = storage.slot_create("s-6")
+    (slot / ".config").mkdir()
+    (slot / ".config" / "config.yaml").write_text("written warm")
+    source = _user_dir("acme", 6)
+    storage.slot_bind(slot=slot, source=source)
+    (source / "keep.txt").write_text("keep")
+    storage.slot_remove(slot)
+    assert not slot.exists()
+    assert (source / "keep.txt").read_text() == "keep"
+
+
 def test_bind_refuses_paths_outside_the_slot_root(slots, tmp_path):
     outside = tmp_path / "elsewhere"
     outside.mkdir()
