@@ -288,6 +288,18 @@ def _warm_candidates(template):
     ).order_by("pk")
 
 
+_CLAIM_SQL = f"""
+    UPDATE {Container._meta.db_table} SET state = %s, claimed_at = %s, updated_at = %s
+    WHERE id = (
+        SELECT c.id FROM {Container._meta.db_table} c JOIN {Node._meta.db_table} n ON n.id = c.node_id
+        WHERE c.template_id = %s AND c.state = %s AND n.enabled AND NOT n.draining
+        ORDER BY c.id LIMIT 1
+        FOR UPDATE OF c SKIP LOCKED
+    )
+    RETURNING id, node_id, slot_path, address, name, engine_id
+"""
+
+
 def container_claim(*, template, now):
     """Inside the caller's transaction: take one WARM container of `template` (CLAIMED), or None.
 
@@ -297,10 +309,16 @@ def container_claim(*, template, now):
     if not transaction.get_connection().in_atomic_block:
         raise RuntimeError("container_claim must run inside the transaction that creates the session")
     if connection.vendor == "postgresql":
-        container = _warm_candidates(template).select_for_update(skip_locked=True, of=("self",)).first()
-        if container is None:
+        # One statement: lock the oldest unlocked WARM row of a usable node, mark it CLAIMED, return it.
+        with connection.cursor() as cursor:
+            cursor.execute(_CLAIM_SQL, [State.CLAIMED, now, now, template.pk, State.WARM])
+            row = cursor.fetchone()
+        if row is None:
             return None
-        Container.objects.filter(pk=container.pk).update(state=State.CLAIMED, claimed_at=now)
+        container = Container(pk=row[0], node_id=row[1], template_id=template.pk, slot_path=row[2],
+                              address=row[3], name=row[4], engine_id=row[5], state=State.CLAIMED, claimed_at=now)
+        container.template = template
+        return container
     else:
         for _ in range(20):
             container = _warm_candidates(template).first()

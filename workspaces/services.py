@@ -10,6 +10,7 @@ import importlib
 import logging
 import os
 import shutil
+import threading
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -17,6 +18,7 @@ from pathlib import Path
 from django.conf import settings
 from django.core import signing
 from django.db import IntegrityError, transaction
+from django.db.models import OuterRef, Subquery
 from django.utils import timezone
 
 from tenants import offboarding
@@ -101,16 +103,50 @@ def _route_delete(workspace):
             log.warning("route_delete(%s) failed: %s", workspace.host_key, exc)
 
 
+class _RefillNudger:
+    """Enqueues pool_fill after claims from a background thread, so no open waits on the broker.
+
+    Nudges for the same template coalesce while one is pending. Best effort by design: if the process dies
+    first, the beat's pool-fill tick (every 15 s) refills anyway.
+    """
+
+    def __init__(self):
+        self._pending = set()
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._thread = None
+        self._pid = None
+
+    def nudge(self, template_id):
+        with self._lock:
+            self._pending.add(template_id)
+            if self._thread is None or self._pid != os.getpid() or not self._thread.is_alive():
+                self._pid = os.getpid()
+                self._thread = threading.Thread(target=self._run, name="hearth-refill-nudger", daemon=True)
+                self._thread.start()
+        self._wake.set()
+
+    def _run(self):
+        from workspaces import tasks
+
+        while True:
+            self._wake.wait()
+            self._wake.clear()
+            with self._lock:
+                pending, self._pending = self._pending, set()
+            for template_id in pending:
+                try:
+                    tasks.pool_fill.delay(template_id=template_id)
+                except Exception as exc:  # a dead broker delays the refill until the next beat tick
+                    log.warning("could not enqueue pool_fill: %s", exc)
+
+
+_nudger = _RefillNudger()
+
+
 def _enqueue_pool_fill(template_id):
-    from workspaces import tasks
-
-    def enqueue():
-        try:
-            tasks.pool_fill.delay(template_id=template_id)
-        except Exception as exc:  # a dead broker delays the refill until the next beat tick
-            log.warning("could not enqueue pool_fill: %s", exc)
-
-    transaction.on_commit(enqueue)
+    """After the current transaction commits, ask a worker to refill the template's pools."""
+    transaction.on_commit(lambda: _nudger.nudge(template_id))
 
 
 # --- who may act ---------------------------------------------------------------------------------
@@ -125,12 +161,6 @@ def _membership(*, tenant, user):
 
 def _can_manage(membership, workspace):
     return workspace.owner_id == membership.user_id or membership.role in (Role.OWNER, Role.ADMIN)
-
-
-def _require_active(tenant):
-    status = Tenant.objects.filter(pk=tenant.pk).values_list("status", flat=True).first()
-    if status != Tenant.Status.ACTIVE:
-        raise Forbidden(f"The tenant is {status}: workspaces cannot be opened.", code=f"tenant_{status}")
 
 
 # --- workspaces ----------------------------------------------------------------------------------
@@ -211,26 +241,32 @@ def workspace_open(*, workspace, user):
     (container CLAIMED + Session), then the storage bind, the gateway route and the token. A failure after
     the claim ends the session (reason `failed`) and releases the container: nothing is left half-made.
     """
-    workspace = Workspace.objects.select_related("tenant__plan", "template", "owner").filter(
-        pk=workspace.pk, deleted_at__isnull=True).first()
-    if workspace is None:
+    # One query: the workspace, its tenant, plan and template, the user's role and any live session.
+    workspace = Workspace.objects.select_related("tenant__plan", "template").annotate(
+        user_role=Subquery(Membership.objects.filter(tenant=OuterRef("tenant"), user=user.pk).values("role")[:1]),
+        live_session_id=Subquery(Session.objects.filter(workspace=OuterRef("pk"), ended_at__isnull=True)
+                                 .values("pk")[:1]),
+    ).filter(pk=workspace.pk, deleted_at__isnull=True).first()
+    if workspace is None or workspace.user_role is None:
         raise NotFound("No such workspace.")
-    membership = _membership(tenant=workspace.tenant, user=user)
     if workspace.owner_id != user.pk:
-        if _can_manage(membership, workspace):
+        if workspace.user_role in (Role.OWNER, Role.ADMIN):
             raise Forbidden("Only the workspace's owner can open it: its files are theirs.", code="not_owner")
         raise NotFound("No such workspace.")
     tenant, template = workspace.tenant, workspace.template
-    _require_active(tenant)
+    if tenant.status != Tenant.Status.ACTIVE:
+        raise Forbidden(f"The tenant is {tenant.status}: workspaces cannot be opened.",
+                        code=f"tenant_{tenant.status}")
     if not template.enabled:
         raise Conflict(f"The template '{template.slug}' is disabled.", code="template_disabled")
     if template.pool_paused:
         raise Conflict(f"The '{template.slug}' pool is paused by the operators; try again later.",
                        code="pool_paused")
-    live = Session.objects.select_related("container", "workspace", "tenant").filter(
-        workspace=workspace, ended_at__isnull=True).first()
-    if live is not None:
-        return _resume(live)
+    if workspace.live_session_id is not None:
+        live = Session.objects.select_related("container", "workspace", "tenant").filter(
+            pk=workspace.live_session_id, ended_at__isnull=True).first()
+        if live is not None:
+            return _resume(live)
     _entitlement_check(tenant)
 
     session = _claim(workspace=workspace, user=user)
@@ -274,9 +310,8 @@ def _new_session(*, workspace, user, container, now, cold):
         tenant=workspace.tenant, workspace=workspace, user=user, container=container, cold_start=cold,
         started_at=now, last_activity_at=now, metered_until=now,
     )
+    # No audit row: the Session is itself the record of who opened what, when (GET /api/v1/sessions).
     session.workspace, session.container = workspace, container
-    audit_record(tenant=workspace.tenant, actor=user, action="session.opened", target=f"session:{session.pk}",
-                 data={"workspace": workspace.pk, "container": container.pk, "cold_start": cold})
     return session
 
 
