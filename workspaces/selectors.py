@@ -53,3 +53,14 @@ def session_get(*, tenant, membership, session_id):
 
 def live_session_for(*, workspace):
     return Session.objects.filter(workspace=workspace, ended_at__isnull=True).select_related("container").first()
+
+
+def live_routes():
+    """(host_key, session_id, address) of every live session: the gateway restores its map from this at start
+    (set GATEWAY_ROUTES_SOURCE=workspaces.selectors.live_routes)."""
+    return [
+        (host_key, str(session_id), address or None)
+        for host_key, session_id, address in Session.objects.filter(
+            ended_at__isnull=True, container__state=Container.State.CLAIMED
+        ).values_list("workspace__host_key", "pk", "container__address")
+    ]

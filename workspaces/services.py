@@ -17,6 +17,7 @@ from pathlib import Path
 
 from django.conf import settings
 from django.core import signing
+from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 from django.db.models import OuterRef, Subquery
 from django.utils import timezone
@@ -90,8 +91,40 @@ def _session_url_and_token(session):
 
 def _route_set(session):
     route_set = _hook("workspaces.gateway.routes", "route_set")
-    if route_set is not None:
-        route_set(host_key=session.workspace.host_key, session_id=str(session.pk), address=session.container.address)
+    if route_set is None:
+        return
+    unavailable = _hook("workspaces.gateway.runtime_api", "GatewayUnavailable") or ()
+    try:
+        route_set(host_key=session.workspace.host_key, session_id=str(session.pk),
+                  address=session.container.address)
+    except unavailable as exc:
+        # HAProxy is down or restarting: it restores every live route from live_routes() when it starts.
+        log.warning("route_set(%s): the gateway does not answer (%s); it restores routes at start",
+                    session.workspace.host_key, exc)
+
+
+def _activity_from_gateway(now):
+    """Move last_activity_at forward from the gateway's per-session counters (idle seconds, open streams)."""
+    counters_read = _hook("workspaces.gateway.routes", "counters_read")
+    if counters_read is None:
+        return 0
+    try:
+        counters = counters_read()
+    except Exception as exc:  # no counters this tick: the API heartbeat and the next tick still count
+        log.warning("counters_read failed: %s", exc)
+        return 0
+    touched = 0
+    for session_id, c in counters.items():
+        idle = 0 if c.get("active") else c.get("idle_seconds")
+        if idle is None:
+            continue
+        seen = now - timedelta(seconds=int(idle))
+        try:
+            touched += Session.objects.filter(pk=session_id, ended_at__isnull=True,
+                                              last_activity_at__lt=seen).update(last_activity_at=seen)
+        except (ValueError, ValidationError):
+            continue  # not one of ours (another install behind the same gateway)
+    return touched
 
 
 def _route_delete(workspace):
@@ -445,6 +478,7 @@ def session_end(*, session, reason, actor=None):
 def sessions_reclaim(*, now=None):
     """End sessions idle past the template's (or the plan's, if shorter) idle timeout; meter the others."""
     now = now or timezone.now()
+    _activity_from_gateway(now)
     ended = 0
     remaining_hook = _hook("metering.selectors", "workspace_seconds_remaining")
     live = Session.objects.filter(ended_at__isnull=True).select_related("workspace__template", "tenant__plan")
