@@ -187,3 +187,8 @@ LOGGING = {
 
 # Invitations stay valid this long.
 INVITATION_TTL = timedelta(days=env.int("INVITATION_TTL_DAYS", default=7))
+
+# The API: one view per operation; URLs with several methods are expanded for the schema.
+SPECTACULAR_SETTINGS["PREPROCESSING_HOOKS"] = ["tenants.api_base.expand_method_routes"]
+SPECTACULAR_SETTINGS["COMPONENT_SPLIT_REQUEST"] = True
+REST_FRAMEWORK["DEFAULT_SCHEMA_CLASS"] = "tenants.api_base.AutoSchema"
