@@ -322,6 +322,28 @@ def tenant_change_plan(*, tenant, plan, actor):
     return tenant
 
 
+def tenant_rename(*, tenant, name, actor):
+    """Change the tenant's display name (owners and admins); the slug stays, URLs and storage depend on it."""
+    _require_manager(tenant=tenant, actor=actor)
+    name = (name or "").strip()
+    if not name:
+        raise ServiceError("A tenant needs a name.", field="name")
+    if len(name) > Tenant._meta.get_field("name").max_length:
+        raise ServiceError("The name is too long (120 characters at most).", field="name")
+    with transaction.atomic():
+        tenant = Tenant.objects.select_for_update().get(pk=tenant.pk)
+        if tenant.status == Tenant.Status.OFFBOARDED:
+            raise Forbidden("The tenant is offboarded.", code="tenant_offboarded")
+        if tenant.name == name:
+            return tenant
+        old = tenant.name
+        tenant.name = name
+        tenant.save(update_fields=["name"])
+        audit_record(tenant=tenant, actor=actor, action="tenant.renamed", target=tenant.slug,
+                     data={"from": old, "to": name})
+    return tenant
+
+
 def _set_status(*, tenant, status, actor, action, reason=""):
     with transaction.atomic():
         tenant = Tenant.objects.select_for_update().get(pk=tenant.pk)

@@ -184,3 +184,6 @@ LOGGING = {
 
 # Invitations stay valid this long.
 INVITATION_TTL = timedelta(days=env.int("INVITATION_TTL_DAYS", default=7))
+
+# Portal: account mails say where they come from.
+ACCOUNT_EMAIL_SUBJECT_PREFIX = env.str("ACCOUNT_EMAIL_SUBJECT_PREFIX", default="[Hearth] ")
