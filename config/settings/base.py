@@ -192,3 +192,5 @@ INVITATION_TTL = timedelta(days=env.int("INVITATION_TTL_DAYS", default=7))
 SPECTACULAR_SETTINGS["PREPROCESSING_HOOKS"] = ["tenants.api_base.expand_method_routes"]
 SPECTACULAR_SETTINGS["COMPONENT_SPLIT_REQUEST"] = True
 REST_FRAMEWORK["DEFAULT_SCHEMA_CLASS"] = "tenants.api_base.AutoSchema"
+# Portal: account mails say where they come from.
+ACCOUNT_EMAIL_SUBJECT_PREFIX = env.str("ACCOUNT_EMAIL_SUBJECT_PREFIX", default="[Hearth] ")
