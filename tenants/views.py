@@ -109,8 +109,10 @@ def tenant_create(request):
 
 def _members_page(request, membership, *, invite_form=None, status=200, invitation_link=None):
     tenant = membership.tenant
+    members = list(selectors.member_list(tenant=tenant))
     context = {
-        "members": selectors.member_list(tenant=tenant),
+        "members": members,
+        "owner_count": sum(m.role == Role.OWNER for m in members),
         "invitations": selectors.invitation_list(tenant=tenant),
         "invite_form": invite_form or InviteForm(),
         "roles": Role.choices,

@@ -311,6 +311,15 @@ def test_member_can_leave(client, team):
     assert client.get("/")["Location"] == reverse("portal:tenant_create")
 
 
+def test_sole_owner_is_not_offered_to_leave(client, team):
+    page = login(client, team.owner).get(reverse("portal:members")).content.decode()
+    assert reverse("portal:member_remove", args=[team.owner.pk]) not in page
+    assert reverse("portal:member_remove", args=[team.member.pk]) in page
+    MembershipFactory(tenant=team.tenant, role="owner")
+    page = client.get(reverse("portal:members")).content.decode()
+    assert reverse("portal:member_remove", args=[team.owner.pk]) in page
+
+
 def test_revoke_invitation(client, team):
     invitation, _ = services.member_invite(tenant=team.tenant, email="r@example.test", actor=team.owner.user)
     response = login(client, team.admin).post(reverse("portal:invitation_revoke", args=[invitation.pk]))
@@ -688,3 +697,11 @@ def test_password_reset_by_mail(client, team, smtp_server):
     response = fresh.post(reverse("account_login"), {"login": "owner@acme.test", "password": "a brand new passphrase"})
     assert response.status_code == 302
     assert "<h1>Acme</h1>" in text(fresh.get("/"))
+
+
+@pytest.mark.parametrize("name", ["account_email", "account_change_password"])
+def test_allauth_pages_not_restyled_one_by_one_use_the_portal_layout(client, team, name):
+    response = login(client, team.owner).get(reverse(name))
+    assert response.status_code == 200
+    page = text(response)
+    assert 'href="/static/hearth.css"' in page and '<main id="main" class="container auth"' in page
