@@ -1,4 +1,4 @@
-"""End to end in real headless Chromium: sign up → confirm by mail → dashboard → invite a member."""
+"""End to end in real headless Chromium: sign up → confirm by mail → dashboard → invite a member → they join."""
 import re
 from pathlib import Path
 
@@ -113,6 +113,17 @@ def test_signup_verify_dashboard_invite(django_db_serialized_rollback, transacti
     assert ada.get_by_label("Email").input_value() == "ada@example.test"
     assert ada.get_by_label("Organisation").count() == 0
     ada.screenshot(path=artifacts / "08-phone-signup-invited.png", full_page=True)
+    ada.get_by_label("Password", exact=True).fill("another long passphrase")
+    ada.get_by_label("Password (again)").fill("another long passphrase")
+    ada.get_by_role("button", name="Sign up").click()
+    ada.get_by_role("heading", name="Check your email").wait_for()
+    mail = smtp_server.wait_for(to="ada@example.test", subject_contains="Confirm your email address")
+    ada.goto(smtp_server.link_in(mail, "/accounts/confirm-email/"))
+    ada.get_by_role("button", name="Yes, confirm").click()
+    ada.get_by_role("heading", name="Hopper Labs", level=1).wait_for()
+    assert ada.get_by_text("You joined Hopper Labs as admin.").is_visible()
+    assert Tenant.objects.count() == 1  # she joined; no tenant of her own
+    ada.screenshot(path=artifacts / "09-phone-joined.png", full_page=True)
     visitor.close()
     context.close()
     assert (artifacts / "03-members-invited.png").stat().st_size > 10_000

@@ -131,7 +131,9 @@ def test_switcher_lists_memberships_and_switches(client, team, other):
     response = client.post(reverse("portal:tenant_switch"), {"tenant": "acme", "next": "/members/"})
     assert response.status_code == 302 and response["Location"] == "/members/"
     assert "<h1>Acme</h1>" in text(client.get("/"))
-    client.post(reverse("portal:tenant_switch"), {"tenant": "globex", "next": "https://evil.test/"})
+    for unsafe in ("https://evil.test/", "//evil.test/", "/\\evil.test/"):
+        response = client.post(reverse("portal:tenant_switch"), {"tenant": "globex", "next": unsafe})
+        assert response["Location"] == "/"
     assert "<h1>Globex</h1>" in text(client.get("/"))
 
 
@@ -428,6 +430,8 @@ def test_sign_in_after_opening_an_invitation_joins_the_tenant(client, team):
     EmailAddress.objects.create(user=joiner, email=joiner.email, verified=True, primary=True)
     _, _, url = invite(team)
     client.get(url)
+    assert "Sign in as <strong>joiner@example.test</strong> to join <strong>Acme</strong>" in text(
+        client.get(reverse("account_login")))
     response = client.post(reverse("account_login"), {"login": "joiner@example.test",
                                                       "password": "correct horse battery"})
     assert response.status_code == 302 and response["Location"] == reverse("portal:dashboard")
