@@ -187,3 +187,5 @@ INVITATION_TTL = timedelta(days=env.int("INVITATION_TTL_DAYS", default=7))
 
 # Portal: account mails say where they come from.
 ACCOUNT_EMAIL_SUBJECT_PREFIX = env.str("ACCOUNT_EMAIL_SUBJECT_PREFIX", default="[Hearth] ")
+# A slow mail server must not hold a portal request (invitations are mailed while the inviter waits).
+EMAIL_TIMEOUT = env.int("EMAIL_TIMEOUT", default=10)
