@@ -62,7 +62,7 @@ def dashboard(request, membership):
 @require_POST
 def tenant_switch(request):
     form = TenantSwitchForm(request.POST)
-    slug = form.data.get("tenant") if form.is_valid() else None
+    slug = form.cleaned_data["tenant"] if form.is_valid() else None
     if not any(m.tenant.slug == slug for m in user_memberships(request)):
         raise Http404("No such tenant.")
     choose_tenant(request, slug)
