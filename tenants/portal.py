@@ -1,4 +1,11 @@
 """Which tenant a portal page acts on (chosen per browser session), the pending invitation, and dashboard cards."""
+import functools
+
+from django.contrib.auth.decorators import login_required
+from django.http import Http404
+from django.shortcuts import redirect
+
+from tenants.exceptions import NotFound
 from tenants.selectors import memberships_of
 
 SESSION_KEY = "hearth_tenant"
@@ -32,6 +39,24 @@ def choose_tenant(request, slug):
     request.session[SESSION_KEY] = slug
     request._hearth_membership = None
     request._hearth_memberships = None
+
+
+def tenant_view(view):
+    """A portal view `fn(request, membership, ...)` acting on the current tenant: signed in and a member of
+    some tenant (else sent to create one); a NotFound from a selector or service is a 404."""
+
+    @login_required
+    @functools.wraps(view)
+    def wrapped(request, *args, **kwargs):
+        membership = current_membership(request)
+        if membership is None:
+            return redirect("portal:tenant_create")
+        try:
+            return view(request, membership, *args, **kwargs)
+        except NotFound as exc:
+            raise Http404(exc.message) from None
+
+    return wrapped
 
 
 # --- dashboard cards -----------------------------------------------------------------------------

@@ -3,7 +3,6 @@
 Every write goes through tenants.services; a ServiceError becomes a message on the page with its 4xx status.
 Objects are looked up within the current tenant, so another tenant's look exactly like missing ones (404).
 """
-import functools
 from pathlib import Path
 
 from django.contrib import messages
@@ -12,6 +11,7 @@ from django.http import FileResponse, Http404
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils import timezone
+from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_http_methods, require_POST
 
 from tenants import selectors, services
@@ -28,24 +28,14 @@ from tenants.forms import (
 )
 from tenants.mail import invitation_mail_send
 from tenants.models import Role
-from tenants.portal import INVITATION_SESSION_KEY, choose_tenant, current_membership, dashboard_cards, user_memberships
-
-
-def tenant_view(view):
-    """Signed in and a member of some tenant; the view gets the current membership. NotFound is a 404."""
-
-    @login_required
-    @functools.wraps(view)
-    def wrapped(request, *args, **kwargs):
-        membership = current_membership(request)
-        if membership is None:
-            return redirect("portal:tenant_create")
-        try:
-            return view(request, membership, *args, **kwargs)
-        except NotFound as exc:
-            raise Http404(exc.message) from None
-
-    return wrapped
+from tenants.portal import (
+    INVITATION_SESSION_KEY,
+    choose_tenant,
+    current_membership,
+    dashboard_cards,
+    tenant_view,
+    user_memberships,
+)
 
 
 def _error_status(exc):
@@ -72,13 +62,15 @@ def dashboard(request, membership):
 @require_POST
 def tenant_switch(request):
     form = TenantSwitchForm(request.POST)
-    slug = form.data.get("tenant") if form.is_valid() else None
+    slug = form.cleaned_data["tenant"] if form.is_valid() else None
     if not any(m.tenant.slug == slug for m in user_memberships(request)):
         raise Http404("No such tenant.")
     choose_tenant(request, slug)
     target = request.POST.get("next") or ""
-    # Only a path on this site; the page shown belongs to the newly chosen tenant.
-    return redirect(target if target.startswith("/") and not target.startswith("//") else "portal:dashboard")
+    if not url_has_allowed_host_and_scheme(target, allowed_hosts={request.get_host()},
+                                           require_https=request.is_secure()):
+        target = reverse("portal:dashboard")
+    return redirect(target)
 
 
 @login_required
@@ -109,8 +101,10 @@ def tenant_create(request):
 
 def _members_page(request, membership, *, invite_form=None, status=200, invitation_link=None):
     tenant = membership.tenant
+    members = list(selectors.member_list(tenant=tenant))
     context = {
-        "members": selectors.member_list(tenant=tenant),
+        "members": members,
+        "owner_count": sum(m.role == Role.OWNER for m in members),
         "invitations": selectors.invitation_list(tenant=tenant),
         "invite_form": invite_form or InviteForm(),
         "roles": Role.choices,

@@ -194,3 +194,5 @@ SPECTACULAR_SETTINGS["COMPONENT_SPLIT_REQUEST"] = True
 REST_FRAMEWORK["DEFAULT_SCHEMA_CLASS"] = "tenants.api_base.AutoSchema"
 # Portal: account mails say where they come from.
 ACCOUNT_EMAIL_SUBJECT_PREFIX = env.str("ACCOUNT_EMAIL_SUBJECT_PREFIX", default="[Hearth] ")
+# A slow mail server must not hold a portal request (invitations are mailed while the inviter waits).
+EMAIL_TIMEOUT = env.int("EMAIL_TIMEOUT", default=10)

@@ -131,7 +131,9 @@ def test_switcher_lists_memberships_and_switches(client, team, other):
     response = client.post(reverse("portal:tenant_switch"), {"tenant": "acme", "next": "/members/"})
     assert response.status_code == 302 and response["Location"] == "/members/"
     assert "<h1>Acme</h1>" in text(client.get("/"))
-    client.post(reverse("portal:tenant_switch"), {"tenant": "globex", "next": "https://evil.test/"})
+    for unsafe in ("https://evil.test/", "//evil.test/", "/\\evil.test/"):
+        response = client.post(reverse("portal:tenant_switch"), {"tenant": "globex", "next": unsafe})
+        assert response["Location"] == "/"
     assert "<h1>Globex</h1>" in text(client.get("/"))
 
 
@@ -311,6 +313,15 @@ def test_member_can_leave(client, team):
     assert client.get("/")["Location"] == reverse("portal:tenant_create")
 
 
+def test_sole_owner_is_not_offered_to_leave(client, team):
+    page = login(client, team.owner).get(reverse("portal:members")).content.decode()
+    assert reverse("portal:member_remove", args=[team.owner.pk]) not in page
+    assert reverse("portal:member_remove", args=[team.member.pk]) in page
+    MembershipFactory(tenant=team.tenant, role="owner")
+    page = client.get(reverse("portal:members")).content.decode()
+    assert reverse("portal:member_remove", args=[team.owner.pk]) in page
+
+
 def test_revoke_invitation(client, team):
     invitation, _ = services.member_invite(tenant=team.tenant, email="r@example.test", actor=team.owner.user)
     response = login(client, team.admin).post(reverse("portal:invitation_revoke", args=[invitation.pk]))
@@ -419,6 +430,8 @@ def test_sign_in_after_opening_an_invitation_joins_the_tenant(client, team):
     EmailAddress.objects.create(user=joiner, email=joiner.email, verified=True, primary=True)
     _, _, url = invite(team)
     client.get(url)
+    assert "Sign in as <strong>joiner@example.test</strong> to join <strong>Acme</strong>" in text(
+        client.get(reverse("account_login")))
     response = client.post(reverse("account_login"), {"login": "joiner@example.test",
                                                       "password": "correct horse battery"})
     assert response.status_code == 302 and response["Location"] == reverse("portal:dashboard")
@@ -688,3 +701,11 @@ def test_password_reset_by_mail(client, team, smtp_server):
     response = fresh.post(reverse("account_login"), {"login": "owner@acme.test", "password": "a brand new passphrase"})
     assert response.status_code == 302
     assert "<h1>Acme</h1>" in text(fresh.get("/"))
+
+
+@pytest.mark.parametrize("name", ["account_email", "account_change_password"])
+def test_allauth_pages_not_restyled_one_by_one_use_the_portal_layout(client, team, name):
+    response = login(client, team.owner).get(reverse(name))
+    assert response.status_code == 200
+    page = text(response)
+    assert 'href="/static/hearth.css"' in page and '<main id="main" class="container auth"' in page
