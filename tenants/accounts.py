@@ -1,26 +1,67 @@
-"""allauth glue: sign-up asks for the organisation and plan and creates the user's tenant with the user."""
+"""allauth glue: sign-up creates the user's tenant, or joins the inviting one once the address is verified."""
 from allauth.account.adapter import DefaultAccountAdapter
 from django import forms
+from django.contrib import messages
 from django.db import transaction
+from django.shortcuts import redirect
 
 from tenants import services
+from tenants.exceptions import ServiceError
 from tenants.models import Plan
+from tenants.portal import INVITATION_SESSION_KEY, choose_tenant
+from tenants.selectors import invitation_state
+
+
+def pending_invitation(request):
+    """The invitation whose link this browser opened while signed out, if it is still pending; else None."""
+    token = request.session.get(INVITATION_SESSION_KEY) if hasattr(request, "session") else None
+    if not token:
+        return None
+    try:
+        invitation = services.invitation_by_token(token)
+    except ServiceError:
+        return None
+    return invitation if invitation_state(invitation) == "pending" else None
 
 
 class AccountAdapter(DefaultAccountAdapter):
     def save_user(self, request, user, form, commit=True):
-        """The user and their tenant are created in one transaction: never a user without a tenant."""
+        """The user and their tenant are created in one transaction: never a user without a tenant.
+
+        Signing up through an invitation for this very address creates no tenant: the user joins the
+        inviting one in `post_login`, after the address is verified.
+        """
         if not commit:
             return super().save_user(request, user, form, commit=False)
         with transaction.atomic():
             user = super().save_user(request, user, form, commit=True)
             data = getattr(form, "cleaned_data", {})
             if data.get("invitation_token"):
-                return user  # joins the inviting tenant once the email is verified
+                request.session[INVITATION_SESSION_KEY] = data["invitation_token"]
+                return user
+            invitation = pending_invitation(request)
+            if invitation is not None and invitation.email.lower() == user.email.lower():
+                return user
             name = (data.get("organisation") or "").strip() or f"{user.email.split('@')[0]}'s team"
             plan = data.get("plan") or Plan.objects.get(slug="free")
             services.tenant_onboard(name=name, owner=user, plan=plan)
         return user
+
+    def post_login(self, request, user, **kwargs):
+        """After sign-in (or the login that follows email confirmation) accept the invitation opened earlier."""
+        response = super().post_login(request, user, **kwargs)
+        token = request.session.pop(INVITATION_SESSION_KEY, None)
+        if not token:
+            return response
+        try:
+            membership = services.invitation_accept(token=token, user=user)
+        except ServiceError as exc:
+            messages.error(request, exc.message)
+            # The invitation page says what went wrong (expired, used, another address) and what to do.
+            return redirect("portal:invitation", token=token)
+        choose_tenant(request, membership.tenant.slug)
+        messages.success(request, f"You joined {membership.tenant.name} as {membership.get_role_display().lower()}.")
+        return redirect("portal:dashboard")
 
 
 class SignupForm(forms.Form):
@@ -40,3 +81,4 @@ class SignupForm(forms.Form):
 
     def signup(self, request, user):
         """allauth's hook after the user is saved; the tenant is already made in AccountAdapter.save_user."""
+

@@ -1,7 +1,18 @@
-"""The portal's current tenant, chosen per browser session among the user's memberships."""
-from tenants.portal import current_membership
+"""The portal's current tenant, chosen per browser session among the user's memberships, and the pending invitation."""
+import functools
+
+from tenants.accounts import pending_invitation
+from tenants.portal import current_membership, user_memberships
 
 
 def current_tenant(request):
-    membership = current_membership(request) if getattr(request, "user", None) else None
-    return {"membership": membership, "tenant": membership.tenant if membership else None}
+    if not getattr(request, "user", None):
+        return {"membership": None, "tenant": None, "memberships": []}
+    membership = current_membership(request)
+    return {
+        "membership": membership,
+        "tenant": membership.tenant if membership else None,
+        "memberships": user_memberships(request),
+        # Looked up only by the pages that show it (sign-up, sign-in, verification sent).
+        "pending_invitation": functools.cache(lambda: pending_invitation(request)),
+    }

@@ -103,3 +103,18 @@ def _deliver(event, *, now):
         event.last_error = ""
     event.save(update_fields=["delivered_to", "attempts", "last_error", "next_attempt_at", "dispatched_at"])
     return not errors
+
+
+def outbox_retry(*, event_ids):
+    """Make undelivered events due now (staff's "retry" in admin) and enqueue a drain once that commits.
+
+    Delivered events are left alone: consumers that handled an event never see it twice.
+    Returns how many events were made due.
+    """
+    with transaction.atomic():
+        due = OutboxEvent.objects.filter(pk__in=list(event_ids), dispatched_at__isnull=True).update(
+            next_attempt_at=None
+        )
+        if due:
+            transaction.on_commit(_enqueue_drain)
+    return due

@@ -1,7 +1,25 @@
-"""Which tenant a portal page acts on: the one chosen in the session, else the user's first."""
+"""Which tenant a portal page acts on (chosen per browser session), the pending invitation, and dashboard cards."""
+import functools
+
+from django.contrib.auth.decorators import login_required
+from django.http import Http404
+from django.shortcuts import redirect
+
+from tenants.exceptions import NotFound
 from tenants.selectors import memberships_of
 
 SESSION_KEY = "hearth_tenant"
+# An invitation token opened while signed out: accepted right after the next sign-in or email confirmation.
+INVITATION_SESSION_KEY = "hearth_invitation"
+
+
+def user_memberships(request):
+    if not request.user.is_authenticated:
+        return []
+    cached = getattr(request, "_hearth_memberships", None)
+    if cached is None:
+        cached = request._hearth_memberships = list(memberships_of(user=request.user))
+    return cached
 
 
 def current_membership(request):
@@ -10,7 +28,7 @@ def current_membership(request):
     cached = getattr(request, "_hearth_membership", None)
     if cached is not None:
         return cached
-    memberships = list(memberships_of(user=request.user))
+    memberships = user_memberships(request)
     chosen = request.session.get(SESSION_KEY)
     membership = next((m for m in memberships if m.tenant.slug == chosen), memberships[0] if memberships else None)
     request._hearth_membership = membership
@@ -20,3 +38,52 @@ def current_membership(request):
 def choose_tenant(request, slug):
     request.session[SESSION_KEY] = slug
     request._hearth_membership = None
+    request._hearth_memberships = None
+
+
+def tenant_view(view):
+    """A portal view `fn(request, membership, ...)` acting on the current tenant: signed in and a member of
+    some tenant (else sent to create one); a NotFound from a selector or service is a 404."""
+
+    @login_required
+    @functools.wraps(view)
+    def wrapped(request, *args, **kwargs):
+        membership = current_membership(request)
+        if membership is None:
+            return redirect("portal:tenant_create")
+        try:
+            return view(request, membership, *args, **kwargs)
+        except NotFound as exc:
+            raise Http404(exc.message) from None
+
+    return wrapped
+
+
+# --- dashboard cards -----------------------------------------------------------------------------
+# Later apps (workspaces, metering, billing) fill the dashboard's cards without tenants importing them:
+# each registers, from its AppConfig.ready(), a function giving the context of one card.
+
+DASHBOARD_CARDS = ("workspaces", "usage", "billing")
+_card_providers = {}
+
+
+def dashboard_card(name):
+    """@dashboard_card("usage"): fn(request, membership) -> dict, given to portal/cards/<name>.html as `card`."""
+    if name not in DASHBOARD_CARDS:
+        raise ValueError(f"Unknown dashboard card '{name}'. Cards: {', '.join(DASHBOARD_CARDS)}.")
+
+    def register(fn):
+        _card_providers[name] = fn
+        return fn
+
+    return register
+
+
+def dashboard_cards(request, membership):
+    """[(name, template, context)] in display order; a card without a provider shows its placeholder."""
+    cards = []
+    for name in DASHBOARD_CARDS:
+        provider = _card_providers.get(name)
+        context = provider(request, membership) if provider else None
+        cards.append({"name": name, "template": f"portal/cards/{name}.html", "context": context})
+    return cards

@@ -1,6 +1,8 @@
 """Reads of the tenants app. Each takes the tenant first; "not yours" is the same NotFound as "not there"."""
+from django.utils import timezone
+
 from tenants.exceptions import NotFound
-from tenants.models import Invitation, Membership, Plan, Tenant
+from tenants.models import ApiToken, Invitation, Membership, Plan, Tenant, TenantExport
 
 
 def plan_list(*, public_only=True):
@@ -40,3 +42,40 @@ def memberships_of(*, user):
         .select_related("tenant__plan")
         .order_by("created_at")
     )
+
+
+def invitation_state(invitation, *, now=None):
+    """"pending", "accepted", "revoked" or "expired": what an invitation page tells its visitor."""
+    if invitation.accepted_at is not None:
+        return "accepted"
+    if invitation.revoked_at is not None:
+        return "revoked"
+    if invitation.expires_at <= (now or timezone.now()):
+        return "expired"
+    return "pending"
+
+
+def api_token_list(*, tenant, user):
+    """The user's own tokens in this tenant, newest first."""
+    return ApiToken.objects.filter(membership__tenant=tenant, membership__user=user).order_by("-created_at")
+
+
+def api_token_get(*, tenant, token_id):
+    try:
+        return ApiToken.objects.select_related("membership__tenant", "membership__user").get(
+            membership__tenant=tenant, pk=token_id
+        )
+    except (ApiToken.DoesNotExist, ValueError, TypeError):
+        raise NotFound("No such API token.") from None
+
+
+def export_list(*, user):
+    """Offboarding archives the user may download: they were an owner of the tenant when it left."""
+    return TenantExport.objects.filter(owners=user).order_by("-created_at")
+
+
+def export_get(*, user, export_id):
+    try:
+        return export_list(user=user).get(pk=export_id)
+    except (TenantExport.DoesNotExist, ValueError, TypeError):
+        raise NotFound("No such export.") from None

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
+from django.core.mail import send_mail
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 from django.utils.text import slugify
@@ -181,10 +182,13 @@ def member_invite(*, tenant, email, role=Role.MEMBER, actor):
         Tenant.objects.select_for_update().get(pk=tenant.pk)  # serialise seat counting per tenant
         if Membership.objects.filter(tenant=tenant, user__email__iexact=email).exists():
             raise Conflict(f"{email} is already a member of {tenant.name}.", code="already_member", field="email")
-        if Invitation.objects.filter(
+        open_invitations = Invitation.objects.filter(
             tenant=tenant, email__iexact=email, accepted_at__isnull=True, revoked_at__isnull=True
-        ).exists():
+        )
+        if open_invitations.filter(expires_at__gt=timezone.now()).exists():
             raise Conflict(f"{email} already has a pending invitation.", code="already_invited", field="email")
+        # An expired invitation still holds the one-open-invitation-per-address constraint: close it.
+        open_invitations.update(revoked_at=timezone.now())
         _check_seat_available(tenant)
         invitation = Invitation.objects.create(
             tenant=tenant,
@@ -238,6 +242,9 @@ def invitation_accept(*, token, user):
         _require_active(tenant)
         if Membership.objects.filter(tenant=tenant, user=user).exists():
             raise Conflict(f"You are already a member of {tenant.name}.", code="already_member")
+        # The plan may have shrunk since the invitation was sent; lock the tenant as member_invite does.
+        tenant = Tenant.objects.select_related("plan").select_for_update(of=("self",)).get(pk=tenant.pk)
+        _check_seat_available(tenant, counting_pending=False)
         membership = Membership.objects.create(tenant=tenant, user=user, role=invitation.role)
         invitation.accepted_at = timezone.now()
         invitation.accepted_by = user
@@ -246,6 +253,32 @@ def invitation_accept(*, token, user):
                      data={"role": invitation.role, "invitation": invitation.pk})
         event_emit(type="member.joined", tenant=tenant, payload={"email": user.email, "role": invitation.role})
     return membership
+
+
+def invitation_url(token):
+    """The page where an invitee accepts (served by the portal)."""
+    return f"{settings.HEARTH_BASE_URL.rstrip('/')}/invitations/{token}/"
+
+
+def invitation_send_mail(*, invitation, token):
+    """Mail the invitation link to the invitee. Call after `member_invite` has committed.
+
+    Returns False (and logs) if the mail server refused: the invitation stands and can be revoked and re-sent.
+    """
+    tenant = invitation.tenant
+    inviter = invitation.invited_by.email if invitation.invited_by_id else "Hearth's staff"
+    body = (
+        f"{inviter} invited you to join {tenant.name} on Hearth as {invitation.role}.\n\n"
+        f"Accept the invitation here:\n{invitation_url(token)}\n\n"
+        f"The link works once and expires on {invitation.expires_at:%Y-%m-%d %H:%M} UTC. "
+        f"If you did not expect this mail, ignore it.\n"
+    )
+    try:
+        send_mail(f"Join {tenant.name} on Hearth", body, None, [invitation.email])
+    except Exception:  # SMTP failures come in many types; the invitation itself is already stored
+        log.exception("could not mail invitation %s to %s", invitation.pk, invitation.email)
+        return False
+    return True
 
 
 def _lock_memberships(tenant):
@@ -299,8 +332,12 @@ def member_remove(*, membership, actor):
 
 
 def tenant_change_plan(*, tenant, plan, actor):
-    _require_owner(tenant=tenant, actor=actor)
+    acting = _require_owner(tenant=tenant, actor=actor)
     plan_obj = plan if isinstance(plan, Plan) else _plan_by_slug(plan)
+    if acting is not None and not plan_obj.public:
+        # Non-public plans (enterprise, custom deals) are set by staff in the control plane.
+        raise ServiceError(f"The {plan_obj.name} plan is arranged with Hearth's staff, not chosen here.",
+                           code="plan_not_offered", field="plan")
     with transaction.atomic():
         tenant = Tenant.objects.select_for_update().get(pk=tenant.pk)
         if tenant.status == Tenant.Status.OFFBOARDED:
@@ -319,6 +356,28 @@ def tenant_change_plan(*, tenant, plan, actor):
         audit_record(tenant=tenant, actor=actor, action="tenant.plan_changed", target=tenant.slug,
                      data={"from": old.slug, "to": plan_obj.slug})
         event_emit(type="tenant.plan_changed", tenant=tenant, payload={"from": old.slug, "to": plan_obj.slug})
+    return tenant
+
+
+def tenant_rename(*, tenant, name, actor):
+    """Change the display name (owners and admins). The slug never changes: URLs and storage use it."""
+    _require_manager(tenant=tenant, actor=actor)
+    name = (name or "").strip()
+    if not name:
+        raise ServiceError("A tenant needs a name.", field="name")
+    if len(name) > Tenant._meta.get_field("name").max_length:
+        raise ServiceError("The name is too long (120 characters at most).", field="name")
+    with transaction.atomic():
+        tenant = Tenant.objects.select_for_update().get(pk=tenant.pk)
+        if tenant.status == Tenant.Status.OFFBOARDED:
+            raise Forbidden("The tenant is offboarded.", code="tenant_offboarded")
+        if tenant.name == name:
+            return tenant
+        old = tenant.name
+        tenant.name = name
+        tenant.save(update_fields=["name"])
+        audit_record(tenant=tenant, actor=actor, action="tenant.renamed", target=tenant.slug,
+                     data={"from": old, "to": name})
     return tenant
 
 

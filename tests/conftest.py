@@ -76,3 +76,84 @@ def make_api_client(db):
 
 # The runtime/storage fixtures (tiny image, Docker runtimes, a second dockerd, slots) for any workspaces test.
 pytest_plugins = ["tests.workspaces.fixtures_runtime"]
+
+# --- a real SMTP server on loopback (aiosmtpd): the tests read the mails Hearth sends -----------------
+
+
+class Mailbox:
+    """What the loopback SMTP server received, as parsed email messages."""
+
+    def __init__(self):
+        import threading
+
+        self.messages = []
+        self._arrived = threading.Condition()
+
+    async def handle_DATA(self, server, session, envelope):  # aiosmtpd handler hook
+        from email import message_from_bytes
+        from email.policy import default
+
+        message = message_from_bytes(envelope.original_content or envelope.content, policy=default)
+        with self._arrived:
+            self.messages.append(message)
+            self._arrived.notify_all()
+        return "250 Message accepted for delivery"
+
+    def clear(self):
+        with self._arrived:
+            self.messages.clear()
+
+    def wait_for(self, *, to, subject_contains="", timeout=10.0):
+        """The first message to `to` (whose subject contains the text); waits for it to arrive."""
+
+        def found():
+            return next((m for m in self.messages if to.lower() in str(m["To"]).lower()
+                         and subject_contains.lower() in str(m["Subject"]).lower()), None)
+
+        with self._arrived:
+            if not self._arrived.wait_for(found, timeout=timeout):
+                seen = [(str(m["To"]), str(m["Subject"])) for m in self.messages]
+                raise AssertionError(f"no mail to {to} ({subject_contains!r}) within {timeout}s; got {seen}")
+            return found()
+
+    @staticmethod
+    def body(message):
+        part = message.get_body(preferencelist=("plain", "html"))
+        return part.get_content() if part is not None else message.get_payload()
+
+    def link_in(self, message, path_fragment):
+        """The first http(s) URL in the mail's text that contains `path_fragment`."""
+        import re
+
+        for url in re.findall(r"https?://[^\s<>\"]+", self.body(message)):
+            if path_fragment in url:
+                return url
+        raise AssertionError(f"no link containing {path_fragment!r} in:\n{self.body(message)}")
+
+
+@pytest.fixture(scope="session")
+def _smtp_controller():
+    import socket
+
+    from aiosmtpd.controller import Controller
+
+    with socket.socket() as probe:  # a free port; aiosmtpd checks its server by connecting to it
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    mailbox = Mailbox()
+    controller = Controller(mailbox, hostname="127.0.0.1", port=port)
+    require_service("The aiosmtpd SMTP server", controller.start)
+    yield controller, mailbox
+    controller.stop()
+
+
+@pytest.fixture
+def smtp_server(_smtp_controller, settings):
+    """Hearth's mail goes over SMTP to a real server on loopback; returns its Mailbox (empty at the start)."""
+    controller, mailbox = _smtp_controller
+    settings.EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
+    settings.EMAIL_HOST = controller.hostname
+    settings.EMAIL_PORT = controller.port
+    settings.EMAIL_USE_TLS = settings.EMAIL_USE_SSL = False
+    mailbox.clear()
+    return mailbox

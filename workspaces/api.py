@@ -3,11 +3,27 @@
 Every view is a TenantScopedView with write_roles=None: members create, open and close their own
 workspaces; the selectors decide who sees what (members: their own; owners/admins: the tenant's).
 """
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, inline_serializer
 from rest_framework import serializers, status
 from rest_framework.response import Response
 
-from tenants.api_base import TenantScopedView
+from tenants.api_base import StrictInputSerializer, TenantScopedView
 from workspaces import selectors, services
+
+ErrorSerializer = inline_serializer("WorkspacesError", fields={
+    "code": serializers.CharField(), "detail": serializers.CharField(), "field": serializers.CharField(required=False)})
+
+
+def _errors(*codes):
+    described = {
+        400: "Invalid input (unknown or disabled template, missing confirmation).",
+        401: "Missing, invalid or revoked API token.",
+        403: "Not allowed: the tenant is suspended, the quota is used up, or only the owner may open it.",
+        404: "No such workspace or session in the caller's tenant (or not visible to the caller).",
+        409: "Conflicts with the current state (pool paused, concurrency limit, session ended).",
+        503: "The Docker node does not answer.",
+    }
+    return {code: OpenApiResponse(ErrorSerializer, description=described[code]) for code in (401, *codes)}
 
 
 class TemplateListApi(TenantScopedView):
@@ -25,6 +41,7 @@ class TemplateListApi(TenantScopedView):
     def scoped_queryset(self):
         return selectors.template_list()  # templates are global; the view still needs a tenant member
 
+    @extend_schema(responses={200: OutputSerializer(many=True), **_errors()}, tags=["workspaces"])
     def get(self, request):
         return Response(self.OutputSerializer(self.get_queryset(), many=True).data)
 
@@ -38,19 +55,31 @@ class WorkspaceOutputSerializer(serializers.Serializer):
     created_at = serializers.DateTimeField()
 
 
-class WorkspaceListCreateApi(TenantScopedView):
+class WorkspaceListApi(TenantScopedView):
+    """Members: their own workspaces; owners and admins: all of the tenant's."""
+
+    def scoped_queryset(self):
+        return selectors.workspace_list(tenant=self.tenant, membership=self.membership)
+
+    @extend_schema(responses={200: WorkspaceOutputSerializer(many=True), **_errors()}, tags=["workspaces"])
+    def get(self, request):
+        return Response(WorkspaceOutputSerializer(self.get_queryset(), many=True).data)
+
+
+class WorkspaceCreateApi(TenantScopedView):
+    """Create a workspace for the caller from a template slug."""
+
     write_roles = None
 
-    class InputSerializer(serializers.Serializer):
+    class InputSerializer(StrictInputSerializer):
         name = serializers.CharField(max_length=80)
         template = serializers.SlugField(max_length=40)
 
     def scoped_queryset(self):
         return selectors.workspace_list(tenant=self.tenant, membership=self.membership)
 
-    def get(self, request):
-        return Response(WorkspaceOutputSerializer(self.get_queryset(), many=True).data)
-
+    @extend_schema(request=InputSerializer, responses={201: WorkspaceOutputSerializer, **_errors(400, 409)},
+                   tags=["workspaces"])
     def post(self, request):
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
@@ -59,17 +88,26 @@ class WorkspaceListCreateApi(TenantScopedView):
         return Response(WorkspaceOutputSerializer(workspace).data, status=status.HTTP_201_CREATED)
 
 
-class WorkspaceDetailApi(TenantScopedView):
+class WorkspaceGetApi(TenantScopedView):
+    def scoped_queryset(self):
+        return selectors.workspace_list(tenant=self.tenant, membership=self.membership)
+
+    @extend_schema(responses={200: WorkspaceOutputSerializer, **_errors(404)}, tags=["workspaces"])
+    def get(self, request, pk):
+        return Response(WorkspaceOutputSerializer(self.get_object()).data)
+
+
+class WorkspaceDeleteApi(TenantScopedView):
+    """Delete the workspace and its files; `confirm` (query or body) must repeat its name."""
+
     write_roles = None
 
     def scoped_queryset(self):
         return selectors.workspace_list(tenant=self.tenant, membership=self.membership)
 
-    def get(self, request, pk):
-        return Response(WorkspaceOutputSerializer(self.get_object()).data)
-
+    @extend_schema(parameters=[OpenApiParameter("confirm", str, description="The workspace's name.")],
+                   responses={204: None, **_errors(400, 404)}, tags=["workspaces"])
     def delete(self, request, pk):
-        """Deletes the workspace and its files; `confirm` (query or body) must repeat its name."""
         workspace = self.get_object()
         confirm = request.query_params.get("confirm") or (request.data or {}).get("confirm")
         services.workspace_delete(workspace=workspace, actor=request.user, confirm=confirm)
@@ -88,6 +126,8 @@ class WorkspaceOpenApi(TenantScopedView):
     def scoped_queryset(self):
         return selectors.workspace_list(tenant=self.tenant, membership=self.membership)
 
+    @extend_schema(request=None, responses={200: OutputSerializer, **_errors(403, 404, 409, 503)},
+                   tags=["workspaces"])
     def post(self, request, pk):
         opened = services.workspace_open(workspace=self.get_object(), user=request.user)
         return Response(self.OutputSerializer(opened).data)
@@ -106,7 +146,7 @@ class SessionOutputSerializer(serializers.Serializer):
     ended_at = serializers.DateTimeField()
     end_reason = serializers.CharField()
 
-    def get_state(self, session):
+    def get_state(self, session) -> str:
         return "live" if session.ended_at is None else "ended"
 
 
@@ -114,6 +154,8 @@ class SessionListApi(TenantScopedView):
     def scoped_queryset(self):
         return selectors.session_list(tenant=self.tenant, membership=self.membership)
 
+    @extend_schema(parameters=[OpenApiParameter("live", bool, description="Only live sessions.")],
+                   responses={200: SessionOutputSerializer(many=True), **_errors()}, tags=["sessions"])
     def get(self, request):
         sessions = self.get_queryset()
         if request.query_params.get("live") in ("1", "true"):
@@ -125,6 +167,7 @@ class SessionDetailApi(TenantScopedView):
     def scoped_queryset(self):
         return selectors.session_list(tenant=self.tenant, membership=self.membership)
 
+    @extend_schema(responses={200: SessionOutputSerializer, **_errors(404)}, tags=["sessions"])
     def get(self, request, pk):
         return Response(SessionOutputSerializer(self.get_object()).data)
 
@@ -135,6 +178,7 @@ class SessionCloseApi(TenantScopedView):
     def scoped_queryset(self):
         return selectors.session_list(tenant=self.tenant, membership=self.membership)
 
+    @extend_schema(request=None, responses={200: SessionOutputSerializer, **_errors(404)}, tags=["sessions"])
     def post(self, request, pk):
         session = services.session_close(session=self.get_object(), actor=request.user)
         session.refresh_from_db()
@@ -149,6 +193,8 @@ class SessionHeartbeatApi(TenantScopedView):
     def scoped_queryset(self):
         return selectors.session_list(tenant=self.tenant, membership=self.membership)
 
+    @extend_schema(request=None, responses={200: SessionOutputSerializer, **_errors(404, 409)},
+                   tags=["sessions"])
     def post(self, request, pk):
         session = services.session_touch(session=self.get_object(), user=request.user)
         return Response(SessionOutputSerializer(session).data)

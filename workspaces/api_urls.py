@@ -1,12 +1,14 @@
 """REST routes of the workspaces app (included under /api/v1/)."""
 from django.urls import path
 
+from tenants.api_base import route_by_method
 from workspaces import api
 
 urlpatterns = [
     path("templates", api.TemplateListApi.as_view(), name="api-templates"),
-    path("workspaces", api.WorkspaceListCreateApi.as_view(), name="api-workspaces"),
-    path("workspaces/<int:pk>", api.WorkspaceDetailApi.as_view(), name="api-workspace"),
+    path("workspaces", route_by_method(get=api.WorkspaceListApi, post=api.WorkspaceCreateApi), name="api-workspaces"),
+    path("workspaces/<int:pk>", route_by_method(get=api.WorkspaceGetApi, delete=api.WorkspaceDeleteApi),
+         name="api-workspace"),
     path("workspaces/<int:pk>/open", api.WorkspaceOpenApi.as_view(), name="api-workspace-open"),
     path("sessions", api.SessionListApi.as_view(), name="api-sessions"),
     path("sessions/<uuid:pk>", api.SessionDetailApi.as_view(), name="api-session"),

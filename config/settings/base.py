@@ -205,3 +205,11 @@ CELERY_BEAT_SCHEDULE.update({
 })
 # workspaces.runtime: seconds before a Docker engine that does not answer counts as unavailable.
 HEARTH_DOCKER_TIMEOUT = env.float("HEARTH_DOCKER_TIMEOUT", default=15.0)
+# The API: one view per operation; URLs with several methods are expanded for the schema.
+SPECTACULAR_SETTINGS["PREPROCESSING_HOOKS"] = ["tenants.api_base.expand_method_routes"]
+SPECTACULAR_SETTINGS["COMPONENT_SPLIT_REQUEST"] = True
+REST_FRAMEWORK["DEFAULT_SCHEMA_CLASS"] = "tenants.api_base.AutoSchema"
+# Portal: account mails say where they come from.
+ACCOUNT_EMAIL_SUBJECT_PREFIX = env.str("ACCOUNT_EMAIL_SUBJECT_PREFIX", default="[Hearth] ")
+# A slow mail server must not hold a portal request (invitations are mailed while the inviter waits).
+EMAIL_TIMEOUT = env.int("EMAIL_TIMEOUT", default=10)

@@ -16,3 +16,6 @@ STORAGES = {
 STORAGE_ROOT = VAR_DIR / "test-storage"  # noqa: F405
 EXPORT_ROOT = VAR_DIR / "test-exports"  # noqa: F405
 TEST_ARTIFACTS = BASE_DIR / env.str("TEST_ARTIFACTS", default="var/artifacts")
+# WhiteNoise warns on every request when STATIC_ROOT is missing; tests serve static files through the finders.
+STATIC_ROOT.mkdir(parents=True, exist_ok=True)  # noqa: F405
+WHITENOISE_USE_FINDERS = True

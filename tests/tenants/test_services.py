@@ -126,7 +126,10 @@ def test_change_plan_audited_and_seat_checked():
     MembershipFactory(tenant=owner_m.tenant)
     with pytest.raises(Conflict, match="seats"):
         services.tenant_change_plan(tenant=owner_m.tenant, plan="pro", actor=owner_m.user)
-    tenant = services.tenant_change_plan(tenant=owner_m.tenant, plan="enterprise", actor=owner_m.user)
+    with pytest.raises(ServiceError, match="arranged with Hearth's staff"):
+        services.tenant_change_plan(tenant=owner_m.tenant, plan="enterprise", actor=owner_m.user)
+    staff = UserFactory(is_staff=True)
+    tenant = services.tenant_change_plan(tenant=owner_m.tenant, plan="enterprise", actor=staff)
     assert tenant.plan.slug == "enterprise"
     assert AuditLog.objects.filter(tenant=tenant, action="tenant.plan_changed", data__to="enterprise").exists()
 

@@ -3,7 +3,6 @@ import pytest
 
 from tests.factories import MembershipFactory
 from tests.workspaces.fixtures_pool import *  # noqa: F403
-from tests.workspaces.fixtures_runtime import docker_runtime, second_engine  # noqa: F401,F811
 from workspaces import pool, services
 from workspaces.models import Container, Node
 from workspaces.runtime import runtime_for
@@ -13,7 +12,7 @@ State = Container.State
 
 
 @pytest.fixture
-def two_nodes(node, second_engine):  # noqa: F811
+def two_nodes(node, second_engine):
     second = Node.objects.create(name="second", engine_url=second_engine.url, cpus=64, memory_mb=64 * 1024,
                                  max_containers=300)
     yield node, second
