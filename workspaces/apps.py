@@ -6,5 +6,6 @@ class WorkspacesConfig(AppConfig):
     verbose_name = "Workspaces"
 
     def ready(self):
-        # Registers the suspension hook and the offboarding exporter (tenants.offboarding).
-        from workspaces import services  # noqa: F401
+        # Registers the suspension hook and the offboarding exporter (tenants.offboarding), and the
+        # dashboard's "workspaces" card (tenants.portal).
+        from workspaces import services, views  # noqa: F401

@@ -60,3 +60,11 @@ def test_admin_pages_and_actions(client, node, tiny_template):
     node.refresh_from_db()
     assert node.draining
     assert not Container.objects.filter(state=Container.State.WARM).exists()
+
+
+def test_dashboard_card_counts_workspaces_and_readiness(client, member, node, tiny_template, workspace):
+    pool.pool_fill()
+    client.force_login(member.user)
+    page = client.get("/").content.decode()
+    card = page[page.index("card-workspaces"):]
+    assert "Open now" in card and "Ready to open at once" in card and "/workspaces/" in card
