@@ -6,7 +6,8 @@
 Times `workspaces.services.workspace_open` (checks, the claim transaction, the storage bind mount, the session
 token) as the portal and the API call it, for the tiny image:
   sequential  — one client, warm pool, one open after another;
-  concurrent  — N clients at once (a thread and a DB connection each) against a warm pool of N, `rounds` times;
+  concurrent  — N clients at once (threads, a DB connection each; `--processes`: a process each, like web
+                workers) against a warm pool of N, `rounds` times;
   cold        — empty pool (warm_target 0): every open starts a container;
   burst       — `--burst` opens at once against warm_target `--burst-target`, with a refiller thread doing what
                 the Celery worker does after each claim.
@@ -15,12 +16,13 @@ the instance label `<HEARTH_INSTANCE>-claimbench` and are removed at the end. Ne
 """
 import argparse
 import json
+import multiprocessing
 import os
 import sys
 import threading
 import time
-import zlib
 from concurrent.futures import ThreadPoolExecutor
+import zlib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -119,24 +121,57 @@ def timed_open(workspace, user):
     return time.perf_counter() - started, opened.session.cold_start
 
 
-def run_parallel(pairs, barrier_all=True):
-    barrier = threading.Barrier(len(pairs)) if barrier_all else None
-    errors = []
+def run_parallel(pairs, processes=False):
+    """All clients released at once; returns (samples, errors). Threads (a DB connection each) by default."""
+    if not processes:
+        return _run_threads(pairs)
+    return _run_processes(pairs)
 
-    def one(pair):
+
+def _run_threads(pairs):
+    barrier, errors = threading.Barrier(len(pairs)), []
+
+    def client(pair):
         try:
-            if barrier:
-                barrier.wait()
+            with connection.cursor() as cursor:  # connect first: a web worker reuses its connection
+                cursor.execute("SELECT 1")
+            barrier.wait()
             return timed_open(*pair)
-        except Exception as exc:  # counted as a failure of the burst
+        except Exception as exc:  # counted as a failure of the run
             errors.append(f"{type(exc).__name__}: {exc}")
             return None
         finally:
             connections.close_all()
 
     with ThreadPoolExecutor(len(pairs)) as executor:
-        results = list(executor.map(one, pairs))
-    return [r for r in results if r is not None], errors
+        got = list(executor.map(client, pairs))
+    return [r for r in got if r is not None], errors
+
+
+def _run_processes(pairs):
+    """One process per client, like web workers."""
+    ctx = multiprocessing.get_context("fork")
+    barrier, results = ctx.Barrier(len(pairs)), ctx.Queue()
+    connections.close_all()  # children must not share the parent's database socket
+
+    def client(pair):
+        try:
+            with connection.cursor() as cursor:  # connect first: a web worker reuses its connection
+                cursor.execute("SELECT 1")
+            barrier.wait()
+            results.put(("ok", timed_open(*pair)))
+        except Exception as exc:  # counted as a failure of the run
+            results.put(("error", f"{type(exc).__name__}: {exc}"))
+        finally:
+            connections.close_all()
+
+    processes = [ctx.Process(target=client, args=(pair,)) for pair in pairs]
+    for process in processes:
+        process.start()
+    got = [results.get(timeout=300) for _ in processes]
+    for process in processes:
+        process.join()
+    return [r for kind, r in got if kind == "ok"], [r for kind, r in got if kind == "error"]
 
 
 def main():
@@ -147,11 +182,13 @@ def main():
     parser.add_argument("--cold", type=int, default=10)
     parser.add_argument("--burst", type=int, default=50)
     parser.add_argument("--burst-target", type=int, default=3)
+    parser.add_argument("--processes", action="store_true", help="clients as processes instead of threads")
     args = parser.parse_args()
 
     node, template, pairs = setup(max(args.seq, args.concurrent, args.cold, args.burst))
     close_all()
-    results = {"instance": settings.HEARTH_INSTANCE, "image": TINY}
+    results = {"instance": settings.HEARTH_INSTANCE, "image": TINY, "cpus": os.cpu_count(),
+               "load_avg_before": os.getloadavg()[0]}
     try:
         # Sequential warm opens.
         fill(template, args.seq)
@@ -163,7 +200,7 @@ def main():
         samples = []
         for _ in range(args.rounds):
             fill(template, args.concurrent)
-            got, errors = run_parallel(pairs[: args.concurrent])
+            got, errors = run_parallel(pairs[: args.concurrent], args.processes)
             if errors:
                 raise SystemExit(f"concurrent opens failed: {errors[:3]}")
             samples += got
@@ -192,7 +229,7 @@ def main():
         thread = threading.Thread(target=refiller, daemon=True)
         thread.start()
         started = time.perf_counter()
-        samples, errors = run_parallel(pairs[: args.burst])
+        samples, errors = run_parallel(pairs[: args.burst], args.processes)
         wall = time.perf_counter() - started
         stop.set()
         thread.join()
@@ -211,6 +248,7 @@ def main():
         storage.slot_root_release()
         Node.objects.exclude(pk=node.pk).update(enabled=True)
 
+    results["load_avg_after"] = os.getloadavg()[0]
     print(json.dumps(results))
     targets = {"sequential_warm": ("p50 ≤ 10 ms", lambda r: r["p50_ms"] <= 10),
                f"concurrent_{args.concurrent}": ("p50 ≤ 30 ms, p99 ≤ 100 ms",

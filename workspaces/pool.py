@@ -288,16 +288,55 @@ def _warm_candidates(template):
     ).order_by("pk")
 
 
-_CLAIM_SQL = f"""
-    UPDATE {Container._meta.db_table} SET state = %s, claimed_at = %s, updated_at = %s
+_CLAIM_SQL = f"""UPDATE {Container._meta.db_table} SET state = %s, claimed_at = %s, updated_at = %s
     WHERE id = (
         SELECT c.id FROM {Container._meta.db_table} c JOIN {Node._meta.db_table} n ON n.id = c.node_id
         WHERE c.template_id = %s AND c.state = %s AND n.enabled AND NOT n.draining
         ORDER BY c.id LIMIT 1
         FOR UPDATE OF c SKIP LOCKED
     )
-    RETURNING id, node_id, slot_path, address, name, engine_id
-"""
+    RETURNING id, node_id, slot_path, address, name, engine_id"""
+
+
+def single_statement_claims():
+    """PostgreSQL outside a transaction: the claim and its session can be one statement (see below)."""
+    return connection.vendor == "postgresql" and not transaction.get_connection().in_atomic_block
+
+
+def container_claim_for_session(*, template, session, now):
+    """Claim a WARM container and insert `session` on it in ONE statement (autocommit: one transaction).
+
+    Two data-modifying CTEs: the UPDATE takes the row with FOR UPDATE SKIP LOCKED; the INSERT adds the
+    session only if a row was taken. A unique violation (the workspace already has a live session) fails
+    the whole statement, so the container stays WARM. Returns the CLAIMED Container or None.
+    """
+    s = Session._meta.db_table
+    sql = f"""
+        WITH claimed AS ({_CLAIM_SQL}),
+        opened AS (
+            INSERT INTO {s} (id, tenant_id, workspace_id, user_id, container_id, cold_start, started_at,
+                             last_activity_at, ended_at, end_reason, metered_until)
+            SELECT %s, %s, %s, %s, claimed.id, false, %s, %s, NULL, '', %s FROM claimed
+            RETURNING container_id
+        )
+        SELECT claimed.id, claimed.node_id, claimed.slot_path, claimed.address, claimed.name, claimed.engine_id
+        FROM claimed JOIN opened ON opened.container_id = claimed.id
+    """
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [State.CLAIMED, now, now, template.pk, State.WARM, session.pk, session.tenant_id,
+                             session.workspace_id, session.user_id, now, now, now])
+        row = cursor.fetchone()
+    return _claimed_container(row, template, now)
+
+
+def _claimed_container(row, template, now):
+    if row is None:
+        return None
+    container = Container(pk=row[0], node_id=row[1], template_id=template.pk, slot_path=row[2], address=row[3],
+                          name=row[4], engine_id=row[5], state=State.CLAIMED, claimed_at=now)
+    container.template = template
+    container._state.adding, container._state.db = False, "default"
+    return container
 
 
 def container_claim(*, template, now):
@@ -312,13 +351,7 @@ def container_claim(*, template, now):
         # One statement: lock the oldest unlocked WARM row of a usable node, mark it CLAIMED, return it.
         with connection.cursor() as cursor:
             cursor.execute(_CLAIM_SQL, [State.CLAIMED, now, now, template.pk, State.WARM])
-            row = cursor.fetchone()
-        if row is None:
-            return None
-        container = Container(pk=row[0], node_id=row[1], template_id=template.pk, slot_path=row[2],
-                              address=row[3], name=row[4], engine_id=row[5], state=State.CLAIMED, claimed_at=now)
-        container.template = template
-        return container
+            return _claimed_container(cursor.fetchone(), template, now)
     else:
         for _ in range(20):
             container = _warm_candidates(template).first()

@@ -350,6 +350,8 @@ def _new_session(*, workspace, user, container, now, cold):
 
 def _claim(*, workspace, user):
     now = timezone.now()
+    if workspace.tenant.plan.max_concurrent_workspaces is None and pool.single_statement_claims():
+        return _claim_one_statement(workspace=workspace, user=user, now=now)
     try:
         with transaction.atomic():
             _check_concurrency(workspace.tenant, now)
@@ -361,6 +363,22 @@ def _claim(*, workspace, user):
     except IntegrityError:
         # A concurrent open of the same workspace won; the claim rolled back, the container stays WARM.
         return _existing_or_conflict(workspace)
+    return session
+
+
+def _claim_one_statement(*, workspace, user, now):
+    """The claim and the Session insert as one statement, hence one transaction and one round trip."""
+    session = Session(tenant=workspace.tenant, workspace=workspace, user=user, cold_start=False, started_at=now,
+                      last_activity_at=now, metered_until=now)
+    try:
+        container = pool.container_claim_for_session(template=workspace.template, session=session, now=now)
+    except IntegrityError:
+        return _existing_or_conflict(workspace)
+    if container is None:
+        return None
+    session.container = container
+    session._state.adding, session._state.db = False, "default"
+    _enqueue_pool_fill(workspace.template_id)  # autocommit: runs at once, the statement has committed
     return session
 
 
