@@ -33,6 +33,13 @@ class NodeUnavailable(ServiceError):
     code = "node_unavailable"
 
 
+class ProvisionFailed(ServiceError):
+    """The engine answered but the container did not start (image missing, port never answered)."""
+
+    status_code = 503
+    code = "provision_failed"
+
+
 def instance():
     return settings.HEARTH_INSTANCE
 
@@ -198,8 +205,7 @@ def container_provision(*, template, node, for_warm=True):
                               extra={"node": node.name}) from exc
     except Exception as exc:
         _provision_failed(container, exc)
-        raise ServiceError(f"Could not start a '{template.slug}' container on node '{node.name}': {exc}",
-                           code="provision_failed") from exc
+        raise ProvisionFailed(f"Could not start a '{template.slug}' container on node '{node.name}': {exc}") from exc
     if not for_warm:
         return container
     now = timezone.now()

@@ -209,3 +209,17 @@ def test_delete_needs_confirmation_then_removes_files(node, tiny_template, works
     assert not Path(workspace.storage_path).exists()
     with pytest.raises(NotFound):
         services.workspace_open(workspace=workspace, user=member.user)
+
+
+def test_a_missing_image_is_a_clear_error_and_leaves_nothing(node, tiny_template, workspace, member):
+    tiny_template.image = "hearth/no-such-image:0"
+    tiny_template.save()
+    with pytest.raises(pool.ProvisionFailed, match="image not found") as exc:
+        services.workspace_open(workspace=workspace, user=member.user)
+    assert exc.value.status_code == 503
+    assert not Container.objects.filter(state__in=Container.ACTIVE_STATES).exists()
+    assert Container.objects.get().state == State.FAILED
+    assert not Session.objects.exists()
+    assert _engine_names(node) == set()
+    assert list(storage.slot_root().iterdir()) == []
+    assert pool.pool_fill() == 0  # backs off after the failure instead of retrying every tick
