@@ -44,11 +44,18 @@ def _home_with_settings():
     return home
 
 
-def test_code_server_serves_the_workbench_with_the_users_settings(make_container, docker_runtime, code_server_image):
+@pytest.mark.parametrize("mode", ["warm", "wait"])
+def test_code_server_serves_the_workbench_with_the_users_settings(
+    make_container, docker_runtime, code_server_image, mode
+):
     home = _home_with_settings()
-    container, slot = make_container(image=code_server_image, cpus=1, memory_mb=1024, pids_limit=512)
-    # Warm and waiting: nothing listens until the user's home is bound.
-    assert not docker_runtime.wait_ready(container, timeout=1.0)
+    container, slot = make_container(
+        image=code_server_image, cpus=1, memory_mb=1024, pids_limit=512, environment={"HEARTH_LATE_BIND": mode}
+    )
+    if mode == "warm":  # code-server already answers in the pool, before anyone's home is there
+        assert docker_runtime.wait_ready(container, timeout=60, path="/healthz")
+    else:  # nothing listens until the user's home is bound
+        assert not docker_runtime.wait_ready(container, timeout=1.0)
 
     bound_at = time.monotonic()
     storage.slot_bind(slot=slot, source=home)
@@ -65,6 +72,8 @@ def test_code_server_serves_the_workbench_with_the_users_settings(make_container
     assert json.loads((home / ".local/share/code-server/User/settings.json").read_text()) == USER_SETTINGS
     logs = docker_runtime.api.logs(container.engine_id).decode()
     assert "Using user-data-dir /home/coder/.local/share/code-server" in logs
+    if mode == "wait":  # started after the bind: its own files are in the user's home
+        assert (home / ".config/code-server/config.yaml").exists()
     code, out = docker_exec(docker_runtime, container.engine_id, "sh", "-c", "cd ~ && ls && touch /usr/x")
     assert "hello.py" in out and "Read-only file system" in out
 
@@ -105,3 +114,21 @@ def test_code_server_serves_the_workbench_with_the_users_settings(make_container
             browser.close()
     assert made.read_text() == "42\n"
     print(f"bind -> /healthz {ready_after:.2f} s")
+
+
+def test_first_open_gets_the_templates_defaults_in_warm_mode(make_container, docker_runtime, code_server_image):
+    """Started before the bind, the entrypoint still seeds a new user's home with the template's settings."""
+    container, slot = make_container(image=code_server_image, cpus=1, memory_mb=1024, pids_limit=512)
+    assert docker_runtime.wait_ready(container, timeout=60, path="/healthz")
+    home = storage.user_storage_path(tenant_slug="acme", user_id=2, workspace_id=2)
+    storage.slot_bind(slot=slot, source=home)
+    settings_file = home / ".local/share/code-server/User/settings.json"
+    deadline = time.monotonic() + 10
+    while not settings_file.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    _, defaults = docker_exec(docker_runtime, container.engine_id, "cat", "/etc/hearth/settings.json")
+    assert json.loads(settings_file.read_text()) == json.loads(defaults)
+    assert settings_file.stat().st_uid == 1000
+    # Exactly one process tree: the seeding helper is gone and reaped (no zombie left under code-server).
+    _, ps = docker_exec(docker_runtime, container.engine_id, "ps", "-eo", "stat,comm")
+    assert not [line for line in ps.splitlines()[1:] if line.startswith("Z")], ps
