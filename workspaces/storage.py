@@ -147,7 +147,12 @@ def slot_bind(*, slot: Path, source: Path) -> None:
     if not os.path.isdir(real_slot):
         raise StorageError(f"slot {slot} does not exist (slot_create it first)")
     _ensure_source(source)
-    if is_mount_point(slot):
+    mounts = _mountinfo()
+    root_mounts = [optional for point, optional in mounts if point == root]
+    if not root_mounts or "shared:" not in root_mounts[-1]:
+        # Someone unmounted the root since this process prepared it: a bind now would not reach containers.
+        raise StorageError(f"slot root {root} is no longer an rshared mount point; restart the worker to redo it")
+    if any(point == real_slot for point, _ in mounts):
         _umount(real_slot)
     _mount(os.path.realpath(source), real_slot, MS_BIND)
 

@@ -76,7 +76,8 @@ def test_container_config_is_hardened(make_container, docker_runtime):
     assert host["Init"] is True
     assert host["Privileged"] is False
     assert host["RestartPolicy"]["Name"] == "no"
-    assert host["NetworkMode"] == docker_runtime.network
+    assert host["NetworkMode"] == docker_runtime.ensure_network()
+    assert list(data["NetworkSettings"]["Networks"]) == [docker_runtime.network]
     assert data["Config"]["User"] == "1000:1000"
     assert "A=1" in data["Config"]["Env"]
     mounts = data["Mounts"]
@@ -92,6 +93,24 @@ def test_network_disables_inter_container_traffic(make_container, docker_runtime
     assert net["Driver"] == "bridge"
     assert net["Options"]["com.docker.network.bridge.enable_icc"] == "false"
     assert net["Labels"]["hearth.instance"] == settings.HEARTH_INSTANCE
+
+
+def test_a_network_removed_behind_its_back_is_made_again(slots, tiny_image):
+    from workspaces import storage
+
+    instance = f"{settings.HEARTH_INSTANCE}-netgone"
+    runtime = DockerRuntime(settings.DOCKER_HOST, node_name="main", instance=instance)
+    try:
+        first = runtime.create(_spec(storage.slot_create("net1")))
+        runtime.remove(first.engine_id)
+        runtime.api.remove_network(runtime.ensure_network())
+        second = runtime.create(_spec(storage.slot_create("net2")))
+        assert second.status == "running" and second.address
+        runtime.remove(second.engine_id)
+    finally:
+        for net in runtime.api.networks(names=[runtime.network]):
+            runtime.api.remove_network(net["Id"])
+        runtime.close()
 
 
 def test_unknown_image_is_a_clear_error_and_leaves_nothing(slots, docker_runtime):

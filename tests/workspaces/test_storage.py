@@ -116,6 +116,15 @@ def test_slot_remove_deletes_what_was_written_before_the_bind(slots):
     assert (source / "keep.txt").read_text() == "keep"
 
 
+def test_bind_refuses_when_the_root_lost_its_propagation(slots):
+    slot = storage.slot_create("s-7")
+    storage.slot_root_release(slots)  # e.g. an operator unmounted it under a running worker
+    storage._root_ready.add(os.path.realpath(slots))  # ... which still believes it prepared
+    with pytest.raises(StorageError, match="no longer an rshared mount point"):
+        storage.slot_bind(slot=slot, source=_user_dir("acme", 8))
+    assert not storage.is_mount_point(slot)
+
+
 def test_bind_refuses_paths_outside_the_slot_root(slots, tmp_path):
     outside = tmp_path / "elsewhere"
     outside.mkdir()
