@@ -113,6 +113,35 @@ def test_a_network_removed_behind_its_back_is_made_again(slots, tiny_image):
         runtime.close()
 
 
+def test_concurrent_creates_share_one_new_network(slots, tiny_image):
+    """Eight threads, one fresh instance: one network is made, every container starts on it."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from workspaces import storage
+
+    instance = f"{settings.HEARTH_INSTANCE}-race"
+    runtimes = [DockerRuntime(settings.DOCKER_HOST, node_name="main", instance=instance) for _ in range(2)]
+    specs = [_spec(storage.slot_create(f"race{i}")) for i in range(8)]
+    made = []
+    try:
+        with ThreadPoolExecutor(8) as pool:  # two runtimes stand for two worker processes
+            made = list(pool.map(lambda i: runtimes[i % 2].create(specs[i]), range(8)))
+        assert all(c.status == "running" and c.address for c in made)
+        assert len({c.address for c in made}) == 8
+        nets = [n for n in runtimes[0].api.networks(names=[runtimes[0].network]) if n["Name"] == runtimes[0].network]
+        assert len(nets) == 1
+        for c in made:
+            attached = runtimes[0].api.inspect_container(c.engine_id)["NetworkSettings"]["Networks"]
+            assert attached[runtimes[0].network]["NetworkID"] == nets[0]["Id"]
+    finally:
+        for c in made:
+            runtimes[0].remove(c.engine_id)
+        for net in runtimes[0].api.networks(names=[runtimes[0].network]):
+            runtimes[0].api.remove_network(net["Id"])
+        for runtime in runtimes:
+            runtime.close()
+
+
 def test_unknown_image_is_a_clear_error_and_leaves_nothing(slots, docker_runtime):
     from workspaces import storage
 

@@ -2,12 +2,16 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import hashlib
 import http.client
 import logging
 import os
 import socket
+import tempfile
 import threading
 import time
+from pathlib import Path
 
 import docker
 import requests
@@ -87,6 +91,7 @@ class DockerRuntime(Runtime):
         self._client = None
         self._network_id: str | None = None
         self._lock = threading.Lock()
+        self._network_lock = threading.Lock()
 
     def __repr__(self):
         return f"<DockerRuntime {self.node_name} {self.url}>"
@@ -114,13 +119,15 @@ class DockerRuntime(Runtime):
         """The id of the instance's bridge on this engine, made on demand; its containers cannot reach each other."""
         if self._network_id:
             return self._network_id
-        with _engine_errors(self, "ensure network"):
-            for _ in range(2):
-                found = [n for n in self.api.networks(names=[self.network]) if n["Name"] == self.network]
-                if found:
-                    # Two processes racing on an old engine may both have made one: all agree on the oldest.
-                    self._network_id = min(found, key=lambda n: (n.get("Created", ""), n["Id"]))["Id"]
-                    return self._network_id
+        # The engine's duplicate check is racy (eight concurrent creates made eight networks of one name here), and
+        # containers then fail to start ("network is ambiguous"): one creator at a time on this host, and any
+        # duplicate made from another host is removed again, the oldest network winning.
+        digest = hashlib.sha1(f"{self.url} {self.network}".encode()).hexdigest()[:16]
+        lock_path = Path(tempfile.gettempdir()) / f"hearth-net-{digest}.lock"
+        with self._network_lock, open(lock_path, "a") as lock_file, _engine_errors(self, "ensure network"):
+            fcntl.flock(lock_file, fcntl.LOCK_EX)
+            found = self._networks_named()
+            if not found:
                 try:
                     self.api.create_network(
                         self.network,
@@ -130,9 +137,21 @@ class DockerRuntime(Runtime):
                         labels={"hearth.instance": self.instance, "hearth.node": self.node_name},
                     )
                 except docker.errors.APIError as exc:
-                    if exc.status_code != 409:  # 409: another process made it first
+                    if exc.status_code != 409:  # 409: made meanwhile from elsewhere
                         raise
-        raise RuntimeError_(f"network {self.network} on node {self.node_name} vanished while being made")
+                found = self._networks_named()
+            if not found:
+                raise RuntimeError_(f"network {self.network} on node {self.node_name} vanished while being made")
+            keep, *extra = found
+            for net in extra:
+                with contextlib.suppress(docker.errors.APIError):
+                    self.api.remove_network(net["Id"])
+            self._network_id = keep["Id"]
+        return self._network_id
+
+    def _networks_named(self) -> list[dict]:
+        found = [n for n in self.api.networks(names=[self.network]) if n["Name"] == self.network]
+        return sorted(found, key=lambda n: (n.get("Created", ""), n["Id"]))
 
     def _address(self, networks: dict, labels: dict) -> str | None:
         port = labels.get("hearth.port")
