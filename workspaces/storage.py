@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import fcntl
 import os
 import re
 import shutil
@@ -83,11 +84,13 @@ def slot_root() -> Path:
     key = os.path.realpath(root)
     if key in _root_ready:
         return root
-    with _root_lock:
+    root.mkdir(parents=True, exist_ok=True)
+    key = os.path.realpath(root)
+    # Web and worker processes start together: one at a time, or both would bind the root onto itself.
+    with _root_lock, open(os.path.join(os.path.dirname(key), ".slots.lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
         if key in _root_ready:
             return root
-        root.mkdir(parents=True, exist_ok=True)
-        key = os.path.realpath(root)
         if not _is_shared_mount_point(key):
             if not is_mount_point(root):
                 _mount(key, key, MS_BIND)
