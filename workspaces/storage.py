@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import fcntl
 import os
 import re
 import shutil
@@ -83,11 +84,13 @@ def slot_root() -> Path:
     key = os.path.realpath(root)
     if key in _root_ready:
         return root
-    with _root_lock:
+    root.mkdir(parents=True, exist_ok=True)
+    key = os.path.realpath(root)
+    # Web and worker processes start together: one at a time, or both would bind the root onto itself.
+    with _root_lock, open(os.path.join(os.path.dirname(key), ".slots.lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
         if key in _root_ready:
             return root
-        root.mkdir(parents=True, exist_ok=True)
-        key = os.path.realpath(root)
         if not _is_shared_mount_point(key):
             if not is_mount_point(root):
                 _mount(key, key, MS_BIND)
@@ -147,7 +150,12 @@ def slot_bind(*, slot: Path, source: Path) -> None:
     if not os.path.isdir(real_slot):
         raise StorageError(f"slot {slot} does not exist (slot_create it first)")
     _ensure_source(source)
-    if is_mount_point(slot):
+    mounts = _mountinfo()
+    root_mounts = [optional for point, optional in mounts if point == root]
+    if not root_mounts or "shared:" not in root_mounts[-1]:
+        # Someone unmounted the root since this process prepared it: a bind now would not reach containers.
+        raise StorageError(f"slot root {root} is no longer an rshared mount point; restart the worker to redo it")
+    if any(point == real_slot for point, _ in mounts):
         _umount(real_slot)
     _mount(os.path.realpath(source), real_slot, MS_BIND)
 

@@ -79,6 +79,7 @@ mkdir -p "$OVERLAY/usr/local/lib/node_modules"
 cp -a "$NPM_DIR" "$OVERLAY/usr/local/lib/node_modules/npm"
 ln -s ../lib/node_modules/npm/bin/npm-cli.js "$OVERLAY/usr/local/bin/npm"
 ln -s ../lib/node_modules/npm/bin/npx-cli.js "$OVERLAY/usr/local/bin/npx"
+old_id=$(image_id "$IMAGE")
 say "importing $IMAGE (tar of rootfs + Node + code-server, about 500 MB)"
 tar --numeric-owner -c -C "$BASE" --exclude=./.hearth-done . \
     -C "$OVERLAY" ./usr/local/bin/node ./usr/local/bin/hearth-entrypoint ./usr/local/bin/code-server \
@@ -90,3 +91,4 @@ tar --numeric-owner -c -C "$BASE" --exclude=./.hearth-done . \
     --change 'EXPOSE 8080' --change "LABEL hearth.image=code-server org.opencontainers.image.version=$VERSION" \
     --change 'ENTRYPOINT ["/usr/local/bin/hearth-entrypoint"]' - "$IMAGE" >/dev/null
 say "built $IMAGE ($(docker image inspect -f '{{.Size}}' "$IMAGE" | awk '{printf "%d MB", $1/1e6}'))"
+drop_replaced "$old_id" "$IMAGE"

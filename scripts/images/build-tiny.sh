@@ -10,6 +10,7 @@ BUSYBOX=$(command -v busybox || true)
 ldd "$BUSYBOX" >/dev/null 2>&1 && die "$BUSYBOX is not static — apt-get install busybox-static"
 
 if [ "${FORCE:-0}" != 1 ] && image_exists "$IMAGE"; then say "$IMAGE exists"; exit 0; fi
+old_id=$(image_id "$IMAGE")
 say "building $IMAGE from $BUSYBOX"
 ROOTFS="$CACHE/tiny-rootfs"
 rm -rf "$ROOTFS"
@@ -36,3 +37,4 @@ tar --numeric-owner -C "$ROOTFS" -c . | docker import \
   --change 'EXPOSE 8080' --change 'LABEL hearth.image=tiny' \
   --change 'ENTRYPOINT ["/bin/hearth-entrypoint"]' - "$IMAGE" >/dev/null
 say "built $IMAGE"
+drop_replaced "$old_id" "$IMAGE"

@@ -20,3 +20,7 @@ debian_mirror() {
       | grep -v -- '-security' | grep -oE 'https?://[^ ]*/debian/?' | head -1)
   echo "${HEARTH_DEBIAN_MIRROR:-${m:-http://deb.debian.org/debian}}"
 }
+
+# After a rebuild, drop the image the tag pointed at before, unless a container or a derived image still uses it.
+image_id() { docker image inspect -f '{{.Id}}' "$1" 2>/dev/null || true; }
+drop_replaced() { [ -z "$1" ] || [ "$1" = "$(image_id "$2")" ] || docker rmi "$1" >/dev/null 2>&1 || true; }

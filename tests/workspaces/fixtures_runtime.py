@@ -64,13 +64,16 @@ def slots(settings):
 
 @pytest.fixture
 def make_container(slots, tiny_image, docker_runtime):
-    """make_container(runtime=None, image=tiny, **spec overrides) -> (RuntimeContainer, slot path); removed after."""
+    """make_container(runtime=None, image=tiny, **spec overrides) -> (RuntimeContainer, slot path); removed after.
+
+    A tiny container is returned once its httpd answers (`ready=False` skips that wait).
+    """
     from workspaces import storage
     from workspaces.runtime import ContainerSpec
 
     made = []
 
-    def make(runtime=None, *, image=None, key=None, **overrides):
+    def make(runtime=None, *, image=None, key=None, ready=True, **overrides):
         runtime = runtime or docker_runtime
         key = key or f"t{uuid.uuid4().hex[:10]}"
         slot = storage.slot_create(key)
@@ -94,6 +97,8 @@ def make_container(slots, tiny_image, docker_runtime):
         spec.update(overrides)
         container = runtime.create(ContainerSpec(**spec))
         made.append((runtime, container, slot))
+        if ready and spec["image"] == tiny_image:
+            assert runtime.wait_ready(container, timeout=15, path="/healthz"), f"{container.name} never answered"
         return container, slot
 
     yield make

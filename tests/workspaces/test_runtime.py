@@ -76,7 +76,8 @@ def test_container_config_is_hardened(make_container, docker_runtime):
     assert host["Init"] is True
     assert host["Privileged"] is False
     assert host["RestartPolicy"]["Name"] == "no"
-    assert host["NetworkMode"] == docker_runtime.network
+    assert host["NetworkMode"] == docker_runtime.ensure_network()
+    assert list(data["NetworkSettings"]["Networks"]) == [docker_runtime.network]
     assert data["Config"]["User"] == "1000:1000"
     assert "A=1" in data["Config"]["Env"]
     mounts = data["Mounts"]
@@ -92,6 +93,53 @@ def test_network_disables_inter_container_traffic(make_container, docker_runtime
     assert net["Driver"] == "bridge"
     assert net["Options"]["com.docker.network.bridge.enable_icc"] == "false"
     assert net["Labels"]["hearth.instance"] == settings.HEARTH_INSTANCE
+
+
+def test_a_network_removed_behind_its_back_is_made_again(slots, tiny_image):
+    from workspaces import storage
+
+    instance = f"{settings.HEARTH_INSTANCE}-netgone"
+    runtime = DockerRuntime(settings.DOCKER_HOST, node_name="main", instance=instance)
+    try:
+        first = runtime.create(_spec(storage.slot_create("net1")))
+        runtime.remove(first.engine_id)
+        runtime.api.remove_network(runtime.ensure_network())
+        second = runtime.create(_spec(storage.slot_create("net2")))
+        assert second.status == "running" and second.address
+        runtime.remove(second.engine_id)
+    finally:
+        for net in runtime.api.networks(names=[runtime.network]):
+            runtime.api.remove_network(net["Id"])
+        runtime.close()
+
+
+def test_concurrent_creates_share_one_new_network(slots, tiny_image):
+    """Eight threads, one fresh instance: one network is made, every container starts on it."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from workspaces import storage
+
+    instance = f"{settings.HEARTH_INSTANCE}-race"
+    runtimes = [DockerRuntime(settings.DOCKER_HOST, node_name="main", instance=instance) for _ in range(2)]
+    specs = [_spec(storage.slot_create(f"race{i}")) for i in range(8)]
+    made = []
+    try:
+        with ThreadPoolExecutor(8) as pool:  # two runtimes stand for two worker processes
+            made = list(pool.map(lambda i: runtimes[i % 2].create(specs[i]), range(8)))
+        assert all(c.status == "running" and c.address for c in made)
+        assert len({c.address for c in made}) == 8
+        nets = [n for n in runtimes[0].api.networks(names=[runtimes[0].network]) if n["Name"] == runtimes[0].network]
+        assert len(nets) == 1
+        for c in made:
+            attached = runtimes[0].api.inspect_container(c.engine_id)["NetworkSettings"]["Networks"]
+            assert attached[runtimes[0].network]["NetworkID"] == nets[0]["Id"]
+    finally:
+        for c in made:
+            runtimes[0].remove(c.engine_id)
+        for net in runtimes[0].api.networks(names=[runtimes[0].network]):
+            runtimes[0].api.remove_network(net["Id"])
+        for runtime in runtimes:
+            runtime.close()
 
 
 def test_unknown_image_is_a_clear_error_and_leaves_nothing(slots, docker_runtime):

@@ -2,6 +2,7 @@
 import os
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -116,6 +117,15 @@ def test_slot_remove_deletes_what_was_written_before_the_bind(slots):
     assert (source / "keep.txt").read_text() == "keep"
 
 
+def test_bind_refuses_when_the_root_lost_its_propagation(slots):
+    slot = storage.slot_create("s-7")
+    storage.slot_root_release(slots)  # e.g. an operator unmounted it under a running worker
+    storage._root_ready.add(os.path.realpath(slots))  # ... which still believes it prepared
+    with pytest.raises(StorageError, match="no longer an rshared mount point"):
+        storage.slot_bind(slot=slot, source=_user_dir("acme", 8))
+    assert not storage.is_mount_point(slot)
+
+
 def test_bind_refuses_paths_outside_the_slot_root(slots, tmp_path):
     outside = tmp_path / "elsewhere"
     outside.mkdir()
@@ -181,6 +191,46 @@ def test_bound_files_appear_inside_at_once_and_writes_land_on_the_host(make_cont
     assert _get(container, "/home/hello.txt")[0] == 404
     code, out = docker_exec(docker_runtime, container.engine_id, "ls", "-A", "/home/coder")
     assert (code, out) == (0, "")
+
+
+def test_two_processes_preparing_the_root_at_once_mount_it_once(settings, tmp_path):
+    """Web and worker start together: the root is bound onto itself exactly once."""
+    settings.STORAGE_ROOT = tmp_path / "race-storage"
+    code = (
+        "import django, os; os.environ['DJANGO_SETTINGS_MODULE'] = 'config.settings.test'; django.setup()\n"
+        "from django.conf import settings; settings.STORAGE_ROOT = os.environ['ROOT']\n"
+        "from workspaces import storage; storage.slot_root()\n"
+    )
+    env = {**os.environ, "ROOT": str(settings.STORAGE_ROOT)}
+    procs = [subprocess.Popen([sys.executable, "-c", code], cwd=REPO, env=env) for _ in range(4)]
+    try:
+        assert [p.wait(60) for p in procs] == [0, 0, 0, 0]
+        assert len(_mounts_under(settings.STORAGE_ROOT / "slots")) == 1
+    finally:
+        storage.slot_root_release(settings.STORAGE_ROOT / "slots")
+
+
+@pytest.mark.docker
+def test_release_while_the_workspace_holds_files_open(make_container, docker_runtime):
+    """code-server keeps files in the home open: the unbind still succeeds and the container loses the home."""
+    container, slot = make_container()
+    source = _user_dir("acme", 40)
+    storage.slot_bind(slot=slot, source=source)
+    (source / "held.txt").write_text("held")
+    holder = docker_runtime.api.exec_create(
+        container.engine_id, ["sh", "-c", "exec 3</home/coder/held.txt; cd /home/coder; sleep 60"]
+    )
+    docker_runtime.api.exec_start(holder["Id"], detach=True)
+    deadline = time.monotonic() + 10
+    while not docker_runtime.api.exec_inspect(holder["Id"])["Running"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.2)
+    storage.slot_unbind(slot=slot)
+    assert not storage.is_mount_point(slot)
+    assert _get(container, "/home/held.txt")[0] == 404
+    code, out = docker_exec(docker_runtime, container.engine_id, "ls", "-A", "/home/coder")
+    assert (code, out) == (0, "")
+    assert (source / "held.txt").read_text() == "held"
 
 
 @pytest.mark.docker

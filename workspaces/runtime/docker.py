@@ -2,12 +2,16 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import hashlib
 import http.client
 import logging
 import os
 import socket
+import tempfile
 import threading
 import time
+from pathlib import Path
 
 import docker
 import requests
@@ -85,8 +89,9 @@ class DockerRuntime(Runtime):
         self.timeout = float(timeout or _setting("HEARTH_DOCKER_TIMEOUT", 15))
         self.network = network_name(self.instance)
         self._client = None
-        self._network_ready = False
+        self._network_id: str | None = None
         self._lock = threading.Lock()
+        self._network_lock = threading.Lock()
 
     def __repr__(self):
         return f"<DockerRuntime {self.node_name} {self.url}>"
@@ -111,13 +116,17 @@ class DockerRuntime(Runtime):
             self._client = None
 
     def ensure_network(self) -> str:
-        """The instance's bridge on this engine, made on demand; containers on it cannot reach each other."""
-        if self._network_ready:
-            return self.network
-        with _engine_errors(self, "ensure network"):
-            found = self.api.networks(names=[self.network])
-            # `names` matches by prefix/substring on some engines: keep exact matches, oldest first.
-            found = sorted((n for n in found if n["Name"] == self.network), key=lambda n: n.get("Created", ""))
+        """The id of the instance's bridge on this engine, made on demand; its containers cannot reach each other."""
+        if self._network_id:
+            return self._network_id
+        # The engine's duplicate check is racy (eight concurrent creates made eight networks of one name here), and
+        # containers then fail to start ("network is ambiguous"): one creator at a time on this host, and any
+        # duplicate made from another host is removed again, the oldest network winning.
+        digest = hashlib.sha1(f"{self.url} {self.network}".encode()).hexdigest()[:16]
+        lock_path = Path(tempfile.gettempdir()) / f"hearth-net-{digest}.lock"
+        with self._network_lock, open(lock_path, "a") as lock_file, _engine_errors(self, "ensure network"):
+            fcntl.flock(lock_file, fcntl.LOCK_EX)
+            found = self._networks_named()
             if not found:
                 try:
                     self.api.create_network(
@@ -128,10 +137,21 @@ class DockerRuntime(Runtime):
                         labels={"hearth.instance": self.instance, "hearth.node": self.node_name},
                     )
                 except docker.errors.APIError as exc:
-                    if exc.status_code != 409:  # another process made it first
+                    if exc.status_code != 409:  # 409: made meanwhile from elsewhere
                         raise
-        self._network_ready = True
-        return self.network
+                found = self._networks_named()
+            if not found:
+                raise RuntimeError_(f"network {self.network} on node {self.node_name} vanished while being made")
+            keep, *extra = found
+            for net in extra:
+                with contextlib.suppress(docker.errors.APIError):
+                    self.api.remove_network(net["Id"])
+            self._network_id = keep["Id"]
+        return self._network_id
+
+    def _networks_named(self) -> list[dict]:
+        found = [n for n in self.api.networks(names=[self.network]) if n["Name"] == self.network]
+        return sorted(found, key=lambda n: (n.get("Created", ""), n["Id"]))
 
     def _address(self, networks: dict, labels: dict) -> str | None:
         port = labels.get("hearth.port")
@@ -156,7 +176,37 @@ class DockerRuntime(Runtime):
             self.api.ping()
 
     def create(self, spec: ContainerSpec) -> RuntimeContainer:
-        network = self.ensure_network()
+        try:
+            return self._create_and_start(spec)
+        except RuntimeError_ as exc:
+            message = str(exc).lower()
+            if "network" not in message or "not found" not in message:
+                raise
+            self._network_id = None  # removed behind our back (e.g. by an operator): make it again, once
+            return self._create_and_start(spec)
+
+    def _create_and_start(self, spec: ContainerSpec) -> RuntimeContainer:
+        engine_id = self._create_container(spec, self.ensure_network())["Id"]
+        try:
+            with _engine_errors(self, f"start {spec.name}"):
+                self.api.start(engine_id)
+                container = self._from_inspect(self.api.inspect_container(engine_id))
+                if container.status != "running" or not container.address:
+                    logs = self.api.logs(engine_id, tail=20).decode(errors="replace").strip()
+                    raise RuntimeError_(
+                        f"start {spec.name} on node {self.node_name}: container is {container.status} without an "
+                        f"address right after start; its log: {logs[-500:] or '(empty)'}"
+                    )
+                return container
+        except BaseException:
+            # Never leave a half-made container behind; if the engine is gone the reconciler removes it later.
+            try:
+                self.remove(engine_id)
+            except Exception:
+                log.warning("could not remove half-made container %s on %s", spec.name, self.node_name, exc_info=True)
+            raise
+
+    def _create_container(self, spec: ContainerSpec, network: str) -> dict:
         labels = {"hearth.port": str(spec.internal_port), "hearth.slot": spec.slot_path, **spec.labels}
         labels = {str(k): str(v) for k, v in labels.items()}
         memory = f"{int(spec.memory_mb)}m"
@@ -187,25 +237,7 @@ class DockerRuntime(Runtime):
                 host_config=host_config,
                 detach=True,
             )
-        engine_id = created["Id"]
-        try:
-            with _engine_errors(self, f"start {spec.name}"):
-                self.api.start(engine_id)
-                container = self._from_inspect(self.api.inspect_container(engine_id))
-                if container.status != "running" or not container.address:
-                    logs = self.api.logs(engine_id, tail=20).decode(errors="replace").strip()
-                    raise RuntimeError_(
-                        f"start {spec.name} on node {self.node_name}: container is {container.status} without an "
-                        f"address right after start; its log: {logs[-500:] or '(empty)'}"
-                    )
-                return container
-        except BaseException:
-            # Never leave a half-made container behind; if the engine is gone the reconciler removes it later.
-            try:
-                self.remove(engine_id)
-            except Exception:
-                log.warning("could not remove half-made container %s on %s", spec.name, self.node_name, exc_info=True)
-            raise
+        return created
 
     def remove(self, engine_id: str) -> None:
         with _engine_errors(self, f"remove {engine_id[:12]}"):
