@@ -223,3 +223,19 @@ def test_a_missing_image_is_a_clear_error_and_leaves_nothing(node, tiny_template
     assert _engine_names(node) == set()
     assert list(storage.slot_root().iterdir()) == []
     assert pool.pool_fill() == 0  # backs off after the failure instead of retrying every tick
+
+
+def test_offboarding_ends_sessions_exports_workspaces_and_deletes_them(node, tiny_template, workspace, member):
+    import json
+    import tarfile
+
+    pool.pool_fill()
+    session = services.workspace_open(workspace=workspace, user=member.user).session
+    owner = MembershipFactory(tenant=member.tenant, role="owner").user
+    export = tenant_services.tenant_offboard(tenant=member.tenant, actor=owner)
+    assert Container.objects.get(pk=session.container_id).state == State.REMOVED
+    assert not Session.objects.filter(pk=session.pk).exists()  # deleted with the tenant
+    with tarfile.open(export.path) as tar:
+        data = json.load(tar.extractfile(f"{member.tenant.slug}/tenant.json"))
+    assert data["workspaces"][0]["name"] == workspace.name
+    assert data["workspaces"][0]["sessions"][0]["end_reason"] == "suspended"
