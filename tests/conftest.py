@@ -155,3 +155,38 @@ def smtp_server(_smtp_controller, settings):
     settings.EMAIL_USE_TLS = settings.EMAIL_USE_SSL = False
     mailbox.clear()
     return mailbox
+
+
+# Transactional tests (live servers, real worker processes, concurrent claims) commit their rows and the
+# database is flushed after each, which also removes what the migrations loaded (plans, templates, meters,
+# the site). Every such test asks for a serialized rollback, and after it the data serialized at session
+# start is put back, so tests that run later still find them.
+def _is_transactional(item):
+    names = getattr(item, "fixturenames", ())
+    marker = item.get_closest_marker("django_db")
+    return (
+        "transactional_db" in names
+        or "live_server" in names
+        or bool(marker and marker.kwargs.get("transaction"))
+    )
+
+
+def pytest_collection_modifyitems(session, config, items):
+    for item in items:
+        if _is_transactional(item) and "django_db_serialized_rollback" not in item.fixturenames:
+            item.fixturenames.append("django_db_serialized_rollback")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_teardown(item, nextitem):
+    yield  # after every fixture, the database flush included
+    if "django_db_serialized_rollback" not in getattr(item, "fixturenames", ()):
+        return
+    from django.db import connections
+    from pytest_django.plugin import blocking_manager_key
+
+    with item.config.stash[blocking_manager_key].unblock():
+        connection = connections["default"]
+        contents = getattr(connection, "_test_serialized_contents", None)
+        if contents:
+            connection.creation.deserialize_db_from_string(contents)
