@@ -8,6 +8,7 @@ from datetime import timedelta
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.auth.admin import UserAdmin as BaseUserAdmin
+from django.core.exceptions import PermissionDenied
 from django.db import transaction
 from django.db.models import Count, Q, Sum
 from django.db.models.functions import TruncDate
@@ -152,6 +153,15 @@ class ChangePlanForm(forms.Form):
                                   help_text="Every plan, public or not. The seat limit of the new plan applies.")
 
 
+class OnboardForm(forms.Form):
+    name = forms.CharField(max_length=120)
+    owner_email = forms.EmailField(help_text="Created if new; they set a password with 'Forgot password'.")
+    plan = forms.ModelChoiceField(queryset=Plan.objects.all(), empty_label=None, to_field_name="slug",
+                                  initial="free")
+    slug = forms.SlugField(max_length=50, required=False, help_text="Empty: derived from the name.")
+    synthetic = forms.BooleanField(required=False, help_text="Load tests and demos: excluded from revenue.")
+
+
 class SuspendForm(forms.Form):
     reason = forms.CharField(max_length=200, required=False, help_text="Kept in the audit trail.")
 
@@ -191,8 +201,32 @@ class TenantAdmin(admin.ModelAdmin):
         return format_html('<ul style="margin:0">{}</ul><a href="{}">Full audit trail ({})</a>', recent, url,
                            AuditLog.objects.filter(tenant_slug=tenant.slug).count())
 
-    def has_add_permission(self, request):
-        return False  # onboarding creates the owner, storage and audit row: `manage.py onboard_tenant`
+    def add_view(self, request, form_url="", extra_context=None):
+        """Onboarding, not a bare row: the owner, storage directory, audit row and event come with it."""
+        if not self.has_add_permission(request):
+            raise PermissionDenied
+        form = OnboardForm(request.POST or None)
+        if request.method == "POST" and form.is_valid():
+            data = form.cleaned_data
+            try:
+                with transaction.atomic():
+                    owner = services.user_get_or_create(email=data["owner_email"])
+                    tenant = services.tenant_onboard(name=data["name"], owner=owner, plan=data["plan"],
+                                                     slug=data["slug"] or None, synthetic=data["synthetic"],
+                                                     actor=request.user)
+            except ServiceError as exc:
+                form.add_error(exc.field if exc.field in form.fields else None, exc.message)
+            else:
+                self.message_user(request, f"Onboarded {tenant.slug}, owned by {owner.email}.", messages.SUCCESS)
+                return redirect("admin:tenants_tenant_change", tenant.pk)
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "Onboard a tenant",
+            "form": form,
+            "opts": self.model._meta,
+            "action": "",
+        }
+        return TemplateResponse(request, "admin/tenants/tenant/onboard_form.html", context)
 
     def has_delete_permission(self, request, obj=None):
         return False  # offboarding exports the data first and keeps the trail

@@ -119,7 +119,9 @@ def route_by_method(**views):
     handlers = {method.upper(): view.as_view() for method, view in views.items()}
 
     def dispatch(request, *args, **kwargs):
-        handler = handlers.get(request.method) or (handlers.get("GET") if request.method == "HEAD" else None)
+        handler = handlers.get(request.method)
+        if handler is None and request.method in ("HEAD", "OPTIONS"):
+            handler = handlers.get("GET") or next(iter(handlers.values()))
         if handler is None:
             response = JsonResponse(
                 {"code": "method_not_allowed", "detail": f"Method \"{request.method}\" not allowed."}, status=405

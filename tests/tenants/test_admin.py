@@ -68,9 +68,8 @@ def test_rename_in_admin_goes_through_the_service(admin_client, staff):
     assert row.actor == staff
 
 
-def test_no_add_or_delete_of_tenants_in_admin(admin_client):
+def test_no_delete_of_tenants_in_admin(admin_client):
     tenant = TenantFactory()
-    assert admin_client.get(reverse("admin:tenants_tenant_add")).status_code == 403
     assert admin_client.post(reverse("admin:tenants_tenant_delete", args=[tenant.pk]), {"post": "yes"}).status_code \
         == 403
     assert Tenant.objects.filter(pk=tenant.pk).exists()
@@ -236,3 +235,27 @@ def test_other_admin_pages_render(admin_client):
     for name in ("invitation", "apitoken", "outboxevent", "tenantexport", "membership", "plan", "user"):
         response = admin_client.get(reverse(f"admin:tenants_{name}_changelist"))
         assert response.status_code == 200, name
+
+
+def test_adding_a_tenant_onboards_it(admin_client, staff, settings):
+    url = reverse("admin:tenants_tenant_add")
+    assert b"owner_email" in admin_client.get(url).content
+    response = admin_client.post(url, {"name": "Initech", "owner_email": "Peter@Initech.test", "plan": "pro",
+                                       "synthetic": "on"})
+    tenant = Tenant.objects.get(slug="initech")
+    assert response.status_code == 302 and response["Location"].endswith(f"/{tenant.pk}/change/")
+    assert tenant.plan.slug == "pro" and tenant.synthetic
+    assert tenant.memberships.get().user.email == "peter@initech.test"
+    assert tenant.memberships.get().role == "owner"
+    assert (settings.STORAGE_ROOT / "tenants" / "initech").is_dir()
+    assert AuditLog.objects.get(tenant=tenant, action="tenant.onboarded").actor == staff
+    assert OutboxEvent.objects.filter(tenant=tenant, type="tenant.onboarded").exists()
+
+
+def test_onboarding_in_admin_shows_service_errors_on_the_form(admin_client):
+    TenantFactory(slug="taken")
+    before = Tenant.objects.count()
+    response = admin_client.post(reverse("admin:tenants_tenant_add"),
+                                 {"name": "X", "owner_email": "x@example.test", "plan": "free", "slug": "taken"})
+    assert response.status_code == 200 and "is taken" in response.content.decode()
+    assert Tenant.objects.count() == before
