@@ -4,6 +4,8 @@ Subclasses of TenantScopedView get `self.tenant` and `self.membership` from the 
 `scoped_queryset()`; overriding `get_queryset` is refused at class creation, so no view can forget the
 tenant filter. The escape hatch is named `dangerously_get_queryset` and must be justified where used.
 """
+import re
+
 from django.http import Http404, JsonResponse
 from drf_spectacular import openapi
 from rest_framework import exceptions, serializers, status
@@ -109,6 +111,20 @@ class AutoSchema(openapi.AutoSchema):
             outer, inner = qualname.rsplit(".", 1)
             return outer.split(".")[-1].removesuffix("Api") + inner.removesuffix("Serializer")
         return super().get_serializer_name(serializer, direction)
+
+    def get_operation_id(self):
+        # `MemberInviteApi` → `member_invite`: stable ids that say what the operation does.
+        name = type(self.view).__name__
+        if name.endswith("Api"):
+            return re.sub(r"(?<!^)(?=[A-Z])", "_", name.removesuffix("Api")).lower()
+        return super().get_operation_id()
+
+    def get_summary(self):
+        name = type(self.view).__name__
+        if name.endswith("Api"):
+            words = re.sub(r"(?<!^)(?=[A-Z])", " ", name.removesuffix("Api")).lower()
+            return super().get_summary() or words.capitalize()
+        return super().get_summary()
 
 
 def route_by_method(**views):
