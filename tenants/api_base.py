@@ -142,10 +142,14 @@ def route_by_method(**views):
             response = JsonResponse(
                 {"code": "method_not_allowed", "detail": f"Method \"{request.method}\" not allowed."}, status=405
             )
-            response["Allow"] = ", ".join(handlers)
+            response["Allow"] = allow
             return response
-        return handler(request, *args, **kwargs)
+        response = handler(request, *args, **kwargs)
+        if response.has_header("Allow"):  # each view knows only its own method
+            response["Allow"] = allow
+        return response
 
+    allow = ", ".join([*handlers, "HEAD", "OPTIONS"] if "GET" in handlers else [*handlers, "OPTIONS"])
     dispatch.csrf_exempt = True  # token-authenticated, like every DRF view
     dispatch.operation_handlers = handlers
     # What the schema generator's endpoint enumerator inspects to list the allowed methods.

@@ -104,6 +104,9 @@ def test_unknown_method_is_405(acme):
     response = clients["owner"].put(f"{API}/tenant", {"name": "x"}, format="json")
     assert response.status_code == 405
     assert "PUT" in response.json()["detail"]
+    assert response["Allow"] == "GET, PATCH, HEAD, OPTIONS"
+    assert clients["owner"].get(f"{API}/members")["Allow"] == "GET, POST, HEAD, OPTIONS"
+    assert clients["owner"].options(f"{API}/members/1").status_code == 200
 
 
 # --- tenant --------------------------------------------------------------------------------------
