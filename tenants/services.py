@@ -285,6 +285,16 @@ def _lock_memberships(tenant):
     return list(Membership.objects.filter(tenant=tenant).order_by("pk").select_for_update())
 
 
+def _recheck_acting(acting, locked):
+    """The actor's role as it is under the lock: a concurrent change may have demoted or removed them."""
+    if acting is None:
+        return None
+    current = locked.get(acting.pk)
+    if current is None or not current.can_manage_members:
+        raise Forbidden("Only the tenant's owners and admins can manage members.")
+    return current
+
+
 def member_set_role(*, membership, role, actor):
     tenant = membership.tenant
     acting = _require_manager(tenant=tenant, actor=actor)
@@ -292,6 +302,7 @@ def member_set_role(*, membership, role, actor):
         raise ServiceError(f"Unknown role '{role}'. Roles: {', '.join(Role.values)}.", field="role")
     with transaction.atomic():
         locked = {m.pk: m for m in _lock_memberships(tenant)}
+        acting = _recheck_acting(acting, locked)
         target = locked.get(membership.pk)
         if target is None:
             raise NotFound("No such member.")
@@ -315,6 +326,7 @@ def member_remove(*, membership, actor):
     acting = None if leaving_self else _require_manager(tenant=tenant, actor=actor)
     with transaction.atomic():
         locked = {m.pk: m for m in _lock_memberships(tenant)}
+        acting = _recheck_acting(acting, locked)
         target = locked.get(membership.pk)
         if target is None:
             raise NotFound("No such member.")

@@ -265,3 +265,18 @@ def test_invitation_mail_carries_the_link(mailoutbox, settings):
     assert mail.to == ["new@example.test"]
     assert f"https://hearth.example.test/invitations/{token}/" in mail.body
     assert "boss@example.test" in mail.body and "as admin" in mail.body
+
+
+def test_an_actor_demoted_meanwhile_is_refused_under_the_lock(monkeypatch):
+    admin_m = MembershipFactory(role="admin")
+    target = MembershipFactory(tenant=admin_m.tenant, role="member")
+    MembershipFactory(tenant=admin_m.tenant, role="owner")
+    stale = Membership.objects.get(pk=admin_m.pk)
+    Membership.objects.filter(pk=admin_m.pk).update(role="member")  # demoted after the request was authorised
+    # Replays the interleaving: the permission check saw the actor before the concurrent demotion.
+    monkeypatch.setattr(services, "_require_manager", lambda **kw: stale)
+    with pytest.raises(Forbidden):
+        services.member_remove(membership=target, actor=admin_m.user)
+    with pytest.raises(Forbidden):
+        services.member_set_role(membership=target, role="admin", actor=admin_m.user)
+    assert Membership.objects.get(pk=target.pk).role == "member"
