@@ -259,3 +259,20 @@ def test_onboarding_in_admin_shows_service_errors_on_the_form(admin_client):
                                  {"name": "X", "owner_email": "x@example.test", "plan": "free", "slug": "taken"})
     assert response.status_code == 200 and "is taken" in response.content.decode()
     assert Tenant.objects.count() == before
+
+
+def test_user_admin_adds_and_edits_email_users(admin_client):
+    response = admin_client.post(reverse("admin:tenants_user_add"), {
+        "email": "New.Staff@Hearth.test", "usable_password": "true",
+        "password1": "a long enough pass 42", "password2": "a long enough pass 42"})
+    assert response.status_code == 302, response.content.decode()[:3000]
+    from tenants.models import User
+
+    user = User.objects.get(email="new.staff@hearth.test")
+    assert user.check_password("a long enough pass 42")
+    again = admin_client.post(reverse("admin:tenants_user_add"), {
+        "email": "NEW.staff@hearth.test", "usable_password": "true",
+        "password1": "a long enough pass 42", "password2": "a long enough pass 42"})
+    assert again.status_code == 200 and b"already has an account" in again.content
+    page = admin_client.get(reverse("admin:tenants_user_change", args=[user.pk]))
+    assert page.status_code == 200 and b"new.staff@hearth.test" in page.content.lower()
