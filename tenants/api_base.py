@@ -158,6 +158,11 @@ def route_by_method(**views):
     return dispatch
 
 
+def endpoint_not_found(request, *args, **kwargs):
+    """Unknown URLs under /api/ answer JSON like every other API error, not the HTML 404 page."""
+    return JsonResponse({"code": "not_found", "detail": f"No API endpoint at {request.path}."}, status=404)
+
+
 def expand_method_routes(endpoints):
     """drf-spectacular preprocessing hook: give each method of a `route_by_method` URL its own view."""
     return [

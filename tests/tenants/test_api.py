@@ -320,6 +320,9 @@ def test_another_tenants_member_is_404_on_every_verb(acme, globex):
 def test_nonexistent_member_is_404(acme):
     _, _, clients = acme
     assert clients["owner"].get(f"{API}/members/999999").status_code == 404
+    for path in ("/members/abc", "/members/1/extra", "/nothing-here"):
+        response = clients["owner"].get(API + path)
+        assert response.status_code == 404 and response.json()["code"] == "not_found", path
 
 
 def test_set_role(acme):
