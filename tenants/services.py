@@ -228,8 +228,9 @@ def invitation_accept(*, token, user):
     """Join the inviting tenant. The token is single-use and expires."""
     invitation = invitation_by_token(token)
     with transaction.atomic():
-        invitation = Invitation.objects.select_for_update().select_related("tenant__plan").get(pk=invitation.pk)
-        tenant = invitation.tenant
+        # Lock order as in member_invite (tenant, then its invitations), which also serialises seat counting.
+        tenant = Tenant.objects.select_related("plan").select_for_update(of=("self",)).get(pk=invitation.tenant_id)
+        invitation = Invitation.objects.select_for_update().get(pk=invitation.pk)
         if invitation.accepted_at is not None:
             raise Conflict("This invitation has already been used.", code="invitation_used")
         if invitation.revoked_at is not None:
@@ -242,8 +243,7 @@ def invitation_accept(*, token, user):
         _require_active(tenant)
         if Membership.objects.filter(tenant=tenant, user=user).exists():
             raise Conflict(f"You are already a member of {tenant.name}.", code="already_member")
-        # The plan may have shrunk since the invitation was sent; lock the tenant as member_invite does.
-        tenant = Tenant.objects.select_related("plan").select_for_update(of=("self",)).get(pk=tenant.pk)
+        # The plan may have shrunk since the invitation was sent.
         _check_seat_available(tenant, counting_pending=False)
         membership = Membership.objects.create(tenant=tenant, user=user, role=invitation.role)
         invitation.accepted_at = timezone.now()
