@@ -4,8 +4,10 @@ Nothing that changes a tenant is saved by the admin's generic forms: changes go 
 so that each one is checked and leaves its audit row. The audit trail itself is read-only.
 """
 from datetime import timedelta
+from pathlib import Path
 
 from django import forms
+from django.conf import settings
 from django.contrib import admin, messages
 from django.contrib.auth import forms as auth_forms
 from django.contrib.auth.admin import UserAdmin as BaseUserAdmin
@@ -14,6 +16,7 @@ from django.db import transaction
 from django.db.models import Count, Q, Sum
 from django.db.models.functions import TruncDate
 from django.forms.models import model_to_dict
+from django.http import FileResponse, Http404
 from django.shortcuts import redirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
@@ -184,6 +187,15 @@ class OnboardForm(forms.Form):
     synthetic = forms.BooleanField(required=False, help_text="Load tests and demos: excluded from revenue.")
 
 
+class OffboardForm(forms.Form):
+    confirm = forms.CharField(max_length=20, help_text="Type OFFBOARD: the data is exported, then deleted.")
+
+    def clean_confirm(self):
+        if self.cleaned_data["confirm"].strip() != "OFFBOARD":
+            raise forms.ValidationError("Type OFFBOARD to confirm.")
+        return "OFFBOARD"
+
+
 class SuspendForm(forms.Form):
     reason = forms.CharField(max_length=200, required=False, help_text="Kept in the audit trail.")
 
@@ -199,7 +211,7 @@ class TenantAdmin(admin.ModelAdmin):
     inlines = [MembershipInline]
     fields = ["slug", "name", "plan", "status", "synthetic", "created_at", "storage", "audit_trail"]
     readonly_fields = ["slug", "plan", "status", "synthetic", "created_at", "storage", "audit_trail"]
-    actions = ["suspend", "resume", "change_plan"]
+    actions = ["suspend", "resume", "change_plan", "offboard"]
 
     def get_queryset(self, request):
         return super().get_queryset(request).annotate(_members=Count("memberships", distinct=True))
@@ -291,6 +303,19 @@ class TenantAdmin(admin.ModelAdmin):
         else:
             form = ChangePlanForm()
         return self._intermediate(request, queryset, form, "change_plan", "Change plan")
+
+    @admin.action(description="Offboard selected tenants (export their data, then delete them)…")
+    def offboard(self, request, queryset):
+        if "apply" in request.POST:
+            form = OffboardForm(request.POST)
+            if form.is_valid():
+                _run_service(self, request, queryset,
+                             lambda t: services.tenant_offboard(tenant=t, actor=request.user),
+                             "Offboarded (archives under Tenant exports)")
+                return None
+        else:
+            form = OffboardForm()
+        return self._intermediate(request, queryset, form, "offboard", "Offboard tenants")
 
     def _intermediate(self, request, queryset, form, action, title):
         context = {
@@ -448,9 +473,28 @@ class OutboxEventAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
 
 @admin.register(TenantExport)
 class TenantExportAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
-    list_display = ["tenant_slug", "created_at", "size_bytes", "owner_emails", "path"]
+    list_display = ["tenant_slug", "created_at", "size_bytes", "owner_emails", "download"]
     search_fields = ["tenant_slug", "owners__email"]
-    readonly_fields = ["tenant_slug", "owners", "path", "size_bytes", "created_at"]
+    readonly_fields = ["tenant_slug", "owners", "path", "size_bytes", "created_at", "download"]
+
+    @admin.display(description="archive")
+    def download(self, export):
+        url = reverse("admin:tenants_tenantexport_download", args=[export.pk])
+        return format_html('<a href="{}">{}</a>', url, Path(export.path).name)
+
+    def get_urls(self):
+        view = self.admin_site.admin_view(self.download_view)
+        return [path("<int:pk>/download/", view, name="tenants_tenantexport_download"), *super().get_urls()]
+
+    def download_view(self, request, pk):
+        export = TenantExport.objects.filter(pk=pk).first()
+        if export is None or not self.has_view_permission(request, export):
+            raise Http404("No such export.")
+        archive = Path(export.path).resolve()
+        # Only files under EXPORT_ROOT are ever served, whatever the row says.
+        if not archive.is_relative_to(Path(settings.EXPORT_ROOT).resolve()) or not archive.is_file():
+            raise Http404("The archive file is missing.")
+        return FileResponse(archive.open("rb"), as_attachment=True, filename=archive.name)
 
     @admin.display(description="owners")
     def owner_emails(self, export):

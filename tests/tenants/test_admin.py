@@ -276,3 +276,33 @@ def test_user_admin_adds_and_edits_email_users(admin_client):
     assert again.status_code == 200 and b"already has an account" in again.content
     page = admin_client.get(reverse("admin:tenants_user_change", args=[user.pk]))
     assert page.status_code == 200 and b"new.staff@hearth.test" in page.content.lower()
+
+
+def test_offboard_action_exports_then_deletes_and_keeps_the_trail(admin_client, staff):
+    owner = UserFactory(email="owner@acme.test")
+    tenant = services.tenant_onboard(name="Acme", owner=owner, plan="team")
+    response = admin_client.post(reverse(CHANGELIST), {"action": "offboard", ACTION_CHECKBOX_NAME: [tenant.pk]})
+    assert b"OFFBOARD" in response.content
+    response = act(admin_client, "tenant", "offboard", [tenant], apply="1", confirm="nope")
+    assert b"Type OFFBOARD to confirm" in response.content and Tenant.objects.filter(pk=tenant.pk).exists()
+    act(admin_client, "tenant", "offboard", [tenant], apply="1", confirm="OFFBOARD")
+    assert not Tenant.objects.filter(pk=tenant.pk).exists()
+    from tenants.models import TenantExport
+
+    export = TenantExport.objects.get(tenant_slug="acme")
+    assert list(export.owners.all()) == [owner]
+    assert AuditLog.objects.filter(tenant_slug="acme", action="tenant.offboarded", actor=staff).exists()
+    assert AuditLog.objects.filter(tenant_slug="acme", action="tenant.onboarded").exists()  # the trail stays
+    download = admin_client.get(reverse("admin:tenants_tenantexport_download", args=[export.pk]))
+    assert download.status_code == 200 and download["Content-Disposition"].startswith("attachment")
+    assert b"".join(download.streaming_content)[:2] == b"\x1f\x8b"  # gzip
+
+
+def test_export_download_serves_only_files_under_the_export_root(admin_client, tmp_path):
+    from tenants.models import TenantExport
+
+    outside = tmp_path / "secret.txt"
+    outside.write_text("not an export")
+    export = TenantExport.objects.create(tenant_slug="x", path=str(outside), size_bytes=13)
+    assert admin_client.get(reverse("admin:tenants_tenantexport_download", args=[export.pk])).status_code == 404
+    assert admin_client.get(reverse("admin:tenants_tenantexport_download", args=[999999])).status_code == 404
