@@ -190,3 +190,22 @@ def pytest_runtest_teardown(item, nextitem):
         contents = getattr(connection, "_test_serialized_contents", None)
         if contents:
             connection.creation.deserialize_db_from_string(contents)
+@pytest.fixture(scope="session")
+def django_db_setup(django_db_setup, django_db_blocker):
+    """Make sure the default plans (a data migration) exist, even in a reused test database.
+
+    A transactional test (live_server, Chromium) flushes every table when it ends, so a reused database can
+    come back without them. They are reloaded here and the snapshot that `serialized_rollback=True`
+    restores is taken again: transactional tests should use
+    `@pytest.mark.django_db(transaction=True, serialized_rollback=True)` so the tests after them still
+    find the plans.
+    """
+    import importlib
+
+    from django.apps import apps
+    from django.db import connection
+
+    with django_db_blocker.unblock():
+        importlib.import_module("tenants.migrations.0002_default_plans").load(apps, None)
+        if hasattr(connection, "_test_serialized_contents"):
+            connection._test_serialized_contents = connection.creation.serialize_db_to_string()
