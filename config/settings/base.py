@@ -171,6 +171,8 @@ CELERY_TASK_ALWAYS_EAGER = env.bool("CELERY_TASK_ALWAYS_EAGER", default=False)
 # A request must not hang on a dead broker: the periodic ticks deliver whatever was not enqueued.
 CELERY_TASK_PUBLISH_RETRY_POLICY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.5}
 CELERY_BROKER_CONNECTION_TIMEOUT = 2
+# Installs sharing one Redis (and test runs beside `make run`) never take each other's tasks.
+CELERY_BROKER_TRANSPORT_OPTIONS = {"global_keyprefix": f"{HEARTH_INSTANCE}:"}
 # The periodic ticks that drive Hearth's loops; each task is idempotent and safe to run late or twice.
 CELERY_BEAT_SCHEDULE = {
     "outbox-drain": {"task": "tenants.tasks.outbox_drain", "schedule": schedule(timedelta(seconds=10))},
