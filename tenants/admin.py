@@ -4,14 +4,19 @@ Nothing that changes a tenant is saved by the admin's generic forms: changes go 
 so that each one is checked and leaves its audit row. The audit trail itself is read-only.
 """
 from datetime import timedelta
+from pathlib import Path
 
 from django import forms
+from django.conf import settings
 from django.contrib import admin, messages
+from django.contrib.auth import forms as auth_forms
 from django.contrib.auth.admin import UserAdmin as BaseUserAdmin
+from django.core.exceptions import PermissionDenied
 from django.db import transaction
 from django.db.models import Count, Q, Sum
 from django.db.models.functions import TruncDate
 from django.forms.models import model_to_dict
+from django.http import FileResponse, Http404
 from django.shortcuts import redirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
@@ -70,8 +75,29 @@ def _run_service(modeladmin, request, objects, call, done):
 # --- users ---------------------------------------------------------------------------------------
 
 
+class UserCreationForm(auth_forms.AdminUserCreationForm):
+    class Meta:
+        model = User
+        fields = ["email"]
+
+    def clean_email(self):
+        # Addresses are stored lower-case everywhere (services, allauth); keep admin-made users alike.
+        email = self.cleaned_data["email"].strip().lower()
+        if User.objects.filter(email__iexact=email).exists():
+            raise forms.ValidationError(f"{email} already has an account.")
+        return email
+
+
+class UserChangeForm(auth_forms.UserChangeForm):
+    class Meta:
+        model = User
+        fields = "__all__"
+
+
 @admin.register(User)
 class UserAdmin(BaseUserAdmin):
+    form = UserChangeForm
+    add_form = UserCreationForm
     ordering = ["email"]
     list_display = ["email", "is_staff", "is_active", "date_joined", "last_login"]
     search_fields = ["email", "first_name", "last_name"]
@@ -81,7 +107,7 @@ class UserAdmin(BaseUserAdmin):
         ("Permissions", {"fields": ["is_active", "is_staff", "is_superuser", "groups", "user_permissions"]}),
         ("Dates", {"fields": ["last_login", "date_joined"]}),
     ]
-    add_fieldsets = [(None, {"classes": ["wide"], "fields": ["email", "password1", "password2"]})]
+    add_fieldsets = [(None, {"classes": ["wide"], "fields": ["email", "usable_password", "password1", "password2"]})]
 
 
 # --- plans ---------------------------------------------------------------------------------------
@@ -152,6 +178,24 @@ class ChangePlanForm(forms.Form):
                                   help_text="Every plan, public or not. The seat limit of the new plan applies.")
 
 
+class OnboardForm(forms.Form):
+    name = forms.CharField(max_length=120)
+    owner_email = forms.EmailField(help_text="Created if new; they set a password with 'Forgot password'.")
+    plan = forms.ModelChoiceField(queryset=Plan.objects.all(), empty_label=None, to_field_name="slug",
+                                  initial="free")
+    slug = forms.SlugField(max_length=50, required=False, help_text="Empty: derived from the name.")
+    synthetic = forms.BooleanField(required=False, help_text="Load tests and demos: excluded from revenue.")
+
+
+class OffboardForm(forms.Form):
+    confirm = forms.CharField(max_length=20, help_text="Type OFFBOARD: the data is exported, then deleted.")
+
+    def clean_confirm(self):
+        if self.cleaned_data["confirm"].strip() != "OFFBOARD":
+            raise forms.ValidationError("Type OFFBOARD to confirm.")
+        return "OFFBOARD"
+
+
 class SuspendForm(forms.Form):
     reason = forms.CharField(max_length=200, required=False, help_text="Kept in the audit trail.")
 
@@ -167,7 +211,7 @@ class TenantAdmin(admin.ModelAdmin):
     inlines = [MembershipInline]
     fields = ["slug", "name", "plan", "status", "synthetic", "created_at", "storage", "audit_trail"]
     readonly_fields = ["slug", "plan", "status", "synthetic", "created_at", "storage", "audit_trail"]
-    actions = ["suspend", "resume", "change_plan"]
+    actions = ["suspend", "resume", "change_plan", "offboard"]
 
     def get_queryset(self, request):
         return super().get_queryset(request).annotate(_members=Count("memberships", distinct=True))
@@ -191,8 +235,32 @@ class TenantAdmin(admin.ModelAdmin):
         return format_html('<ul style="margin:0">{}</ul><a href="{}">Full audit trail ({})</a>', recent, url,
                            AuditLog.objects.filter(tenant_slug=tenant.slug).count())
 
-    def has_add_permission(self, request):
-        return False  # onboarding creates the owner, storage and audit row: `manage.py onboard_tenant`
+    def add_view(self, request, form_url="", extra_context=None):
+        """Onboarding, not a bare row: the owner, storage directory, audit row and event come with it."""
+        if not self.has_add_permission(request):
+            raise PermissionDenied
+        form = OnboardForm(request.POST or None)
+        if request.method == "POST" and form.is_valid():
+            data = form.cleaned_data
+            try:
+                with transaction.atomic():
+                    owner = services.user_get_or_create(email=data["owner_email"])
+                    tenant = services.tenant_onboard(name=data["name"], owner=owner, plan=data["plan"],
+                                                     slug=data["slug"] or None, synthetic=data["synthetic"],
+                                                     actor=request.user)
+            except ServiceError as exc:
+                form.add_error(exc.field if exc.field in form.fields else None, exc.message)
+            else:
+                self.message_user(request, f"Onboarded {tenant.slug}, owned by {owner.email}.", messages.SUCCESS)
+                return redirect("admin:tenants_tenant_change", tenant.pk)
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "Onboard a tenant",
+            "form": form,
+            "opts": self.model._meta,
+            "action": "",
+        }
+        return TemplateResponse(request, "admin/tenants/tenant/onboard_form.html", context)
 
     def has_delete_permission(self, request, obj=None):
         return False  # offboarding exports the data first and keeps the trail
@@ -235,6 +303,19 @@ class TenantAdmin(admin.ModelAdmin):
         else:
             form = ChangePlanForm()
         return self._intermediate(request, queryset, form, "change_plan", "Change plan")
+
+    @admin.action(description="Offboard selected tenants (export their data, then delete them)…")
+    def offboard(self, request, queryset):
+        if "apply" in request.POST:
+            form = OffboardForm(request.POST)
+            if form.is_valid():
+                _run_service(self, request, queryset,
+                             lambda t: services.tenant_offboard(tenant=t, actor=request.user),
+                             "Offboarded (archives under Tenant exports)")
+                return None
+        else:
+            form = OffboardForm()
+        return self._intermediate(request, queryset, form, "offboard", "Offboard tenants")
 
     def _intermediate(self, request, queryset, form, action, title):
         context = {
@@ -392,9 +473,28 @@ class OutboxEventAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
 
 @admin.register(TenantExport)
 class TenantExportAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
-    list_display = ["tenant_slug", "created_at", "size_bytes", "owner_emails", "path"]
+    list_display = ["tenant_slug", "created_at", "size_bytes", "owner_emails", "download"]
     search_fields = ["tenant_slug", "owners__email"]
-    readonly_fields = ["tenant_slug", "owners", "path", "size_bytes", "created_at"]
+    readonly_fields = ["tenant_slug", "owners", "path", "size_bytes", "created_at", "download"]
+
+    @admin.display(description="archive")
+    def download(self, export):
+        url = reverse("admin:tenants_tenantexport_download", args=[export.pk])
+        return format_html('<a href="{}">{}</a>', url, Path(export.path).name)
+
+    def get_urls(self):
+        view = self.admin_site.admin_view(self.download_view)
+        return [path("<int:pk>/download/", view, name="tenants_tenantexport_download"), *super().get_urls()]
+
+    def download_view(self, request, pk):
+        export = TenantExport.objects.filter(pk=pk).first()
+        if export is None or not self.has_view_permission(request, export):
+            raise Http404("No such export.")
+        archive = Path(export.path).resolve()
+        # Only files under EXPORT_ROOT are ever served, whatever the row says.
+        if not archive.is_relative_to(Path(settings.EXPORT_ROOT).resolve()) or not archive.is_file():
+            raise Http404("The archive file is missing.")
+        return FileResponse(archive.open("rb"), as_attachment=True, filename=archive.name)
 
     @admin.display(description="owners")
     def owner_emails(self, export):

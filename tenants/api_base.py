@@ -4,6 +4,8 @@ Subclasses of TenantScopedView get `self.tenant` and `self.membership` from the 
 `scoped_queryset()`; overriding `get_queryset` is refused at class creation, so no view can forget the
 tenant filter. The escape hatch is named `dangerously_get_queryset` and must be justified where used.
 """
+import re
+
 from django.http import Http404, JsonResponse
 from drf_spectacular import openapi
 from rest_framework import exceptions, serializers, status
@@ -110,6 +112,20 @@ class AutoSchema(openapi.AutoSchema):
             return outer.split(".")[-1].removesuffix("Api") + inner.removesuffix("Serializer")
         return super().get_serializer_name(serializer, direction)
 
+    def get_operation_id(self):
+        # `MemberInviteApi` → `member_invite`: stable ids that say what the operation does.
+        name = type(self.view).__name__
+        if name.endswith("Api"):
+            return re.sub(r"(?<!^)(?=[A-Z])", "_", name.removesuffix("Api")).lower()
+        return super().get_operation_id()
+
+    def get_summary(self):
+        name = type(self.view).__name__
+        if name.endswith("Api"):
+            words = re.sub(r"(?<!^)(?=[A-Z])", " ", name.removesuffix("Api")).lower()
+            return super().get_summary() or words.capitalize()
+        return super().get_summary()
+
 
 def route_by_method(**views):
     """One URL, one view class per operation: `route_by_method(get=TenantGetApi, patch=TenantUpdateApi)`.
@@ -119,21 +135,32 @@ def route_by_method(**views):
     handlers = {method.upper(): view.as_view() for method, view in views.items()}
 
     def dispatch(request, *args, **kwargs):
-        handler = handlers.get(request.method) or (handlers.get("GET") if request.method == "HEAD" else None)
+        handler = handlers.get(request.method)
+        if handler is None and request.method in ("HEAD", "OPTIONS"):
+            handler = handlers.get("GET") or next(iter(handlers.values()))
         if handler is None:
             response = JsonResponse(
                 {"code": "method_not_allowed", "detail": f"Method \"{request.method}\" not allowed."}, status=405
             )
-            response["Allow"] = ", ".join(handlers)
+            response["Allow"] = allow
             return response
-        return handler(request, *args, **kwargs)
+        response = handler(request, *args, **kwargs)
+        if response.has_header("Allow"):  # each view knows only its own method
+            response["Allow"] = allow
+        return response
 
+    allow = ", ".join([*handlers, "HEAD", "OPTIONS"] if "GET" in handlers else [*handlers, "OPTIONS"])
     dispatch.csrf_exempt = True  # token-authenticated, like every DRF view
     dispatch.operation_handlers = handlers
     # What the schema generator's endpoint enumerator inspects to list the allowed methods.
     dispatch.cls = type("MethodRoute", (APIView,), {method.lower(): None for method in handlers})
     dispatch.initkwargs = {}
     return dispatch
+
+
+def endpoint_not_found(request, *args, **kwargs):
+    """Unknown URLs under /api/ answer JSON like every other API error, not the HTML 404 page."""
+    return JsonResponse({"code": "not_found", "detail": f"No API endpoint at {request.path}."}, status=404)
 
 
 def expand_method_routes(endpoints):

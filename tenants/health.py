@@ -49,7 +49,7 @@ def _workers():
     replies = app.control.ping(timeout=0.5) or []
     if not replies:
         raise RuntimeError("no Celery worker answered")
-    return {"count": len(replies)}
+    return {"count": len(replies), "names": sorted(name for reply in replies for name in reply)}
 
 
 CHECKS = {"database": _database, "redis": _redis, "docker": _docker, "workers": _workers}

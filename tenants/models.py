@@ -1,4 +1,4 @@
-"""Who may do what in which tenant: users, plans, tenants, memberships, invitations, API tokens, the audit trail and the outbox."""
+"""Who may do what in which tenant: users, plans, tenants, members, invitations, API tokens, audit trail, outbox."""
 import uuid
 
 from django.conf import settings
@@ -183,7 +183,9 @@ class AuditLog(models.Model):
     tenant = models.ForeignKey(Tenant, on_delete=models.SET_NULL, null=True, blank=True, related_name="audit_log")
     # Kept when the tenant is gone (offboarding deletes it; the trail stays).
     tenant_slug = models.CharField(max_length=50, blank=True, db_index=True)
-    actor = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
     actor_label = models.CharField(max_length=254, blank=True, help_text="Who acted, kept if the user is deleted.")
     action = models.CharField(max_length=64, db_index=True)
     target = models.CharField(max_length=200, blank=True)

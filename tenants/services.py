@@ -13,6 +13,7 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.mail import send_mail
 from django.db import IntegrityError, transaction
+from django.template.loader import render_to_string
 from django.utils import timezone
 from django.utils.text import slugify
 
@@ -228,8 +229,9 @@ def invitation_accept(*, token, user):
     """Join the inviting tenant. The token is single-use and expires."""
     invitation = invitation_by_token(token)
     with transaction.atomic():
-        invitation = Invitation.objects.select_for_update().select_related("tenant__plan").get(pk=invitation.pk)
-        tenant = invitation.tenant
+        # Lock order as in member_invite (tenant, then its invitations), which also serialises seat counting.
+        tenant = Tenant.objects.select_related("plan").select_for_update(of=("self",)).get(pk=invitation.tenant_id)
+        invitation = Invitation.objects.select_for_update().get(pk=invitation.pk)
         if invitation.accepted_at is not None:
             raise Conflict("This invitation has already been used.", code="invitation_used")
         if invitation.revoked_at is not None:
@@ -242,8 +244,7 @@ def invitation_accept(*, token, user):
         _require_active(tenant)
         if Membership.objects.filter(tenant=tenant, user=user).exists():
             raise Conflict(f"You are already a member of {tenant.name}.", code="already_member")
-        # The plan may have shrunk since the invitation was sent; lock the tenant as member_invite does.
-        tenant = Tenant.objects.select_related("plan").select_for_update(of=("self",)).get(pk=tenant.pk)
+        # The plan may have shrunk since the invitation was sent.
         _check_seat_available(tenant, counting_pending=False)
         membership = Membership.objects.create(tenant=tenant, user=user, role=invitation.role)
         invitation.accepted_at = timezone.now()
@@ -255,26 +256,22 @@ def invitation_accept(*, token, user):
     return membership
 
 
-def invitation_url(token):
+def invitation_url(token, *, base_url=None):
     """The page where an invitee accepts (served by the portal)."""
-    return f"{settings.HEARTH_BASE_URL.rstrip('/')}/invitations/{token}/"
+    return f"{(base_url or settings.HEARTH_BASE_URL).rstrip('/')}/invitations/{token}/"
 
 
-def invitation_send_mail(*, invitation, token):
+def invitation_send_mail(*, invitation, token, base_url=None):
     """Mail the invitation link to the invitee. Call after `member_invite` has committed.
 
     Returns False (and logs) if the mail server refused: the invitation stands and can be revoked and re-sent.
     """
-    tenant = invitation.tenant
-    inviter = invitation.invited_by.email if invitation.invited_by_id else "Hearth's staff"
-    body = (
-        f"{inviter} invited you to join {tenant.name} on Hearth as {invitation.role}.\n\n"
-        f"Accept the invitation here:\n{invitation_url(token)}\n\n"
-        f"The link works once and expires on {invitation.expires_at:%Y-%m-%d %H:%M} UTC. "
-        f"If you did not expect this mail, ignore it.\n"
-    )
+    context = {"invitation": invitation, "tenant": invitation.tenant, "inviter": invitation.invited_by,
+               "accept_url": invitation_url(token, base_url=base_url)}
+    subject = render_to_string("tenants/email/invitation_subject.txt", context).strip()
+    body = render_to_string("tenants/email/invitation_message.txt", context)
     try:
-        send_mail(f"Join {tenant.name} on Hearth", body, None, [invitation.email])
+        send_mail(subject, body, None, [invitation.email])
     except Exception:  # SMTP failures come in many types; the invitation itself is already stored
         log.exception("could not mail invitation %s to %s", invitation.pk, invitation.email)
         return False
@@ -285,6 +282,16 @@ def _lock_memberships(tenant):
     return list(Membership.objects.filter(tenant=tenant).order_by("pk").select_for_update())
 
 
+def _recheck_acting(acting, locked):
+    """The actor's role as it is under the lock: a concurrent change may have demoted or removed them."""
+    if acting is None:
+        return None
+    current = locked.get(acting.pk)
+    if current is None or not current.can_manage_members:
+        raise Forbidden("Only the tenant's owners and admins can manage members.")
+    return current
+
+
 def member_set_role(*, membership, role, actor):
     tenant = membership.tenant
     acting = _require_manager(tenant=tenant, actor=actor)
@@ -292,6 +299,7 @@ def member_set_role(*, membership, role, actor):
         raise ServiceError(f"Unknown role '{role}'. Roles: {', '.join(Role.values)}.", field="role")
     with transaction.atomic():
         locked = {m.pk: m for m in _lock_memberships(tenant)}
+        acting = _recheck_acting(acting, locked)
         target = locked.get(membership.pk)
         if target is None:
             raise NotFound("No such member.")
@@ -315,6 +323,7 @@ def member_remove(*, membership, actor):
     acting = None if leaving_self else _require_manager(tenant=tenant, actor=actor)
     with transaction.atomic():
         locked = {m.pk: m for m in _lock_memberships(tenant)}
+        acting = _recheck_acting(acting, locked)
         target = locked.get(membership.pk)
         if target is None:
             raise NotFound("No such member.")

@@ -26,7 +26,6 @@ from tenants.forms import (
     TenantSwitchForm,
     add_service_error,
 )
-from tenants.mail import invitation_mail_send
 from tenants.models import Role
 from tenants.portal import (
     INVITATION_SESSION_KEY,
@@ -142,8 +141,8 @@ def members(request, membership):
         else:  # the invite form is not on their page
             messages.error(request, exc.message)
         return _members_page(request, membership, invite_form=form, status=_error_status(exc))
-    link = request.build_absolute_uri(reverse("portal:invitation", kwargs={"token": token}))
-    if invitation_mail_send(invitation=invitation, accept_url=link):
+    link = services.invitation_url(token, base_url=request.build_absolute_uri("/"))
+    if services.invitation_send_mail(invitation=invitation, token=token, base_url=request.build_absolute_uri("/")):
         messages.success(request, f"Invitation sent to {invitation.email}.")
     else:
         messages.warning(request, f"The invitation for {invitation.email} is ready, but the mail could not be "

@@ -157,3 +157,57 @@ def smtp_server(_smtp_controller, settings):
     settings.EMAIL_USE_TLS = settings.EMAIL_USE_SSL = False
     mailbox.clear()
     return mailbox
+
+
+# Transactional tests (live servers, real worker processes, concurrent claims) commit their rows and the
+# database is flushed after each, which also removes what the migrations loaded (plans, templates, meters,
+# the site). Every such test asks for a serialized rollback, and after it the data serialized at session
+# start is put back, so tests that run later still find them.
+def _is_transactional(item):
+    names = getattr(item, "fixturenames", ())
+    marker = item.get_closest_marker("django_db")
+    return (
+        "transactional_db" in names
+        or "live_server" in names
+        or bool(marker and marker.kwargs.get("transaction"))
+    )
+
+
+def pytest_collection_modifyitems(session, config, items):
+    for item in items:
+        if _is_transactional(item) and "django_db_serialized_rollback" not in item.fixturenames:
+            item.fixturenames.append("django_db_serialized_rollback")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_teardown(item, nextitem):
+    yield  # after every fixture, the database flush included
+    if "django_db_serialized_rollback" not in getattr(item, "fixturenames", ()):
+        return
+    from django.db import connections
+    from pytest_django.plugin import blocking_manager_key
+
+    with item.config.stash[blocking_manager_key].unblock():
+        connection = connections["default"]
+        contents = getattr(connection, "_test_serialized_contents", None)
+        if contents:
+            connection.creation.deserialize_db_from_string(contents)
+@pytest.fixture(scope="session")
+def django_db_setup(django_db_setup, django_db_blocker):
+    """Make sure the default plans (a data migration) exist, even in a reused test database.
+
+    A transactional test (live_server, Chromium) flushes every table when it ends, so a reused database can
+    come back without them. They are reloaded here and the snapshot that `serialized_rollback=True`
+    restores is taken again: transactional tests should use
+    `@pytest.mark.django_db(transaction=True, serialized_rollback=True)` so the tests after them still
+    find the plans.
+    """
+    import importlib
+
+    from django.apps import apps
+    from django.db import connection
+
+    with django_db_blocker.unblock():
+        importlib.import_module("tenants.migrations.0002_default_plans").load(apps, None)
+        if hasattr(connection, "_test_serialized_contents"):
+            connection._test_serialized_contents = connection.creation.serialize_db_to_string()

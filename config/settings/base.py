@@ -171,6 +171,8 @@ CELERY_TASK_ALWAYS_EAGER = env.bool("CELERY_TASK_ALWAYS_EAGER", default=False)
 # A request must not hang on a dead broker: the periodic ticks deliver whatever was not enqueued.
 CELERY_TASK_PUBLISH_RETRY_POLICY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.5}
 CELERY_BROKER_CONNECTION_TIMEOUT = 2
+# Installs sharing one Redis (and test runs beside `make run`) never take each other's tasks.
+CELERY_BROKER_TRANSPORT_OPTIONS = {"global_keyprefix": f"{HEARTH_INSTANCE}:"}
 # The periodic ticks that drive Hearth's loops; each task is idempotent and safe to run late or twice.
 CELERY_BEAT_SCHEDULE = {
     "outbox-drain": {"task": "tenants.tasks.outbox_drain", "schedule": schedule(timedelta(seconds=10))},
@@ -213,3 +215,12 @@ REST_FRAMEWORK["DEFAULT_SCHEMA_CLASS"] = "tenants.api_base.AutoSchema"
 ACCOUNT_EMAIL_SUBJECT_PREFIX = env.str("ACCOUNT_EMAIL_SUBJECT_PREFIX", default="[Hearth] ")
 # A slow mail server must not hold a portal request (invitations are mailed while the inviter waits).
 EMAIL_TIMEOUT = env.int("EMAIL_TIMEOUT", default=10)
+# The API docs page serves Redoc from the sidecar package, not a CDN: it works offline.
+INSTALLED_APPS += ["drf_spectacular_sidecar"]
+SPECTACULAR_SETTINGS["REDOC_DIST"] = "SIDECAR"
+SPECTACULAR_SETTINGS["SWAGGER_UI_DIST"] = "SIDECAR"
+SPECTACULAR_SETTINGS["SWAGGER_UI_FAVICON_HREF"] = "SIDECAR"
+# Persistent database connections: opening a PostgreSQL connection per request was about 35 ms of a
+# 60 ms API call on this machine (bench/api_latency.py). DB_CONN_MAX_AGE=0 turns it off.
+DATABASES["default"].setdefault("CONN_MAX_AGE", env.int("DB_CONN_MAX_AGE", default=60))
+DATABASES["default"].setdefault("CONN_HEALTH_CHECKS", True)

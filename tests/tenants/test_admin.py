@@ -68,9 +68,8 @@ def test_rename_in_admin_goes_through_the_service(admin_client, staff):
     assert row.actor == staff
 
 
-def test_no_add_or_delete_of_tenants_in_admin(admin_client):
+def test_no_delete_of_tenants_in_admin(admin_client):
     tenant = TenantFactory()
-    assert admin_client.get(reverse("admin:tenants_tenant_add")).status_code == 403
     assert admin_client.post(reverse("admin:tenants_tenant_delete", args=[tenant.pk]), {"post": "yes"}).status_code \
         == 403
     assert Tenant.objects.filter(pk=tenant.pk).exists()
@@ -236,3 +235,74 @@ def test_other_admin_pages_render(admin_client):
     for name in ("invitation", "apitoken", "outboxevent", "tenantexport", "membership", "plan", "user"):
         response = admin_client.get(reverse(f"admin:tenants_{name}_changelist"))
         assert response.status_code == 200, name
+
+
+def test_adding_a_tenant_onboards_it(admin_client, staff, settings):
+    url = reverse("admin:tenants_tenant_add")
+    assert b"owner_email" in admin_client.get(url).content
+    response = admin_client.post(url, {"name": "Initech", "owner_email": "Peter@Initech.test", "plan": "pro",
+                                       "synthetic": "on"})
+    tenant = Tenant.objects.get(slug="initech")
+    assert response.status_code == 302 and response["Location"].endswith(f"/{tenant.pk}/change/")
+    assert tenant.plan.slug == "pro" and tenant.synthetic
+    assert tenant.memberships.get().user.email == "peter@initech.test"
+    assert tenant.memberships.get().role == "owner"
+    assert (settings.STORAGE_ROOT / "tenants" / "initech").is_dir()
+    assert AuditLog.objects.get(tenant=tenant, action="tenant.onboarded").actor == staff
+    assert OutboxEvent.objects.filter(tenant=tenant, type="tenant.onboarded").exists()
+
+
+def test_onboarding_in_admin_shows_service_errors_on_the_form(admin_client):
+    TenantFactory(slug="taken")
+    before = Tenant.objects.count()
+    response = admin_client.post(reverse("admin:tenants_tenant_add"),
+                                 {"name": "X", "owner_email": "x@example.test", "plan": "free", "slug": "taken"})
+    assert response.status_code == 200 and "is taken" in response.content.decode()
+    assert Tenant.objects.count() == before
+
+
+def test_user_admin_adds_and_edits_email_users(admin_client):
+    response = admin_client.post(reverse("admin:tenants_user_add"), {
+        "email": "New.Staff@Hearth.test", "usable_password": "true",
+        "password1": "a long enough pass 42", "password2": "a long enough pass 42"})
+    assert response.status_code == 302, response.content.decode()[:3000]
+    from tenants.models import User
+
+    user = User.objects.get(email="new.staff@hearth.test")
+    assert user.check_password("a long enough pass 42")
+    again = admin_client.post(reverse("admin:tenants_user_add"), {
+        "email": "NEW.staff@hearth.test", "usable_password": "true",
+        "password1": "a long enough pass 42", "password2": "a long enough pass 42"})
+    assert again.status_code == 200 and b"already has an account" in again.content
+    page = admin_client.get(reverse("admin:tenants_user_change", args=[user.pk]))
+    assert page.status_code == 200 and b"new.staff@hearth.test" in page.content.lower()
+
+
+def test_offboard_action_exports_then_deletes_and_keeps_the_trail(admin_client, staff):
+    owner = UserFactory(email="owner@acme.test")
+    tenant = services.tenant_onboard(name="Acme", owner=owner, plan="team")
+    response = admin_client.post(reverse(CHANGELIST), {"action": "offboard", ACTION_CHECKBOX_NAME: [tenant.pk]})
+    assert b"OFFBOARD" in response.content
+    response = act(admin_client, "tenant", "offboard", [tenant], apply="1", confirm="nope")
+    assert b"Type OFFBOARD to confirm" in response.content and Tenant.objects.filter(pk=tenant.pk).exists()
+    act(admin_client, "tenant", "offboard", [tenant], apply="1", confirm="OFFBOARD")
+    assert not Tenant.objects.filter(pk=tenant.pk).exists()
+    from tenants.models import TenantExport
+
+    export = TenantExport.objects.get(tenant_slug="acme")
+    assert list(export.owners.all()) == [owner]
+    assert AuditLog.objects.filter(tenant_slug="acme", action="tenant.offboarded", actor=staff).exists()
+    assert AuditLog.objects.filter(tenant_slug="acme", action="tenant.onboarded").exists()  # the trail stays
+    download = admin_client.get(reverse("admin:tenants_tenantexport_download", args=[export.pk]))
+    assert download.status_code == 200 and download["Content-Disposition"].startswith("attachment")
+    assert b"".join(download.streaming_content)[:2] == b"\x1f\x8b"  # gzip
+
+
+def test_export_download_serves_only_files_under_the_export_root(admin_client, tmp_path):
+    from tenants.models import TenantExport
+
+    outside = tmp_path / "secret.txt"
+    outside.write_text("not an export")
+    export = TenantExport.objects.create(tenant_slug="x", path=str(outside), size_bytes=13)
+    assert admin_client.get(reverse("admin:tenants_tenantexport_download", args=[export.pk])).status_code == 404
+    assert admin_client.get(reverse("admin:tenants_tenantexport_download", args=[999999])).status_code == 404

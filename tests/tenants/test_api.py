@@ -104,6 +104,9 @@ def test_unknown_method_is_405(acme):
     response = clients["owner"].put(f"{API}/tenant", {"name": "x"}, format="json")
     assert response.status_code == 405
     assert "PUT" in response.json()["detail"]
+    assert response["Allow"] == "GET, PATCH, HEAD, OPTIONS"
+    assert clients["owner"].get(f"{API}/members")["Allow"] == "GET, POST, HEAD, OPTIONS"
+    assert clients["owner"].options(f"{API}/members/1").status_code == 200
 
 
 # --- tenant --------------------------------------------------------------------------------------
@@ -317,6 +320,9 @@ def test_another_tenants_member_is_404_on_every_verb(acme, globex):
 def test_nonexistent_member_is_404(acme):
     _, _, clients = acme
     assert clients["owner"].get(f"{API}/members/999999").status_code == 404
+    for path in ("/members/abc", "/members/1/extra", "/nothing-here"):
+        response = clients["owner"].get(API + path)
+        assert response.status_code == 404 and response.json()["code"] == "not_found", path
 
 
 def test_set_role(acme):
@@ -625,3 +631,30 @@ def test_docs_page_renders():
     response = APIClient().get("/api/docs/")
     assert response.status_code == 200
     assert b"/api/schema/" in response.content
+
+
+def test_every_api_view_is_tenant_scoped():
+    """A guard for every app: each view under /api/v1/ resolves its tenant through TenantScopedView.
+
+    A view that truly has no tenant (a public endpoint) says so with `tenant_scope_exempt = "<why>"`.
+    """
+    from django.urls import URLPattern, URLResolver, get_resolver
+
+    from tenants.api_base import TenantScopedView
+
+    def views(patterns, prefix=""):
+        for p in patterns:
+            if isinstance(p, URLResolver):
+                yield from views(p.url_patterns, prefix + str(p.pattern))
+            elif isinstance(p, URLPattern):
+                handlers = getattr(p.callback, "operation_handlers", None)
+                for callback in (handlers.values() if handlers else [p.callback]):
+                    yield prefix + str(p.pattern), getattr(callback, "view_class", None) or getattr(
+                        callback, "cls", None)
+
+    found = [(path, cls) for path, cls in views(get_resolver().url_patterns) if path.startswith("api/v1/")]
+    assert len(found) >= 15
+    unscoped = [f"{path}: {cls}" for path, cls in found
+                if not (isinstance(cls, type) and issubclass(cls, TenantScopedView))
+                and not getattr(cls, "tenant_scope_exempt", None)]
+    assert not unscoped

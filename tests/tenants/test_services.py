@@ -199,3 +199,86 @@ def test_outbox_delivers_each_consumer_once_and_retries_failures():
         assert seen == [("ok", event.id), ("flaky", event.id)]
     finally:
         events._consumers["test.thing"].clear()
+
+
+# --- added with the API and admin work -----------------------------------------------------------
+
+
+def test_owner_cannot_pick_a_non_public_plan_but_staff_can():
+    owner_m = MembershipFactory(role="owner")
+    with pytest.raises(ServiceError, match="arranged with Hearth's staff") as exc:
+        services.tenant_change_plan(tenant=owner_m.tenant, plan="enterprise", actor=owner_m.user)
+    assert exc.value.code == "plan_not_offered"
+    owner_m.tenant.refresh_from_db()
+    assert owner_m.tenant.plan.slug == "team"
+
+
+def test_accepting_rechecks_the_seat_limit_after_a_downgrade():
+    owner_m = MembershipFactory(role="owner")  # team: 3 seats
+    tenant = owner_m.tenant
+    _, token_a = services.member_invite(tenant=tenant, email="a@example.test", actor=owner_m.user)
+    _, token_b = services.member_invite(tenant=tenant, email="b@example.test", actor=owner_m.user)
+    tenant.plan.seats = 2  # staff shrank the plan while the invitations were out
+    tenant.plan.save()
+    services.invitation_accept(token=token_a, user=UserFactory(email="a@example.test"))
+    with pytest.raises(Conflict, match="2 seats") as exc:
+        services.invitation_accept(token=token_b, user=UserFactory(email="b@example.test"))
+    assert exc.value.code == "seat_limit"
+    assert tenant.memberships.count() == 2
+    assert Invitation.objects.get(email="b@example.test").accepted_at is None
+
+
+def test_an_expired_invitation_does_not_block_a_new_one():
+    owner_m = MembershipFactory(role="owner")
+    old, old_token = services.member_invite(tenant=owner_m.tenant, email="late@example.test", actor=owner_m.user)
+    Invitation.objects.filter(pk=old.pk).update(expires_at=timezone.now() - timedelta(seconds=1))
+    new, token = services.member_invite(tenant=owner_m.tenant, email="late@example.test", actor=owner_m.user)
+    old.refresh_from_db()
+    assert old.revoked_at is not None and new.is_pending
+    user = UserFactory(email="late@example.test")
+    with pytest.raises(Conflict, match="revoked"):
+        services.invitation_accept(token=old_token, user=user)
+    assert services.invitation_accept(token=token, user=user).tenant == owner_m.tenant
+
+
+def test_rename_is_audited_and_checked():
+    owner_m = MembershipFactory(role="owner")
+    member = MembershipFactory(tenant=owner_m.tenant)
+    tenant = services.tenant_rename(tenant=owner_m.tenant, name=" New name ", actor=owner_m.user)
+    assert tenant.name == "New name"
+    assert AuditLog.objects.get(tenant=tenant, action="tenant.renamed").data["to"] == "New name"
+    with pytest.raises(Forbidden):
+        services.tenant_rename(tenant=tenant, name="Mine", actor=member.user)
+    with pytest.raises(NotFound):
+        services.tenant_rename(tenant=tenant, name="Mine", actor=UserFactory())
+    with pytest.raises(ServiceError, match="needs a name"):
+        services.tenant_rename(tenant=tenant, name="  ", actor=owner_m.user)
+    services.tenant_rename(tenant=tenant, name="New name", actor=owner_m.user)  # unchanged: no second row
+    assert AuditLog.objects.filter(tenant=tenant, action="tenant.renamed").count() == 1
+
+
+def test_invitation_mail_carries_the_link(mailoutbox, settings):
+    settings.HEARTH_BASE_URL = "https://hearth.example.test/"
+    owner_m = MembershipFactory(role="owner", user__email="boss@example.test")
+    invitation, token = services.member_invite(tenant=owner_m.tenant, email="new@example.test", role="admin",
+                                               actor=owner_m.user)
+    assert services.invitation_send_mail(invitation=invitation, token=token) is True
+    (mail,) = mailoutbox
+    assert mail.to == ["new@example.test"]
+    assert f"https://hearth.example.test/invitations/{token}/" in mail.body
+    assert "boss@example.test" in mail.body and "as admin" in mail.body
+
+
+def test_an_actor_demoted_meanwhile_is_refused_under_the_lock(monkeypatch):
+    admin_m = MembershipFactory(role="admin")
+    target = MembershipFactory(tenant=admin_m.tenant, role="member")
+    MembershipFactory(tenant=admin_m.tenant, role="owner")
+    stale = Membership.objects.get(pk=admin_m.pk)
+    Membership.objects.filter(pk=admin_m.pk).update(role="member")  # demoted after the request was authorised
+    # Replays the interleaving: the permission check saw the actor before the concurrent demotion.
+    monkeypatch.setattr(services, "_require_manager", lambda **kw: stale)
+    with pytest.raises(Forbidden):
+        services.member_remove(membership=target, actor=admin_m.user)
+    with pytest.raises(Forbidden):
+        services.member_set_role(membership=target, role="admin", actor=admin_m.user)
+    assert Membership.objects.get(pk=target.pk).role == "member"
