@@ -187,3 +187,5 @@ INVITATION_TTL = timedelta(days=env.int("INVITATION_TTL_DAYS", default=7))
 
 # workspaces.runtime: seconds before a Docker engine that does not answer counts as unavailable.
 HEARTH_DOCKER_TIMEOUT = env.float("HEARTH_DOCKER_TIMEOUT", default=15.0)
+# Only when several engines share one host: engine URL -> subnet of its Hearth network ("url=cidr,url=cidr").
+HEARTH_NETWORK_SUBNETS = env.dict("HEARTH_NETWORK_SUBNETS", default={})
