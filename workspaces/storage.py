@@ -13,6 +13,7 @@ import fcntl
 import os
 import re
 import shutil
+import stat
 import threading
 from pathlib import Path
 
@@ -129,10 +130,15 @@ def _ensure_source(source: Path) -> None:
     if (st.st_uid, st.st_gid) != (WORKSPACE_UID, WORKSPACE_GID):  # e.g. made by an import or a restore as root
         os.chown(source, WORKSPACE_UID, WORKSPACE_GID)
     marker = source / READY_MARKER
-    if not marker.exists():
-        fd = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o644)
-        os.fchown(fd, WORKSPACE_UID, WORKSPACE_GID)
-        os.close(fd)
+    try:
+        if not stat.S_ISLNK(os.lstat(marker).st_mode):
+            return
+        os.unlink(marker)  # the user's own symlink: never follow it as root
+    except FileNotFoundError:
+        pass
+    fd = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    os.fchown(fd, WORKSPACE_UID, WORKSPACE_GID)
+    os.close(fd)
 
 
 def slot_bind(*, slot: Path, source: Path) -> None:

@@ -224,3 +224,5 @@ SPECTACULAR_SETTINGS["SWAGGER_UI_FAVICON_HREF"] = "SIDECAR"
 # 60 ms API call on this machine (bench/api_latency.py). DB_CONN_MAX_AGE=0 turns it off.
 DATABASES["default"].setdefault("CONN_MAX_AGE", env.int("DB_CONN_MAX_AGE", default=60))
 DATABASES["default"].setdefault("CONN_HEALTH_CHECKS", True)
+# Only when several engines share one host: engine URL -> subnet of its Hearth network ("url=cidr,url=cidr").
+HEARTH_NETWORK_SUBNETS = env.dict("HEARTH_NETWORK_SUBNETS", default={})

@@ -115,73 +115,129 @@ def docker_exec(runtime, engine_id, *cmd, timeout=30):
     return code, output.decode(errors="replace")
 
 
-@pytest.fixture(scope="session")
-def second_engine(docker_runtime, tiny_image):
-    """A second dockerd on this machine: own socket, data root, exec root, pidfile and address pool.
+def _link_exists(name):
+    return subprocess.run(["ip", "link", "show", name], capture_output=True).returncode == 0
 
-    It gets a bridge of its own: `--bridge none` would make dockerd delete the host's docker0 (seen here),
-    breaking the main engine. `--iptables=false` keeps it out of the main engine's firewall rules (its networks
-    are therefore not isolated; isolation is tested on the main engine).
+
+class ExtraDockerd:
+    """A dockerd of its own on this machine: own socket, data root, exec root, pidfile, bridge and address pool.
+
+    A second dockerd deletes the host's docker0 (breaking the main engine's default bridge) when started with
+    `--bridge none`, and on every start after the first when started with `--default-address-pool` (moby's
+    "clear stale bridge network" path): both seen here. So it gets a bridge of its own, no address pool, and
+    its Hearth network an explicit subnet (`subnet`, registered in settings.HEARTH_NETWORK_SUBNETS) that cannot
+    overlap the main engine's. `--iptables=false` keeps it out of the main engine's firewall rules (its networks
+    are therefore not isolated; isolation is tested on the main engine). `restart()` restarts only this daemon,
+    so reconciler tests need not restart the dockerd everybody else is using.
     """
-    from workspaces.runtime import DockerRuntime
 
-    dockerd = shutil.which("dockerd")
-    if not dockerd or os.geteuid() != 0:
+    def __init__(self, name):
+        self.name = name
+        self.sock = f"/run/{name}.sock"
+        self.url = f"unix://{self.sock}"
+        digest = hashlib.sha1(name.encode()).hexdigest()
+        self.octet = 200 + int(digest, 16) % 50
+        self.bridge = f"hbr-{digest[:8]}"
+        self.subnet = f"10.{self.octet}.128.0/24"
+        self.proc = None
+        self.log = None
+
+    def _args(self):
+        return [
+            shutil.which("dockerd"),
+            f"--host={self.url}",
+            f"--data-root=/var/lib/{self.name}",
+            f"--exec-root=/run/{self.name}",
+            f"--pidfile=/run/{self.name}.pid",
+            f"--bridge={self.bridge}",
+            "--iptables=false",
+            "--ip-masq=false",
+        ]
+
+    def start(self, timeout=30):
+        from workspaces.runtime import DockerRuntime
+
+        if not _link_exists(self.bridge):
+            subprocess.run(["ip", "link", "add", self.bridge, "type", "bridge"], check=True)
+            subprocess.run(["ip", "addr", "add", f"10.{self.octet}.0.1/24", "dev", self.bridge], check=True)
+            subprocess.run(["ip", "link", "set", self.bridge, "up"], check=True)
+        had_docker0 = _link_exists("docker0")
+        self.log = open(f"/tmp/{self.name}.log", "ab")
+        self.proc = subprocess.Popen(self._args(), stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+        probe = DockerRuntime(self.url, node_name=self.name, timeout=2)
+        deadline = time.monotonic() + timeout
+        try:
+            while True:
+                try:
+                    probe.ping()
+                    if had_docker0 and not _link_exists("docker0"):
+                        raise AssertionError(f"starting dockerd {self.name} deleted the main engine's docker0")
+                    return
+                except AssertionError:
+                    raise
+                except Exception:
+                    if self.proc.poll() is not None or time.monotonic() > deadline:
+                        raise RuntimeError(f"dockerd {self.name} did not start; see /tmp/{self.name}.log")
+                    probe.close()
+                    time.sleep(0.2)
+        finally:
+            probe.close()
+
+    def stop(self):
+        if self.proc is None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc = None
+        self.log.close()
+
+    def restart(self):
+        self.stop()
+        self.start()
+
+    def remove_bridge(self):
+        subprocess.run(["ip", "link", "del", self.bridge], capture_output=True)
+
+
+@pytest.fixture(scope="session")
+def second_dockerd(docker_runtime, tiny_image):
+    """The second engine's daemon (ExtraDockerd), running, with the tiny image; stopped at the end."""
+    if not shutil.which("dockerd") or os.geteuid() != 0:
 
         def missing():
             raise RuntimeError("a second engine needs the dockerd binary and root")
 
         require_service("a second dockerd", missing)
-    name = f"{_instance()}-dockerd2"
-    sock = f"/run/{name}.sock"
-    digest = hashlib.sha1(name.encode()).hexdigest()
-    octet = 200 + int(digest, 16) % 50
-    bridge = f"hbr-{digest[:8]}"
-    subprocess.run(["ip", "link", "del", bridge], capture_output=True)
-    subprocess.run(["ip", "link", "add", bridge, "type", "bridge"], check=True)
-    subprocess.run(["ip", "addr", "add", f"10.{octet}.0.1/24", "dev", bridge], check=True)
-    subprocess.run(["ip", "link", "set", bridge, "up"], check=True)
-    args = [
-        dockerd,
-        f"--host=unix://{sock}",
-        f"--data-root=/var/lib/{name}",
-        f"--exec-root=/run/{name}",
-        f"--pidfile=/run/{name}.pid",
-        f"--bridge={bridge}",
-        "--iptables=false",
-        "--ip-masq=false",
-        f"--default-address-pool=base=10.{octet}.128.0/17,size=24",
-    ]
-    log = open(f"/tmp/{name}.log", "wb")
-    proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    runtime = DockerRuntime(f"unix://{sock}", node_name="second")
+    daemon = ExtraDockerd(f"{_instance()}-dockerd2")
+    daemon.remove_bridge()
+    # Any runtime on this engine (runtime_for(node) too) puts its network in the engine's own subnet.
+    settings.HEARTH_NETWORK_SUBNETS = {**settings.HEARTH_NETWORK_SUBNETS, daemon.url: daemon.subnet}
+    daemon.start()
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                runtime.ping()
-                break
-            except Exception:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"second dockerd did not start; see /tmp/{name}.log")
-                runtime.close()
-                time.sleep(0.2)
-        if not runtime.image_exists(tiny_image):
-            build_tiny_image(f"unix://{sock}")
-        yield runtime
+        yield daemon
     finally:
-        try:
-            _cleanup_engine(runtime)
-            for net in runtime.api.networks(names=[runtime.network]):
-                runtime.api.remove_network(net["Id"])
-        except Exception:
-            pass
-        runtime.close()
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        subprocess.run(["ip", "link", "del", bridge], capture_output=True)
-        log.close()
+        daemon.stop()
+        daemon.remove_bridge()
+
+
+@pytest.fixture(scope="session")
+def second_engine(second_dockerd, tiny_image):
+    """A DockerRuntime on the second dockerd (node "second")."""
+    from workspaces.runtime import DockerRuntime
+
+    runtime = DockerRuntime(second_dockerd.url, node_name="second")
+    assert runtime.subnet == second_dockerd.subnet
+    if not runtime.image_exists(tiny_image):
+        build_tiny_image(second_dockerd.url)
+    yield runtime
+    try:
+        _cleanup_engine(runtime)
+        for net in runtime.api.networks(names=[runtime.network]):
+            runtime.api.remove_network(net["Id"])
+    except Exception:  # the daemon may be down after a restart test; it is stopped next anyway
+        pass
+    runtime.close()

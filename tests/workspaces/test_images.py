@@ -132,3 +132,28 @@ def test_first_open_gets_the_templates_defaults_in_warm_mode(make_container, doc
     # Exactly one process tree: the seeding helper is gone and reaped (no zombie left under code-server).
     _, ps = docker_exec(docker_runtime, container.engine_id, "ps", "-eo", "stat,comm")
     assert not [line for line in ps.splitlines()[1:] if line.startswith("Z")], ps
+
+
+@pytest.mark.parametrize("name", ["ai-builder", "web-app-builder"])
+def test_derived_images_serve_and_seed_their_defaults(make_container, docker_runtime, code_server_image, name):
+    from workspaces.images import image_ensure
+
+    image = f"hearth/{name}:4.100.3"
+    image_ensure(image, runtime=docker_runtime)  # seconds, FROM the code-server image
+    container, slot = make_container(image=image, cpus=1, memory_mb=1024, pids_limit=512)
+    assert docker_runtime.wait_ready(container, timeout=60, path="/healthz")
+    home = storage.user_storage_path(tenant_slug="acme", user_id=3, workspace_id=name)
+    storage.slot_bind(slot=slot, source=home)
+    welcome = home / "WELCOME.md"
+    deadline = time.monotonic() + 10
+    while not welcome.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert name.split("-")[0] in welcome.read_text().lower()
+    settings_file = home / ".local/share/code-server/User/settings.json"
+    _, defaults = docker_exec(docker_runtime, container.engine_id, "cat", "/etc/hearth/settings.json")
+    assert json.loads(settings_file.read_text()) == json.loads(defaults)
+    _, env = docker_exec(docker_runtime, container.engine_id, "env")
+    assert f"HEARTH_TEMPLATE={name}" in env
+    tool = {"ai-builder": "python --version", "web-app-builder": "npm --version"}[name]
+    code, out = docker_exec(docker_runtime, container.engine_id, "bash", "-lc", tool)
+    assert code == 0, out

@@ -233,6 +233,8 @@ def test_two_engines_each_run_their_own_containers(make_container, docker_runtim
     assert docker_runtime.wait_ready(main, timeout=5, path="/healthz")
     assert second_engine.wait_ready(other, timeout=5, path="/healthz")
     assert main.address != other.address
+    subnet_prefix = second_engine.subnet.rsplit(".", 1)[0] + "."  # its own subnet, never the main engine's
+    assert other.address.startswith(subnet_prefix) and not main.address.startswith(subnet_prefix)
     main_ids = {c.engine_id for c in docker_runtime.list(instance=settings.HEARTH_INSTANCE)}
     other_ids = {c.engine_id for c in second_engine.list(instance=settings.HEARTH_INSTANCE)}
     assert main.engine_id in main_ids and main.engine_id not in other_ids
@@ -241,3 +243,28 @@ def test_two_engines_each_run_their_own_containers(make_container, docker_runtim
     second_engine.remove(other.engine_id)
     assert second_engine.inspect(other.engine_id) is None
     assert docker_runtime.inspect(main.engine_id).status == "running"
+
+
+@pytest.mark.slow
+def test_the_runtime_survives_an_engine_restart(make_container, second_engine, second_dockerd):
+    container, _ = make_container(second_engine)
+    second_dockerd.restart()
+    # The same runtime object (its pooled connections are dead) answers again without being remade.
+    second_engine.ping()
+    after = second_engine.inspect(container.engine_id)
+    assert after is not None and after.status == "exited"  # restart policy "no": the reconciler's business
+    assert container.engine_id in {c.engine_id for c in second_engine.list(instance=settings.HEARTH_INSTANCE)}
+    again, _ = make_container(second_engine)
+    assert second_engine.wait_ready(again, timeout=10, path="/healthz")
+
+
+def test_engine_going_away_is_unavailable_and_coming_back_works(second_engine, second_dockerd):
+    second_dockerd.stop()
+    try:
+        with pytest.raises(RuntimeUnavailable, match="second"):
+            second_engine.ping()
+        with pytest.raises(RuntimeUnavailable):
+            second_engine.list(instance=settings.HEARTH_INSTANCE)
+    finally:
+        second_dockerd.start()
+    second_engine.ping()

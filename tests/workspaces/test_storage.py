@@ -64,6 +64,19 @@ def test_bind_shows_the_users_files_and_unbind_hides_them(slots):
     assert (source / "notes.txt").read_text() == "mine"
 
 
+def test_a_planted_marker_symlink_is_not_followed(slots, tmp_path):
+    slot = storage.slot_create("s-8")
+    source = _user_dir("acme", 9)
+    source.mkdir(parents=True)
+    victim = tmp_path / "victim"
+    (source / storage.READY_MARKER).symlink_to(victim)  # made by the user inside their own home
+    storage.slot_bind(slot=slot, source=source)
+    assert not victim.exists()
+    marker = source / storage.READY_MARKER
+    assert marker.is_file() and not marker.is_symlink() and marker.stat().st_uid == 1000
+    storage.slot_unbind(slot=slot)
+
+
 def test_rebinding_a_slot_replaces_the_bind_instead_of_stacking(slots):
     slot = storage.slot_create("s-3")
     a, b = _user_dir("acme", 1), _user_dir("acme", 2)

@@ -82,11 +82,13 @@ class DockerRuntime(Runtime):
     """One Docker engine. Thread-safe; create one per process (see runtime_for)."""
 
     def __init__(self, url: str, *, node_name: str = "local", instance: str | None = None,
-                 timeout: float | None = None):
+                 timeout: float | None = None, subnet: str | None = None):
         self.url = url
         self.node_name = node_name
         self.instance = instance or _setting("HEARTH_INSTANCE", "hearth")
         self.timeout = float(timeout or _setting("HEARTH_DOCKER_TIMEOUT", 15))
+        # Only for several engines on one host: their automatic subnets would overlap (same default pools).
+        self.subnet = subnet or (_setting("HEARTH_NETWORK_SUBNETS", None) or {}).get(url)
         self.network = network_name(self.instance)
         self._client = None
         self._network_id: str | None = None
@@ -129,12 +131,16 @@ class DockerRuntime(Runtime):
             found = self._networks_named()
             if not found:
                 try:
+                    ipam = None
+                    if self.subnet:
+                        ipam = docker.types.IPAMConfig(pool_configs=[docker.types.IPAMPool(subnet=self.subnet)])
                     self.api.create_network(
                         self.network,
                         driver="bridge",
                         check_duplicate=True,
                         options={"com.docker.network.bridge.enable_icc": "false"},
                         labels={"hearth.instance": self.instance, "hearth.node": self.node_name},
+                        ipam=ipam,
                     )
                 except docker.errors.APIError as exc:
                     if exc.status_code != 409:  # 409: made meanwhile from elsewhere
