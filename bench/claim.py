@@ -21,7 +21,6 @@ import os
 import sys
 import threading
 import time
-import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -40,7 +39,6 @@ from django.core.management import call_command  # noqa: E402
 from django.db import connection, connections  # noqa: E402
 from django.db.migrations.executor import MigrationExecutor  # noqa: E402
 
-from config.celery import app  # noqa: E402
 from workspaces import pool, services, storage  # noqa: E402
 from workspaces.images import image_ensure  # noqa: E402
 from workspaces.models import Container, Node, Session, Workspace, WorkspaceTemplate  # noqa: E402
@@ -73,8 +71,6 @@ def setup(n_users):
     from tenants.models import Membership, Plan, Tenant, User
 
     image_ensure(TINY)
-    # Its own broker database: the opens enqueue refills; no worker of another install should take them.
-    app.conf.broker_url = f"redis://127.0.0.1:6379/{1 + zlib.crc32(settings.HEARTH_INSTANCE.encode()) % 15}"
     node, _ = Node.objects.update_or_create(
         name="claimbench", defaults=dict(engine_url=settings.DOCKER_HOST, cpus=512, memory_mb=512 * 1024,
                                          max_containers=500, enabled=True, draining=False))

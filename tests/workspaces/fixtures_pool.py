@@ -16,17 +16,26 @@ REPO = Path(__file__).resolve().parents[2]
 TINY_IMAGE = "hearth/tiny:1"
 
 __all__ = ["engine", "tiny_image", "pool_env", "node", "tiny_template", "tenant_e", "member", "workspace",
-           "restore_defaults", "live_db", "own_broker_url", "TINY_IMAGE", "engine_cleanup", "make_workspace"]
+           "restore_defaults", "live_db", "TINY_IMAGE", "engine_cleanup", "make_workspace"]
 
 
 def restore_defaults():
-    """Plans and templates are seed data from migrations; a transactional test's flush removes them."""
+    """Plans and templates are seed data from migrations; a transactional test's flush removes them.
+
+    tests/conftest.py puts the session's snapshot back after each transactional test; this only fills in
+    what is still missing (a reused database flushed by an earlier run), never a second copy.
+    """
     from importlib import import_module
 
     from django.apps import apps
 
-    import_module("tenants.migrations.0002_default_plans").load(apps, None)
-    import_module("workspaces.migrations.0002_default_templates").load(apps, None)
+    from tenants.models import Plan
+    from workspaces.models import WorkspaceTemplate
+
+    if not Plan.objects.exists():
+        import_module("tenants.migrations.0002_default_plans").load(apps, None)
+    if not WorkspaceTemplate.objects.filter(slug="code-server").exists():
+        import_module("workspaces.migrations.0002_default_templates").load(apps, None)
 
 
 def engine_cleanup(url=None):
@@ -42,7 +51,7 @@ def engine_cleanup(url=None):
 
 
 @pytest.fixture(scope="session")
-def engine(django_db_setup, django_db_blocker):
+def engine(django_db_setup):
     from workspaces.runtime import DockerRuntime
 
     runtime = DockerRuntime(settings.DOCKER_HOST, node_name="main")
@@ -50,8 +59,6 @@ def engine(django_db_setup, django_db_blocker):
     yield runtime
     engine_cleanup()
     runtime.close()
-    with django_db_blocker.unblock():
-        restore_defaults()  # leave the reused test database as migrations made it
 
 
 @pytest.fixture(scope="session")
@@ -87,23 +94,15 @@ def pool_env(settings, tiny_image):
     docker_runtime._runtimes.clear()
 
 
-def own_broker_url():
-    """A Redis database of this test instance, so tasks enqueued on commit never reach another install's worker."""
-    import zlib
-
-    return f"redis://127.0.0.1:6379/{1 + zlib.crc32(settings.HEARTH_INSTANCE.encode()) % 15}"
-
-
 @pytest.fixture
 def live_db(transactional_db):
-    """Committed transactions (threads, subprocesses); seed data restored first; tasks go to our own broker."""
-    from config.celery import app
+    """Committed transactions (threads, subprocesses); seed data filled in if an earlier flush removed it.
 
+    Tasks enqueued here go to the shared Redis under this instance's key prefix (CELERY_BROKER_TRANSPORT_OPTIONS),
+    so only a worker of this instance takes them.
+    """
     restore_defaults()
-    old = app.conf.broker_url
-    app.conf.broker_url = own_broker_url()
-    yield transactional_db
-    app.conf.broker_url = old
+    return transactional_db
 
 
 @pytest.fixture

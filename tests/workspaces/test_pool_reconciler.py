@@ -13,7 +13,7 @@ from django.conf import settings
 from django.utils import timezone
 
 from tests.workspaces.fixtures_pool import *  # noqa: F403
-from tests.workspaces.fixtures_pool import REPO, own_broker_url
+from tests.workspaces.fixtures_pool import REPO
 from workspaces import pool, services, storage
 from workspaces.models import Container
 from workspaces.runtime import ContainerSpec, runtime_for
@@ -123,7 +123,7 @@ def test_worker_killed_mid_provision_recovers_to_target_within_60s(live_db, node
     tiny_template.save()
     env = {**os.environ, "DJANGO_SETTINGS_MODULE": "config.settings.base",
            "DATABASE_URL": _db_url(connection), "STORAGE_ROOT": str(settings.STORAGE_ROOT),
-           "CELERY_BROKER_URL": own_broker_url(), "WORKSPACES_READY_TIMEOUT": "120"}
+           "WORKSPACES_READY_TIMEOUT": "120"}
     worker = _start_worker(env)
     try:
         app.send_task("workspaces.tasks.pool_fill", kwargs={"template_id": tiny_template.pk})
