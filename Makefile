@@ -30,3 +30,8 @@ migrate: venv
 
 clean:
 	rm -rf var/static var/artifacts
+
+# Workspace images, built offline (debootstrap + npm + docker import); FORCE=1 rebuilds what exists.
+.PHONY: images
+images:
+	@FORCE=$(FORCE) scripts/images/ensure.sh

@@ -24,5 +24,7 @@ say "migrating the database (${DATABASE_URL:-SQLite var/hearth.sqlite3}); the fi
 .venv/bin/python manage.py migrate --no-input -v0
 .venv/bin/python manage.py collectstatic --no-input -v0
 .venv/bin/python manage.py seed_demo
+say "building any missing workspace image (the first start takes a few minutes; \`make images\` does it ahead)"
+scripts/images/ensure.sh || say "could not build every workspace image; see above (\`make images\` to retry)"
 say "portal http://localhost:${HEARTH_PORT:-8000}/   admin http://localhost:${HEARTH_PORT:-8000}/admin/   API http://localhost:${HEARTH_PORT:-8000}/api/docs/"
 exec .venv/bin/honcho start -f Procfile

@@ -207,3 +207,7 @@ SPECTACULAR_SETTINGS["SWAGGER_UI_FAVICON_HREF"] = "SIDECAR"
 # 60 ms API call on this machine (bench/api_latency.py). DB_CONN_MAX_AGE=0 turns it off.
 DATABASES["default"].setdefault("CONN_MAX_AGE", env.int("DB_CONN_MAX_AGE", default=60))
 DATABASES["default"].setdefault("CONN_HEALTH_CHECKS", True)
+# workspaces.runtime: seconds before a Docker engine that does not answer counts as unavailable.
+HEARTH_DOCKER_TIMEOUT = env.float("HEARTH_DOCKER_TIMEOUT", default=15.0)
+# Only when several engines share one host: engine URL -> subnet of its Hearth network ("url=cidr,url=cidr").
+HEARTH_NETWORK_SUBNETS = env.dict("HEARTH_NETWORK_SUBNETS", default={})

@@ -1,0 +1,78 @@
+"""The container runtime interface: what the pool asks of an engine, independent of Docker."""
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+
+
+class RuntimeUnavailable(Exception):
+    """The engine does not answer (down, unreachable, timed out)."""
+
+
+class RuntimeError_(Exception):  # noqa: N801 — the trailing underscore keeps the builtin RuntimeError usable
+    """The engine answered but refused (unknown image, bad spec, name taken, container died at start)."""
+
+
+class ImageNotFound(RuntimeError_):
+    """The image is not on the engine (nothing can be pulled here: build it with `make images`)."""
+
+
+class ContainerExists(RuntimeError_):
+    """A container with that name already exists on the engine (e.g. left by an interrupted provisioning)."""
+
+
+@dataclass(frozen=True)
+class ContainerSpec:
+    name: str  # "hearth-<instance>-c<container pk>"
+    image: str
+    internal_port: int
+    cpus: float
+    memory_mb: int
+    pids_limit: int
+    environment: dict  # str -> str
+    labels: dict  # hearth.instance, hearth.node, hearth.template, hearth.container (+ more)
+    slot_path: str  # host dir under the rshared slot root; mounted rslave at mount_target
+    mount_target: str = "/home/coder"
+    # Capabilities an image needs back after cap_drop ALL; none of Hearth's images needs any.
+    cap_add: tuple = ()
+    # Scratch space on a read-only root: path -> tmpfs options. /tmp is always there (code-server's IPC sockets).
+    tmpfs: dict = field(default_factory=dict)
+
+
+@dataclass
+class RuntimeContainer:
+    engine_id: str
+    name: str
+    status: str  # docker's: created, running, exited, ...
+    address: str | None  # "ip:port" reachable from the host (and HAProxy)
+    labels: dict
+
+    @property
+    def ip(self) -> str | None:
+        return self.address.rsplit(":", 1)[0] if self.address else None
+
+
+class Runtime(abc.ABC):
+    """One container engine (a Node). Every call may raise RuntimeUnavailable or RuntimeError_."""
+
+    @abc.abstractmethod
+    def ping(self) -> None: ...
+
+    @abc.abstractmethod
+    def create(self, spec: ContainerSpec) -> RuntimeContainer:
+        """Create and start a container; on any failure nothing is left behind and the error is raised."""
+
+    @abc.abstractmethod
+    def remove(self, engine_id: str) -> None:
+        """Force-remove; a container that is already gone is fine."""
+
+    @abc.abstractmethod
+    def inspect(self, engine_id: str) -> RuntimeContainer | None: ...
+
+    @abc.abstractmethod
+    def list(self, *, instance: str) -> list[RuntimeContainer]:
+        """The Hearth-labelled containers of one installation, in any state."""
+
+    @abc.abstractmethod
+    def wait_ready(self, container: RuntimeContainer, *, timeout: float, path: str | None = None) -> bool:
+        """True once the container's port accepts connections (or, with `path`, answers HTTP below 500)."""
