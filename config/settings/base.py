@@ -184,3 +184,18 @@ LOGGING = {
 
 # Invitations stay valid this long.
 INVITATION_TTL = timedelta(days=env.int("INVITATION_TTL_DAYS", default=7))
+
+# Gateway (HAProxy, issue 4): workspaces answer at <host_key>.<GATEWAY_HOST>:<HEARTH_GATEWAY_PORT>.
+GATEWAY_HOST = env.str("GATEWAY_HOST", default="localhost")
+GATEWAY_SCHEME = env.str("GATEWAY_SCHEME", default="http")
+# "kid1:secret1,kid2:secret2": the first signs, all are accepted. Unset: a per-install key under GATEWAY_RUN_DIR.
+GATEWAY_JWT_KEYS = env.str("GATEWAY_JWT_KEYS", default="")
+GATEWAY_TOKEN_TTL = env.int("GATEWAY_TOKEN_TTL", default=8 * 3600)
+GATEWAY_AUDIENCE = env.str("GATEWAY_AUDIENCE", default="hearth-gateway")
+GATEWAY_ISSUER = env.str("GATEWAY_ISSUER", default="hearth")
+GATEWAY_RUN_DIR = Path(env.str("GATEWAY_RUN_DIR", default=str(VAR_DIR / "gateway")))
+GATEWAY_STATS_PORT = env.int("GATEWAY_STATS_PORT", default=0)  # 0: no stats/Prometheus listener
+HAPROXY_BIN = env.str("HAPROXY_BIN", default="haproxy")
+# Dotted path to a callable listing every live route as (host_key, session_id, address): restored at start.
+GATEWAY_ROUTES_SOURCE = env.str("GATEWAY_ROUTES_SOURCE", default="")
+GATEWAY_PEERS_PORT = env.int("GATEWAY_PEERS_PORT", default=HEARTH_GATEWAY_PORT + 1000)  # local counter hand-over
