@@ -198,4 +198,3 @@ GATEWAY_STATS_PORT = env.int("GATEWAY_STATS_PORT", default=0)  # 0: no stats/Pro
 HAPROXY_BIN = env.str("HAPROXY_BIN", default="haproxy")
 # Dotted path to a callable listing every live route as (host_key, session_id, address): restored at start.
 GATEWAY_ROUTES_SOURCE = env.str("GATEWAY_ROUTES_SOURCE", default="")
-GATEWAY_PEERS_PORT = env.int("GATEWAY_PEERS_PORT", default=HEARTH_GATEWAY_PORT + 1000)  # local counter hand-over

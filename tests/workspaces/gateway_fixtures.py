@@ -56,7 +56,11 @@ class Upstream:
             def log_message(self, *args):
                 pass
 
-        self.http = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        class Server(ThreadingHTTPServer):
+            def handle_error(self, request, client_address):
+                pass  # HAProxy resets idle keep-alive connections when it reloads; that is not an error here
+
+        self.http = Server(("127.0.0.1", 0), Handler)
         self.http.daemon_threads = True
         self.http_address = f"127.0.0.1:{self.http.server_address[1]}"
         threading.Thread(target=self.http.serve_forever, daemon=True).start()
@@ -122,7 +126,7 @@ def start_gateway(run_dir: Path, *, routes_source=None):
     from workspaces.gateway.config import gateway_config
     from workspaces.gateway.process import GatewayProcess
 
-    cfg = gateway_config(run_dir=run_dir, port=free_port(), peers_port=free_port(), gateway_host=GATEWAY_HOST,
+    cfg = gateway_config(run_dir=run_dir, port=free_port(), gateway_host=GATEWAY_HOST,
                          portal_url=PORTAL_URL, bind_address="127.0.0.1", cache_total_mb=64,
                          cache_max_object_bytes=16 * 1024 * 1024, maxconn=2000)
     process = GatewayProcess(cfg, routes_source=routes_source)

@@ -25,7 +25,6 @@ class GatewayConfig:
     audience: str = "hearth-gateway"
     issuer: str = "hearth"
     portal_url: str = "http://localhost:8000"
-    peers_port: int = 0  # 0: no table hand-over on reload
     stats_port: int = 0
     maxconn: int = 8000
     timeout_connect: str = "2s"
@@ -74,7 +73,6 @@ def gateway_config(**overrides) -> GatewayConfig:
         issuer=settings.GATEWAY_ISSUER,
         portal_url=settings.HEARTH_BASE_URL,
         stats_port=settings.GATEWAY_STATS_PORT,
-        peers_port=getattr(settings, "GATEWAY_PEERS_PORT", 0),
     )
     return replace(cfg, **overrides)
 
@@ -167,8 +165,6 @@ def config_render(cfg: GatewayConfig, *, keys: list[SigningKey] | None = None, r
             "admin_socket": cfg.admin_socket,
             "maxconn": cfg.maxconn,
             "hard_stop_after": cfg.hard_stop_after,
-            "peers_port": cfg.peers_port,
-            "peer_name": "hearth",
             "timeout_connect": cfg.timeout_connect,
             "timeout_tunnel": cfg.timeout_tunnel,
             "pages": {k: str(v) for k, v in pages.items()},

@@ -11,7 +11,7 @@ from django.utils.module_loading import import_string
 
 from workspaces.gateway import tokens
 from workspaces.gateway.config import GatewayConfig, config_check, config_render, gateway_config, routes_map_write
-from workspaces.gateway.routes import routes_list, routes_restore
+from workspaces.gateway.routes import TABLE, counters_read, routes_list, routes_restore
 from workspaces.gateway.runtime_api import GatewayUnavailable, MasterCLI, RuntimeAPI
 
 log = logging.getLogger(__name__)
@@ -53,7 +53,10 @@ def _master_state(master: MasterCLI) -> tuple[int, list[int]]:
 def gateway_reload(cfg: GatewayConfig | None = None, *, routes_source: RoutesSource | None = None,
                    timeout: float = 15.0) -> None:
     """Re-render (new keys, settings) and reload hitlessly: the new worker takes new connections, the old one
-    finishes its streams (WebSockets included, up to hard-stop-after) and hands over its counters (peers).
+    finishes its streams (WebSockets included, up to hard-stop-after).
+
+    The per-session counters are carried over by Hearth: read before, added back after (`set table`). What
+    the old worker counts after the snapshot (a draining WebSocket's bytes at close) is not carried over.
 
     The live routes are copied into the map file first so the new worker starts with them; afterwards they
     are restored from `routes_source` (the database) when given, which also covers changes made mid-reload.
@@ -62,6 +65,7 @@ def gateway_reload(cfg: GatewayConfig | None = None, *, routes_source: RoutesSou
     master = MasterCLI(cfg.master_socket)
     admin = RuntimeAPI(cfg.admin_socket)
     live = [(r.host_key, r.session_id, r.address) for r in routes_list(cfg=cfg)]
+    snapshot = counters_read(cfg=cfg)
     routes_map_write(cfg, live)
     config_render(cfg)
     config_check(cfg)
@@ -74,8 +78,23 @@ def gateway_reload(cfg: GatewayConfig | None = None, *, routes_source: RoutesSou
         return reloads > before and new and admin.ping()
 
     _wait(reloaded, timeout=timeout, what="the reloaded HAProxy worker")
+    counters_carry_over(snapshot, cfg=cfg)
     if routes_source is not None:
         routes_restore(routes_source(), cfg=cfg)
+
+
+def counters_carry_over(snapshot: dict, *, cfg: GatewayConfig) -> None:
+    """Add the counters read from the previous worker to the current one's, so they keep growing."""
+    admin = RuntimeAPI(cfg.admin_socket)
+    now = counters_read(cfg=cfg)
+    for session_id, old in snapshot.items():
+        new = now.get(session_id, {})
+        admin.command(
+            f"set table {TABLE} key {session_id}"
+            f" data.http_req_cnt {old['requests'] + new.get('requests', 0)}"
+            f" data.bytes_in_cnt {old['bytes_in'] + new.get('bytes_in', 0)}"
+            f" data.bytes_out_cnt {old['bytes_out'] + new.get('bytes_out', 0)}"
+        )
 
 
 def gateway_keys_rotate(cfg: GatewayConfig | None = None, **reload_kwargs) -> str:
