@@ -334,6 +334,9 @@ class TestStaticCache:
         before = upstream.count()[0]
         first = gateway.get("ws-n", path, token=issue("ws-n", "s-n1"))
         assert first.status_code == 200 and len(first.content) == 15 + 11 * 1024 * 1024
+        # Compressed by HAProxy: the container was asked for identity (no Accept-Encoding).
+        assert first.headers["content-encoding"] == "gzip"
+        assert "accept-encoding" not in upstream.requests[-1][1]
         second = gateway.get("ws-n", path, token=issue("ws-n", "s-n1"))
         assert second.content == first.content
         assert upstream.count()[0] == before + 1  # the second came from HAProxy's memory

@@ -27,6 +27,7 @@ class GatewayConfig:
     portal_url: str = "http://localhost:8000"
     stats_port: int = 0
     maxconn: int = 8000
+    nbthread: int = 0  # 0: HAProxy's default (one per CPU)
     timeout_connect: str = "2s"
     timeout_tunnel: str = "1h"
     hard_stop_after: str = "1h"
@@ -35,6 +36,7 @@ class GatewayConfig:
     cache_total_mb: int = 512
     cache_max_object_bytes: int = 64 * 1024 * 1024
     cache_max_age: int = 86400
+    static_compression: bool = True  # gzip versioned assets in HAProxy (level 1) instead of code-server (level 6)
     extra: dict = field(default_factory=dict)
 
     @property
@@ -164,6 +166,7 @@ def config_render(cfg: GatewayConfig, *, keys: list[SigningKey] | None = None, r
         {
             "admin_socket": cfg.admin_socket,
             "maxconn": cfg.maxconn,
+            "nbthread": cfg.nbthread,
             "hard_stop_after": cfg.hard_stop_after,
             "timeout_connect": cfg.timeout_connect,
             "timeout_tunnel": cfg.timeout_tunnel,
@@ -171,6 +174,8 @@ def config_render(cfg: GatewayConfig, *, keys: list[SigningKey] | None = None, r
             "cache_total_mb": cfg.cache_total_mb,
             "cache_max_object_bytes": cfg.cache_max_object_bytes,
             "cache_max_age": cfg.cache_max_age,
+            "static_compression": cfg.static_compression,
+            "compress_socket": cfg.run_dir / "compress.sock",
             "bind_address": cfg.bind_address,
             "port": cfg.port,
             "gateway_host": cfg.gateway_host,
@@ -195,7 +200,7 @@ def config_render(cfg: GatewayConfig, *, keys: list[SigningKey] | None = None, r
 def config_check(cfg: GatewayConfig) -> None:
     """`haproxy -c`: raises with HAProxy's own message when the rendered configuration is invalid."""
     result = subprocess.run(
-        [settings.HAPROXY_BIN, "-c", "-q", "-f", str(cfg.config_path)], capture_output=True, text=True, timeout=30
+        [settings.HAPROXY_BIN, "-c", "-f", str(cfg.config_path)], capture_output=True, text=True, timeout=30
     )
     if result.returncode != 0:
         raise ValueError(f"haproxy rejected {cfg.config_path}: {result.stdout}{result.stderr}")
