@@ -73,10 +73,11 @@ def wrk(url, *, duration, connections, threads=2, headers=(), latency=False):
         cmd.append("--latency")
     out = subprocess.run(cmd + [url], capture_output=True, text=True, check=True).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    total = int(re.search(r"(\d+) requests in", out).group(1))
     non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
     errors = re.search(r"Socket errors: (.*)", out)
-    result = {"rps": rps, "non_2xx": int(non2xx.group(1)) if non2xx else 0, "socket_errors": errors.group(1) if errors
-              else ""}
+    result = {"rps": rps, "requests": total, "non_2xx": int(non2xx.group(1)) if non2xx else 0,
+              "socket_errors": errors.group(1) if errors else ""}
     if latency:
         m = re.search(r"^\s+50%\s+([\d.]+)(us|ms|s)", out, re.M)
         result["p50_ms"] = float(m.group(1)) * {"us": 0.001, "ms": 1, "s": 1000}[m.group(2)]
@@ -155,6 +156,12 @@ def route_add_latency(cfg, up_addr, rounds=50):
             "effective_p99_ms": round(q(effective_ms, n=100)[98], 3)}
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process (all its threads), from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--duration", type=int, default=10)
@@ -175,6 +182,7 @@ def main():
     from workspaces.gateway import routes
     from workspaces.gateway.config import gateway_config
     from workspaces.gateway.process import GatewayProcess
+    from workspaces.gateway.runtime_api import RuntimeAPI
     from workspaces.gateway.tokens import session_token_issue
 
     up_port = free_port()
@@ -202,9 +210,19 @@ def main():
         # Sanity: the gateway answers 200 with the token and 401 without.
         wrk(gw_url, duration=1, connections=2, headers=gw_headers)
         direct, through = [], []
+        worker = int(re.search(r"Pid: (\d+)", RuntimeAPI(cfg.admin_socket).command("show info")).group(1))
+        cpu = {"upstream": [0.0, 0], "gateway": [0.0, 0]}
         for _ in range(args.rounds):
+            before = cpu_seconds(upstream.pid)
             direct.append(wrk(direct_url, duration=args.duration, connections=args.connections))
+            cpu["upstream"][0] += cpu_seconds(upstream.pid) - before
+            cpu["upstream"][1] += direct[-1]["requests"]
+            before = cpu_seconds(worker)
             through.append(wrk(gw_url, duration=args.duration, connections=args.connections, headers=gw_headers))
+            cpu["gateway"][0] += cpu_seconds(worker) - before
+            cpu["gateway"][1] += through[-1]["requests"]
+        # CPU per request barely depends on what else runs on the machine, unlike req/s.
+        results["cpu_us_per_request"] = {k: round(v[0] / max(v[1], 1) * 1e6, 1) for k, v in cpu.items()}
         best_direct = max(direct, key=lambda r: r["rps"])
         best_gw = max(through, key=lambda r: r["rps"])
         results.update(direct_rps=best_direct["rps"], gateway_rps=best_gw["rps"],
@@ -237,6 +255,8 @@ def main():
         f"\nGateway benchmark (wrk -c{args.connections}, {args.duration}s, best of {args.rounds}; 2 shared cores)\n"
         f"  HTTP 1 KB   direct {results['direct_rps']:>9.0f} req/s   through HAProxy + HS256 per request "
         f"{results['gateway_rps']:>9.0f} req/s   ratio {results['ratio']:.2f}  (target >= 0.50)\n"
+        f"  CPU/request upstream (uvicorn) {results['cpu_us_per_request']['upstream']} us, "
+        f"HAProxy with every check {results['cpu_us_per_request']['gateway']} us\n"
         f"  unloaded    p50 direct {results['direct_p50_ms']:.3f} ms, gateway {results['gateway_p50_ms']:.3f} ms, "
         f"added {results['added_p50_ms']:.3f} ms  (target <= 0.3 ms)\n"
         f"  route add   route_set p50 {ra['route_set_p50_ms']} ms / p99 {ra['route_set_p99_ms']} ms; effective "

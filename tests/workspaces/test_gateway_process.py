@@ -1,12 +1,14 @@
 """Running the gateway: restart with routes restored, hitless reload, key rotation, `manage.py gateway`."""
 import asyncio
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 from django.conf import settings
 
@@ -163,6 +165,33 @@ def test_manage_py_gateway_runs_reloads_on_sighup_and_stops(gateway_env, tmp_pat
             proc.kill()
         output = proc.communicate()[0]
     assert "gateway reloaded" in output, output
-    import shutil
 
+    # Hearth's process killed outright: HAProxy does not outlive it (no orphan holding the port).
+    proc = subprocess.Popen([sys.executable, "manage.py", "gateway"], cwd=settings.BASE_DIR, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        assert wait_until(admin.ping, timeout=20), "the gateway did not start"
+        proc.kill()
+        proc.wait()
+        assert wait_until(lambda: not admin.ping(), timeout=10), "HAProxy outlived manage.py gateway"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
     shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def test_prometheus_exporter_on_the_stats_port(gateway_env):  # noqa: F811
+    from workspaces.gateway.config import gateway_config
+    from workspaces.gateway.process import GatewayProcess
+
+    cfg = gateway_config(run_dir=Path(f"{gateway_env}-stats"), port=free_port(), stats_port=free_port(),
+                         bind_address="127.0.0.1", cache_total_mb=16, cache_max_object_bytes=1024 * 1024)
+    process = GatewayProcess(cfg)
+    process.start()
+    try:
+        r = httpx.get(f"http://127.0.0.1:{cfg.stats_port}/metrics")
+        assert r.status_code == 200
+        assert 'haproxy_frontend_http_requests_total{proxy="hearth_gateway"}' in r.text
+    finally:
+        process.stop()
+        shutil.rmtree(cfg.run_dir, ignore_errors=True)

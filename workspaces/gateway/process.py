@@ -1,4 +1,5 @@
 """Running HAProxy for Hearth: render, start (master-worker), hitless reload, key rotation, stop."""
+import ctypes
 import logging
 import os
 import signal
@@ -108,6 +109,12 @@ def gateway_keys_rotate(cfg: GatewayConfig | None = None, **reload_kwargs) -> st
     return final[0].kid
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: HAProxy gets SIGTERM if Hearth's process dies, so it is never orphaned."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 class GatewayProcess:
     """HAProxy in master-worker mode, in the foreground of this process (`manage.py gateway`, tests)."""
 
@@ -131,6 +138,7 @@ class GatewayProcess:
             [settings.HAPROXY_BIN, "-W", "-db", "-f", str(self.cfg.config_path),
              "-S", f"{self.cfg.master_socket},mode,600", "-p", str(self.cfg.pid_file)],
             cwd=self.cfg.run_dir, stdout=self.stdout, stderr=self.stderr, start_new_session=True,
+            preexec_fn=_die_with_parent,
         )
         admin = RuntimeAPI(self.cfg.admin_socket)
 
@@ -139,7 +147,11 @@ class GatewayProcess:
                 raise RuntimeError(f"haproxy exited with {self.proc.returncode}")
             return self.cfg.master_socket.exists() and admin.ping()
 
-        _wait(up, timeout=timeout, what="HAProxy to start")
+        try:
+            _wait(up, timeout=timeout, what="HAProxy to start")
+        except BaseException:
+            self.stop()
+            raise
         log.info("gateway: HAProxy %s up on port %s with %d routes", self.proc.pid, self.cfg.port, len(routes))
 
     def reload(self, **kwargs) -> None:

@@ -2,7 +2,7 @@
 import signal
 import subprocess
 
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandError
 
 from workspaces.gateway.process import GatewayProcess, gateway_keys_rotate, gateway_reload, routes_source_from_settings
 
@@ -26,8 +26,6 @@ class Command(BaseCommand):
             self.stdout.write(f"gateway key rotated; new kid {kid}")
             return
         process = GatewayProcess(routes_source=source)
-        process.start()
-        self.stdout.write(f"gateway: HAProxy on port {process.cfg.port}, run dir {process.cfg.run_dir}")
         pending = []
 
         def on_hup(signum, frame):
@@ -40,6 +38,8 @@ class Command(BaseCommand):
         signal.signal(signal.SIGTERM, on_term)
         signal.signal(signal.SIGINT, on_term)
         try:
+            process.start()
+            self.stdout.write(f"gateway: HAProxy on port {process.cfg.port}, run dir {process.cfg.run_dir}")
             while process.proc.poll() is None:
                 if "stop" in pending:
                     break
@@ -56,3 +56,5 @@ class Command(BaseCommand):
                     pass
         finally:
             process.stop()
+        if "stop" not in pending:
+            raise CommandError(f"haproxy exited with status {process.proc.returncode}")
