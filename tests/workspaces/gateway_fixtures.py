@@ -29,7 +29,8 @@ def free_port() -> int:
 class Upstream:
     """A workspace container stand-in: counts every HTTP request and WebSocket it receives."""
 
-    def __init__(self):
+    def __init__(self, name="container"):
+        self.name = name
         self.requests = []  # (path, headers)
         self.ws_connections = 0
         self.lock = threading.Lock()
@@ -47,6 +48,7 @@ class Upstream:
                 else:
                     body, extra = b"hello from the container " + self.path.encode(), {"Content-Type": "text/plain"}
                 self.send_response(200)
+                self.send_header("X-Upstream", upstream.name)
                 for k, v in extra.items():
                     self.send_header(k, v)
                 self.send_header("Content-Length", str(len(body)))

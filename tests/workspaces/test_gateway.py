@@ -222,6 +222,26 @@ class TestRoutes:
         assert gateway.get("ws-i", "/", token=token).status_code == 200
         assert routes.route_get("ws-i", cfg=gateway.cfg) == routes.Route("ws-i", "s-i1", upstream.http_address)
 
+    def test_pooled_server_connections_never_cross_containers(self, gateway, upstream):  # noqa: F811
+        from tests.workspaces.gateway_fixtures import Upstream
+
+        other = Upstream(name="other")
+        try:
+            routes.route_set(host_key="ws-q1", session_id="s-q1", address=upstream.http_address, cfg=gateway.cfg)
+            routes.route_set(host_key="ws-q2", session_id="s-q2", address=other.http_address, cfg=gateway.cfg)
+            tokens = {"ws-q1": issue("ws-q1", "s-q1"), "ws-q2": issue("ws-q2", "s-q2")}
+            expected = {"ws-q1": "container", "ws-q2": "other"}
+            # One keep-alive client connection alternating hosts: HAProxy keeps idle server connections to
+            # both containers; each request must still go to its own host's container.
+            with httpx.Client(base_url=gateway.base) as client:
+                for i in range(40):
+                    key = "ws-q1" if i % 2 else "ws-q2"
+                    r = client.get("/", headers={"Host": gateway.host(key), "Cookie": f"hearth_gw={tokens[key]}"})
+                    assert r.status_code == 200
+                    assert r.headers["x-upstream"] == expected[key]
+        finally:
+            other.close()
+
     def test_route_values_are_validated(self, gateway):  # noqa: F811
         with pytest.raises(ValueError):
             routes.route_set(host_key="Bad Host", session_id="s", address="127.0.0.1:1", cfg=gateway.cfg)
