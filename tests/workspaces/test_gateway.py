@@ -340,6 +340,24 @@ class TestCounters:
         assert final["bytes_out"] >= 5 * len(payload)
         assert final["active"] == 0
 
+    def test_idle_time_of_an_open_websocket(self, gateway, upstream):  # noqa: F811
+        routes.route_set(host_key="ws-t", session_id="s-t1", address=upstream.ws_address, cfg=gateway.cfg)
+
+        async def run():
+            async with gateway.websocket("ws-t", issue("ws-t", "s-t1")) as ws:
+                await ws.send("x")
+                await ws.recv()
+                await asyncio.sleep(2.2)
+                quiet = await asyncio.to_thread(routes.counters_read, cfg=gateway.cfg, tunnels=True)
+                await ws.send("y")
+                await ws.recv()
+                busy = await asyncio.to_thread(routes.counters_read, cfg=gateway.cfg, tunnels=True)
+                return quiet["s-t1"], busy["s-t1"]
+
+        quiet, busy = asyncio.run(run())
+        assert quiet["active"] == 1 and 2 <= quiet["idle_seconds"] <= 4
+        assert busy["active"] == 1 and busy["idle_seconds"] <= 1
+
     def test_refused_requests_are_not_counted(self, routed):
         before = routes.counters_read(cfg=routed.cfg).get("s-a1", {}).get("requests", 0)
         routed.get("ws-a", "/", token=forge({"aud": "x"}))

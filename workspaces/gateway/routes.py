@@ -169,15 +169,61 @@ def _parse_table(text: str, expire_ms: int) -> dict:
     return counters
 
 
-def counters_read(*, cfg: GatewayConfig | None = None) -> dict:
+def counters_read(*, cfg: GatewayConfig | None = None, tunnels: bool = False) -> dict:
     """Per-session counters since the session's first request: {session_id: {"requests", "bytes_in",
     "bytes_out", "active", "idle_seconds"}}.
 
     HAProxy 2.6 adds a WebSocket's bytes when it closes (the tunnel is forwarded without waking the stream),
     so while one is open the session reads as active (conn_cur) and its bytes arrive at close or route delete.
+    With `tunnels=True`, a session whose only open streams are WebSockets gets the time since the last byte
+    went through any of them as idle_seconds (from `show sess all`: costlier, read it every minute or so).
     """
     cfg, api = _admin(cfg)
-    return _parse_table(api.command(f"show table {TABLE}"), _duration_ms(cfg.table_expire))
+    counters = _parse_table(api.command(f"show table {TABLE}"), _duration_ms(cfg.table_expire))
+    if tunnels:
+        sessions_by_address = {r.address: r.session_id for r in routes_list(cfg=cfg) if r.address}
+        for address, idle in tunnels_idle(api, _duration_ms(cfg.timeout_tunnel)).items():
+            session_id = sessions_by_address.get(address)
+            if session_id in counters and counters[session_id]["active"]:
+                counters[session_id]["idle_seconds"] = idle
+    return counters
+
+
+def tunnels_idle(api: RuntimeAPI, tunnel_timeout_ms: int) -> dict:
+    """{container address: seconds since the last byte on its liveliest open stream}; an HTTP request in
+    flight counts as 0. A tunnel's read timeout is re-armed by every byte read, so idle = timeout - remaining."""
+    idle, address, tunnel, remaining = {}, None, False, []
+
+    def flush():
+        if address is None:
+            return
+        seconds = 0.0
+        if tunnel and remaining:
+            seconds = max(0.0, (tunnel_timeout_ms - max(remaining)) / 1000.0)
+        idle[address] = min(idle.get(address, seconds), seconds)
+
+    for line in api.command("show sess all").splitlines():
+        if _SESS_HEAD_RE.match(line):
+            flush()
+            address, tunnel, remaining = None, False, []
+            continue
+        m = _SERVER_ADDR_RE.match(line)
+        if m:
+            address = m.group(1)
+        elif "req.st=MSG_TUNNEL" in line:
+            tunnel = True
+        else:
+            rex = re.search(r"\brex=(\S+)", line)
+            if rex and rex.group(1) != "<NEVER>":
+                remaining.append(_human_ms(rex.group(1)))
+    flush()
+    return idle
+
+
+def _human_ms(text: str) -> int:
+    """HAProxy's short durations ("59m56s", "1h", "999ms", "1d2h") in milliseconds."""
+    units = {"d": 86_400_000, "h": 3_600_000, "m": 60_000, "s": 1000, "ms": 1}
+    return sum(int(n) * units[u] for n, u in re.findall(r"(\d+)(ms|d|h|m|s)", text))
 
 
 def _duration_ms(text: str) -> int:

@@ -74,8 +74,24 @@ def signing_keys() -> list[SigningKey]:
         return _parse_keys(settings.GATEWAY_JWT_KEYS, source="GATEWAY_JWT_KEYS")
     path = keys_file()
     if not path.exists():
-        _write_keys_file([_new_key()])
+        _create_keys_file_once(path)
     return _parse_keys(path.read_text(), source=str(path))
+
+
+def _create_keys_file_once(path: Path) -> None:
+    """The gateway and the web process may both get here first: link(2) lets exactly one key win."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    key = _new_key()
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.new")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(f"{key.kid}:{key.secret}\n")
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        pass
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def keys_rotate(*, keep_previous: int = 1) -> tuple[list[SigningKey], list[SigningKey]]:
