@@ -88,6 +88,8 @@ def fetch(url, host=None, cookie=None):
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--code-server", metavar="IP:PORT", help="measure a running code-server instead")
+    parser.add_argument("--path", default=ASSET, help="the asset (with --code-server: its workbench.js path)")
     args = parser.parse_args()
     run_dir = Path(tempfile.mkdtemp(prefix="hgws", dir="/tmp"))
     os.environ.update(DJANGO_SETTINGS_MODULE="config.settings.base", GATEWAY_RUN_DIR=str(run_dir),
@@ -100,18 +102,25 @@ def main():
     from workspaces.gateway.process import GatewayProcess
     from workspaces.gateway.tokens import session_token_issue
 
-    up_port = free_port()
-    upstream = subprocess.Popen([sys.executable, "-m", "uvicorn", "bench.gateway_static:app", "--port", str(up_port),
-                                 "--no-access-log", "--log-level", "warning"], cwd=ROOT)
-    results = {"bench": "gateway_static", "asset_bytes": 11_400_000}
+    if args.code_server:
+        up_address, upstream = args.code_server, None
+    else:
+        up_port = free_port()
+        up_address = f"127.0.0.1:{up_port}"
+        upstream = subprocess.Popen([sys.executable, "-m", "uvicorn", "bench.gateway_static:app", "--port",
+                                     str(up_port), "--no-access-log", "--log-level", "warning"], cwd=ROOT)
+    asset = args.path
+    results = {"bench": "gateway_static", "upstream": "code-server" if args.code_server else "simulated",
+               "path": asset}
     try:
+        host, port = up_address.split(":")
         for _ in range(100):
             try:
-                socket.create_connection(("127.0.0.1", up_port), timeout=0.2).close()
+                socket.create_connection((host, int(port)), timeout=0.2).close()
                 break
             except OSError:
                 time.sleep(0.1)
-        direct = [fetch(f"http://127.0.0.1:{up_port}{ASSET}") for _ in range(args.repeat)]
+        direct = [fetch(f"http://{up_address}{asset}") for _ in range(args.repeat)]
         results["direct_ms"] = round(statistics.median(d[0] for d in direct), 1)
         results["direct_wire_bytes"] = direct[0][1]
         for variant, compression in (("cache", False), ("offload_cache", True)):
@@ -124,12 +133,12 @@ def main():
                 times = []
                 for i in range(args.repeat):
                     key = f"ws{i}"  # a workspace's first fetch: a new host each time
-                    routes.route_set(host_key=key, session_id=f"s{i}", address=f"127.0.0.1:{up_port}", cfg=cfg)
+                    routes.route_set(host_key=key, session_id=f"s{i}", address=up_address, cfg=cfg)
                     token, _ = session_token_issue(tenant_slug="b", user_id=1, workspace_host_key=key,
                                                    session_id=f"s{i}", container_id=1)
                     host, cookie = f"{key}.localhost:{cfg.port}", f"hearth_gw={token}"
-                    first = fetch(f"http://127.0.0.1:{cfg.port}{ASSET}", host, cookie)
-                    hit = fetch(f"http://127.0.0.1:{cfg.port}{ASSET}", host, cookie)
+                    first = fetch(f"http://127.0.0.1:{cfg.port}{asset}", host, cookie)
+                    hit = fetch(f"http://127.0.0.1:{cfg.port}{asset}", host, cookie)
                     times.append((first, hit))
                 results[variant] = {
                     "first_ms": round(statistics.median(t[0][0] for t in times), 1),
@@ -140,12 +149,14 @@ def main():
             finally:
                 gateway.stop()
     finally:
-        upstream.terminate()
-        upstream.wait(10)
+        if upstream:
+            upstream.terminate()
+            upstream.wait(10)
     print(json.dumps(results))
     c, o = results["cache"], results["offload_cache"]
-    print(f"\n11.4 MB workbench.js, time to the whole body (median of {args.repeat}), Accept-Encoding: gzip\n"
-          f"  direct, gzip level 6 on the fly upstream     {results['direct_ms']:>7} ms  "
+    print(f"\n{asset.rsplit('/', 1)[-1]} ({results['upstream']}), time to the whole body "
+          f"(median of {args.repeat}), Accept-Encoding: gzip\n"
+          f"  direct, gzipped on the fly upstream          {results['direct_ms']:>7} ms  "
           f"({results['direct_wire_bytes'] / 1e6:.1f} MB on the wire)\n"
           f"  gateway cache: first fetch / cached          {c['first_ms']:>7} ms / {c['hit_ms']} ms  ({c['encoding']}, "
           f"{c['wire_bytes'] / 1e6:.1f} MB)\n"
