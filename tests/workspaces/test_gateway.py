@@ -11,7 +11,7 @@ import jwt
 import pytest
 import websockets
 
-from tests.workspaces.gateway_fixtures import PORTAL_URL, gateway, gateway_env, upstream, wait_until  # noqa: F401
+from tests.workspaces.gateway_fixtures import PORTAL_URL, gateway_env, start_gateway, upstream, wait_until  # noqa: F401
 from workspaces.gateway import routes
 from workspaces.gateway.tokens import session_token_issue, signing_keys
 
@@ -42,6 +42,14 @@ def alg_none_token():
     header = {"alg": "none", "typ": "JWT", "kid": signing_keys()[0].kid}
     claims = {"iss": "hearth", "aud": "hearth-gateway", "workspace": "ws-a", "session": "s-a1", "exp": now + 600}
     return f"{b64(header)}.{b64(claims)}."
+
+
+@pytest.fixture(scope="module", params=[True, False], ids=["token-cache", "every-request"])
+def gateway(gateway_env, request):  # noqa: F811
+    """Every test runs against both: tokens remembered per route after a full check, and fully checked each time."""
+    gw = start_gateway(gateway_env, token_cache=request.param)
+    yield gw
+    gw.process.stop()
 
 
 @pytest.fixture(scope="module")
@@ -170,6 +178,31 @@ class TestRefusals:
         assert gateway.get("ws-d", "/", token=old).status_code == 410
         assert upstream.count() == before
         assert gateway.get("ws-d", "/", token=issue("ws-d", "s-d2")).status_code == 200
+
+    def test_a_remembered_token_still_expires(self, gateway, upstream):  # noqa: F811
+        routes.route_set(host_key="ws-u", session_id="s-u1", address=upstream.http_address, cfg=gateway.cfg)
+        token = issue("ws-u", "s-u1", ttl=2)
+        assert gateway.get("ws-u", "/", token=token).status_code == 200
+        assert gateway.get("ws-u", "/", token=token).status_code == 200  # from the token cache
+        from workspaces.gateway.runtime_api import RuntimeAPI
+
+        if gateway.cfg.token_cache:
+            table = RuntimeAPI(gateway.cfg.admin_socket).command("show table hearth_tokens")
+            assert f"key=s-u1@{upstream.http_address}|{token}" in table
+        time.sleep(2.1)
+        before = upstream.count()
+        assert gateway.get("ws-u", "/", token=token).status_code == 401
+        assert upstream.count() == before
+
+    def test_a_remembered_token_with_one_byte_changed_is_checked_again(self, gateway, upstream):  # noqa: F811
+        routes.route_set(host_key="ws-v", session_id="s-v1", address=upstream.http_address, cfg=gateway.cfg)
+        token = issue("ws-v", "s-v1")
+        assert gateway.get("ws-v", "/", token=token).status_code == 200
+        head, payload, signature = token.split(".")
+        flipped = signature[:-2] + ("A" if signature[-2] != "A" else "B") + signature[-1]
+        before = upstream.count()
+        assert gateway.get("ws-v", "/", token=f"{head}.{payload}.{flipped}").status_code == 403
+        assert upstream.count() == before
 
     def test_websocket_without_a_valid_token_never_reaches_the_container(self, gateway, upstream):  # noqa: F811
         routes.route_set(host_key="ws-e", session_id="s-e2", address=upstream.ws_address, cfg=gateway.cfg)

@@ -122,8 +122,11 @@ def test_rendered_config_holds_every_accepted_key_and_is_private(settings):
     cfg = gateway_config(port=18001)
     path = config_render(cfg, routes=[("ws-1", "s-1", "10.0.0.2:8080"), ("ws-2", "s-2", None)])
     text = path.read_text()
-    assert "jwt_verify(HS256,'" + "n" * 40 + "') if { var(txn.kid) -m str new }" in text
-    assert "jwt_verify(HS256,'" + "o" * 40 + "') if { var(txn.kid) -m str old }" in text
+    assert "jwt_verify(HS256,'" + "n" * 40 + "') if !token_cached { var(txn.kid) -m str new }" in text
+    assert "jwt_verify(HS256,'" + "o" * 40 + "') if !token_cached { var(txn.kid) -m str old }" in text
+    uncached = config_render(gateway_config(port=18001, token_cache=False)).read_text()
+    assert "jwt_verify(HS256,'" + "n" * 40 + "') if { var(txn.kid) -m str new }" in uncached
+    assert "token_cached" not in uncached
     assert oct(path.stat().st_mode)[-3:] == "600"
     assert cfg.routes_map.read_text() == "ws-1 s-1@10.0.0.2:8080\nws-2 s-2@-\n"
     assert "; Secure" not in text

@@ -36,6 +36,9 @@ class GatewayConfig:
     cache_total_mb: int = 512
     cache_max_object_bytes: int = 64 * 1024 * 1024
     cache_max_age: int = 86400
+    token_cache: bool = True  # remember tokens that passed every check for a route (see the template)
+    token_cache_size: str = "20k"
+    token_cache_expire: str = "10m"
     static_compression: bool = True  # gzip versioned assets in HAProxy (level 1) instead of code-server (level 6)
     extra: dict = field(default_factory=dict)
 
@@ -175,6 +178,9 @@ def config_render(cfg: GatewayConfig, *, keys: list[SigningKey] | None = None, r
             "cache_max_object_bytes": cfg.cache_max_object_bytes,
             "cache_max_age": cfg.cache_max_age,
             "static_compression": cfg.static_compression,
+            "token_cache": cfg.token_cache,
+            "token_cache_size": cfg.token_cache_size,
+            "token_cache_expire": cfg.token_cache_expire,
             "compress_socket": cfg.run_dir / "compress.sock",
             "bind_address": cfg.bind_address,
             "port": cfg.port,
