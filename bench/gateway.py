@@ -194,24 +194,35 @@ def main():
                          nbthread=args.nbthread,
                          cache_total_mb=16, cache_max_object_bytes=1024 * 1024)
     gateway = GatewayProcess(cfg, stderr=subprocess.DEVNULL)
+    # The same gateway without the token cache: HMAC and every claim decoded on every request.
+    strict_cfg = gateway_config(run_dir=run_dir / "strict", port=free_port(), bind_address="127.0.0.1",
+                                maxconn=8000, nbthread=args.nbthread, cache_total_mb=16,
+                                cache_max_object_bytes=1024 * 1024, token_cache=False)
+    strict = GatewayProcess(strict_cfg, stderr=subprocess.DEVNULL)
     results = {"bench": "gateway", "connections": args.connections, "duration_s": args.duration,
                "nbthread": args.nbthread or os.cpu_count(), "loadavg_before": os.getloadavg()[0]}
     try:
         wait_port(up_port)
         gateway.start()
+        strict.start()
         up_addr = f"127.0.0.1:{up_port}"
         routes.route_set(host_key="bench", session_id="s1", address=up_addr, cfg=cfg)
+        routes.route_set(host_key="bench", session_id="s1", address=up_addr, cfg=strict_cfg)
         token, _ = session_token_issue(tenant_slug="b", user_id=1, workspace_host_key="bench", session_id="s1",
                                        container_id=1)
         host = f"bench.localhost:{cfg.port}"
         gw_headers = (f"Host: {host}", f"Cookie: hearth_gw={token}")
         direct_url, gw_url = f"http://127.0.0.1:{up_port}/", f"http://127.0.0.1:{cfg.port}/"
+        strict_url = f"http://127.0.0.1:{strict_cfg.port}/"
+        strict_headers = (f"Host: bench.localhost:{strict_cfg.port}", f"Cookie: hearth_gw={token}")
 
         # Sanity: the gateway answers 200 with the token and 401 without.
         wrk(gw_url, duration=1, connections=2, headers=gw_headers)
-        direct, through = [], []
+        direct, through, strict_runs = [], [], []
         worker = int(re.search(r"Pid: (\d+)", RuntimeAPI(cfg.admin_socket).command("show info")).group(1))
-        cpu = {"upstream": [0.0, 0], "gateway": [0.0, 0]}
+        strict_worker = int(re.search(r"Pid: (\d+)", RuntimeAPI(strict_cfg.admin_socket).command("show info"))
+                            .group(1))
+        cpu = {"upstream": [0.0, 0], "gateway": [0.0, 0], "gateway_strict": [0.0, 0]}
         for _ in range(args.rounds):
             before = cpu_seconds(upstream.pid)
             direct.append(wrk(direct_url, duration=args.duration, connections=args.connections))
@@ -221,19 +232,29 @@ def main():
             through.append(wrk(gw_url, duration=args.duration, connections=args.connections, headers=gw_headers))
             cpu["gateway"][0] += cpu_seconds(worker) - before
             cpu["gateway"][1] += through[-1]["requests"]
+            before = cpu_seconds(strict_worker)
+            strict_runs.append(wrk(strict_url, duration=args.duration, connections=args.connections,
+                                   headers=strict_headers))
+            cpu["gateway_strict"][0] += cpu_seconds(strict_worker) - before
+            cpu["gateway_strict"][1] += strict_runs[-1]["requests"]
         # CPU per request barely depends on what else runs on the machine, unlike req/s.
         results["cpu_us_per_request"] = {k: round(v[0] / max(v[1], 1) * 1e6, 1) for k, v in cpu.items()}
         best_direct = max(direct, key=lambda r: r["rps"])
         best_gw = max(through, key=lambda r: r["rps"])
+        best_strict = max(strict_runs, key=lambda r: r["rps"])
         results.update(direct_rps=best_direct["rps"], gateway_rps=best_gw["rps"],
                        ratio=round(best_gw["rps"] / best_direct["rps"], 3),
-                       gateway_non_2xx=sum(r["non_2xx"] for r in through),
-                       direct_rps_rounds=[r["rps"] for r in direct], gateway_rps_rounds=[r["rps"] for r in through])
+                       strict_rps=best_strict["rps"], strict_ratio=round(best_strict["rps"] / best_direct["rps"], 3),
+                       gateway_non_2xx=sum(r["non_2xx"] for r in through + strict_runs),
+                       direct_rps_rounds=[r["rps"] for r in direct], gateway_rps_rounds=[r["rps"] for r in through],
+                       strict_rps_rounds=[r["rps"] for r in strict_runs])
 
         lat_direct = wrk(direct_url, duration=5, connections=1, threads=1, latency=True)
         lat_gw = wrk(gw_url, duration=5, connections=1, threads=1, headers=gw_headers, latency=True)
+        lat_strict = wrk(strict_url, duration=5, connections=1, threads=1, headers=strict_headers, latency=True)
         results.update(direct_p50_ms=lat_direct["p50_ms"], gateway_p50_ms=lat_gw["p50_ms"],
                        added_p50_ms=round(lat_gw["p50_ms"] - lat_direct["p50_ms"], 3),
+                       strict_added_p50_ms=round(lat_strict["p50_ms"] - lat_direct["p50_ms"], 3),
                        direct_p99_ms=lat_direct["p99_ms"], gateway_p99_ms=lat_gw["p99_ms"])
 
         results["route_add"] = route_add_latency(cfg, up_addr)
@@ -245,6 +266,7 @@ def main():
         results["counted_requests_s1"] = counters.get("requests")
     finally:
         gateway.stop()
+        strict.stop()
         upstream.terminate()
         upstream.wait(10)
 
@@ -252,13 +274,18 @@ def main():
     ws = results.get("websockets", {})
     ra = results["route_add"]
     print(
-        f"\nGateway benchmark (wrk -c{args.connections}, {args.duration}s, best of {args.rounds}; 2 shared cores)\n"
-        f"  HTTP 1 KB   direct {results['direct_rps']:>9.0f} req/s   through HAProxy + HS256 per request "
-        f"{results['gateway_rps']:>9.0f} req/s   ratio {results['ratio']:.2f}  (target >= 0.50)\n"
-        f"  CPU/request upstream (uvicorn) {results['cpu_us_per_request']['upstream']} us, "
-        f"HAProxy with every check {results['cpu_us_per_request']['gateway']} us\n"
-        f"  unloaded    p50 direct {results['direct_p50_ms']:.3f} ms, gateway {results['gateway_p50_ms']:.3f} ms, "
-        f"added {results['added_p50_ms']:.3f} ms  (target <= 0.3 ms)\n"
+        f"\nGateway benchmark (wrk -c{args.connections}, {args.duration}s, best of {args.rounds}; 2 shared cores, "
+        f"load average {results['loadavg_before']:.1f} at start)\n"
+        f"  HTTP 1 KB   direct {results['direct_rps']:>9.0f} req/s; through the gateway, token checked on every "
+        f"request: {results['gateway_rps']:>7.0f} req/s = {results['ratio']:.2f}x (token cache), "
+        f"{results['strict_rps']:>7.0f} req/s = {results['strict_ratio']:.2f}x (HMAC + claims decoded every "
+        f"time)  (target >= 0.50)\n"
+        f"  CPU/request upstream (uvicorn) {results['cpu_us_per_request']['upstream']} us; HAProxy "
+        f"{results['cpu_us_per_request']['gateway']} us (token cache), "
+        f"{results['cpu_us_per_request']['gateway_strict']} us (every time)\n"
+        f"  unloaded    p50 direct {results['direct_p50_ms']:.3f} ms, gateway {results['gateway_p50_ms']:.3f} ms: "
+        f"added {results['added_p50_ms']:.3f} ms (token cache), {results['strict_added_p50_ms']:.3f} ms (every "
+        f"time)  (target <= 0.3 ms)\n"
         f"  route add   route_set p50 {ra['route_set_p50_ms']} ms / p99 {ra['route_set_p99_ms']} ms; effective "
         f"(set + first request) p50 {ra['effective_p50_ms']} ms / p99 {ra['effective_p99_ms']} ms  (target <= 5 ms)\n"
         + (f"  WebSockets  {ws['opened']}/{ws['target']} held through the gateway, {ws['errors']} errors "

@@ -196,5 +196,7 @@ GATEWAY_ISSUER = env.str("GATEWAY_ISSUER", default="hearth")
 GATEWAY_RUN_DIR = Path(env.str("GATEWAY_RUN_DIR", default=str(VAR_DIR / "gateway")))
 GATEWAY_STATS_PORT = env.int("GATEWAY_STATS_PORT", default=0)  # 0: no stats/Prometheus listener
 HAPROXY_BIN = env.str("HAPROXY_BIN", default="haproxy")
+# Remember tokens that passed every check for a route (exp still checked per request): about 10 us less per request.
+GATEWAY_TOKEN_CACHE = env.bool("GATEWAY_TOKEN_CACHE", default=True)
 # Dotted path to a callable listing every live route as (host_key, session_id, address): restored at start.
 GATEWAY_ROUTES_SOURCE = env.str("GATEWAY_ROUTES_SOURCE", default="")

@@ -78,6 +78,7 @@ def gateway_config(**overrides) -> GatewayConfig:
         issuer=settings.GATEWAY_ISSUER,
         portal_url=settings.HEARTH_BASE_URL,
         stats_port=settings.GATEWAY_STATS_PORT,
+        token_cache=getattr(settings, "GATEWAY_TOKEN_CACHE", True),
     )
     return replace(cfg, **overrides)
 
