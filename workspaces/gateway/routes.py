@@ -40,7 +40,7 @@ def _admin(cfg: GatewayConfig | None) -> tuple[GatewayConfig, RuntimeAPI]:
 
 def _check(answer: str, command: str) -> None:
     if answer.strip():
-        raise GatewayUnavailable(f"haproxy refused {command.split(' ')[0:2]}: {answer.strip()}")
+        raise GatewayUnavailable(f"haproxy refused {command!r}: {answer.strip()}")
 
 
 def route_set(*, host_key, session_id, address, cfg: GatewayConfig | None = None) -> None:
