@@ -198,5 +198,7 @@ GATEWAY_STATS_PORT = env.int("GATEWAY_STATS_PORT", default=0)  # 0: no stats/Pro
 HAPROXY_BIN = env.str("HAPROXY_BIN", default="haproxy")
 # Remember tokens that passed every check for a route (exp still checked per request): about 10 us less per request.
 GATEWAY_TOKEN_CACHE = env.bool("GATEWAY_TOKEN_CACHE", default=True)
+# PEM (certificate + key) for *.<GATEWAY_HOST>: HAProxy terminates TLS itself (set GATEWAY_SCHEME=https too).
+GATEWAY_TLS_CERT = env.str("GATEWAY_TLS_CERT", default="")
 # Dotted path to a callable listing every live route as (host_key, session_id, address): restored at start.
 GATEWAY_ROUTES_SOURCE = env.str("GATEWAY_ROUTES_SOURCE", default="")

@@ -42,6 +42,11 @@ class Upstream:
             def do_GET(self):
                 with upstream.lock:
                     upstream.requests.append((self.path, {k.lower(): v for k, v in self.headers.items()}))
+                set_cookie = None
+                if self.path.startswith("/set-cookie/"):
+                    from urllib.parse import unquote
+
+                    set_cookie = unquote(self.path[len("/set-cookie/"):])
                 if "/static/" in self.path:
                     body, extra = STATIC_BODY, {"Cache-Control": "public, max-age=31536000",
                                                 "Content-Type": "text/javascript"}
@@ -49,6 +54,8 @@ class Upstream:
                     body, extra = b"hello from the container " + self.path.encode(), {"Content-Type": "text/plain"}
                 self.send_response(200)
                 self.send_header("X-Upstream", upstream.name)
+                if set_cookie:
+                    self.send_header("Set-Cookie", set_cookie)
                 for k, v in extra.items():
                     self.send_header(k, v)
                 self.send_header("Content-Length", str(len(body)))

@@ -90,6 +90,20 @@ class TestHappyPath:
         assert routed.get("ws-a", "/only", token=issue()).status_code == 200
         assert "cookie" not in upstream.requests[-1][1]
 
+    @pytest.mark.parametrize("cookie,kept", [
+        ("theme=dark; Path=/", True),
+        ("hearth_gw=planted; Path=/", False),
+        ("__Host-hearth_gw=planted; Path=/; Secure", False),
+        ("theme=dark; Domain=localhost; Path=/", False),
+        ("theme=dark; Path=/; domain = .localhost", False),
+    ])
+    def test_containers_cannot_set_the_gateway_cookie_or_parent_domain_cookies(self, routed, cookie, kept):
+        from urllib.parse import quote
+
+        r = routed.get("ws-a", "/set-cookie/" + quote(cookie, safe=""), token=issue())
+        assert r.status_code == 200
+        assert ("set-cookie" in r.headers) == kept
+
     def test_websocket_echo_through_the_gateway(self, gateway, upstream):  # noqa: F811
         routes.route_set(host_key="ws-echo", session_id="s-e1", address=upstream.ws_address, cfg=gateway.cfg)
         token = issue("ws-echo", "s-e1")

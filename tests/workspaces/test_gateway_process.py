@@ -195,3 +195,54 @@ def test_prometheus_exporter_on_the_stats_port(gateway_env):  # noqa: F811
     finally:
         process.stop()
         shutil.rmtree(cfg.run_dir, ignore_errors=True)
+
+
+def _self_signed_pem(path: Path) -> None:
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "*.localhost")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now)
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName("*.localhost")]), critical=False)
+            .sign(key, hashes.SHA256()))
+    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM) + key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+
+
+def test_https_gateway_sets_a_host_prefixed_secure_cookie(gateway_env, upstream):  # noqa: F811
+    from workspaces.gateway.config import gateway_config
+    from workspaces.gateway.process import GatewayProcess
+
+    run_dir = Path(f"{gateway_env}-tls")
+    run_dir.mkdir()
+    pem = run_dir / "gateway.pem"
+    _self_signed_pem(pem)
+    cfg = gateway_config(run_dir=run_dir, port=free_port(), scheme="https", tls_cert=str(pem), bind_address="127.0.0.1",
+                         cache_total_mb=16, cache_max_object_bytes=1024 * 1024)
+    process = GatewayProcess(cfg)
+    process.start()
+    try:
+        routes.route_set(host_key="tls-1", session_id="s-tls", address=upstream.http_address, cfg=cfg)
+        token = issue("tls-1", "s-tls")
+        base, host = f"https://127.0.0.1:{cfg.port}", f"tls-1.localhost:{cfg.port}"
+        opened = httpx.get(f"{base}/__hearth/open?token={token}", headers={"Host": host}, verify=False)
+        assert opened.status_code == 303
+        assert opened.headers["set-cookie"] == (
+            f"__Host-hearth_gw={token}; Path=/; HttpOnly; SameSite=Lax; Secure")
+        page = httpx.get(f"{base}/", headers={"Host": host, "Cookie": f"__Host-hearth_gw={token}"}, verify=False)
+        assert page.status_code == 200
+        assert page.text == "hello from the container /"
+        # The plain name is not accepted under HTTPS.
+        plain = httpx.get(f"{base}/", headers={"Host": host, "Cookie": f"hearth_gw={token}"}, verify=False)
+        assert plain.status_code == 401
+    finally:
+        process.stop()
+        shutil.rmtree(run_dir, ignore_errors=True)

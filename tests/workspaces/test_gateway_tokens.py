@@ -131,7 +131,8 @@ def test_rendered_config_holds_every_accepted_key_and_is_private(settings):
     assert cfg.routes_map.read_text() == "ws-1 s-1@10.0.0.2:8080\nws-2 s-2@-\n"
     assert "; Secure" not in text
     secure = config_render(gateway_config(port=18001, scheme="https")).read_text()
-    assert "SameSite=Lax; Secure" in secure
+    assert '"__Host-hearth_gw=%[var(txn.jwt)]; Path=/; HttpOnly; SameSite=Lax; Secure"' in secure
+    assert "req.cook(__Host-hearth_gw)" in secure
 
 
 def test_error_files_are_complete_http_responses(settings):

@@ -10,6 +10,13 @@ from django.template.loader import render_to_string
 from workspaces.gateway.tokens import SigningKey, signing_keys
 
 COOKIE_NAME = "hearth_gw"
+# Under HTTPS the __Host- prefix makes browsers refuse the cookie from anything but this exact host (no Domain,
+# Secure, Path=/), so a page on another workspace's host cannot plant one here (cookie tossing).
+SECURE_COOKIE_NAME = "__Host-hearth_gw"
+
+
+def cookie_name(scheme: str) -> str:
+    return SECURE_COOKIE_NAME if scheme == "https" else COOKIE_NAME
 OPEN_PATH = "/__hearth/open"
 # code-server (VS Code) serves its build under /stable-<commit>/static/ with a one-year cache lifetime.
 STATIC_PATH_REGEX = r"^/(stable|insider)-[0-9a-f]+/static/"
@@ -26,6 +33,7 @@ class GatewayConfig:
     issuer: str = "hearth"
     portal_url: str = "http://localhost:8000"
     stats_port: int = 0
+    tls_cert: str = ""  # PEM with certificate + key for *.<gateway host>; empty: plain HTTP (or TLS in front)
     maxconn: int = 8000
     nbthread: int = 0  # 0: HAProxy's default (one per CPU)
     timeout_connect: str = "2s"
@@ -79,6 +87,7 @@ def gateway_config(**overrides) -> GatewayConfig:
         portal_url=settings.HEARTH_BASE_URL,
         stats_port=settings.GATEWAY_STATS_PORT,
         token_cache=getattr(settings, "GATEWAY_TOKEN_CACHE", True),
+        tls_cert=getattr(settings, "GATEWAY_TLS_CERT", ""),
     )
     return replace(cfg, **overrides)
 
@@ -187,7 +196,8 @@ def config_render(cfg: GatewayConfig, *, keys: list[SigningKey] | None = None, r
             "port": cfg.port,
             "gateway_host": cfg.gateway_host,
             "open_path": OPEN_PATH,
-            "cookie_name": COOKIE_NAME,
+            "cookie_name": cookie_name(cfg.scheme),
+            "base_cookie_name": COOKIE_NAME,
             "keys": keys if keys is not None else signing_keys(),
             "audience": cfg.audience,
             "issuer": cfg.issuer,
@@ -198,6 +208,7 @@ def config_render(cfg: GatewayConfig, *, keys: list[SigningKey] | None = None, r
             "table_size": cfg.table_size,
             "table_expire": cfg.table_expire,
             "stats_port": cfg.stats_port,
+            "tls_cert": cfg.tls_cert,
         },
     )
     _write(cfg.config_path, text, 0o600)
