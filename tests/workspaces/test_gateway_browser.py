@@ -67,7 +67,8 @@ def browser():
     with sync_playwright() as p:
         b = p.chromium.launch(executable_path=shutil.which("chromium"), headless=True,
                               args=["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-sync",
-                                    "--disable-background-networking", "--disable-component-update"])
+                                    "--disable-background-networking", "--disable-component-update",
+                                    "--ignore-certificate-errors"])
         yield b
         b.close()
 
@@ -115,3 +116,31 @@ def test_code_server_opens_through_the_gateway(gateway, code_server, browser):  
     finally:
         context.close()
     print(f"\ncode-server workbench through the gateway, cold browser cache: {cold:.2f} s")
+
+
+def test_code_server_over_https_and_http2(gateway_env, code_server, browser, tmp_path):  # noqa: F811
+    """TLS on HAProxy (ALPN h2): the __Host- cookie, the workbench and its WebSocket (over HTTP/2 or 1.1)."""
+    from tests.workspaces.gateway_fixtures import start_gateway
+    from tests.workspaces.test_gateway_process import _self_signed_pem
+
+    pem = Path(f"{gateway_env}-browser.pem")
+    _self_signed_pem(pem)
+    gw = start_gateway(Path(f"{gateway_env}-tlsb"), scheme="https", tls_cert=str(pem))
+    try:
+        routes.route_set(host_key="cs-2", session_id="s-cs2", address=code_server, cfg=gw.cfg)
+        token, _ = session_token_issue(tenant_slug="acme", user_id=1, workspace_host_key="cs-2",
+                                       session_id="s-cs2", container_id=1)
+        url = f"https://cs-2.localhost:{gw.cfg.port}/__hearth/open?token={token}"
+        context, page, sockets, elapsed = open_workbench(browser, url)
+        try:
+            assert [(c["name"], c["secure"], c["httpOnly"]) for c in context.cookies()] == [
+                ("__Host-hearth_gw", True, True)]
+            assert any(not ws.is_closed() for ws in sockets), "no open WebSocket"
+            protocol = page.evaluate("performance.getEntriesByType('navigation')[0].nextHopProtocol")
+            print(f"\nhttps: workbench in {elapsed:.2f} s over {protocol}")
+        finally:
+            context.close()
+    finally:
+        gw.process.stop()
+        shutil.rmtree(gw.cfg.run_dir, ignore_errors=True)
+        pem.unlink(missing_ok=True)
