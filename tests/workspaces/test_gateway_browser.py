@@ -80,7 +80,14 @@ def open_workbench(browser, url):
     page.on("websocket", lambda ws: sockets.append(ws))
     started = time.monotonic()
     page.goto(url)
-    page.wait_for_selector(".monaco-workbench", state="visible", timeout=60_000)
+    try:
+        page.wait_for_selector(".monaco-workbench", state="visible", timeout=60_000)
+    except Exception:
+        artifacts = Path(settings.TEST_ARTIFACTS)
+        artifacts.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(artifacts / "gateway-code-server-failed.png"))
+        (artifacts / "gateway-code-server-failed.html").write_text(page.content())
+        raise
     # The IDE's remote connection: a WebSocket through the gateway that stays open.
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and not any(not ws.is_closed() for ws in sockets):
