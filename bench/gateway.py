@@ -11,6 +11,7 @@ import json
 import os
 import re
 import resource
+import shutil
 import socket
 import statistics
 import subprocess
@@ -269,6 +270,7 @@ def main():
         strict.stop()
         upstream.terminate()
         upstream.wait(10)
+        shutil.rmtree(run_dir, ignore_errors=True)
 
     print(json.dumps(results))
     ws = results.get("websockets", {})

@@ -13,6 +13,7 @@ import argparse
 import gzip
 import json
 import os
+import shutil
 import socket
 import statistics
 import subprocess
@@ -152,6 +153,7 @@ def main():
         if upstream:
             upstream.terminate()
             upstream.wait(10)
+        shutil.rmtree(run_dir, ignore_errors=True)
     print(json.dumps(results))
     c, o = results["cache"], results["offload_cache"]
     print(f"\n{asset.rsplit('/', 1)[-1]} ({results['upstream']}), time to the whole body "
