@@ -74,8 +74,6 @@ def api_client_for(membership):
 def make_api_client(db):
     return api_client_for
 
-# The runtime/storage fixtures (tiny image, Docker runtimes, a second dockerd, slots) for any workspaces test.
-pytest_plugins = ["tests.workspaces.fixtures_runtime"]
 
 # --- a real SMTP server on loopback (aiosmtpd): the tests read the mails Hearth sends -----------------
 
@@ -211,3 +209,7 @@ def django_db_setup(django_db_setup, django_db_blocker):
         importlib.import_module("tenants.migrations.0002_default_plans").load(apps, None)
         if hasattr(connection, "_test_serialized_contents"):
             connection._test_serialized_contents = connection.creation.serialize_db_to_string()
+
+
+# The runtime/storage fixtures (tiny image, Docker runtimes, a second dockerd, slots) for any workspaces test.
+pytest_plugins = ["tests.workspaces.fixtures_runtime"]

@@ -205,8 +205,6 @@ CELERY_BEAT_SCHEDULE.update({
     "workspaces-reclaim": {"task": "workspaces.tasks.sessions_reclaim", "schedule": schedule(timedelta(seconds=30))},
     "workspaces-reconcile": {"task": "workspaces.tasks.reconcile", "schedule": schedule(timedelta(seconds=20))},
 })
-# workspaces.runtime: seconds before a Docker engine that does not answer counts as unavailable.
-HEARTH_DOCKER_TIMEOUT = env.float("HEARTH_DOCKER_TIMEOUT", default=15.0)
 # The API: one view per operation; URLs with several methods are expanded for the schema.
 SPECTACULAR_SETTINGS["PREPROCESSING_HOOKS"] = ["tenants.api_base.expand_method_routes"]
 SPECTACULAR_SETTINGS["COMPONENT_SPLIT_REQUEST"] = True
@@ -224,5 +222,24 @@ SPECTACULAR_SETTINGS["SWAGGER_UI_FAVICON_HREF"] = "SIDECAR"
 # 60 ms API call on this machine (bench/api_latency.py). DB_CONN_MAX_AGE=0 turns it off.
 DATABASES["default"].setdefault("CONN_MAX_AGE", env.int("DB_CONN_MAX_AGE", default=60))
 DATABASES["default"].setdefault("CONN_HEALTH_CHECKS", True)
+# workspaces.runtime: seconds before a Docker engine that does not answer counts as unavailable.
+HEARTH_DOCKER_TIMEOUT = env.float("HEARTH_DOCKER_TIMEOUT", default=15.0)
 # Only when several engines share one host: engine URL -> subnet of its Hearth network ("url=cidr,url=cidr").
 HEARTH_NETWORK_SUBNETS = env.dict("HEARTH_NETWORK_SUBNETS", default={})
+# Gateway (HAProxy, issue 4): workspaces answer at <host_key>.<GATEWAY_HOST>:<HEARTH_GATEWAY_PORT>.
+GATEWAY_HOST = env.str("GATEWAY_HOST", default="localhost")
+GATEWAY_SCHEME = env.str("GATEWAY_SCHEME", default="http")
+# "kid1:secret1,kid2:secret2": the first signs, all are accepted. Unset: a per-install key under GATEWAY_RUN_DIR.
+GATEWAY_JWT_KEYS = env.str("GATEWAY_JWT_KEYS", default="")
+GATEWAY_TOKEN_TTL = env.int("GATEWAY_TOKEN_TTL", default=8 * 3600)
+GATEWAY_AUDIENCE = env.str("GATEWAY_AUDIENCE", default="hearth-gateway")
+GATEWAY_ISSUER = env.str("GATEWAY_ISSUER", default="hearth")
+GATEWAY_RUN_DIR = Path(env.str("GATEWAY_RUN_DIR", default=str(VAR_DIR / "gateway")))
+GATEWAY_STATS_PORT = env.int("GATEWAY_STATS_PORT", default=0)  # 0: no stats/Prometheus listener
+HAPROXY_BIN = env.str("HAPROXY_BIN", default="haproxy")
+# Remember tokens that passed every check for a route (exp still checked per request): about 10 us less per request.
+GATEWAY_TOKEN_CACHE = env.bool("GATEWAY_TOKEN_CACHE", default=True)
+# PEM (certificate + key) for *.<GATEWAY_HOST>: HAProxy terminates TLS itself (set GATEWAY_SCHEME=https too).
+GATEWAY_TLS_CERT = env.str("GATEWAY_TLS_CERT", default="")
+# Dotted path to a callable listing every live route as (host_key, session_id, address): restored at start.
+GATEWAY_ROUTES_SOURCE = env.str("GATEWAY_ROUTES_SOURCE", default="workspaces.selectors.live_routes")

@@ -44,6 +44,7 @@ def _home_with_settings():
     return home
 
 
+@pytest.mark.browser
 @pytest.mark.parametrize("mode", ["warm", "wait"])
 def test_code_server_serves_the_workbench_with_the_users_settings(
     make_container, docker_runtime, code_server_image, mode

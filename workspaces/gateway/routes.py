@@ -1,0 +1,233 @@
+"""Routes on the gateway (host key -> current session and container address) and its per-session counters."""
+import re
+from dataclasses import dataclass
+
+from workspaces.gateway.config import GatewayConfig, gateway_config, route_line, routes_map_write
+from workspaces.gateway.runtime_api import GatewayUnavailable, MasterCLI, RuntimeAPI
+
+TABLE = "hearth_sessions"
+_HOST_KEY_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+_SESSION_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_ADDRESS_RE = re.compile(r"^\d{1,3}(\.\d{1,3}){3}:\d{1,5}$")
+_SESS_HEAD_RE = re.compile(r"^(0x[0-9a-f]+): \[")
+_SERVER_ADDR_RE = re.compile(r"^\s+server=\S+ \(id=-?\d+\) addr=(\S+)")
+_TABLE_ROW_RE = re.compile(r"^0x[0-9a-f]+: key=(\S+) use=(\d+) exp=(\d+)(.*)$")
+
+__all__ = ["GatewayUnavailable", "route_set", "route_delete", "route_get", "routes_list", "routes_restore",
+           "counters_read"]
+
+
+@dataclass(frozen=True)
+class Route:
+    host_key: str
+    session_id: str
+    address: str | None  # None while the container starts
+
+
+def _validate(host_key, session_id=None, address=None) -> None:
+    if not _HOST_KEY_RE.match(host_key):
+        raise ValueError(f"host key {host_key!r} is not a lower-case DNS label")
+    if session_id is not None and not _SESSION_RE.match(str(session_id)):
+        raise ValueError(f"session id {session_id!r} must match [A-Za-z0-9_-]{{1,64}}")
+    if address is not None and not _ADDRESS_RE.match(address):
+        raise ValueError(f"address {address!r} must be ip:port")
+
+
+def _admin(cfg: GatewayConfig | None) -> tuple[GatewayConfig, RuntimeAPI]:
+    cfg = cfg or gateway_config()
+    return cfg, RuntimeAPI(cfg.admin_socket)
+
+
+def _check(answer: str, command: str) -> None:
+    if answer.strip():
+        raise GatewayUnavailable(f"haproxy refused {command!r}: {answer.strip()}")
+
+
+def route_set(*, host_key, session_id, address, cfg: GatewayConfig | None = None) -> None:
+    """Point host_key at session_id's container (address "ip:port", or None: "starting" page); next request on."""
+    _validate(host_key, session_id, address)
+    cfg, api = _admin(cfg)
+    value = route_line(host_key, session_id, address).split(" ", 1)[1]
+    answer = api.command(f"set map {cfg.routes_map} {host_key} {value}")
+    if "not found" in answer:
+        # Two concurrent first sets may both add; lookups take the first entry and set/del act on all of them.
+        answer = api.command(f"add map {cfg.routes_map} {host_key} {value}")
+    _check(answer, "add map")
+
+
+def route_get(host_key, *, cfg: GatewayConfig | None = None) -> Route | None:
+    _validate(host_key)
+    cfg, api = _admin(cfg)
+    answer = api.command(f"get map {cfg.routes_map} {host_key}")
+    m = re.search(r'found=yes.*?value="([^"]*)"', answer)
+    if not m:
+        return None
+    session_id, _, address = m.group(1).partition("@")
+    return Route(host_key, session_id, None if address == "-" else address)
+
+
+def routes_list(*, cfg: GatewayConfig | None = None) -> list[Route]:
+    cfg, api = _admin(cfg)
+    routes = []
+    for line in api.command(f"show map {cfg.routes_map}").splitlines():
+        parts = line.split()
+        if len(parts) == 3:
+            session_id, _, address = parts[2].partition("@")
+            routes.append(Route(parts[1], session_id, None if address == "-" else address))
+    return routes
+
+
+def _streams_to(api: RuntimeAPI, address: str, run=None) -> list[str]:
+    """Ids of the streams (HTTP requests in flight, WebSocket tunnels) whose server side is `address`."""
+    run = run or api.command
+    ids, current = [], None
+    for line in run("show sess all").splitlines():
+        head = _SESS_HEAD_RE.match(line)
+        if head:
+            current = head.group(1)
+            continue
+        m = _SERVER_ADDR_RE.match(line)
+        if m and current and m.group(1) == address:
+            ids.append(current)
+    return ids
+
+
+def route_delete(*, host_key, cfg: GatewayConfig | None = None) -> int:
+    """Remove host_key's route and cut its open streams (WebSockets included); returns how many were cut.
+
+    New requests get the "gone" page at once. Streams are found by their server address in every worker,
+    including those still draining after a reload (through the master CLI when it exists).
+    """
+    _validate(host_key)
+    cfg, api = _admin(cfg)
+    route = route_get(host_key, cfg=cfg)
+    api.command(f"del map {cfg.routes_map} {host_key}")
+    if route is None or route.address is None:
+        return 0
+    cut = 0
+    workers = []
+    if cfg.master_socket.exists():
+        master = MasterCLI(cfg.master_socket)
+        try:
+            workers = master.workers()
+        except GatewayUnavailable:
+            workers = []
+    if workers:
+        for pid in workers:
+            master.on_worker(pid, f"del map {cfg.routes_map} {host_key}")
+            for sid in _streams_to(api, route.address, run=lambda c, pid=pid: master.on_worker(pid, c)):
+                master.on_worker(pid, f"shutdown session {sid}")
+                cut += 1
+    else:
+        for sid in _streams_to(api, route.address):
+            api.command(f"shutdown session {sid}")
+            cut += 1
+    return cut
+
+
+def routes_restore(routes, *, cfg: GatewayConfig | None = None) -> int:
+    """Make the gateway's routes exactly `routes` (iterable of (host_key, session_id, address)), atomically.
+
+    Used after HAProxy (re)starts and by reconcilers: a new map version is filled and committed in one step,
+    so no request sees a half-restored map. The map file is rewritten too, for the next start.
+    """
+    routes = list(routes)
+    for host_key, session_id, address in routes:
+        _validate(host_key, session_id, address)
+    cfg, api = _admin(cfg)
+    routes_map_write(cfg, routes)
+    answer = api.command(f"prepare map {cfg.routes_map}")
+    m = re.search(r"New version created:\s*(\d+)", answer)
+    if not m:
+        raise GatewayUnavailable(f"prepare map failed: {answer.strip()}")
+    version = m.group(1)
+    # Chunks keep each payload well under HAProxy's buffer size.
+    lines = [route_line(h, s, a) for h, s, a in routes]
+    for i in range(0, len(lines), 200):
+        _check(api.command(f"add map @{version} {cfg.routes_map}", payload="\n".join(lines[i:i + 200])), "add map")
+    _check(api.command(f"commit map @{version} {cfg.routes_map}"), "commit map")
+    return len(routes)
+
+
+def _parse_table(text: str, expire_ms: int) -> dict:
+    counters = {}
+    for line in text.splitlines():
+        m = _TABLE_ROW_RE.match(line)
+        if not m:
+            continue
+        key, use, exp, rest = m.group(1), int(m.group(2)), int(m.group(3)), m.group(4)
+        data = dict(kv.split("=", 1) for kv in rest.split() if "=" in kv)
+        active = int(data.get("conn_cur", 0))
+        counters[key] = {
+            "requests": int(data.get("http_req_cnt", 0)),
+            "bytes_in": int(data.get("bytes_in_cnt", 0)),
+            "bytes_out": int(data.get("bytes_out_cnt", 0)),
+            # Open streams: a WebSocket holds one for its whole life, so an open IDE counts as active.
+            "active": max(active, use),
+            "idle_seconds": 0.0 if max(active, use) else max(0.0, (expire_ms - exp) / 1000.0),
+        }
+    return counters
+
+
+def counters_read(*, cfg: GatewayConfig | None = None, tunnels: bool = False) -> dict:
+    """Per-session counters since the session's first request: {session_id: {"requests", "bytes_in",
+    "bytes_out", "active", "idle_seconds"}}.
+
+    HAProxy 2.6 adds a WebSocket's bytes when it closes (the tunnel is forwarded without waking the stream),
+    so while one is open the session reads as active (conn_cur) and its bytes arrive at close or route delete.
+    With `tunnels=True`, a session whose only open streams are WebSockets gets the time since the last byte
+    went through any of them as idle_seconds (from `show sess all`: costlier, read it every minute or so).
+    """
+    cfg, api = _admin(cfg)
+    counters = _parse_table(api.command(f"show table {TABLE}"), _duration_ms(cfg.table_expire))
+    if tunnels:
+        sessions_by_address = {r.address: r.session_id for r in routes_list(cfg=cfg) if r.address}
+        for address, idle in tunnels_idle(api, _duration_ms(cfg.timeout_tunnel)).items():
+            session_id = sessions_by_address.get(address)
+            if session_id in counters and counters[session_id]["active"]:
+                counters[session_id]["idle_seconds"] = idle
+    return counters
+
+
+def tunnels_idle(api: RuntimeAPI, tunnel_timeout_ms: int) -> dict:
+    """{container address: seconds since the last byte on its liveliest open stream}; an HTTP request in
+    flight counts as 0. A tunnel's read timeout is re-armed by every byte read, so idle = timeout - remaining."""
+    idle, address, tunnel, remaining = {}, None, False, []
+
+    def flush():
+        if address is None:
+            return
+        seconds = 0.0
+        if tunnel and remaining:
+            seconds = max(0.0, (tunnel_timeout_ms - max(remaining)) / 1000.0)
+        idle[address] = min(idle.get(address, seconds), seconds)
+
+    for line in api.command("show sess all").splitlines():
+        if _SESS_HEAD_RE.match(line):
+            flush()
+            address, tunnel, remaining = None, False, []
+            continue
+        m = _SERVER_ADDR_RE.match(line)
+        if m:
+            address = m.group(1)
+        elif "req.st=MSG_TUNNEL" in line:
+            tunnel = True
+        else:
+            rex = re.search(r"\brex=(\S+)", line)
+            if rex and rex.group(1) != "<NEVER>":
+                remaining.append(_human_ms(rex.group(1)))
+    flush()
+    return idle
+
+
+def _human_ms(text: str) -> int:
+    """HAProxy's short durations ("59m56s", "1h", "999ms", "1d2h") in milliseconds."""
+    units = {"d": 86_400_000, "h": 3_600_000, "m": 60_000, "s": 1000, "ms": 1}
+    return sum(int(n) * units[u] for n, u in re.findall(r"(\d+)(ms|d|h|m|s)", text))
+
+
+def _duration_ms(text: str) -> int:
+    m = re.fullmatch(r"(\d+)(ms|s|m|h|d)?", text)
+    if not m:
+        raise ValueError(f"bad duration {text!r}")
+    return int(m.group(1)) * {"ms": 1, "s": 1000, None: 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}[m.group(2)]

@@ -1,0 +1,64 @@
+"""A small client for HAProxy's Runtime API (the admin socket) and its master CLI."""
+import socket
+from pathlib import Path
+
+
+class GatewayUnavailable(Exception):
+    """HAProxy's socket does not answer (the gateway is not running)."""
+
+
+class RuntimeAPI:
+    """One connection per command: HAProxy answers and closes, which keeps the client trivially correct (~0.1 ms)."""
+
+    def __init__(self, socket_path: str | Path, *, timeout: float = 5.0):
+        self.socket_path = str(socket_path)
+        self.timeout = timeout
+
+    def command(self, line: str, *, payload: str | None = None) -> str:
+        """Send one command (and a multi-line payload, for `add map ... <<`); return HAProxy's answer."""
+        if "\n" in line or ";" in line:
+            raise ValueError("one command per call, without newlines or ';'")
+        data = line + "\n" if payload is None else f"{line} <<\n{payload.rstrip(chr(10))}\n\n"
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        try:
+            sock.connect(self.socket_path)
+            sock.sendall(data.encode())
+            # The master CLI waits for more input otherwise; the admin socket answers either way.
+            sock.shutdown(socket.SHUT_WR)
+            chunks = []
+            while True:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+        except (TimeoutError, FileNotFoundError, ConnectionRefusedError, ConnectionResetError) as exc:
+            raise GatewayUnavailable(f"{self.socket_path}: {exc}") from exc
+        finally:
+            sock.close()
+        return b"".join(chunks).decode(errors="replace")
+
+    def ping(self) -> bool:
+        try:
+            return "Name:" in self.command("show info")
+        except GatewayUnavailable:
+            return False
+
+
+class MasterCLI(RuntimeAPI):
+    """The master-worker CLI: reload, list workers, and reach each worker (old ones included) with `@!<pid>`."""
+
+    def workers(self) -> list[int]:
+        """Pids of all live workers, current first, then those still draining after a reload."""
+        pids = []
+        for line in self.command("show proc").splitlines():
+            parts = line.split()
+            if len(parts) >= 2 and parts[0].isdigit() and parts[1] == "worker":
+                pids.append(int(parts[0]))
+        return pids
+
+    def on_worker(self, pid: int, line: str) -> str:
+        return self.command(f"@!{pid} {line}")
+
+    def reload(self) -> str:
+        return self.command("reload")
