@@ -1,0 +1,42 @@
+"""Open → the gateway routes to the claimed container → close cuts the route; live routes restore a restarted gateway.
+
+Real HAProxy (the gateway's own fixtures), real tiny containers, real PostgreSQL.
+"""
+from urllib.parse import urlsplit
+
+import pytest
+
+from tests.workspaces.fixtures_pool import *  # noqa: F403
+from tests.workspaces.gateway_fixtures import gateway, gateway_env, start_gateway  # noqa: F401
+from workspaces import pool, selectors, services
+
+pytestmark = [pytest.mark.django_db, pytest.mark.docker, pytest.mark.slow]
+
+
+def test_open_routes_through_the_gateway_and_close_cuts_it(gateway, workspace, member, node, tiny_template):  # noqa: F811
+    pool.pool_fill()
+    opened = services.workspace_open(workspace=workspace, user=member.user)
+    url = urlsplit(opened.url)
+    assert url.hostname == f"{workspace.host_key}.localhost" and url.path == "/__hearth/open"
+
+    entry = gateway.get(workspace.host_key, f"{url.path}?{url.query}")
+    assert entry.status_code in (302, 303) and "hearth_gw=" in entry.headers.get("set-cookie", "")
+    page = gateway.get(workspace.host_key, "/", token=opened.token)
+    assert page.status_code == 200 and "hearth tiny workspace" in page.text
+
+    services.session_close(session=opened.session, actor=member.user)
+    after = gateway.get(workspace.host_key, "/", token=opened.token)
+    assert after.status_code >= 400
+
+
+def test_a_restarted_gateway_restores_live_routes(gateway_env, workspace, member, node, tiny_template):  # noqa: F811
+    pool.pool_fill()
+    opened = services.workspace_open(workspace=workspace, user=member.user)
+    assert selectors.live_routes() == [(workspace.host_key, str(opened.session.pk), opened.session.container.address)]
+    # A gateway started after the open gets the route from live_routes (GATEWAY_ROUTES_SOURCE).
+    gw = start_gateway(gateway_env, routes_source=selectors.live_routes)
+    try:
+        page = gw.get(workspace.host_key, "/", token=opened.token)
+        assert page.status_code == 200 and "hearth tiny workspace" in page.text
+    finally:
+        gw.process.stop()
