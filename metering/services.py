@@ -11,6 +11,7 @@ import logging
 import math
 import os
 import secrets
+import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -120,17 +121,21 @@ class IngestResult:
 class _MeterCache:
     """slug -> (id, aggregation, active); reloaded when a slug is unknown (a meter declared since)."""
 
+    ttl = 30.0  # seconds: a meter deactivated in admin refuses events within this long
+
     def __init__(self):
         self._by_slug = {}
+        self._loaded_at = 0.0
 
     def get(self, slug):
         hit = self._by_slug.get(slug)
-        if hit is None:
+        if hit is None or time.monotonic() - self._loaded_at > self.ttl:
             self.reload()
             hit = self._by_slug.get(slug)
         return hit
 
     def reload(self):
+        self._loaded_at = time.monotonic()
         self._by_slug = {
             slug: (pk, aggregation, active)
             for pk, slug, aggregation, active in Meter.objects.values_list("pk", "slug", "aggregation", "active")

@@ -6,6 +6,33 @@ from metering.services import service_token_create
 from tests.factories import MembershipFactory, TenantFactory
 
 
+def _load_reference_data():
+    """Plans and meters come from data migrations; a transactional test's flush removes them, so reload them."""
+    from importlib import import_module
+
+    from django.apps import apps
+
+    from metering.models import Meter
+    from tenants.models import Plan
+
+    if not Plan.objects.exists():
+        import_module("tenants.migrations.0002_default_plans").load(apps, None)
+    if not Meter.objects.exists():
+        import_module("metering.migrations.0002_default_meters").load(apps, None)
+    from metering.services import meter_cache
+
+    meter_cache.reload()
+
+
+@pytest.fixture(autouse=True)
+def _reference_data(request):
+    marker = request.node.get_closest_marker("django_db")
+    if marker is None:
+        return
+    request.getfixturevalue("transactional_db" if marker.kwargs.get("transaction") else "db")
+    _load_reference_data()
+
+
 @pytest.fixture
 def free_tenant(db):
     tenant = tenant_on("free")
