@@ -12,5 +12,6 @@ urlpatterns = [
     path("api/docs/", SpectacularRedocView.as_view(url_name="api-schema"), name="api-docs"),
     path("api/v1/", include("tenants.api_urls")),
     path("healthz", health.healthz, name="healthz"),
+    path("usage/", include("metering.urls")),
     path("", include("tenants.urls")),
 ]
