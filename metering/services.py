@@ -13,6 +13,7 @@ import os
 import secrets
 import time
 import uuid
+import weakref
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -93,15 +94,28 @@ up AS (
 SELECT (SELECT count(*) FROM ins), (SELECT coalesce(sum(quantity), 0) FROM ins), (SELECT count(*) FROM up)
 """
 
-_VALUES_ROW = "(%s::varchar, %s::bigint, %s::varchar, %s::bigint, %s::bigint, %s::text, %s::timestamptz, " \
-              "%s::varchar, %s::text, %s::bigint)"
+_VALUES_ROW = (
+    '(%s::varchar COLLATE "C", %s::bigint, %s::varchar, %s::bigint, %s::bigint, %s::text, %s::timestamptz, '
+    "%s::varchar, %s::text, %s::bigint)"
+)
 
+# Created once per database connection; emptied by every commit (cheap: only if the transaction touched it).
 _TEMP_TABLE = """
 CREATE TEMPORARY TABLE IF NOT EXISTS metering_incoming (
-    event_id varchar(128), tenant_id bigint, tenant_slug varchar(50), meter_id bigint, quantity bigint,
+    event_id varchar(128) COLLATE "C", tenant_id bigint, tenant_slug varchar(50), meter_id bigint, quantity bigint,
     subject text, "timestamp" timestamptz, source varchar(16), reason text, actor_id bigint
-) ON COMMIT DROP
+) ON COMMIT DELETE ROWS
 """
+_connections_with_incoming = weakref.WeakSet()
+
+
+def _incoming_table_ensure(cursor):
+    raw = connection.connection
+    if raw in _connections_with_incoming:
+        return
+    cursor.execute(_TEMP_TABLE)
+    # Remembered only once committed: a rolled-back transaction takes the new table with it.
+    transaction.on_commit(lambda: _connections_with_incoming.add(raw))
 
 
 @dataclass
@@ -176,13 +190,15 @@ def _ingest_rows(rows):
             source = "SELECT * FROM (VALUES " + ", ".join([_VALUES_ROW] * len(rows)) + f") AS v({_COLUMNS})"
             cursor.execute(_INGEST_SQL.format(source=source), [value for row in rows for value in row])
         else:
-            cursor.execute(_TEMP_TABLE)
-            cursor.execute("TRUNCATE metering_incoming")
+            _incoming_table_ensure(cursor)
             with cursor.copy(f"COPY metering_incoming ({_COLUMNS}) FROM STDIN") as copy:
                 for row in rows:
                     copy.write_row(row)
             cursor.execute(_INGEST_SQL.format(source="SELECT * FROM metering_incoming"))
         inserted, quantity, _ = cursor.fetchone()
+        if len(rows) >= _VALUES_THRESHOLD and len(connection.atomic_blocks) > 1:
+            # Inside the caller's transaction the rows would still be there for its next batch.
+            cursor.execute("DELETE FROM metering_incoming")
     return inserted, int(quantity)
 
 
