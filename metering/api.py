@@ -88,3 +88,34 @@ class UsageCurrentApi(TenantScopedView):
     def get(self, request):
         usage = selectors.usage_current(tenant=self.tenant)
         return Response(self.OutputSerializer(usage).data)
+
+
+class MeterDeclareApi(APIView):
+    """POST /api/v1/usage/meters — a service declares a custom meter (idempotent on slug). Service tokens only."""
+
+    authentication_classes = [ServiceTokenAuthentication, ApiTokenAuthentication]
+    permission_classes = [IsServiceToken]
+
+    class InputSerializer(serializers.Serializer):
+        slug = serializers.CharField(max_length=64)
+        name = serializers.CharField(max_length=120)
+        unit = serializers.CharField(max_length=32)
+        aggregation = serializers.ChoiceField(choices=["sum", "max"], default="sum")
+        billable = serializers.BooleanField(default=True)
+        description = serializers.CharField(required=False, allow_blank=True, default="")
+
+    class OutputSerializer(serializers.Serializer):
+        slug = serializers.CharField()
+        name = serializers.CharField()
+        unit = serializers.CharField()
+        aggregation = serializers.CharField()
+        billable = serializers.BooleanField()
+        declared_by = serializers.CharField()
+
+    @extend_schema(request=InputSerializer, responses={201: OutputSerializer})
+    def post(self, request):
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        meter = services.meter_declare(**data.validated_data, declared_by="api",
+                                       actor=f"service token {request.auth.name}")
+        return Response(self.OutputSerializer(meter).data, status=status.HTTP_201_CREATED)

@@ -5,5 +5,6 @@ from metering import api
 
 urlpatterns = [
     path("usage/events", api.UsageEventsIngestApi.as_view(), name="usage-events-ingest"),
+    path("usage/meters", api.MeterDeclareApi.as_view(), name="usage-meters-declare"),
     path("usage", api.UsageCurrentApi.as_view(), name="usage-current"),
 ]

@@ -249,7 +249,7 @@ def usage_events_prepare(events, *, source, now=None, check_window=True):
         if isinstance(tenant, Tenant):
             tenant_id, tenant_slug = tenant.pk, tenant.slug
         else:
-            tenant_id, tenant_slug = tenant_ids.get(tenant), tenant
+            tenant_id, tenant_slug = (tenant_ids.get(tenant), tenant) if isinstance(tenant, str) else (None, tenant)
             if tenant_id is None:
                 rejected.append({"id": event_id, "code": "unknown_tenant",
                                  "reason": f"There is no tenant '{tenant}'."})
@@ -304,8 +304,9 @@ def usage_events_prepare(events, *, source, now=None, check_window=True):
         if len(subject_json) > 2000:
             rejected.append({"id": event_id, "code": "invalid_subject", "reason": "'subject' is too large."})
             continue
+        correction = source == UsageEvent.Source.CORRECTION
         rows.append((event_id, tenant_id, tenant_slug, meter_info[0], quantity, subject_json, ts, source,
-                     event.get("reason", ""), event.get("actor_id")))
+                     event.get("reason", "") if correction else "", event.get("actor_id") if correction else None))
     return rows, rejected
 
 

@@ -132,3 +132,36 @@ def test_usage_of_own_tenant_only(make_api_client, service_client):
 
 def test_service_token_cannot_read_a_tenants_usage(service_client):
     assert service_client.get("/api/v1/usage").status_code in (401, 403)
+
+
+def test_service_declares_a_custom_meter_then_sends_events(service_client, make_api_client):
+    body = {"slug": "web_builder_deploys", "name": "Deploys", "unit": "deploys"}
+    response = service_client.post("/api/v1/usage/meters", body, format="json")
+    assert response.status_code == 201 and response.json()["declared_by"] == "api"
+    assert service_client.post("/api/v1/usage/meters", body, format="json").status_code == 201  # idempotent
+    conflict = service_client.post("/api/v1/usage/meters", {**body, "aggregation": "max"}, format="json")
+    assert conflict.status_code == 400
+    tenant = tenant_on("pro")
+    sent = service_client.post(URL, [event(1, tenant, meter="web_builder_deploys", quantity=2)], format="json")
+    assert sent.json()["accepted"] == 1
+    member_client = make_api_client(MembershipFactory(tenant=tenant, role="owner"))
+    assert member_client.post("/api/v1/usage/meters", {**body, "slug": "x"}, format="json").status_code == 403
+
+
+def test_api_events_cannot_pose_as_corrections(service_client):
+    tenant = tenant_on("pro")
+    response = service_client.post(URL, [event(1, tenant, reason="free money", actor_id=1, source="correction")],
+                                   format="json")
+    assert response.json()["accepted"] == 1
+    stored = UsageEvent.objects.get()
+    assert (stored.source, stored.reason, stored.actor_id) == ("api", "", None)
+
+
+def test_odd_json_shapes_are_rejected_per_event(service_client):
+    tenant = tenant_on("pro")
+    batch = [1, None, {**event(1, tenant), "tenant": ["x"]}, {**event(2, tenant), "meter": {"a": 1}},
+             event(3, tenant, quantity=float("1e30")), event(4, tenant, quantity=True), event(5, tenant)]
+    body = service_client.post(URL, batch, format="json").json()
+    assert body["accepted"] == 1
+    assert [r["code"] for r in body["rejected"]] == ["invalid", "invalid", "unknown_tenant", "unknown_meter",
+                                                    "invalid_quantity", "invalid_quantity"]

@@ -354,3 +354,36 @@ def test_concurrent_batches_with_overlapping_ids_count_each_once():
     assert not errors
     assert UsageEvent.objects.count() == 2000
     assert rollup(tenant, "egress_bytes", "month", datetime(2026, 3, 1, tzinfo=UTC)) == 2000
+
+
+def test_periodic_tasks_sample_and_notify(settings):
+    from config.celery import app
+    from metering import tasks
+    from tenants.services import tenant_storage_path
+
+    tenant = tenant_on("free")
+    MembershipFactory(tenant=tenant, role="owner")
+    tenant_storage_path(tenant.slug).mkdir(parents=True)
+    (tenant_storage_path(tenant.slug) / "f").write_bytes(b"z" * 4096)
+    app.conf.task_always_eager = True
+    try:
+        tasks.storage_sample_all()
+    finally:
+        app.conf.task_always_eager = False
+    tasks.seats_sample_all()
+    usage = selectors.usage_current(tenant=tenant)
+    assert usage["meters"]["storage_bytes"]["used"] == 4096 and usage["meters"]["seats"]["used"] == 1
+    use_seconds(tenant, 1500, at=timezone_now() - timedelta(minutes=26))
+    OutboxEvent.objects.all().delete()
+    UsageNotice.objects.all().delete()
+    assert tasks.usage_thresholds_scan() == 3  # 25 of 30 minutes: 80 %; 1 of 1 seat: 80 % and 100 %
+    assert set(UsageNotice.objects.values_list("meter__slug", "period", "kind")) == {
+        ("workspace_seconds", "day", "usage.threshold_80"), ("seats", "month", "usage.threshold_80"),
+        ("seats", "month", "usage.threshold_100")}
+    assert tasks.usage_thresholds_scan() == 0  # once
+
+
+def timezone_now():
+    from django.utils import timezone
+
+    return timezone.now()
