@@ -387,3 +387,53 @@ def timezone_now():
     from django.utils import timezone
 
     return timezone.now()
+
+
+def test_a_running_session_is_ended_and_metered_exactly_at_the_limit(free_tenant):
+    """What workspaces does each minute: remaining minus the unrecorded part; at 0 it records up to the limit."""
+    start = datetime(2026, 3, 10, 10, 0, 0, 500000, tzinfo=UTC)
+    use_seconds(free_tenant, 700, at=start - timedelta(hours=2), session="earlier")  # 1,100 s left today
+    metered_until, now, ended_at = start, start, None
+    while ended_at is None:
+        now += timedelta(seconds=60)
+        remaining = selectors.workspace_seconds_remaining(tenant=free_tenant, now=now)
+        unrecorded = int(now.timestamp()) - int(metered_until.timestamp())
+        end = now if unrecorded < remaining else datetime.fromtimestamp(
+            int(metered_until.timestamp()) + remaining, UTC)
+        with transaction.atomic():
+            services.workspace_seconds_record(tenant=free_tenant, session_id="running", user_id=1, workspace_id=1,
+                                              start=metered_until, end=end)
+        metered_until = end
+        if unrecorded >= remaining:
+            ended_at = end
+    assert int(ended_at.timestamp()) - int(start.timestamp()) == 1100
+    assert rollup(free_tenant, "workspace_seconds", "day", datetime(2026, 3, 10, tzinfo=UTC)) == 1800
+    assert selectors.workspace_seconds_remaining(tenant=free_tenant, now=ended_at) == 0
+    with pytest.raises(QuotaExceeded):
+        services.entitlement_check(tenant=free_tenant, now=ended_at)
+
+
+def test_unusual_usage_is_today_above_three_times_the_weekly_mean():
+    steady, spiky = tenant_on("team"), tenant_on("team")
+    today = datetime(2026, 3, 10, 15, 0, tzinfo=UTC)
+    for days_ago in range(1, 8):
+        for tenant in (steady, spiky):
+            services.usage_record(tenant=tenant, meter="egress_bytes", quantity=100,
+                                  timestamp=today - timedelta(days=days_ago))
+    services.usage_record(tenant=steady, meter="egress_bytes", quantity=250, timestamp=today)
+    services.usage_record(tenant=spiky, meter="egress_bytes", quantity=400, timestamp=today)
+    flagged = selectors.unusual_usage(now=today)
+    assert [(row["tenant"], row["meter"], row["today"]) for row in flagged] == [(spiky.slug, "egress_bytes", 400)]
+    assert flagged[0]["average"] == 100
+
+
+def test_storage_is_billed_as_the_mean_of_daily_peaks_in_gb_months():
+    tenant = tenant_on("team")
+    gib = 1024**3
+    for day in range(1, 16):  # 2 GiB peaks for the first half of March, samples of 1 GiB in between
+        services.usage_record(tenant=tenant, meter="storage_bytes", quantity=gib,
+                              timestamp=datetime(2026, 3, day, 1, tzinfo=UTC))
+        services.usage_record(tenant=tenant, meter="storage_bytes", quantity=2 * gib,
+                              timestamp=datetime(2026, 3, day, 2, tzinfo=UTC))
+    gb_months = selectors.storage_gb_months(tenant=tenant, month_start=datetime(2026, 3, 1, tzinfo=UTC))
+    assert gb_months == pytest.approx(2 * 15 / 31)
