@@ -169,13 +169,16 @@ def meter_get(slug_or_meter):
 
 
 def _tenants_by_slug(slugs):
-    """slug -> (id, status) for the known, not offboarded tenants among `slugs`."""
-    return {
-        slug: pk
-        for pk, slug in Tenant.objects.filter(slug__in=slugs)
-        .exclude(status=Tenant.Status.OFFBOARDED)
-        .values_list("pk", "slug")
-    }
+    """slug -> id for the known, not offboarded tenants among `slugs`.
+
+    One array parameter instead of an IN list: with a thousand slugs the ORM's IN list costs more than the query.
+    """
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT slug, id FROM {Tenant._meta.db_table} WHERE slug = ANY(%s::varchar[]) AND status <> %s",
+            [list(slugs), Tenant.Status.OFFBOARDED],
+        )
+        return dict(cursor.fetchall())
 
 
 # --- the exactly-once core ---------------------------------------------------------------------------------------
