@@ -344,15 +344,21 @@ def bench_reads(tenants, *, samples):
     connection.ensure_connection()
     for tenant in tenants[:20]:
         usage_current(tenant=tenant)
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid()")
+        backend = cursor.fetchone()[0]
     timings = []
+    cpu0, client0, load0 = proc_cpu(backend), time.process_time(), load_average()
     for _ in range(samples):
         tenant = random.choice(tenants)
         t0 = time.perf_counter()
         usage_current(tenant=tenant)
         timings.append(time.perf_counter() - t0)
+    cpu = proc_cpu(backend) - cpu0 + time.process_time() - client0
     timings.sort()
     return {"samples": samples, "p50_ms": round(1000 * statistics.median(timings), 3),
-            "p99_ms": round(1000 * timings[int(samples * 0.99) - 1], 3), "max_ms": round(1000 * timings[-1], 3)}
+            "p99_ms": round(1000 * timings[int(samples * 0.99) - 1], 3), "max_ms": round(1000 * timings[-1], 3),
+            "cpu_ms_per_read": round(1000 * cpu / samples, 3), "load_average": load0}
 
 
 def main():
@@ -360,7 +366,7 @@ def main():
     parser.add_argument("--events", type=int, default=10_000_000, help="events stored for the read benchmark")
     parser.add_argument("--tenants", type=int, default=1000)
     parser.add_argument("--internal-batches", type=int, default=60)
-    parser.add_argument("--internal-threads", type=int, default=2)
+    parser.add_argument("--internal-threads", type=int, default=4)
     parser.add_argument("--rest-batches", type=int, default=60)
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--workers", type=int, default=3)
@@ -404,7 +410,8 @@ def main():
     if "reads" in results:
         reads = results["reads"]
         print(f"current usage read with {reads['events_stored']:,} events stored: p50 {reads['p50_ms']} ms, "
-              f"p99 {reads['p99_ms']} ms — target p99 {TARGETS['read_p99_ms']} ms; roll-ups == events for a sampled "
+              f"p99 {reads['p99_ms']} ms, {reads['cpu_ms_per_read']} CPU-ms per read (load {reads['load_average']})"
+              f" — target p99 {TARGETS['read_p99_ms']} ms; roll-ups == events for a sampled "
               f"tenant: {reads['consistency_sample']['equal']}")
 
 

@@ -33,6 +33,10 @@ class ReadOnlyAdmin(admin.ModelAdmin):
 
 @admin.register(Meter)
 class MeterAdmin(admin.ModelAdmin):
+    def save_model(self, request, obj, form, change):
+        super().save_model(request, obj, form, change)
+        services.meter_cache.reload()
+
     list_display = ("slug", "name", "unit", "aggregation", "billable", "declared_by", "active")
     list_filter = ("declared_by", "aggregation", "billable", "active")
     search_fields = ("slug", "name")
@@ -132,11 +136,12 @@ class TenantMeteringSettingsAdmin(admin.ModelAdmin):
     autocomplete_fields = ()
 
     def save_model(self, request, obj, form, change):
-        from metering.periods import zone
+        from metering.periods import zone, zone_forget
 
         if zone(obj.timezone).key != obj.timezone:
             messages.warning(request, f"'{obj.timezone}' is not a known time zone; UTC is used.")
         super().save_model(request, obj, form, change)
+        zone_forget(obj.tenant_id)  # this process at once, the others within periods.ZONE_TTL
 
 
 class ServiceTokenForm(forms.ModelForm):

@@ -1,4 +1,5 @@
 """Metering periods: the tenant's day (its time zone, UTC by default) and the billing month (the UTC calendar month)."""
+import time
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -15,16 +16,28 @@ def zone(name):
         return ZoneInfo("UTC")
 
 
+_zones = {}  # tenant id -> (ZoneInfo, loaded at): read on every usage read, changed almost never
+ZONE_TTL = 60.0
+
+
 def tenant_zone(tenant):
-    """The tenant's time zone (TenantMeteringSettings), UTC without one."""
+    """The tenant's time zone (TenantMeteringSettings), UTC without one; cached per process for ZONE_TTL seconds."""
     from metering.models import TenantMeteringSettings
 
-    cached = getattr(tenant, "_metering_zone", None)
-    if cached is None:
-        name = TenantMeteringSettings.objects.filter(tenant_id=tenant.pk).values_list("timezone", flat=True).first()
-        cached = zone(name or "UTC")
-        tenant._metering_zone = cached
-    return cached
+    hit = _zones.get(tenant.pk)
+    if hit is not None and time.monotonic() - hit[1] < ZONE_TTL:
+        return hit[0]
+    name = TenantMeteringSettings.objects.filter(tenant_id=tenant.pk).values_list("timezone", flat=True).first()
+    _zones[tenant.pk] = (zone(name or "UTC"), time.monotonic())
+    return _zones[tenant.pk][0]
+
+
+def zone_forget(tenant_id=None):
+    """Drop cached zones (all, or one tenant's) after a time zone change."""
+    if tenant_id is None:
+        _zones.clear()
+    else:
+        _zones.pop(tenant_id, None)
 
 
 def day_bounds(tenant, now=None):

@@ -1,4 +1,5 @@
 """Reads of metering, from the roll-ups only (never an event scan): current usage, allowances, banners, charts."""
+import time
 from datetime import timedelta
 
 from django.conf import settings
@@ -15,8 +16,20 @@ SEATS = "seats"
 MIB = 1024 * 1024
 
 
+_meter_list = {"meters": None, "loaded_at": 0.0}
+METER_TTL = 30.0
+
+
 def _meters():
-    return list(Meter.objects.filter(active=True).order_by("slug"))
+    """Active meters, cached per process for METER_TTL seconds (read on every usage read)."""
+    if _meter_list["meters"] is None or time.monotonic() - _meter_list["loaded_at"] > METER_TTL:
+        _meter_list["meters"] = list(Meter.objects.filter(active=True).order_by("slug"))
+        _meter_list["loaded_at"] = time.monotonic()
+    return _meter_list["meters"]
+
+
+def meters_forget():
+    _meter_list["meters"] = None
 
 
 def included(plan, meter_slug, period):
@@ -105,7 +118,7 @@ def workspace_allowance(*, tenant, now=None):
         keys.append(("day", day_start))
     if monthly is not None:
         keys.append(("month", month_start))
-    meter_id = Meter.objects.filter(slug=WORKSPACE_SECONDS).values_list("pk", flat=True).first()
+    meter_id = _meter_id(WORKSPACE_SECONDS)
     rollups = _rollups(tenant, keys)
     result = {"day": None, "month": None}
     for period, allowance, resets_at in (("day", daily, day_end), ("month", monthly, month_end)):
@@ -133,9 +146,13 @@ def workspace_seconds_remaining(*, tenant, now=None):
     return min(candidates) if candidates else None
 
 
+def _meter_id(slug):
+    return next((meter.pk for meter in _meters() if meter.slug == slug), None)
+
+
 def storage_current(*, tenant, now=None):
     """The latest storage sample in bytes (0 if never measured)."""
-    meter_id = Meter.objects.filter(slug=STORAGE_BYTES).values_list("pk", flat=True).first()
+    meter_id = _meter_id(STORAGE_BYTES)
     latest = (
         UsageRollup.objects.filter(tenant=tenant, meter_id=meter_id, period="day", last_at__isnull=False)
         .order_by("-period_start")

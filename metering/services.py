@@ -149,6 +149,9 @@ class _MeterCache:
         return hit
 
     def reload(self):
+        from metering.selectors import meters_forget
+
+        meters_forget()
         self._loaded_at = time.monotonic()
         self._by_slug = {
             slug: (pk, aggregation, active)

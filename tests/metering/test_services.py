@@ -164,7 +164,9 @@ def test_free_tenant_after_30_minutes_is_refused_until_the_next_day(free_tenant)
 
 def test_daily_allowance_resets_at_the_tenants_day_boundary(free_tenant):
     TenantMeteringSettings.objects.create(tenant=free_tenant, timezone="America/New_York")  # UTC-4 in March 10
-    free_tenant._metering_zone = None
+    from metering.periods import zone_forget
+
+    zone_forget(free_tenant.pk)
     evening = datetime(2026, 3, 11, 2, 0, tzinfo=UTC)  # 22:00 on the 10th in New York
     use_seconds(free_tenant, 30 * 60, at=evening)
     with pytest.raises(QuotaExceeded) as info:
