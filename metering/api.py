@@ -39,9 +39,15 @@ class UsageEventsIngestApi(APIView):
     parser_classes = [RawJSONParser]
 
     class InputSerializer(serializers.Serializer):  # the schema only; never used to validate (see above)
+        class Meta:
+            ref_name = "UsageEventsIngestInput"
+
         events = serializers.ListField(child=serializers.DictField(), max_length=1000)
 
     class OutputSerializer(serializers.Serializer):
+        class Meta:
+            ref_name = "UsageEventsIngestOutput"
+
         accepted = serializers.IntegerField()
         duplicates = serializers.IntegerField()
         rejected = serializers.ListField(child=serializers.DictField())
@@ -63,23 +69,50 @@ class UsageEventsIngestApi(APIView):
         return Response(result.as_dict(), status=status.HTTP_200_OK)
 
 
+class UsageFigureSerializer(serializers.Serializer):
+    class Meta:
+        ref_name = "UsageFigure"
+
+    used = serializers.IntegerField()
+    included = serializers.IntegerField(allow_null=True)
+    remaining = serializers.IntegerField(allow_null=True)
+    unit = serializers.CharField()
+    peak = serializers.IntegerField(required=False, help_text="Gauges: the period's peak sample.")
+    overage = serializers.IntegerField(required=False, help_text="Plans with paid overage: used beyond included.")
+
+
+class UsagePeriodSerializer(serializers.Serializer):
+    class Meta:
+        ref_name = "UsagePeriod"
+
+    start = serializers.DateTimeField()
+    end = serializers.DateTimeField()
+
+
+class UsageDaySerializer(UsagePeriodSerializer):
+    class Meta:
+        ref_name = "UsageDay"
+
+    meters = serializers.DictField(child=UsageFigureSerializer())
+
+
+class UsageCurrentSerializer(serializers.Serializer):
+    class Meta:
+        ref_name = "UsageCurrent"
+
+    tenant = serializers.CharField()
+    plan = serializers.CharField()
+    period = UsagePeriodSerializer()
+    meters = serializers.DictField(child=UsageFigureSerializer())
+    day = UsageDaySerializer()
+
+
 class UsageCurrentApi(TenantScopedView):
     """GET /api/v1/usage — the tenant's usage this billing month and today, against its plan."""
 
     http_method_names = ["get", "head", "options"]
 
-    class FigureSerializer(serializers.Serializer):
-        used = serializers.IntegerField()
-        included = serializers.IntegerField(allow_null=True)
-        remaining = serializers.IntegerField(allow_null=True)
-        unit = serializers.CharField()
-
-    class OutputSerializer(serializers.Serializer):
-        tenant = serializers.CharField()
-        plan = serializers.CharField()
-        period = serializers.DictField()
-        meters = serializers.DictField()
-        day = serializers.DictField()
+    OutputSerializer = UsageCurrentSerializer
 
     def scoped_queryset(self):
         return UsageRollup.objects.filter(tenant=self.tenant)
@@ -97,6 +130,9 @@ class MeterDeclareApi(APIView):
     permission_classes = [IsServiceToken]
 
     class InputSerializer(serializers.Serializer):
+        class Meta:
+            ref_name = "MeterDeclareInput"
+
         slug = serializers.CharField(max_length=64)
         name = serializers.CharField(max_length=120)
         unit = serializers.CharField(max_length=32)
@@ -105,6 +141,9 @@ class MeterDeclareApi(APIView):
         description = serializers.CharField(required=False, allow_blank=True, default="")
 
     class OutputSerializer(serializers.Serializer):
+        class Meta:
+            ref_name = "Meter"
+
         slug = serializers.CharField()
         name = serializers.CharField()
         unit = serializers.CharField()

@@ -7,4 +7,4 @@ class MeteringConfig(AppConfig):
     verbose_name = "Metering"
 
     def ready(self):
-        from metering import offboarding  # noqa: F401  (registers the tenants hooks)
+        from metering import offboarding, schema  # noqa: F401  (registers the tenants hooks, the OpenAPI scheme)
