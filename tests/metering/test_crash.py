@@ -112,7 +112,7 @@ def redis_restart():
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
-@pytest.mark.django_db(transaction=True, serialized_rollback=True)
+@pytest.mark.django_db(transaction=True)
 def test_sigkill_web_and_worker_and_redis_restart_lose_nothing_and_count_nothing_twice(redis_url):
     import celery
 

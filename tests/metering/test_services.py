@@ -330,7 +330,7 @@ def test_meter_declare_and_inactive_meter_refuses_events():
         services.usage_record(tenant=tenant, meter="web_builds", quantity=1, timestamp=T0)
 
 
-@pytest.mark.django_db(transaction=True, serialized_rollback=True)
+@pytest.mark.django_db(transaction=True)
 def test_concurrent_batches_with_overlapping_ids_count_each_once():
     """Two connections send overlapping batches in opposite orders at once: no deadlock, each id counted once."""
     import threading
