@@ -95,8 +95,10 @@ def test_admin_limits_view_lists_tenants_near_limits_and_unusual_usage(staff_cli
 def test_admin_event_and_rollup_lists_are_read_only(staff_client):
     tenant = tenant_on("pro")
     use_seconds(tenant, 60, at=timezone.now() - timedelta(minutes=2))
-    assert staff_client.get("/admin/metering/usageevent/").status_code == 200
-    assert staff_client.get("/admin/metering/usagerollup/").status_code == 200
+    events_page = staff_client.get("/admin/metering/usageevent/")
+    assert events_page.status_code == 200 and b"/admin/metering/usageevent/correct/" in events_page.content
+    rollups_page = staff_client.get("/admin/metering/usagerollup/")
+    assert rollups_page.status_code == 200 and b"/admin/metering/usagerollup/limits/" in rollups_page.content
     event = UsageEvent.objects.get()
     assert staff_client.post(f"/admin/metering/usageevent/{event.pk}/delete/", {"post": "yes"}).status_code == 403
     assert UsageEvent.objects.count() == 1
@@ -134,3 +136,13 @@ def test_members_of_another_tenant_see_only_theirs(client):
     client.force_login(me)
     html = client.get("/usage/").content.decode()
     assert "usage-banner" not in html and mine.name in html and theirs.name not in html
+
+
+def test_non_staff_cannot_reach_the_correction_form_or_limits(client, free_tenant):
+    owner = free_tenant.memberships.get().user
+    client.force_login(owner)
+    for url in ("/admin/metering/usageevent/correct/", "/admin/metering/usagerollup/limits/"):
+        assert client.get(url).status_code == 302
+    response = client.post("/admin/metering/usageevent/correct/", {"tenant": free_tenant.pk, "quantity": -5,
+                                                                   "reason": "x"})
+    assert response.status_code == 302 and not UsageEvent.objects.exists()
