@@ -439,3 +439,20 @@ def test_storage_is_billed_as_the_mean_of_daily_peaks_in_gb_months():
                               timestamp=datetime(2026, 3, day, 2, tzinfo=UTC))
     gb_months = selectors.storage_gb_months(tenant=tenant, month_start=datetime(2026, 3, 1, tzinfo=UTC))
     assert gb_months == pytest.approx(2 * 15 / 31)
+
+
+def test_two_bulk_calls_in_one_caller_transaction_do_not_see_each_others_rows():
+    tenant = tenant_on("pro")
+    first = [{"id": f"n1-{i}", "tenant": tenant, "meter": "egress_bytes", "quantity": 1, "timestamp": T0}
+             for i in range(100)]
+    second = [{**event, "id": event["id"].replace("n1", "n2")} for event in first]
+    with transaction.atomic():
+        a = services.usage_record_many(first)
+        b = services.usage_record_many(second)
+    assert (a.accepted, a.duplicates, b.accepted, b.duplicates) == (100, 0, 100, 0)
+    assert rollup(tenant, "egress_bytes", "month", datetime(2026, 3, 1, tzinfo=UTC)) == 200
+    with pytest.raises(RuntimeError), transaction.atomic():  # a rolled-back caller leaves nothing behind
+        services.usage_record_many([{**event, "id": event["id"] + "-x"} for event in first])
+        raise RuntimeError
+    assert UsageEvent.objects.count() == 200
+    assert services.usage_record_many([{**event, "id": event["id"] + "-y"} for event in first]).accepted == 100
