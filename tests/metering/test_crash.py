@@ -214,6 +214,8 @@ def test_sigkill_web_and_worker_and_redis_restart_lose_nothing_and_count_nothing
         broker.send_task("metering.tasks.usage_thresholds_scan")
         time.sleep(2)
     finally:
+        stop.set()  # the chaos thread starts no new process after this
+        threads[1].join(timeout=90)
         web.kill()
         worker.kill()
         broker.close()
