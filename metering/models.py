@@ -43,8 +43,8 @@ class UsageEvent(models.Model):
         API = "api"
         CORRECTION = "correction"
 
-    # Byte-order collation: the unique index compares with memcmp instead of the locale's rules (faster ingestion).
-    event_id = models.CharField(max_length=128, unique=True, db_collation="C")
+    # On PostgreSQL the column has the "C" collation (migration 0004): memcmp comparisons, faster ingestion.
+    event_id = models.CharField(max_length=128, unique=True)
     # Kept (by slug) after an offboarded tenant is deleted: usage is a money record. No database-level foreign
     # keys on this table: a constraint check per inserted row halves ingestion, and ingestion resolves tenants
     # and meters itself (the teardown hook clears tenant ids before a tenant is deleted).

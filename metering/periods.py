@@ -22,14 +22,24 @@ ZONE_TTL = 60.0
 
 def tenant_zone(tenant):
     """The tenant's time zone (TenantMeteringSettings), UTC without one; cached per process for ZONE_TTL seconds."""
+    return zone_for_tenant_id(tenant.pk)
+
+
+def zone_for_tenant_id(tenant_id):
     from metering.models import TenantMeteringSettings
 
-    hit = _zones.get(tenant.pk)
+    hit = _zones.get(tenant_id)
     if hit is not None and time.monotonic() - hit[1] < ZONE_TTL:
         return hit[0]
-    name = TenantMeteringSettings.objects.filter(tenant_id=tenant.pk).values_list("timezone", flat=True).first()
-    _zones[tenant.pk] = (zone(name or "UTC"), time.monotonic())
-    return _zones[tenant.pk][0]
+    name = TenantMeteringSettings.objects.filter(tenant_id=tenant_id).values_list("timezone", flat=True).first()
+    _zones[tenant_id] = (zone(name or "UTC"), time.monotonic())
+    return _zones[tenant_id][0]
+
+
+def day_start_in(tz, moment):
+    """Midnight of `moment`'s day in `tz`, as an aware UTC datetime."""
+    local = moment.astimezone(tz)
+    return datetime(local.year, local.month, local.day, tzinfo=tz).astimezone(UTC)
 
 
 def zone_forget(tenant_id=None):

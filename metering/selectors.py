@@ -3,7 +3,7 @@ import time
 from datetime import timedelta
 
 from django.conf import settings
-from django.db import connection
+from django.db.models import Q
 from django.utils import timezone
 
 from metering import periods
@@ -49,17 +49,12 @@ def included(plan, meter_slug, period):
 
 def _rollups(tenant, keys):
     """{(meter_id, period): rollup} for the (period, period_start) pairs in `keys`: one indexed query."""
-    found = {}
     if not keys:
-        return found
-    clauses = " OR ".join(["(period = %s AND period_start = %s)"] * len(keys))
-    params = [tenant.pk] + [value for key in keys for value in key]
-    rows = UsageRollup.objects.raw(
-        f"SELECT * FROM metering_usagerollup WHERE tenant_id = %s AND ({clauses})", params
-    )
-    for rollup in rows:
-        found[(rollup.meter_id, rollup.period)] = rollup
-    return found
+        return {}
+    match = Q()
+    for period, start in keys:
+        match |= Q(period=period, period_start=start)
+    return {(rollup.meter_id, rollup.period): rollup for rollup in UsageRollup.objects.filter(match, tenant=tenant)}
 
 
 def _figure(meter, rollup, allowance, *, allows_overage=False):
@@ -284,25 +279,21 @@ def unusual_usage(*, now=None, factor=3, days=7):
     """
     now = now or timezone.now()
     today = now.replace(hour=0, minute=0, second=0, microsecond=0)
-    with connection.cursor() as cursor:
-        cursor.execute(
-            """
-            SELECT t.slug, m.slug, m.unit, today.quantity,
-                   coalesce((SELECT sum(r.quantity) FROM metering_usagerollup r
-                             WHERE r.tenant_id = today.tenant_id AND r.meter_id = today.meter_id
-                               AND r.period = 'day' AND r.period_start >= %s AND r.period_start < %s), 0)::float / %s
-            FROM metering_usagerollup today
-            JOIN tenants_tenant t ON t.id = today.tenant_id
-            JOIN metering_meter m ON m.id = today.meter_id
-            WHERE today.period = 'day' AND today.aggregation = 'sum'
-              AND today.period_start >= %s AND today.period_start < %s
-            """,
-            [today - timedelta(days=days), today - timedelta(hours=12), days, today - timedelta(hours=12),
-             today + timedelta(days=1)],
-        )
-        rows = cursor.fetchall()
-    return [
-        {"tenant": slug, "meter": meter, "unit": unit, "today": quantity, "average": average}
-        for slug, meter, unit, quantity, average in rows
-        if quantity > factor * average and quantity > 0
-    ]
+    since = today - timedelta(days=days)
+    rows = UsageRollup.objects.filter(
+        period="day", aggregation=Meter.Aggregation.SUM, period_start__gte=since - timedelta(hours=12),
+        period_start__lt=today + timedelta(days=1),
+    ).values_list("tenant_id", "tenant__slug", "meter__slug", "meter__unit", "period_start", "quantity")
+    history, current = {}, {}
+    for tenant_id, slug, meter, unit, start, quantity in rows:
+        key = (tenant_id, slug, meter, unit)
+        if start >= today - timedelta(hours=12):
+            current[key] = current.get(key, 0) + quantity
+        else:
+            history[key] = history.get(key, 0) + quantity
+    found = []
+    for (_tenant_id, slug, meter, unit), quantity in sorted(current.items(), key=lambda item: item[0][1:3]):
+        average = history.get((_tenant_id, slug, meter, unit), 0) / days
+        if quantity > 0 and quantity > factor * average:
+            found.append({"tenant": slug, "meter": meter, "unit": unit, "today": quantity, "average": average})
+    return found

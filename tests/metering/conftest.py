@@ -74,6 +74,9 @@ def _reference_data(request):
         return
     transactional = marker.kwargs.get("transaction")
     request.getfixturevalue("transactional_db" if transactional else "db")
+    from metering.periods import zone_forget
+
+    zone_forget()  # SQLite reuses rolled-back ids: a cached zone could belong to an earlier test's tenant
     _load_reference_data()
     if transactional:
         request.node._reference_snapshot = _reference_snapshot()
