@@ -17,5 +17,6 @@ urlpatterns = [
     re_path(r"^api/", endpoint_not_found),  # after every API route: JSON 404 for the rest of /api/
     path("healthz", health.healthz, name="healthz"),
     path("workspaces/", include("workspaces.urls")),
+    path("usage/", include("metering.urls")),
     path("", include("tenants.urls")),
 ]

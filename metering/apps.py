@@ -1,6 +1,10 @@
+"""Metering: usage events, roll-ups, quotas and entitlements."""
 from django.apps import AppConfig
 
 
 class MeteringConfig(AppConfig):
     name = "metering"
     verbose_name = "Metering"
+
+    def ready(self):
+        from metering import offboarding, schema  # noqa: F401  (registers the tenants hooks, the OpenAPI scheme)

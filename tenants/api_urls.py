@@ -19,3 +19,4 @@ urlpatterns = [
     path("tokens/<int:pk>", api.TokenRevokeApi.as_view(), name="api-token"),
 ]
 urlpatterns += [path("", include("workspaces.api_urls"))]
+urlpatterns += [path("", include("metering.api_urls"))]

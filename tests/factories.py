@@ -30,3 +30,19 @@ class MembershipFactory(factory.django.DjangoModelFactory):
     tenant = factory.SubFactory(TenantFactory)
     user = factory.SubFactory(UserFactory)
     role = "member"
+
+
+# --- metering ---------------------------------------------------------------------------------------------------
+from metering.models import Meter  # noqa: E402
+
+
+class MeterFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = Meter
+        django_get_or_create = ("slug",)
+
+    slug = factory.Sequence(lambda n: f"custom_meter_{n}")
+    name = factory.LazyAttribute(lambda o: o.slug.replace("_", " "))
+    unit = "units"
+    aggregation = "sum"
+    declared_by = "api"

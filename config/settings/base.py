@@ -243,3 +243,15 @@ GATEWAY_TOKEN_CACHE = env.bool("GATEWAY_TOKEN_CACHE", default=True)
 GATEWAY_TLS_CERT = env.str("GATEWAY_TLS_CERT", default="")
 # Dotted path to a callable listing every live route as (host_key, session_id, address): restored at start.
 GATEWAY_ROUTES_SOURCE = env.str("GATEWAY_ROUTES_SOURCE", default="workspaces.selectors.live_routes")
+# Metering (issue 5): ingestion limits and where "upgrade" points.
+METERING_MAX_BATCH = env.int("METERING_MAX_BATCH", default=1000)
+# Events more than this far in the future are rejected (clock skew of the reporting service).
+METERING_FUTURE_SKEW = timedelta(seconds=env.int("METERING_FUTURE_SKEW_SECONDS", default=300))
+# The previous billing month accepts late events for this long after it ends; then it is closed.
+METERING_LATE_EVENT_GRACE = timedelta(hours=env.int("METERING_LATE_EVENT_GRACE_HOURS", default=48))
+METERING_UPGRADE_URL = env.str("METERING_UPGRADE_URL", default=f"{HEARTH_BASE_URL}/billing/plans/")
+CELERY_BEAT_SCHEDULE.update({
+    "metering-thresholds": {"task": "metering.tasks.usage_thresholds_scan", "schedule": schedule(timedelta(minutes=1))},
+    "metering-storage": {"task": "metering.tasks.storage_sample_all", "schedule": schedule(timedelta(hours=1))},
+    "metering-seats": {"task": "metering.tasks.seats_sample_all", "schedule": schedule(timedelta(hours=1))},
+})

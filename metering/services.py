@@ -1,0 +1,713 @@
+"""Writes of metering: recording usage exactly once (single, bulk, sessions, corrections), notices, service tokens.
+
+The exactly-once core is one SQL statement (`_INGEST_SQL`): events are inserted with ON CONFLICT (event_id)
+DO NOTHING RETURNING, and only the rows actually returned are added to the roll-ups, in the same statement and
+so the same transaction. Events are inserted in event-id order and roll-ups upserted in key order, so
+concurrent batches wait for each other instead of deadlocking.
+"""
+import hashlib
+import json
+import logging
+import math
+import os
+import secrets
+import time
+import uuid
+import weakref
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from django.conf import settings
+from django.db import IntegrityError, connection, transaction
+from django.utils import timezone
+
+from metering import periods
+from metering.exceptions import QuotaExceeded
+from metering.models import Meter, ServiceToken, UsageEvent, UsageNotice, UsageRollup
+from tenants.audit import audit_record
+from tenants.events import event_emit
+from tenants.exceptions import Forbidden, NotFound, ServiceError
+from tenants.models import Tenant
+
+log = logging.getLogger(__name__)
+
+WORKSPACE_SECONDS = "workspace_seconds"
+STORAGE_BYTES = "storage_bytes"
+EGRESS_BYTES = "egress_bytes"
+SEATS = "seats"
+
+MAX_EVENT_ID = 128
+MAX_QUANTITY = 2**62  # far below bigint's limit, so a day's sum cannot overflow
+_VALUES_THRESHOLD = 64  # below this many events a VALUES list beats a temporary table + COPY
+
+_COLUMNS = "event_id, tenant_id, tenant_slug, meter_id, quantity, subject, \"timestamp\", source, reason, actor_id"
+
+_INGEST_SQL = """
+WITH src AS ({source}),
+ins AS (
+    INSERT INTO metering_usageevent
+        (event_id, tenant_id, tenant_slug, meter_id, quantity, subject, "timestamp", source, reason, actor_id)
+    SELECT event_id, tenant_id, tenant_slug, meter_id, quantity, subject::jsonb, "timestamp", source, reason,
+           actor_id
+    FROM src ORDER BY event_id
+    ON CONFLICT (event_id) DO NOTHING
+    RETURNING tenant_id, meter_id, quantity, "timestamp"
+),
+periods AS (
+    SELECT ins.tenant_id, ins.meter_id, ins.quantity, ins."timestamp", p.period, p.period_start
+    FROM ins
+    LEFT JOIN metering_tenantmeteringsettings tms ON tms.tenant_id = ins.tenant_id
+    CROSS JOIN LATERAL (VALUES
+        ('day', date_trunc('day', ins."timestamp" AT TIME ZONE coalesce(tms.timezone, 'UTC'))
+                AT TIME ZONE coalesce(tms.timezone, 'UTC')),
+        ('month', date_trunc('month', ins."timestamp" AT TIME ZONE 'UTC') AT TIME ZONE 'UTC')
+    ) AS p(period, period_start)
+),
+agg AS (
+    SELECT tenant_id, meter_id, period, period_start,
+           sum(quantity) AS total, max(quantity) AS peak, count(*) AS n, max("timestamp") AS last_at,
+           (array_agg(quantity ORDER BY "timestamp" DESC))[1] AS last_quantity
+    FROM periods
+    GROUP BY tenant_id, meter_id, period, period_start
+),
+up AS (
+    INSERT INTO metering_usagerollup
+        (tenant_id, meter_id, period, period_start, aggregation, quantity, event_count, last_quantity, last_at,
+         updated_at)
+    SELECT agg.tenant_id, agg.meter_id, agg.period, agg.period_start, m.aggregation,
+           CASE WHEN m.aggregation = 'max' THEN agg.peak ELSE agg.total END,
+           agg.n, agg.last_quantity, agg.last_at, now()
+    FROM agg JOIN metering_meter m ON m.id = agg.meter_id
+    ORDER BY agg.tenant_id, agg.meter_id, agg.period, agg.period_start
+    ON CONFLICT (tenant_id, meter_id, period, period_start) DO UPDATE SET
+        quantity = CASE WHEN metering_usagerollup.aggregation = 'max'
+                        THEN GREATEST(metering_usagerollup.quantity, EXCLUDED.quantity)
+                        ELSE metering_usagerollup.quantity + EXCLUDED.quantity END,
+        event_count = metering_usagerollup.event_count + EXCLUDED.event_count,
+        last_quantity = CASE WHEN metering_usagerollup.last_at IS NULL
+                                  OR EXCLUDED.last_at >= metering_usagerollup.last_at
+                             THEN EXCLUDED.last_quantity ELSE metering_usagerollup.last_quantity END,
+        last_at = GREATEST(metering_usagerollup.last_at, EXCLUDED.last_at),
+        updated_at = now()
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM ins), (SELECT coalesce(sum(quantity), 0) FROM ins), (SELECT count(*) FROM up)
+"""
+
+_VALUES_ROW = (
+    '(%s::varchar COLLATE "C", %s::bigint, %s::varchar, %s::bigint, %s::bigint, %s::text, %s::timestamptz, '
+    "%s::varchar, %s::text, %s::bigint)"
+)
+
+# Created once per database connection; emptied by every commit (cheap: only if the transaction touched it).
+_TEMP_TABLE = """
+CREATE TEMPORARY TABLE IF NOT EXISTS metering_incoming (
+    event_id varchar(128) COLLATE "C", tenant_id bigint, tenant_slug varchar(50), meter_id bigint, quantity bigint,
+    subject text, "timestamp" timestamptz, source varchar(16), reason text, actor_id bigint
+) ON COMMIT DELETE ROWS
+"""
+_connections_with_incoming = weakref.WeakSet()
+
+
+def _incoming_table_ensure(cursor):
+    raw = connection.connection
+    if raw in _connections_with_incoming:
+        return
+    cursor.execute(_TEMP_TABLE)
+    # Remembered only once committed: a rolled-back transaction takes the new table with it.
+    transaction.on_commit(lambda: _connections_with_incoming.add(raw))
+
+
+@dataclass
+class IngestResult:
+    accepted: int = 0
+    duplicates: int = 0
+    quantity: int = 0  # the total quantity of the accepted events
+    rejected: list = field(default_factory=list)  # [{"id", "code", "reason"}]
+
+    def as_dict(self):
+        return {"accepted": self.accepted, "duplicates": self.duplicates, "rejected": self.rejected}
+
+
+# --- meters and tenants, resolved without a query per event ------------------------------------------------------
+
+
+class _MeterCache:
+    """slug -> (id, aggregation, active); reloaded when a slug is unknown (a meter declared since)."""
+
+    ttl = 30.0  # seconds: a meter deactivated in admin refuses events within this long
+
+    def __init__(self):
+        self._by_slug = {}
+        self._loaded_at = 0.0
+
+    def get(self, slug):
+        hit = self._by_slug.get(slug)
+        if hit is None or time.monotonic() - self._loaded_at > self.ttl:
+            self.reload()
+            hit = self._by_slug.get(slug)
+        return hit
+
+    def reload(self):
+        from metering.selectors import meters_forget
+
+        meters_forget()
+        self._loaded_at = time.monotonic()
+        self._by_slug = {
+            slug: (pk, aggregation, active)
+            for pk, slug, aggregation, active in Meter.objects.values_list("pk", "slug", "aggregation", "active")
+        }
+
+
+meter_cache = _MeterCache()
+
+
+def meter_get(slug_or_meter):
+    if isinstance(slug_or_meter, Meter):
+        return slug_or_meter
+    try:
+        return Meter.objects.get(slug=slug_or_meter)
+    except Meter.DoesNotExist:
+        raise NotFound(f"There is no meter '{slug_or_meter}'.", code="unknown_meter") from None
+
+
+def _tenants_by_slug(slugs):
+    """slug -> id for the known, not offboarded tenants among `slugs`.
+
+    One array parameter instead of an IN list: with a thousand slugs the ORM's IN list costs more than the query.
+    """
+    if connection.vendor != "postgresql":
+        return dict(Tenant.objects.filter(slug__in=list(slugs)).exclude(status=Tenant.Status.OFFBOARDED)
+                    .values_list("slug", "pk"))
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT slug, id FROM {Tenant._meta.db_table} WHERE slug = ANY(%s::varchar[]) AND status <> %s",
+            [list(slugs), Tenant.Status.OFFBOARDED],
+        )
+        return dict(cursor.fetchall())
+
+
+# --- the exactly-once core ---------------------------------------------------------------------------------------
+
+
+def _ingest_rows(rows):
+    """Insert prepared rows (tuples in _COLUMNS order); return (events new, their total quantity). One transaction."""
+    if not rows:
+        return 0, 0
+    if connection.vendor != "postgresql":
+        return _ingest_rows_portable(rows)
+    with transaction.atomic(), connection.cursor() as cursor:
+        if len(rows) < _VALUES_THRESHOLD:
+            source = "SELECT * FROM (VALUES " + ", ".join([_VALUES_ROW] * len(rows)) + f") AS v({_COLUMNS})"
+            cursor.execute(_INGEST_SQL.format(source=source), [value for row in rows for value in row])
+        else:
+            _incoming_table_ensure(cursor)
+            with cursor.copy(f"COPY metering_incoming ({_COLUMNS}) FROM STDIN") as copy:
+                for row in rows:
+                    copy.write_row(row)
+            cursor.execute(_INGEST_SQL.format(source="SELECT * FROM metering_incoming"))
+        inserted, quantity, _ = cursor.fetchone()
+        if len(rows) >= _VALUES_THRESHOLD and len(connection.atomic_blocks) > 1:
+            # Inside the caller's transaction the rows would still be there for its next batch.
+            cursor.execute("DELETE FROM metering_incoming")
+    return inserted, int(quantity)
+
+
+def _ingest_rows_portable(rows):
+    """The same semantics for SQLite (`make run`'s embedded database), in Python, under SQLite's single writer."""
+    with transaction.atomic():
+        with connection.cursor() as cursor:
+            # Take the write lock first, so checking for stored ids and inserting are one step for every writer.
+            cursor.execute("UPDATE metering_meter SET active = active WHERE id = -1")
+        ids = [row[0] for row in rows]
+        stored = set()
+        for start in range(0, len(ids), 500):
+            stored.update(UsageEvent.objects.filter(event_id__in=ids[start:start + 500])
+                          .values_list("event_id", flat=True))
+        fresh = []
+        for row in sorted(rows, key=lambda row: row[0]):
+            if row[0] not in stored:
+                stored.add(row[0])
+                fresh.append(row)
+        UsageEvent.objects.bulk_create([
+            UsageEvent(event_id=event_id, tenant_id=tenant_id, tenant_slug=slug, meter_id=meter_id, quantity=quantity,
+                       subject=json.loads(subject), timestamp=ts, source=source, reason=reason, actor_id=actor_id)
+            for event_id, tenant_id, slug, meter_id, quantity, subject, ts, source, reason, actor_id in fresh
+        ])
+        aggregation = dict(Meter.objects.values_list("pk", "aggregation"))
+        groups = {}
+        for _, tenant_id, _, meter_id, quantity, _, ts, _, _, _ in fresh:
+            day = periods.day_start_in(periods.zone_for_tenant_id(tenant_id), ts)
+            for key in ((tenant_id, meter_id, "day", day), (tenant_id, meter_id, "month", periods.month_bounds(ts)[0])):
+                group = groups.setdefault(key, {"total": 0, "peak": None, "n": 0, "last_at": None, "last": None})
+                group["total"] += quantity
+                group["peak"] = quantity if group["peak"] is None else max(group["peak"], quantity)
+                group["n"] += 1
+                if group["last_at"] is None or ts >= group["last_at"]:
+                    group["last_at"], group["last"] = ts, quantity
+        for (tenant_id, meter_id, period, start), group in sorted(groups.items(), key=lambda item: item[0]):
+            is_max = aggregation[meter_id] == Meter.Aggregation.MAX
+            rollup = UsageRollup.objects.filter(tenant_id=tenant_id, meter_id=meter_id, period=period,
+                                                period_start=start).first()
+            if rollup is None:
+                rollup = UsageRollup(tenant_id=tenant_id, meter_id=meter_id, period=period, period_start=start,
+                                     aggregation=aggregation[meter_id], quantity=0)
+            rollup.quantity = max(rollup.quantity, group["peak"]) if is_max else rollup.quantity + group["total"]
+            rollup.event_count += group["n"]
+            if rollup.last_at is None or group["last_at"] >= rollup.last_at:
+                rollup.last_at, rollup.last_quantity = group["last_at"], group["last"]
+            rollup.updated_at = timezone.now()
+            rollup.save()
+    return len(fresh), sum(row[4] for row in fresh)
+
+
+def _timestamp(value):
+    if isinstance(value, datetime):
+        if timezone.is_naive(value):
+            raise ServiceError("Usage timestamps must be timezone-aware.", field="timestamp")
+        return value
+    if isinstance(value, str):
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00") if value.endswith("Z") else value)
+        if parsed.tzinfo is None:
+            raise ValueError("no time zone")
+        return parsed
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return datetime.fromtimestamp(value, UTC)
+    raise ValueError("not a timestamp")
+
+
+def usage_events_prepare(events, *, source, now=None, check_window=True):
+    """Validate raw events (dicts) with plain Python; return (rows for _ingest_rows, rejected).
+
+    Each event: {"id", "tenant": slug or Tenant, "meter": slug or Meter, "quantity", "timestamp", "subject"}.
+    A bad event is rejected alone with a reason; the others go on (see docs/metering.md).
+    """
+    now = now or timezone.now()
+    oldest = periods.open_since(now) if check_window else None
+    newest = now + settings.METERING_FUTURE_SKEW
+    rejected = []
+    slugs = set()
+    for event in events:
+        tenant = event.get("tenant") if isinstance(event, dict) else None
+        if isinstance(tenant, str):
+            slugs.add(tenant)
+    tenant_ids = _tenants_by_slug(slugs) if slugs else {}
+    rows = []
+    for position, event in enumerate(events):
+        if not isinstance(event, dict):
+            rejected.append({"id": None, "index": position, "code": "invalid",
+                             "reason": "An event must be a JSON object."})
+            continue
+        event_id = event.get("id", event.get("event_id"))
+        if not isinstance(event_id, str) or not event_id or len(event_id) > MAX_EVENT_ID:
+            rejected.append({"id": event_id if isinstance(event_id, str | int) else None, "index": position,
+                             "code": "invalid_id",
+                             "reason": f"'id' must be a non-empty string of at most {MAX_EVENT_ID} characters."})
+            continue
+        tenant = event.get("tenant")
+        if isinstance(tenant, Tenant):
+            tenant_id, tenant_slug = tenant.pk, tenant.slug
+        else:
+            tenant_id, tenant_slug = (tenant_ids.get(tenant), tenant) if isinstance(tenant, str) else (None, tenant)
+            if tenant_id is None:
+                rejected.append({"id": event_id, "code": "unknown_tenant",
+                                 "reason": f"There is no tenant '{tenant}'."})
+                continue
+        meter = event.get("meter")
+        if isinstance(meter, Meter):
+            meter_info = (meter.pk, meter.aggregation, meter.active)
+            meter_slug = meter.slug
+        else:
+            meter_info = meter_cache.get(meter) if isinstance(meter, str) else None
+            meter_slug = meter
+        if meter_info is None or not meter_info[2]:
+            rejected.append({"id": event_id, "code": "unknown_meter",
+                             "reason": f"There is no active meter '{meter_slug}'."})
+            continue
+        quantity = event.get("quantity")
+        if isinstance(quantity, float) and quantity.is_integer():
+            quantity = int(quantity)
+        if not isinstance(quantity, int) or isinstance(quantity, bool) or abs(quantity) > MAX_QUANTITY:
+            rejected.append({"id": event_id, "code": "invalid_quantity",
+                             "reason": "'quantity' must be a whole number (seconds, bytes, tokens…)."})
+            continue
+        if quantity < 0 and source != UsageEvent.Source.CORRECTION:
+            rejected.append({"id": event_id, "code": "negative_quantity",
+                             "reason": "'quantity' must not be negative; staff record credits as corrections."})
+            continue
+        raw_ts = event.get("timestamp")
+        if raw_ts is None:
+            ts = now
+        else:
+            try:
+                ts = _timestamp(raw_ts)
+            except (ValueError, TypeError, OverflowError, OSError):
+                rejected.append({"id": event_id, "code": "invalid_timestamp",
+                                 "reason": "'timestamp' must be ISO 8601 with a time zone, or Unix seconds."})
+                continue
+        if ts > newest:
+            rejected.append({"id": event_id, "code": "timestamp_in_future",
+                             "reason": f"'timestamp' is more than {settings.METERING_FUTURE_SKEW} in the future."})
+            continue
+        if oldest is not None and ts < oldest:
+            rejected.append({"id": event_id, "code": "timestamp_too_old",
+                             "reason": f"'timestamp' is before {oldest.isoformat()}, the start of the open billing "
+                                       "period; that period is closed."})
+            continue
+        subject = event.get("subject") or {}
+        if not isinstance(subject, dict):
+            rejected.append({"id": event_id, "code": "invalid_subject",
+                             "reason": "'subject' must be an object such as {\"user\": 1, \"workspace\": 2}."})
+            continue
+        subject_json = json.dumps(subject, separators=(",", ":"), default=str) if subject else "{}"
+        if len(subject_json) > 2000:
+            rejected.append({"id": event_id, "code": "invalid_subject", "reason": "'subject' is too large."})
+            continue
+        correction = source == UsageEvent.Source.CORRECTION
+        rows.append((event_id, tenant_id, tenant_slug, meter_info[0], quantity, subject_json, ts, source,
+                     event.get("reason", "") if correction else "", event.get("actor_id") if correction else None))
+    return rows, rejected
+
+
+def usage_record_many(events, *, source=UsageEvent.Source.INTERNAL, now=None, check_window=False):
+    """The fast internal bulk path: record many events exactly once; returns an IngestResult.
+
+    Internal callers send valid events: if any is invalid nothing is written and ServiceError says which.
+    """
+    rows, rejected = usage_events_prepare(events, source=source, now=now, check_window=check_window)
+    if rejected:
+        first = rejected[0]
+        raise ServiceError(f"Usage event {first['id']!r} is invalid: {first['reason']}", code=first["code"],
+                           extra={"rejected": rejected})
+    inserted, quantity = _ingest_rows(rows)
+    return IngestResult(accepted=inserted, duplicates=len(rows) - inserted, quantity=quantity)
+
+
+def usage_ingest(events, *, now=None):
+    """The ingestion API's path: bad events are rejected one by one, the rest recorded exactly once."""
+    rows, rejected = usage_events_prepare(events, source=UsageEvent.Source.API, now=now, check_window=True)
+    inserted, _ = _ingest_rows(rows)
+    return IngestResult(accepted=inserted, duplicates=len(rows) - inserted, rejected=rejected)
+
+
+def usage_record(*, tenant, meter, quantity, subject=None, timestamp=None, event_id=None,
+                 source=UsageEvent.Source.INTERNAL):
+    """Record one usage fact in the caller's transaction. Returns True if it counted, False if already stored."""
+    result = usage_record_many(
+        [{"id": event_id or f"{source}:{uuid.uuid4()}", "tenant": tenant, "meter": meter, "quantity": quantity,
+          "timestamp": timestamp or timezone.now(), "subject": subject or {}}],
+        source=source,
+    )
+    return result.accepted == 1
+
+
+def _epoch_seconds(moment):
+    return math.floor(moment.timestamp())
+
+
+def workspace_seconds_record(*, tenant, session_id, user_id, workspace_id, start, end):
+    """Record the whole seconds of [start, end) of a session; returns the seconds newly counted.
+
+    Seconds are counted as floor(end) - floor(start), so consecutive intervals add up exactly to the session's
+    length. The interval is split at the tenant's day and the billing month boundaries so each day's allowance
+    gets exactly its seconds. Each piece's event id is (session, piece start): a retry never counts twice.
+    """
+    if end <= start:
+        return 0
+    cuts = periods.boundaries_between(tenant, start, end)
+    edges = [start, *cuts, end]
+    subject = {"user": user_id, "workspace": workspace_id, "session": session_id}
+    events = []
+    for piece_start, piece_end in zip(edges, edges[1:], strict=False):
+        seconds = _epoch_seconds(piece_end) - _epoch_seconds(piece_start)
+        if seconds <= 0:
+            continue
+        whole_start = datetime.fromtimestamp(_epoch_seconds(piece_start), UTC)
+        events.append({"id": f"ws:{session_id}:{_epoch_seconds(piece_start)}", "tenant": tenant,
+                       "meter": WORKSPACE_SECONDS, "quantity": seconds, "timestamp": whole_start,
+                       "subject": subject})
+    if not events:
+        return 0
+    with transaction.atomic():
+        inserted_seconds = usage_record_many(events, now=max(end, timezone.now())).quantity
+        if inserted_seconds:
+            usage_thresholds_check(tenant=tenant, now=end, meters=[WORKSPACE_SECONDS])
+    return inserted_seconds
+
+
+def usage_correction_record(*, tenant, meter, quantity, reason, actor, timestamp=None):
+    """A staff credit (negative) or debit (positive) on a counter meter, with an audit row. Returns the event."""
+    if actor is None or not getattr(actor, "is_staff", False):
+        raise Forbidden("Only staff can correct usage.")
+    reason = (reason or "").strip()
+    if not reason:
+        raise ServiceError("A correction needs a reason.", field="reason")
+    meter = meter_get(meter)
+    if meter.aggregation != Meter.Aggregation.SUM:
+        raise ServiceError(f"'{meter.slug}' is a sampled gauge; only counters can be corrected.", field="meter")
+    if not isinstance(quantity, int) or quantity == 0:
+        raise ServiceError("A correction is a non-zero whole number (negative: a credit).", field="quantity")
+    event_id = f"correction:{uuid.uuid4()}"
+    with transaction.atomic():
+        Tenant.objects.select_for_update().get(pk=tenant.pk)  # serialises corrections with plan changes
+        usage_record_many(
+            [{"id": event_id, "tenant": tenant, "meter": meter, "quantity": quantity,
+              "timestamp": timestamp or timezone.now(), "subject": {"staff": actor.pk}, "reason": reason,
+              "actor_id": actor.pk}],
+            source=UsageEvent.Source.CORRECTION,
+        )
+        audit_record(tenant=tenant, actor=actor, action="usage.corrected", target=f"{meter.slug}:{event_id}",
+                     data={"meter": meter.slug, "quantity": quantity, "reason": reason,
+                           "kind": "credit" if quantity < 0 else "debit"})
+    return UsageEvent.objects.get(event_id=event_id)
+
+
+# --- allowances, entitlements and notices ------------------------------------------------------------------------
+
+_running_sessions_counter = None
+
+
+def running_sessions_counter_register(fn):
+    """Workspaces registers fn(tenant) -> number of running sessions, used when entitlement_check gets none."""
+    global _running_sessions_counter
+    _running_sessions_counter = fn
+    return fn
+
+
+def _human_duration(seconds):
+    seconds = int(seconds)
+    if seconds % 3600 == 0 and seconds >= 3600:
+        hours = seconds // 3600
+        return f"{hours} hour{'s' if hours != 1 else ''}"
+    minutes = seconds // 60
+    return f"{minutes} minute{'s' if minutes != 1 else ''}"
+
+
+def entitlement_check(*, tenant, now=None, running_sessions=None):
+    """Raise QuotaExceeded if `tenant` may not open a workspace now; return None if it may.
+
+    Checks, in order: the daily allowance, the monthly allowance (unless the plan allows paid overage), the
+    storage cap (over it, new opens are refused; nothing is deleted and running sessions go on), and the
+    number of concurrent workspaces (`running_sessions`, or the registered counter, since metering cannot
+    query sessions itself).
+    """
+    from metering import selectors
+
+    now = now or timezone.now()
+    if tenant.status != Tenant.Status.ACTIVE:
+        raise Forbidden(f"The tenant is {tenant.status}: no workspace can be opened.", code=f"tenant_{tenant.status}")
+    plan = tenant.plan
+    upgrade_url = settings.METERING_UPGRADE_URL
+    allowance = selectors.workspace_allowance(tenant=tenant, now=now)
+    if allowance["day"] and allowance["day"]["remaining"] <= 0:
+        day = allowance["day"]
+        raise QuotaExceeded(
+            f"{tenant.name} has used today's {_human_duration(day['included'])} of workspace time on the "
+            f"{plan.name} plan. It resets at {day['resets_at']:%Y-%m-%d %H:%M %Z}; upgrade for more at "
+            f"{upgrade_url}",
+            meter=WORKSPACE_SECONDS, resets_at=day["resets_at"], upgrade_url=upgrade_url,
+            extra={"period": "day", "used": day["used"], "included": day["included"]},
+        )
+    month = allowance["month"]
+    if month and month["remaining"] <= 0 and not plan.allows_overage:
+        raise QuotaExceeded(
+            f"{tenant.name} has used this month's {_human_duration(month['included'])} of workspace time on the "
+            f"{plan.name} plan. It resets at {month['resets_at']:%Y-%m-%d %H:%M %Z}; upgrade for more at "
+            f"{upgrade_url}",
+            meter=WORKSPACE_SECONDS, resets_at=month["resets_at"], upgrade_url=upgrade_url,
+            extra={"period": "month", "used": month["used"], "included": month["included"]},
+        )
+    if plan.storage_mb is not None:
+        stored = selectors.storage_current(tenant=tenant, now=now)
+        cap = plan.storage_mb * 1024 * 1024
+        if stored > cap:
+            raise QuotaExceeded(
+                f"{tenant.name} stores {stored / 1048576:.0f} MB, over the {plan.storage_mb} MB of the {plan.name} "
+                f"plan: new workspaces cannot open until files are deleted (nothing is deleted for you). "
+                f"Upgrade for more storage at {upgrade_url}",
+                meter=STORAGE_BYTES, resets_at=None, upgrade_url=upgrade_url,
+                extra={"used": stored, "included": cap},
+            )
+    if plan.max_concurrent_workspaces is not None:
+        if running_sessions is None and _running_sessions_counter is not None:
+            running_sessions = _running_sessions_counter(tenant)
+        if running_sessions is not None and running_sessions >= plan.max_concurrent_workspaces:
+            limit = plan.max_concurrent_workspaces
+            raise QuotaExceeded(
+                f"{tenant.name} already runs {running_sessions} workspace{'s' if running_sessions != 1 else ''}, "
+                f"the most the {plan.name} plan allows at once ({limit}). Close one first, or upgrade at "
+                f"{upgrade_url}",
+                meter="concurrent_workspaces", resets_at=None, upgrade_url=upgrade_url,
+                extra={"used": running_sessions, "included": limit},
+            )
+
+
+def usage_thresholds_check(*, tenant, now=None, meters=None):
+    """Emit usage.threshold_80 / threshold_100 / overage_started once per tenant, meter and period.
+
+    Runs in the caller's transaction (the notice row and the outbox event commit together). Returns the kinds
+    emitted.
+    """
+    from metering import selectors
+
+    now = now or timezone.now()
+    emitted = []
+    with transaction.atomic():
+        for item in selectors.usage_limits(tenant=tenant, now=now):
+            if meters is not None and item["meter"] not in meters:
+                continue
+            used, included = item["used"], item["included"]
+            kinds = []
+            if used >= 0.8 * included:
+                kinds.append(UsageNotice.Kind.THRESHOLD_80)
+            if used >= included:
+                kinds.append(UsageNotice.Kind.THRESHOLD_100)
+            if used > included and item["overage_allowed"]:
+                kinds.append(UsageNotice.Kind.OVERAGE_STARTED)
+            for kind in kinds:
+                notice_key = dict(tenant=tenant, meter_id=item["meter_id"], period=item["period"],
+                                  period_start=item["period_start"], kind=kind)
+                if UsageNotice.objects.filter(**notice_key).exists():
+                    continue
+                try:
+                    with transaction.atomic():
+                        UsageNotice.objects.create(**notice_key, used=used, included=included)
+                except IntegrityError:  # a concurrent check sent it
+                    continue
+                event_emit(type=str(kind), tenant=tenant, payload={
+                    "tenant": tenant.slug, "meter": item["meter"], "period": item["period"],
+                    "period_start": item["period_start"].isoformat(), "used": used, "included": included,
+                    "resets_at": item["resets_at"].isoformat() if item["resets_at"] else None,
+                })
+                emitted.append((item["meter"], item["period"], str(kind)))
+    return emitted
+
+
+# --- samplers: storage and seats ---------------------------------------------------------------------------------
+
+
+def _directory_bytes(path):
+    total = 0
+    stack = [path]
+    while stack:
+        current = stack.pop()
+        try:
+            with os.scandir(current) as entries:
+                for entry in entries:
+                    try:
+                        if entry.is_dir(follow_symlinks=False):
+                            stack.append(entry.path)
+                        elif entry.is_file(follow_symlinks=False):
+                            total += entry.stat(follow_symlinks=False).st_size
+                    except OSError:  # removed while we walk
+                        continue
+        except (FileNotFoundError, NotADirectoryError, PermissionError):
+            continue
+    return total
+
+
+def storage_sample(*, tenant, now=None):
+    """Measure the tenant's storage directory and record it as a storage_bytes sample (one per tenant and hour)."""
+    from tenants.services import tenant_storage_path
+
+    now = now or timezone.now()
+    size = _directory_bytes(tenant_storage_path(tenant.slug))
+    hour = now.astimezone(UTC).strftime("%Y%m%dT%H")
+    usage_record(tenant=tenant, meter=STORAGE_BYTES, quantity=size, timestamp=now,
+                 event_id=f"storage:{tenant.slug}:{hour}", subject={"path": "tenant"})
+    return size
+
+
+def seats_sample(*, tenant, now=None):
+    """Record the tenant's member count as a seats sample (one per tenant and hour; the day's figure is the peak)."""
+    now = now or timezone.now()
+    members = tenant.memberships.count()
+    hour = now.astimezone(UTC).strftime("%Y%m%dT%H")
+    usage_record(tenant=tenant, meter=SEATS, quantity=members, timestamp=now, event_id=f"seats:{tenant.slug}:{hour}")
+    return members
+
+
+# --- meters and service tokens -----------------------------------------------------------------------------------
+
+SERVICE_TOKEN_PREFIX = "hsv_"
+
+
+def meter_declare(*, slug, name, unit, aggregation=Meter.Aggregation.SUM, billable=True,
+                  declared_by=Meter.DeclaredBy.API, description="", actor=None):
+    """Declare a custom meter (by a template or through the API); idempotent on slug if nothing differs."""
+    from django.utils.text import slugify
+
+    if not slug or slugify(slug).replace("-", "_") != slug.replace("-", "_") or len(slug) > 64:
+        raise ServiceError(f"'{slug}' is not a usable meter slug: use lower-case letters, digits, _ and -.",
+                           field="slug")
+    if aggregation not in Meter.Aggregation.values:
+        raise ServiceError(f"Unknown aggregation '{aggregation}'. Use sum or max.", field="aggregation")
+    with transaction.atomic():
+        meter, created = Meter.objects.get_or_create(slug=slug, defaults=dict(
+            name=name or slug, unit=unit or "units", aggregation=aggregation, billable=billable,
+            declared_by=declared_by, description=description))
+        if not created and meter.aggregation != aggregation:
+            raise ServiceError(f"Meter '{slug}' exists with aggregation {meter.aggregation}.", code="meter_conflict")
+        if created:
+            audit_record(tenant=None, actor=actor, action="meter.declared", target=slug,
+                         data={"unit": meter.unit, "aggregation": aggregation, "declared_by": declared_by})
+    meter_cache.reload()
+    return meter
+
+
+def _hash(value):
+    return hashlib.sha256(value.encode()).hexdigest()
+
+
+def service_token_create(*, name, actor=None):
+    """Create a service token; returns (ServiceToken, plaintext shown once). Only its SHA-256 is stored."""
+    name = (name or "").strip()[:80]
+    if not name:
+        raise ServiceError("A service token needs a name (which service uses it).", field="name")
+    prefix = secrets.token_hex(4)
+    plaintext = f"{SERVICE_TOKEN_PREFIX}{prefix}_{secrets.token_urlsafe(32)}"
+    with transaction.atomic():
+        token = ServiceToken.objects.create(name=name, prefix=prefix, token_hash=_hash(plaintext),
+                                            created_by=actor if getattr(actor, "pk", None) else None)
+        audit_record(tenant=None, actor=actor, action="service_token.created", target=f"{name}:{prefix}")
+    return token, plaintext
+
+
+def service_token_revoke(*, token, actor=None):
+    with transaction.atomic():
+        token = ServiceToken.objects.select_for_update().get(pk=token.pk)
+        if token.revoked_at is None:
+            token.revoked_at = timezone.now()
+            token.save(update_fields=["revoked_at"])
+            audit_record(tenant=None, actor=actor, action="service_token.revoked",
+                         target=f"{token.name}:{token.prefix}")
+    return token
+
+
+_token_cache = {}  # hash -> (token, cached at): ingestion is hot, revocation takes effect within a few seconds
+
+
+def service_token_authenticate(plaintext, *, now=None):
+    if not plaintext or not plaintext.startswith(SERVICE_TOKEN_PREFIX):
+        return None
+    now = now or timezone.now()
+    digest = _hash(plaintext)
+    hit = _token_cache.get(digest)
+    if hit is not None and (now - hit[1]).total_seconds() < 5:
+        return hit[0]
+    token = ServiceToken.objects.filter(token_hash=digest, revoked_at__isnull=True).first()
+    if token is not None and (token.last_used_at is None or (now - token.last_used_at).total_seconds() > 60):
+        ServiceToken.objects.filter(pk=token.pk).update(last_used_at=now)
+    if token is None:
+        _token_cache.pop(digest, None)
+    else:
+        _token_cache[digest] = (token, now)
+    return token
+
+
+__all__ = [
+    "IngestResult", "QuotaExceeded", "entitlement_check", "usage_record", "usage_record_many", "usage_ingest",
+    "workspace_seconds_record", "usage_correction_record", "usage_thresholds_check", "storage_sample",
+    "seats_sample", "service_token_create", "service_token_revoke", "service_token_authenticate", "meter_declare",
+    "running_sessions_counter_register", "UsageRollup",
+]

@@ -1,0 +1,148 @@
+"""The portal's usage page, the banner tag, and the admin's correction form, limits view and token creation."""
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from django.db import transaction
+from django.template import Context, Template
+from django.utils import timezone
+
+from metering import services
+from metering.models import ServiceToken, UsageEvent
+from tenants.models import AuditLog
+from tests.factories import MembershipFactory, UserFactory
+from tests.metering.conftest import tenant_on
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture(autouse=True)
+def midday():
+    """Mid-day, mid-month: "a few minutes ago" is always today and this month."""
+    import time_machine
+
+    with time_machine.travel(datetime(2026, 3, 10, 12, 0, tzinfo=UTC), tick=True):
+        yield
+
+
+def use_seconds(tenant, seconds, *, at, session="s"):
+    with transaction.atomic():
+        services.workspace_seconds_record(tenant=tenant, session_id=session, user_id=1, workspace_id=1, start=at,
+                                          end=at + timedelta(seconds=seconds))
+
+
+def test_usage_page_shows_own_tenant_with_a_chart_per_meter(client, free_tenant):
+    member = free_tenant.memberships.get().user
+    other = tenant_on("team")
+    now = timezone.now()
+    use_seconds(free_tenant, 25 * 60, at=now - timedelta(minutes=26))
+    use_seconds(other, 9999, at=now - timedelta(hours=3))
+    client.force_login(member)
+    response = client.get("/usage/")
+    assert response.status_code == 200
+    html = response.content.decode()
+    assert html.count("<svg") == 5  # one chart per meter
+    assert "Today: <strong>25 min</strong> of 30 min a day" in html
+    assert "usage-banner-warning" in html  # 25 of 30 minutes today
+    assert "2 h 46 min" not in html  # the other tenant's 9,999 s
+
+
+def test_usage_page_needs_login(client):
+    assert client.get("/usage/").status_code == 302
+
+
+def test_banner_tag_renders_for_a_tenant_over_its_allowance(free_tenant):
+    use_seconds(free_tenant, 1800, at=timezone.now() - timedelta(minutes=31))
+    html = Template("{% load metering %}{% usage_banner tenant %}").render(Context({"tenant": free_tenant}))
+    assert "usage-banner-danger" in html and "Upgrade" in html
+
+
+@pytest.fixture
+def staff_client(client):
+    staff = UserFactory(is_staff=True, is_superuser=True)
+    client.force_login(staff)
+    client.staff = staff
+    return client
+
+
+def test_admin_correction_form_records_a_credit_with_audit(staff_client):
+    tenant = tenant_on("pro")
+    use_seconds(tenant, 600, at=timezone.now() - timedelta(minutes=11))
+    page = staff_client.get("/admin/metering/usageevent/correct/")
+    assert page.status_code == 200
+    meter_id = services.meter_get("workspace_seconds").pk
+    response = staff_client.post("/admin/metering/usageevent/correct/", {
+        "tenant": tenant.pk, "meter": meter_id, "quantity": -60, "reason": "Outage on the 3rd"})
+    assert response.status_code == 302
+    correction = UsageEvent.objects.get(source="correction")
+    assert correction.quantity == -60 and correction.actor == staff_client.staff
+    assert AuditLog.objects.filter(action="usage.corrected", tenant=tenant).exists()
+    # No reason: refused by the form, nothing recorded.
+    staff_client.post("/admin/metering/usageevent/correct/", {"tenant": tenant.pk, "meter": meter_id,
+                                                              "quantity": 5, "reason": ""})
+    assert UsageEvent.objects.filter(source="correction").count() == 1
+
+
+def test_admin_limits_view_lists_tenants_near_limits_and_unusual_usage(staff_client):
+    near = tenant_on("free")
+    use_seconds(near, 1700, at=timezone.now() - timedelta(minutes=29))
+    response = staff_client.get("/admin/metering/usagerollup/limits/")
+    assert response.status_code == 200
+    html = response.content.decode()
+    assert near.slug in html and "94%" in html
+    assert "unusual-usage" in html  # a first busy day counts as unusual against a mean of 0
+
+
+def test_admin_event_and_rollup_lists_are_read_only(staff_client):
+    tenant = tenant_on("pro")
+    use_seconds(tenant, 60, at=timezone.now() - timedelta(minutes=2))
+    events_page = staff_client.get("/admin/metering/usageevent/")
+    assert events_page.status_code == 200 and b"/admin/metering/usageevent/correct/" in events_page.content
+    rollups_page = staff_client.get("/admin/metering/usagerollup/")
+    assert rollups_page.status_code == 200 and b"/admin/metering/usagerollup/limits/" in rollups_page.content
+    event = UsageEvent.objects.get()
+    assert staff_client.post(f"/admin/metering/usageevent/{event.pk}/delete/", {"post": "yes"}).status_code == 403
+    assert UsageEvent.objects.count() == 1
+
+
+def test_admin_creates_service_token_and_shows_it_once(staff_client):
+    response = staff_client.post("/admin/metering/servicetoken/add/", {"name": "ai-gateway"}, follow=True)
+    assert response.status_code == 200
+    token = ServiceToken.objects.get(name="ai-gateway")
+    shown = [str(m) for m in response.context["messages"]]
+    assert any("hsv_" in m and token.prefix in m for m in shown)
+    assert AuditLog.objects.filter(action="service_token.created").exists()
+
+
+def test_offboarding_keeps_usage_events_and_exports_totals(free_tenant):
+    from tenants.services import tenant_offboard
+
+    owner = free_tenant.memberships.get().user
+    use_seconds(free_tenant, 120, at=timezone.now() - timedelta(minutes=3))
+    export = tenant_offboard(tenant=free_tenant, actor=owner)
+    event = UsageEvent.objects.get()
+    assert event.tenant_id is None and event.tenant_slug == free_tenant.slug
+    import json
+    import tarfile
+
+    with tarfile.open(export.path) as tar:
+        data = json.load(tar.extractfile(f"{free_tenant.slug}/tenant.json"))
+    assert data["usage"][0]["meter"] == "workspace_seconds" and data["usage"][0]["quantity"] == 120
+
+
+def test_members_of_another_tenant_see_only_theirs(client):
+    mine, theirs = tenant_on("free"), tenant_on("free")
+    me = MembershipFactory(tenant=mine).user
+    use_seconds(theirs, 1800, at=timezone.now() - timedelta(minutes=31))
+    client.force_login(me)
+    html = client.get("/usage/").content.decode()
+    assert "usage-banner" not in html and mine.name in html and theirs.name not in html
+
+
+def test_non_staff_cannot_reach_the_correction_form_or_limits(client, free_tenant):
+    owner = free_tenant.memberships.get().user
+    client.force_login(owner)
+    for url in ("/admin/metering/usageevent/correct/", "/admin/metering/usagerollup/limits/"):
+        assert client.get(url).status_code == 302
+    response = client.post("/admin/metering/usageevent/correct/", {"tenant": free_tenant.pk, "quantity": -5,
+                                                                   "reason": "x"})
+    assert response.status_code == 302 and not UsageEvent.objects.exists()
