@@ -19,7 +19,8 @@ run: venv
 	@scripts/run.sh
 
 test: venv
-	@scripts/services.sh postgres redis docker haproxy chromium
+	@scripts/services.sh postgres redis docker haproxy chromium imagetools
+	@scripts/images/ensure.sh
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: venv

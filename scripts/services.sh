@@ -66,6 +66,14 @@ start_docker() {
 }
 
 install_haproxy() { command -v haproxy >/dev/null || apt_install haproxy; }
+install_imagetools() {
+  # What `make images` needs to build the workspace images offline (debootstrap, npm native builds, ripgrep).
+  local need=()
+  for pkg in debootstrap busybox-static ripgrep libkrb5-dev libxkbfile-dev libsecret-1-dev build-essential wrk; do
+    dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
+  done
+  [ ${#need[@]} -eq 0 ] || apt_install "${need[@]}"
+}
 install_chromium() { command -v chromium >/dev/null || apt_install chromium chromium-driver fonts-liberation; }
 
 for s in "${want[@]}"; do
@@ -75,6 +83,7 @@ for s in "${want[@]}"; do
     docker) start_docker ;;
     haproxy) install_haproxy ;;
     chromium) install_chromium ;;
+    imagetools) install_imagetools ;;
     *) log "unknown service $s"; exit 2 ;;
   esac
 done

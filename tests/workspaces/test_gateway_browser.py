@@ -20,12 +20,9 @@ IMAGE = "hearth/code-server:4.100.3"
 @pytest.fixture(scope="module")
 def code_server(docker_client):
     """A code-server container of the runtime's image on a network of our own, home bound at creation."""
-    import docker
 
-    try:
-        docker_client.images.get(IMAGE)
-    except docker.errors.ImageNotFound:
-        pytest.skip(f"{IMAGE} is not built here (the runtime's image build makes it)")
+    require_service(f"The {IMAGE} image (`make images` builds it; `make test` does)",
+                    lambda: docker_client.images.get(IMAGE))
     labels = {"hearth.instance": settings.HEARTH_INSTANCE, "hearth.test": "gateway-browser"}
     home = Path(tempfile.mkdtemp(prefix="hgwcs", dir="/tmp"))
     shutil.chown(home, 1000, 1000)
