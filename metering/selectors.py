@@ -3,6 +3,7 @@ import time
 from datetime import timedelta
 
 from django.conf import settings
+from django.db import connection
 from django.db.models import Q
 from django.utils import timezone
 
@@ -47,14 +48,33 @@ def included(plan, meter_slug, period):
     return None
 
 
+_ROLLUP_COLUMNS = ("meter_id", "period", "period_start", "quantity", "event_count", "last_quantity", "last_at")
+
+
 def _rollups(tenant, keys):
-    """{(meter_id, period): rollup} for the (period, period_start) pairs in `keys`: one indexed query."""
+    """{(meter_id, period): rollup} for the (period, period_start) pairs in `keys`: one indexed query.
+
+    On PostgreSQL a hand-written query: compiling the ORM's OR of pairs costs ten times the query itself.
+    """
     if not keys:
         return {}
-    match = Q()
-    for period, start in keys:
-        match |= Q(period=period, period_start=start)
-    return {(rollup.meter_id, rollup.period): rollup for rollup in UsageRollup.objects.filter(match, tenant=tenant)}
+    if connection.vendor != "postgresql":
+        match = Q()
+        for period, start in keys:
+            match |= Q(period=period, period_start=start)
+        return {(r.meter_id, r.period): r for r in UsageRollup.objects.filter(match, tenant=tenant)}
+    pairs = " OR ".join(["(period = %s AND period_start = %s)"] * len(keys))
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT {', '.join(_ROLLUP_COLUMNS)} FROM metering_usagerollup WHERE tenant_id = %s AND ({pairs})",
+            [tenant.pk, *[value for key in keys for value in key]],
+        )
+        rows = cursor.fetchall()
+    found = {}
+    for row in rows:
+        rollup = UsageRollup(tenant_id=tenant.pk, **dict(zip(_ROLLUP_COLUMNS, row, strict=True)))
+        found[(rollup.meter_id, rollup.period)] = rollup
+    return found
 
 
 def _figure(meter, rollup, allowance, *, allows_overage=False):
