@@ -33,6 +33,8 @@ class UsageEventsIngestApi(APIView):
     batch is refused whole (400). Validation is plain Python: a serializer per event costs too much here.
     """
 
+    tenant_scope_exempt = "service tokens record usage for any tenant; tenant tokens are refused (403)"
+
     # A tenant's personal token authenticates too, so that it is refused with a clear 403 instead of a 401.
     authentication_classes = [ServiceTokenAuthentication, ApiTokenAuthentication]
     permission_classes = [IsServiceToken]
@@ -125,6 +127,8 @@ class UsageCurrentApi(TenantScopedView):
 
 class MeterDeclareApi(APIView):
     """POST /api/v1/usage/meters — a service declares a custom meter (idempotent on slug). Service tokens only."""
+
+    tenant_scope_exempt = "meters are platform-wide and declared by services; tenant tokens are refused (403)"
 
     authentication_classes = [ServiceTokenAuthentication, ApiTokenAuthentication]
     permission_classes = [IsServiceToken]

@@ -143,11 +143,13 @@ def test_route_delete_cuts_websockets_held_by_a_draining_worker(gateway, upstrea
     asyncio.run(run())
 
 
-def test_manage_py_gateway_runs_reloads_on_sighup_and_stops(gateway_env, tmp_path):  # noqa: F811
+def test_manage_py_gateway_runs_reloads_on_sighup_and_stops(db, gateway_env, tmp_path):  # noqa: F811
     run_dir = Path(f"{gateway_env}-cmd")
     port = free_port()
+    db = settings.DATABASES["default"]  # the test database: the gateway restores live routes from it at start
     env = dict(os.environ, GATEWAY_RUN_DIR=str(run_dir), HEARTH_GATEWAY_PORT=str(port), GATEWAY_JWT_KEYS="",
-               DJANGO_SETTINGS_MODULE="config.settings.test")
+               DJANGO_SETTINGS_MODULE="config.settings.test",
+               DATABASE_URL=f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}")
     proc = subprocess.Popen([sys.executable, "manage.py", "gateway"], cwd=settings.BASE_DIR, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
