@@ -1,12 +1,8 @@
 """Writes of the workspaces app: create, open (claim, bind, session, URL), close, delete, drain, pause.
 
-Other apps plug in here, and only here, through `_hook(module, name)`: metering's `entitlement_check`
-and `workspace_seconds_record`, and the gateway's `session_token_issue`, `workspace_url`, `route_set`
-and `route_delete`. Until those modules exist the hooks fall back to: no quota, no usage events, a
-Django-signed token and no route (see `_session_url_and_token`).
+Metering (entitlements, workspace seconds) and the gateway (tokens, routes, counters) are called from the
+small functions under "metering and the gateway" below, and nowhere else in this module.
 """
-import functools
-import importlib
 import logging
 import os
 import shutil
@@ -15,47 +11,35 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from django.conf import settings
-from django.core import signing
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 from django.db.models.expressions import RawSQL
 from django.utils import timezone
 
+from metering import selectors as metering_selectors
+from metering import services as metering_services
 from tenants import offboarding
 from tenants.audit import audit_record
 from tenants.exceptions import Conflict, Forbidden, NotFound, ServiceError
 from tenants.models import Membership, Role, Tenant
 from workspaces import pool, storage
+from workspaces.gateway import routes as gateway_routes
+from workspaces.gateway.runtime_api import GatewayUnavailable
+from workspaces.gateway.tokens import session_token_issue
+from workspaces.gateway.urls import workspace_url
 from workspaces.models import Container, Node, Session, Workspace, WorkspaceTemplate
 
 log = logging.getLogger(__name__)
 
 State = Container.State
 EndReason = Session.EndReason
-SESSION_TOKEN_SALT = "hearth.workspaces.session"
-SESSION_TOKEN_TTL = timedelta(hours=1)
 
 
-# --- hooks into metering and the gateway (the one place) -----------------------------------------
-
-
-@functools.cache
-def _hook(module, name):
-    """`module.name` if that app has landed, else None. Errors inside an existing module are not hidden."""
-    try:
-        mod = importlib.import_module(module)
-    except ModuleNotFoundError as exc:
-        if exc.name and module.startswith(exc.name):
-            return None
-        raise
-    return getattr(mod, name, None)
+# --- metering and the gateway --------------------------------------------------------------------
 
 
 def _entitlement_check(tenant):
-    check = _hook("metering.services", "entitlement_check")
-    if check is not None:
-        check(tenant=tenant)
+    metering_services.entitlement_check(tenant=tenant)
 
 
 def _usage_record(session, *, end):
@@ -63,41 +47,26 @@ def _usage_record(session, *, end):
     start = session.metered_until or session.started_at
     if end <= start:
         return
-    record = _hook("metering.services", "workspace_seconds_record")
-    if record is not None:
-        record(tenant=session.tenant, session_id=session.pk, user_id=session.user_id,
-               workspace_id=session.workspace_id, start=start, end=end)
+    metering_services.workspace_seconds_record(tenant=session.tenant, session_id=session.pk,
+                                               user_id=session.user_id, workspace_id=session.workspace_id,
+                                               start=start, end=end)
     session.metered_until = end
 
 
 def _session_url_and_token(session):
     """(url, token, expires_at) for opening `session` through the gateway."""
-    issue = _hook("workspaces.gateway.tokens", "session_token_issue")
-    make_url = _hook("workspaces.gateway.urls", "workspace_url")
     workspace = session.workspace
-    if issue is not None and make_url is not None:
-        token, expires_at = issue(tenant_slug=session.tenant.slug, user_id=session.user_id,
-                                  workspace_host_key=workspace.host_key, session_id=str(session.pk),
-                                  container_id=session.container_id)
-        return make_url(host_key=workspace.host_key, token=token), token, expires_at
-    # Until the gateway lands: a signed, expiring token and the URL the gateway will serve.
-    expires_at = timezone.now() + SESSION_TOKEN_TTL
-    token = signing.dumps({"s": str(session.pk), "w": workspace.host_key, "exp": int(expires_at.timestamp())},
-                          salt=SESSION_TOKEN_SALT)
-    host = getattr(settings, "GATEWAY_HOST", "localhost")
-    url = f"http://{workspace.host_key}.{host}:{settings.HEARTH_GATEWAY_PORT}/?token={token}"
-    return url, token, expires_at
+    token, expires_at = session_token_issue(tenant_slug=session.tenant.slug, user_id=session.user_id,
+                                            workspace_host_key=workspace.host_key, session_id=str(session.pk),
+                                            container_id=session.container_id)
+    return workspace_url(host_key=workspace.host_key, token=token), token, expires_at
 
 
 def _route_set(session):
-    route_set = _hook("workspaces.gateway.routes", "route_set")
-    if route_set is None:
-        return
-    unavailable = _hook("workspaces.gateway.runtime_api", "GatewayUnavailable") or ()
     try:
-        route_set(host_key=session.workspace.host_key, session_id=str(session.pk),
-                  address=session.container.address)
-    except unavailable as exc:
+        gateway_routes.route_set(host_key=session.workspace.host_key, session_id=str(session.pk),
+                                 address=session.container.address)
+    except GatewayUnavailable as exc:
         # HAProxy is down or restarting: it restores every live route from live_routes() when it starts.
         log.warning("route_set(%s): the gateway does not answer (%s); it restores routes at start",
                     session.workspace.host_key, exc)
@@ -105,11 +74,8 @@ def _route_set(session):
 
 def _activity_from_gateway(now):
     """Move last_activity_at forward from the gateway's per-session counters (idle seconds, open streams)."""
-    counters_read = _hook("workspaces.gateway.routes", "counters_read")
-    if counters_read is None:
-        return 0
     try:
-        counters = counters_read()
+        counters = gateway_routes.counters_read()
     except Exception as exc:  # no counters this tick: the API heartbeat and the next tick still count
         log.warning("counters_read failed: %s", exc)
         return 0
@@ -128,12 +94,10 @@ def _activity_from_gateway(now):
 
 
 def _route_delete(workspace):
-    route_delete = _hook("workspaces.gateway.routes", "route_delete")
-    if route_delete is not None:
-        try:
-            route_delete(host_key=workspace.host_key)
-        except Exception as exc:  # the gateway being down must not keep a container claimed
-            log.warning("route_delete(%s) failed: %s", workspace.host_key, exc)
+    try:
+        gateway_routes.route_delete(host_key=workspace.host_key)
+    except Exception as exc:  # the gateway being down must not keep a container claimed
+        log.warning("route_delete(%s) failed: %s", workspace.host_key, exc)
 
 
 class _RefillNudger:
@@ -466,9 +430,10 @@ def session_close(*, session, actor):
     return session_end(session=session, reason=EndReason.CLOSED, actor=actor)
 
 
-def session_end(*, session, reason, actor=None):
+def session_end(*, session, reason, actor=None, metered_to=None):
     """End a session: meter it, free its container (unbind, route off, removed) and refill the pool.
 
+    `metered_to` (reclaim at the quota limit) meters the session only up to that moment, not to now.
     Idempotent. The database change commits first; if the engine does not answer the container stays
     RELEASING and the reconciler finishes the release.
     """
@@ -478,7 +443,7 @@ def session_end(*, session, reason, actor=None):
         if session.ended_at is not None:
             return session
         session.ended_at, session.end_reason = now, reason
-        _usage_record(session, end=now)
+        _usage_record(session, end=min(metered_to or now, now))
         session.save(update_fields=["ended_at", "end_reason", "metered_until"])
         Container.objects.filter(pk=session.container_id, state=State.CLAIMED).update(
             state=State.RELEASING, released_at=now)
@@ -497,28 +462,55 @@ def session_end(*, session, reason, actor=None):
 
 
 def sessions_reclaim(*, now=None):
-    """End sessions idle past the template's (or the plan's, if shorter) idle timeout; meter the others."""
+    """End sessions idle past the template's (or the plan's, if shorter) idle timeout, end the sessions of
+    tenants whose allowance ran out (metered exactly to the limit), and meter the others up to now."""
     now = now or timezone.now()
     _activity_from_gateway(now)
     ended = 0
-    remaining_hook = _hook("metering.selectors", "workspace_seconds_remaining")
-    live = Session.objects.filter(ended_at__isnull=True).select_related("workspace__template", "tenant__plan")
+    live = list(Session.objects.filter(ended_at__isnull=True).select_related("workspace__template", "tenant__plan"))
+    running = []
     for session in live:
         minutes = min(session.workspace.template.idle_timeout_minutes, session.tenant.plan.idle_timeout_minutes)
         if session.last_activity_at < now - timedelta(minutes=minutes):
             session_end(session=session, reason=EndReason.IDLE)
             ended += 1
-            continue
-        if remaining_hook is not None and remaining_hook(tenant=session.tenant, now=now) == 0:
-            session_end(session=session, reason=EndReason.QUOTA)
-            ended += 1
-            continue
-        with transaction.atomic():
-            locked = Session.objects.select_for_update().select_related("tenant").get(pk=session.pk)
-            if locked.ended_at is None:
-                _usage_record(locked, end=now)
-                locked.save(update_fields=["metered_until"])
+        else:
+            running.append(session)
+    by_tenant = {}
+    for session in running:
+        by_tenant.setdefault(session.tenant_id, []).append(session)
+    for sessions in by_tenant.values():
+        remaining = metering_selectors.workspace_seconds_remaining(tenant=sessions[0].tenant, now=now)
+        marks = [s.metered_until or s.started_at for s in sessions]
+        limit_at = None if remaining is None else quota_limit_at(marks, remaining)
+        for session in sessions:
+            if limit_at is not None and limit_at <= now:
+                session_end(session=session, reason=EndReason.QUOTA, metered_to=limit_at)
+                ended += 1
+                continue
+            with transaction.atomic():
+                locked = Session.objects.select_for_update().select_related("tenant").get(pk=session.pk)
+                if locked.ended_at is None:
+                    _usage_record(locked, end=now)
+                    locked.save(update_fields=["metered_until"])
     return ended
+
+
+def quota_limit_at(marks, remaining):
+    """When sessions metered up to `marks` (datetimes) together use up `remaining` seconds, all running.
+
+    The sessions run in parallel, so the limit is the time t with sum(max(0, t - mark)) == remaining.
+    """
+    remaining = max(0, remaining)
+    marks = sorted(marks)
+    for i, mark in enumerate(marks):
+        running = i + 1
+        # t lies between marks[i] and the next mark: the first `running` sessions count.
+        t = (sum((m - marks[0]).total_seconds() for m in marks[:running]) + remaining) / running
+        candidate = marks[0] + timedelta(seconds=t)
+        if i + 1 == len(marks) or candidate <= marks[i + 1]:
+            return max(candidate, mark)
+    return marks[-1]
 
 
 def sessions_end_for_tenant(*, tenant, reason=EndReason.SUSPENDED):

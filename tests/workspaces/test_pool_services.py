@@ -239,3 +239,46 @@ def test_offboarding_ends_sessions_exports_workspaces_and_deletes_them(node, tin
         data = json.load(tar.extractfile(f"{member.tenant.slug}/tenant.json"))
     assert data["workspaces"][0]["name"] == workspace.name
     assert data["workspaces"][0]["sessions"][0]["end_reason"] == "suspended"
+
+
+def test_session_reaching_the_daily_allowance_is_ended_metered_exactly_to_it(node, tiny_template, make_workspace):
+    """Free plan, 30 min/day: a session running for 31 minutes is ended at the reclaim tick and metered 1,800 s."""
+    from datetime import UTC, datetime
+
+    import time_machine
+
+    from metering.exceptions import QuotaExceeded
+    from metering.selectors import workspace_allowance
+    from tenants.models import Plan
+    from tests.factories import TenantFactory
+    from tests.workspaces.fixtures_pool import restore_defaults
+
+    restore_defaults()
+    with time_machine.travel(datetime(2026, 11, 20, 12, 0, tzinfo=UTC), tick=True):
+        owner = MembershipFactory(tenant=TenantFactory(plan=Plan.objects.get(slug="free")), role="owner")
+        workspace = make_workspace(owner, "quota")
+        pool.pool_fill()
+        session = services.workspace_open(workspace=workspace, user=owner.user).session
+        started = timezone.now() - timedelta(minutes=31)
+        Session.objects.filter(pk=session.pk).update(started_at=started, metered_until=None,
+                                                     last_activity_at=timezone.now())
+
+        assert services.sessions_reclaim() == 1
+        session.refresh_from_db()
+        assert session.end_reason == "quota"
+        assert session.metered_until == started + timedelta(seconds=1800)
+        assert workspace_allowance(tenant=owner.tenant)["day"]["used"] == 1800
+        with pytest.raises(QuotaExceeded):
+            services.workspace_open(workspace=workspace, user=owner.user)
+
+
+def test_quota_limit_with_parallel_sessions():
+    t0 = timezone.now()
+    # One session: the limit is its mark plus what is left.
+    assert services.quota_limit_at([t0], 60) == t0 + timedelta(seconds=60)
+    # Two sessions from the same mark use the allowance twice as fast.
+    assert services.quota_limit_at([t0, t0], 60) == t0 + timedelta(seconds=30)
+    # The second starts 40 s later: 40 s alone, then 2 × 10 s together.
+    assert services.quota_limit_at([t0, t0 + timedelta(seconds=40)], 60) == t0 + timedelta(seconds=50)
+    # Nothing left: the limit is the earliest mark.
+    assert services.quota_limit_at([t0 + timedelta(seconds=5), t0], 0) == t0
