@@ -22,7 +22,7 @@ from tenants import offboarding
 from tenants.audit import audit_record
 from tenants.exceptions import Conflict, Forbidden, NotFound, ServiceError
 from tenants.models import Membership, Role, Tenant
-from workspaces import pool, storage
+from workspaces import pool, selectors, storage
 from workspaces.gateway import routes as gateway_routes
 from workspaces.gateway.runtime_api import GatewayUnavailable
 from workspaces.gateway.tokens import session_token_issue
@@ -580,4 +580,30 @@ def pool_pause(*, template, paused, actor):
 
 
 def reconcile(*, now=None):
-    return pool.reconcile(now=now, end_session=lambda session, reason: session_end(session=session, reason=reason))
+    result = pool.reconcile(now=now, end_session=lambda session, reason: session_end(session=session, reason=reason))
+    gateway_routes_sync()
+    return result
+
+
+def gateway_routes_sync():
+    """Make the gateway's route map match the live sessions: add what a failed route_set missed, delete
+    what a failed route_delete left. Returns (added, deleted); (0, 0) when the gateway does not answer.
+
+    The map is read before the database, so a session opened in between is in the database snapshot
+    (and kept), and a route missing from the snapshot belongs to a session that had already ended.
+    """
+    try:
+        present = {route.host_key: route for route in gateway_routes.routes_list()}
+    except GatewayUnavailable:
+        return 0, 0
+    wanted = {host_key: (session_id, address) for host_key, session_id, address in selectors.live_routes()}
+    added = deleted = 0
+    for host_key, (session_id, address) in wanted.items():
+        route = present.get(host_key)
+        if route is None or (route.session_id, route.address) != (session_id, address):
+            gateway_routes.route_set(host_key=host_key, session_id=session_id, address=address)
+            added += 1
+    for host_key in present.keys() - wanted.keys():
+        gateway_routes.route_delete(host_key=host_key)
+        deleted += 1
+    return added, deleted

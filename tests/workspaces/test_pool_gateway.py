@@ -34,9 +34,31 @@ def test_a_restarted_gateway_restores_live_routes(gateway_env, workspace, member
     opened = services.workspace_open(workspace=workspace, user=member.user)
     assert selectors.live_routes() == [(workspace.host_key, str(opened.session.pk), opened.session.container.address)]
     # A gateway started after the open gets the route from live_routes (GATEWAY_ROUTES_SOURCE).
-    gw = start_gateway(gateway_env, routes_source=selectors.live_routes)
+    # Its own run dir: the module's gateway keeps its admin socket for the tests after this one.
+    run_dir = gateway_env.with_name(gateway_env.name + "-r")
+    run_dir.mkdir(exist_ok=True)
+    gw = start_gateway(run_dir, routes_source=selectors.live_routes)
     try:
         page = gw.get(workspace.host_key, "/", token=opened.token)
         assert page.status_code == 200 and "hearth tiny workspace" in page.text
     finally:
         gw.process.stop()
+
+
+def test_reconcile_puts_missed_routes_back_and_drops_stale_ones(gateway, workspace, member, node, tiny_template):  # noqa: F811
+    from workspaces.gateway import routes
+
+    pool.pool_fill()
+    opened = services.workspace_open(workspace=workspace, user=member.user)
+    # A route_set lost while HAProxy restarted, and a route whose route_delete failed.
+    routes.route_delete(host_key=workspace.host_key)
+    routes.route_set(host_key="stale0000001", session_id="999999", address="127.0.0.1:9")
+    assert gateway.get(workspace.host_key, "/", token=opened.token).status_code >= 400
+
+    stale = [r.host_key for r in routes.routes_list()]  # ours is missing; earlier tests' sessions are gone too
+    assert "stale0000001" in stale and workspace.host_key not in stale
+    assert services.gateway_routes_sync() == (1, len(stale))
+    assert [r.host_key for r in routes.routes_list()] == [workspace.host_key]
+    page = gateway.get(workspace.host_key, "/", token=opened.token)
+    assert page.status_code == 200 and "hearth tiny workspace" in page.text
+    assert services.gateway_routes_sync() == (0, 0)

@@ -127,9 +127,14 @@ class GatewayProcess:
 
     def start(self, *, timeout: float = 15.0) -> None:
         # Routes go into the map file before HAProxy starts, so there is no window without them.
-        routes = list(self.routes_source()) if self.routes_source else []
+        routes = []
         if self.routes_source is None:
             log.warning("gateway: no GATEWAY_ROUTES_SOURCE; starting with no routes")
+        else:
+            try:
+                routes = list(self.routes_source())
+            except Exception:  # the database is down: serve now; the reconciler puts the routes back
+                log.exception("gateway: could not read the live routes; starting with none")
         for path in (self.cfg.admin_socket, self.cfg.master_socket):
             path.unlink(missing_ok=True)
         config_render(self.cfg, routes=routes)
