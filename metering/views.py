@@ -4,7 +4,7 @@ from django.shortcuts import render
 from django.utils import timezone
 
 from metering import selectors
-from tenants.portal import current_membership
+from tenants.portal import current_membership, dashboard_card
 
 CHART_WIDTH, CHART_HEIGHT, PAD = 620, 160, 28
 
@@ -55,3 +55,10 @@ def usage(request):
         "usage": current, "meters": meters, "banner": selectors.usage_banner(tenant, now=now),
         "current_tenant": tenant,
     })
+
+
+@dashboard_card("usage")
+def usage_card(request, membership):
+    """The dashboard's usage card: each allowance of the plan with what is used of it."""
+    return {f"{item['name']} ({'today' if item['period'] == 'day' else 'this month'})":
+            f"{item['ratio']:.0%} used" for item in selectors.usage_limits(tenant=membership.tenant)}

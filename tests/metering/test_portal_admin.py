@@ -146,3 +146,14 @@ def test_non_staff_cannot_reach_the_correction_form_or_limits(client, free_tenan
     response = client.post("/admin/metering/usageevent/correct/", {"tenant": free_tenant.pk, "quantity": -5,
                                                                    "reason": "x"})
     assert response.status_code == 302 and not UsageEvent.objects.exists()
+
+
+def test_every_portal_page_warns_and_the_dashboard_shows_usage(client, free_tenant):
+    member = free_tenant.memberships.get().user
+    use_seconds(free_tenant, 25 * 60, at=timezone.now() - timedelta(minutes=26))
+    client.force_login(member)
+    for path in ("/", "/usage/", "/members/"):
+        html = client.get(path).content.decode()
+        assert html.count("usage-banner-warning") == 1, path
+    dashboard = client.get("/").content.decode()
+    assert "83% used" in dashboard  # 25 of 30 minutes today
