@@ -13,7 +13,10 @@ new warm container of the same workspace, on the same host name.
   cold  a new browser context per open (empty browser cache; HAProxy's static cache already holds the assets)
 Sets up its own database (created and migrated on first use: about a minute), tenant, user, workspace, node and
 template; its containers carry the instance label `<HEARTH_INSTANCE>-browserbench` and are removed at the end.
-Prints one JSON line and a summary. Needs root (mounts), dockerd, haproxy, chromium and the code-server image.
+Prints one JSON line and a summary, with the p50 time after the click of each step (portal's open answer, the
+gateway's cookie redirect, the IDE's HTML, workbench.js, workbench visible); BENCH_DEBUG=1 also lists every
+asset response (status, Cache-Control, sizes: negative = from the browser cache).
+Needs root (mounts), dockerd, haproxy, chromium and the code-server image.
 """
 import argparse
 import json
@@ -32,6 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 IMAGE = "hearth/code-server:4.100.3"
 EMAIL, PASSWORD = "bench@browserbench.test", "a long bench passphrase"
+STEPS = ("portal_open", "gateway_cookie", "ide_html", "workbench_js", "workbench_visible")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-sync",
                  "--disable-background-networking", "--disable-component-update"]
 
@@ -163,6 +167,22 @@ def main():
                 fill()
                 portal.goto(f"{portal_url}/workspaces/")
                 button = portal.get_by_role("button", name="Open")
+                seen = {}
+
+                def on_response(response):  # where the time goes: first answer of each step
+                    url = response.url
+                    step = ("portal_open" if "/workspaces/" in url and url.endswith("/open") else
+                            "gateway_cookie" if "/__hearth/open" in url else
+                            "ide_html" if "/?folder=" in url else
+                            "workbench_js" if url.endswith("workbench.js") else None)
+                    if step and step not in seen:
+                        seen[step] = time.monotonic()
+                    if os.environ.get("BENCH_DEBUG") and ("/static/" in url or step):
+                        print(f"{time.monotonic() - started:6.3f} {response.status} {url[-70:]} "
+                              f"cc={response.headers.get('cache-control')} size={response.request.sizes()}",
+                              file=sys.stderr)
+
+                context.on("response", on_response)
                 started = time.monotonic()
                 with context.expect_page(timeout=60_000) as new_tab:
                     button.click()
@@ -170,9 +190,12 @@ def main():
                 sockets = []
                 page.on("websocket", lambda ws: sockets.append(ws))
                 page.wait_for_selector(".monaco-workbench", state="visible", timeout=60_000)
+                seen["workbench_visible"] = time.monotonic()
                 while not any(not ws.is_closed() for ws in sockets):
                     page.wait_for_timeout(10)
                 elapsed = time.monotonic() - started
+                context.remove_listener("response", on_response)
+                phases.append({k: v - started for k, v in seen.items()})
                 if not page.url.startswith(f"http://{workspace.host_key}.localhost:{gateway_port}/"):
                     raise SystemExit(f"the IDE opened at {page.url}, not on the workspace's host")
                 page.close()
@@ -184,12 +207,16 @@ def main():
             portal_state = login_context.storage_state()
             login_context.close()
 
+            phases = []
             warm_context = browser.new_context(storage_state=portal_state)
             warm_portal = warm_context.new_page()
             open_once(warm_context, warm_portal)  # fills the browser's cache and HAProxy's static cache
             cases = {"warm": [], "cold": []}
+            steps = {"warm": [], "cold": []}
             for _ in range(args.opens):
+                phases = steps["warm"]
                 cases["warm"].append(open_once(warm_context, warm_portal))
+                phases = steps["cold"]
                 context = browser.new_context(storage_state=portal_state)
                 cases["cold"].append(open_once(context, context.new_page()))
                 context.close()
@@ -197,7 +224,9 @@ def main():
             browser.close()
         for name, samples in cases.items():
             results[name] = {"p50_s": round(statistics.median(samples), 2), "min_s": round(min(samples), 2),
-                             "max_s": round(max(samples), 2), "samples_s": [round(s, 2) for s in samples]}
+                             "max_s": round(max(samples), 2), "samples_s": [round(s, 2) for s in samples],
+                             "steps_p50_s": {k: round(statistics.median(p[k] for p in steps[name] if k in p), 3)
+                                             for k in STEPS if any(k in p for p in steps[name])}}
     finally:
         os.killpg(web.pid, signal.SIGTERM)
         web.wait(timeout=30)
@@ -223,6 +252,7 @@ def main():
         verdict = "meets" if r["p50_s"] <= target else "misses"
         print(f"  {name} browser cache: p50 {r['p50_s']:.2f} s (min {r['min_s']:.2f}, max {r['max_s']:.2f}) — "
               f"{verdict} the target p50 <= {target} s")
+        print("    after the click, p50: " + ", ".join(f"{k} {v:.2f} s" for k, v in r["steps_p50_s"].items()))
 
 
 if __name__ == "__main__":
