@@ -144,6 +144,9 @@ def test_code_server_opens_from_the_portal_and_keeps_files_across_sessions(
     while time.monotonic() < deadline and any(not ws.is_closed() for ws in sockets):
         ide.wait_for_timeout(100)
     assert all(ws.is_closed() for ws in sockets), "the closed session's WebSocket is still open"
+    ended = ide.reload()  # the old tab gets a clear page with a way back, not a hang
+    assert ended.status == 410 and ide.get_by_role("link", name="Open it again from the portal").is_visible()
+    ide.screenshot(path=str(artifacts / "cs-04-closed-tab.png"))
     ide.close()
 
     # Second session (the worker would refill the pool after the claim; here the test does): the file is back.
