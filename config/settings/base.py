@@ -255,3 +255,7 @@ CELERY_BEAT_SCHEDULE.update({
     "metering-storage": {"task": "metering.tasks.storage_sample_all", "schedule": schedule(timedelta(hours=1))},
     "metering-seats": {"task": "metering.tasks.seats_sample_all", "schedule": schedule(timedelta(hours=1))},
 })
+
+# The pool asks a new container for this page once before it counts as warm (code-server starts its IDE server on
+# the first page request); "" turns it off.
+WORKSPACES_WARMUP_PATH = env.str("WORKSPACES_WARMUP_PATH", default="/")

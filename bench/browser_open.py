@@ -1,0 +1,259 @@
+"""The figure users feel: click "Open" in the portal → code-server's workbench visible and its WebSocket connected.
+
+    .venv/bin/python bench/browser_open.py [--opens 10] [--database-url postgres://.../hearth_browserbench]
+
+Everything real and production-shaped: the portal under gunicorn (scripts/serve-web.sh's workers and threads),
+the HAProxy gateway started by Hearth with its routes from the database, the Docker pool with the `code-server`
+template (warm_target 1), Debian's Chromium. Each open: the pool is refilled and the warm container healthy
+(not timed), the workspaces page is loaded, then the clock runs from the click on "Open" (a POST in a new tab:
+claim + bind + route + token, the gateway's cookie redirect, the IDE's page and assets) to `.monaco-workbench`
+visible and a WebSocket open. The session is then closed (its container is removed) and the next open claims a
+new warm container of the same workspace, on the same host name.
+  warm  the same browser context re-opening the workspace (browser cache warm: the host is stable)
+  cold  a new browser context per open (empty browser cache; HAProxy's static cache already holds the assets)
+Sets up its own database (created and migrated on first use: about a minute), tenant, user, workspace, node and
+template; its containers carry the instance label `<HEARTH_INSTANCE>-browserbench` and are removed at the end.
+Prints one JSON line and a summary, with the p50 time after the click of each step (portal's open answer, the
+gateway's cookie redirect, the IDE's HTML, workbench.js, workbench visible); BENCH_DEBUG=1 also lists every
+asset response (status, Cache-Control, sizes: negative = from the browser cache).
+Needs root (mounts), dockerd, haproxy, chromium and the code-server image.
+"""
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+IMAGE = "hearth/code-server:4.100.3"
+EMAIL, PASSWORD = "bench@browserbench.test", "a long bench passphrase"
+STEPS = ("portal_open", "gateway_cookie", "ide_html", "workbench_js", "workbench_visible")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-sync",
+                 "--disable-background-networking", "--disable-component-update"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def database_ensure(url):
+    import psycopg
+
+    name = url.rsplit("/", 1)[1]
+    with psycopg.connect(url.rsplit("/", 1)[0] + "/postgres", autocommit=True) as conn:
+        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone():
+            conn.execute(f'CREATE DATABASE "{name}"')
+
+
+def wait_http(url, timeout=60):
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url, timeout=1).status_code < 500:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise SystemExit(f"{url} did not answer in {timeout} s")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--opens", type=int, default=10)
+    parser.add_argument("--database-url", default=os.environ.get(
+        "BENCH_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/hearth_browserbench"))
+    args = parser.parse_args()
+
+    run_dir = Path(tempfile.mkdtemp(prefix="hbo", dir="/tmp"))  # unix socket paths are short
+    web_port, gateway_port = free_port(), free_port()
+    database_ensure(args.database_url)
+    env = dict(os.environ, DJANGO_SETTINGS_MODULE="config.settings.base", DATABASE_URL=args.database_url,
+               HEARTH_INSTANCE=os.environ.get("HEARTH_INSTANCE", "hearth") + "-browserbench",
+               STORAGE_ROOT=str(ROOT / "var" / "browserbench-storage"), GATEWAY_RUN_DIR=str(run_dir),
+               GATEWAY_JWT_KEYS="bench:" + "b" * 48, GATEWAY_HOST="localhost", HEARTH_GATEWAY_PORT=str(gateway_port),
+               HEARTH_PORT=str(web_port), HEARTH_BASE_URL=f"http://localhost:{web_port}", LOG_LEVEL="WARNING",
+               DEBUG="false")
+    os.environ.update(env)
+    # Playwright's sync API runs an event loop in this thread; the ORM calls between its steps stay synchronous.
+    os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
+    import django
+
+    django.setup()
+    from allauth.account.models import EmailAddress
+    from django.conf import settings
+    from django.core.management import call_command
+    from django.db import connection
+    from django.db.migrations.executor import MigrationExecutor
+    from playwright.sync_api import sync_playwright
+
+    from tenants.models import Membership, Plan, Tenant, User
+    from workspaces import pool, selectors, services, storage
+    from workspaces.gateway.config import gateway_config
+    from workspaces.gateway.process import GatewayProcess
+    from workspaces.images import image_ensure
+    from workspaces.models import Container, Node, Session, Workspace, WorkspaceTemplate
+    from workspaces.runtime import DockerRuntime
+
+    executor = MigrationExecutor(connection)
+    if executor.migration_plan(executor.loader.graph.leaf_nodes()):
+        print("migrating the benchmark database (first run: about a minute)…", file=sys.stderr)
+        call_command("migrate", verbosity=0)
+    image_ensure(IMAGE)
+    node, _ = Node.objects.update_or_create(
+        name="browserbench", defaults=dict(engine_url=settings.DOCKER_HOST, cpus=64, memory_mb=64 * 1024,
+                                           max_containers=20, enabled=True, draining=False))
+    Node.objects.exclude(pk=node.pk).update(enabled=False)
+    WorkspaceTemplate.objects.exclude(slug="browserbench-cs").update(enabled=False)
+    template, _ = WorkspaceTemplate.objects.update_or_create(
+        slug="browserbench-cs", defaults=dict(name="bench code-server", image=IMAGE, internal_port=8080, cpus=1,
+                                              memory_mb=1024, pids_limit=512, warm_target=1, max_containers=4,
+                                              idle_timeout_minutes=30, enabled=True, pool_paused=False))
+    plan = Plan.objects.filter(max_concurrent_workspaces__isnull=True).order_by("sort_order").first()
+    tenant, _ = Tenant.objects.get_or_create(slug="browserbench", defaults=dict(name="Browser bench", plan=plan,
+                                                                                synthetic=True))
+    user = User.objects.filter(email=EMAIL).first() or User.objects.create_user(email=EMAIL, password=PASSWORD)
+    EmailAddress.objects.get_or_create(user=user, email=EMAIL, defaults=dict(verified=True, primary=True))
+    Membership.objects.get_or_create(tenant=tenant, user=user, defaults=dict(role="owner"))
+    workspace = (Workspace.objects.filter(tenant=tenant, owner=user, deleted_at__isnull=True).first()
+                 or services.workspace_create(tenant=tenant, owner=user, name="bench", template=template))
+
+    def close_all():
+        for session in Session.objects.filter(ended_at__isnull=True, workspace__tenant=tenant):
+            services.session_end(session=session, reason=Session.EndReason.CLOSED)
+
+    def fill():
+        pool.pool_fill(template_id=template.pk)
+        if not Container.objects.filter(template=template, state=Container.State.WARM).exists():
+            raise SystemExit("the pool has no warm code-server container")
+
+    close_all()
+    cfg = gateway_config(bind_address="127.0.0.1")
+    gateway = GatewayProcess(cfg, routes_source=selectors.live_routes, stderr=subprocess.DEVNULL)
+    gateway.start()
+    web = subprocess.Popen(["scripts/serve-web.sh"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL, start_new_session=True)
+    portal_url = f"http://localhost:{web_port}"
+    results = {"bench": "browser_open", "opens": args.opens, "image": IMAGE, "cpus": os.cpu_count(),
+               "load_avg_before": round(os.getloadavg()[0], 2)}
+    try:
+        wait_http(f"{portal_url}/accounts/login/")
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=shutil.which("chromium") or "/usr/bin/chromium",
+                                        headless=True, args=CHROMIUM_ARGS)
+
+            def log_in(context):
+                page = context.new_page()
+                page.goto(f"{portal_url}/accounts/login/")
+                page.get_by_label("Email").fill(EMAIL)
+                page.get_by_label("Password").fill(PASSWORD)
+                page.get_by_role("button", name="Sign in").click()
+                page.get_by_role("heading", name="Browser bench", level=1).wait_for()
+                return page
+
+            def open_once(context, portal):
+                close_all()
+                fill()
+                portal.goto(f"{portal_url}/workspaces/")
+                button = portal.get_by_role("button", name="Open")
+                seen = {}
+
+                def on_response(response):  # where the time goes: first answer of each step
+                    url = response.url
+                    step = ("portal_open" if "/workspaces/" in url and url.endswith("/open") else
+                            "gateway_cookie" if "/__hearth/open" in url else
+                            "ide_html" if "/?folder=" in url else
+                            "workbench_js" if url.endswith("workbench.js") else None)
+                    if step and step not in seen:
+                        seen[step] = time.monotonic()
+                    if os.environ.get("BENCH_DEBUG") and ("/static/" in url or step):
+                        print(f"{time.monotonic() - started:6.3f} {response.status} {url[-70:]} "
+                              f"cc={response.headers.get('cache-control')} size={response.request.sizes()}",
+                              file=sys.stderr)
+
+                context.on("response", on_response)
+                started = time.monotonic()
+                with context.expect_page(timeout=60_000) as new_tab:
+                    button.click()
+                page = new_tab.value
+                sockets = []
+                page.on("websocket", lambda ws: sockets.append(ws))
+                page.wait_for_selector(".monaco-workbench", state="visible", timeout=60_000)
+                seen["workbench_visible"] = time.monotonic()
+                while not any(not ws.is_closed() for ws in sockets):
+                    page.wait_for_timeout(10)
+                elapsed = time.monotonic() - started
+                context.remove_listener("response", on_response)
+                phases.append({k: v - started for k, v in seen.items()})
+                if not page.url.startswith(f"http://{workspace.host_key}.localhost:{gateway_port}/"):
+                    raise SystemExit(f"the IDE opened at {page.url}, not on the workspace's host")
+                page.close()
+                return elapsed
+
+            # The storage state holds the portal's session cookie only: a cold context's HTTP cache is empty.
+            login_context = browser.new_context()
+            log_in(login_context)
+            portal_state = login_context.storage_state()
+            login_context.close()
+
+            phases = []
+            warm_context = browser.new_context(storage_state=portal_state)
+            warm_portal = warm_context.new_page()
+            open_once(warm_context, warm_portal)  # fills the browser's cache and HAProxy's static cache
+            cases = {"warm": [], "cold": []}
+            steps = {"warm": [], "cold": []}
+            for _ in range(args.opens):
+                phases = steps["warm"]
+                cases["warm"].append(open_once(warm_context, warm_portal))
+                phases = steps["cold"]
+                context = browser.new_context(storage_state=portal_state)
+                cases["cold"].append(open_once(context, context.new_page()))
+                context.close()
+            warm_context.close()
+            browser.close()
+        for name, samples in cases.items():
+            results[name] = {"p50_s": round(statistics.median(samples), 2), "min_s": round(min(samples), 2),
+                             "max_s": round(max(samples), 2), "samples_s": [round(s, 2) for s in samples],
+                             "steps_p50_s": {k: round(statistics.median(p[k] for p in steps[name] if k in p), 3)
+                                             for k in STEPS if any(k in p for p in steps[name])}}
+    finally:
+        os.killpg(web.pid, signal.SIGTERM)
+        web.wait(timeout=30)
+        close_all()
+        gateway.stop()
+        WorkspaceTemplate.objects.filter(pk=template.pk).update(warm_target=0)
+        runtime = DockerRuntime(settings.DOCKER_HOST, node_name="browserbench")
+        for c in runtime.list(instance=settings.HEARTH_INSTANCE):
+            runtime.remove(c.engine_id)
+        runtime.close()
+        Container.objects.filter(template=template, state__in=Container.ACTIVE_STATES).update(
+            state=Container.State.REMOVED)
+        storage.slot_root_release()
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+    results["load_avg_after"] = round(os.getloadavg()[0], 2)
+    print(json.dumps(results))
+    print(f"\nportal click on Open -> code-server's .monaco-workbench visible + WebSocket open, through HAProxy, "
+          f"{args.opens} opens from a warm pool (load average {results['load_avg_before']:.1f} -> "
+          f"{results['load_avg_after']:.1f} on {os.cpu_count()} cores)")
+    for name, target in (("warm", 1.2), ("cold", 2.0)):
+        r = results[name]
+        verdict = "meets" if r["p50_s"] <= target else "misses"
+        print(f"  {name} browser cache: p50 {r['p50_s']:.2f} s (min {r['min_s']:.2f}, max {r['max_s']:.2f}) — "
+              f"{verdict} the target p50 <= {target} s")
+        print("    after the click, p50: " + ", ".join(f"{k} {v:.2f} s" for k, v in r["steps_p50_s"].items()))
+
+
+if __name__ == "__main__":
+    main()
