@@ -109,31 +109,28 @@ def membership_for(*, tenant, user):
     return Membership.objects.filter(tenant=tenant, user=user).first()
 
 
-def _require_manager(*, tenant, actor):
-    """Owners and admins manage members; staff act through the control plane."""
-    if actor is not None and getattr(actor, "is_staff", False) and not Membership.objects.filter(
-        tenant=tenant, user=actor
-    ).exists():
-        return None
+def _require_role(*, tenant, actor, roles, message):
+    """The actor's membership if its role is in `roles`; None for staff acting from the control plane
+    (staff who are members of the tenant act under their role). Outsiders get NotFound."""
     membership = membership_for(tenant=tenant, user=actor)
     if membership is None:
+        if getattr(actor, "is_staff", False):
+            return None
         raise NotFound("No such tenant.")
-    if not membership.can_manage_members:
-        raise Forbidden("Only the tenant's owners and admins can manage members.")
+    if membership.role not in roles:
+        raise Forbidden(message)
     return membership
+
+
+def _require_manager(*, tenant, actor):
+    """Owners and admins manage members."""
+    return _require_role(tenant=tenant, actor=actor, roles=(Role.OWNER, Role.ADMIN),
+                         message="Only the tenant's owners and admins can manage members.")
 
 
 def _require_owner(*, tenant, actor):
-    if actor is not None and getattr(actor, "is_staff", False) and not Membership.objects.filter(
-        tenant=tenant, user=actor
-    ).exists():
-        return None
-    membership = membership_for(tenant=tenant, user=actor)
-    if membership is None:
-        raise NotFound("No such tenant.")
-    if membership.role != Role.OWNER:
-        raise Forbidden("Only the tenant's owners can do this.")
-    return membership
+    return _require_role(tenant=tenant, actor=actor, roles=(Role.OWNER,),
+                         message="Only the tenant's owners can do this.")
 
 
 def _require_active(tenant):
