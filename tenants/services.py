@@ -337,6 +337,14 @@ def member_remove(*, membership, actor):
 # --- plan and status -----------------------------------------------------------------------------
 
 
+def _lock_live_tenant(tenant):
+    """The tenant's row, locked for the caller's transaction; an offboarded tenant cannot change."""
+    tenant = Tenant.objects.select_for_update().get(pk=tenant.pk)
+    if tenant.status == Tenant.Status.OFFBOARDED:
+        raise Forbidden("The tenant is offboarded.", code="tenant_offboarded")
+    return tenant
+
+
 def tenant_change_plan(*, tenant, plan, actor):
     acting = _require_owner(tenant=tenant, actor=actor)
     plan_obj = plan if isinstance(plan, Plan) else _plan_by_slug(plan)
@@ -345,9 +353,7 @@ def tenant_change_plan(*, tenant, plan, actor):
         raise ServiceError(f"The {plan_obj.name} plan is arranged with Hearth's staff, not chosen here.",
                            code="plan_not_offered", field="plan")
     with transaction.atomic():
-        tenant = Tenant.objects.select_for_update().get(pk=tenant.pk)
-        if tenant.status == Tenant.Status.OFFBOARDED:
-            raise Forbidden("The tenant is offboarded.", code="tenant_offboarded")
+        tenant = _lock_live_tenant(tenant)
         if tenant.plan_id == plan_obj.pk:
             return tenant
         if plan_obj.seats is not None and tenant.memberships.count() > plan_obj.seats:
@@ -374,9 +380,7 @@ def tenant_rename(*, tenant, name, actor):
     if len(name) > Tenant._meta.get_field("name").max_length:
         raise ServiceError("The name is too long (120 characters at most).", field="name")
     with transaction.atomic():
-        tenant = Tenant.objects.select_for_update().get(pk=tenant.pk)
-        if tenant.status == Tenant.Status.OFFBOARDED:
-            raise Forbidden("The tenant is offboarded.", code="tenant_offboarded")
+        tenant = _lock_live_tenant(tenant)
         if tenant.name == name:
             return tenant
         old = tenant.name
@@ -389,9 +393,7 @@ def tenant_rename(*, tenant, name, actor):
 
 def _set_status(*, tenant, status, actor, action, reason=""):
     with transaction.atomic():
-        tenant = Tenant.objects.select_for_update().get(pk=tenant.pk)
-        if tenant.status == Tenant.Status.OFFBOARDED:
-            raise Forbidden("The tenant is offboarded.", code="tenant_offboarded")
+        tenant = _lock_live_tenant(tenant)
         if tenant.status == status:
             return tenant
         old = tenant.status
