@@ -190,23 +190,38 @@ def pytest_runtest_teardown(item, nextitem):
         contents = getattr(connection, "_test_serialized_contents", None)
         if contents:
             connection.creation.deserialize_db_from_string(contents)
-@pytest.fixture(scope="session")
-def django_db_setup(django_db_setup, django_db_blocker):
-    """Make sure the default plans (a data migration) exist, even in a reused test database.
 
-    A transactional test (live_server, Chromium) flushes every table when it ends, so a reused database can
-    come back without them. They are reloaded here and the snapshot that `serialized_rollback=True`
-    restores is taken again: transactional tests should use
-    `@pytest.mark.django_db(transaction=True, serialized_rollback=True)` so the tests after them still
-    find the plans.
+
+# Seed data loaded by data migrations: (app label, model, migration module). Tests reload what is missing.
+SEED_DATA = [
+    ("tenants", "Plan", "tenants.migrations.0002_default_plans"),
+    ("workspaces", "WorkspaceTemplate", "workspaces.migrations.0002_default_templates"),
+    ("metering", "Meter", "metering.migrations.0002_default_meters"),
+]
+
+
+def seed_data_ensure():
+    """Load the migrations' seed data (plans, templates, meters) that is missing, never a second copy.
+
+    A reused test database can come back without it when an earlier run was stopped inside a transactional
+    test (whose flush removes it before the snapshot is put back).
     """
     import importlib
 
     from django.apps import apps
+
+    for app_label, model_name, migration in SEED_DATA:
+        if not apps.get_model(app_label, model_name).objects.exists():
+            importlib.import_module(migration).load(apps, None)
+
+
+@pytest.fixture(scope="session")
+def django_db_setup(django_db_setup, django_db_blocker):
+    """The seed data exists even in a reused test database, and the serialized snapshot includes it."""
     from django.db import connection
 
     with django_db_blocker.unblock():
-        importlib.import_module("tenants.migrations.0002_default_plans").load(apps, None)
+        seed_data_ensure()
         if hasattr(connection, "_test_serialized_contents"):
             connection._test_serialized_contents = connection.creation.serialize_db_to_string()
 

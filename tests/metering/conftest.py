@@ -3,6 +3,7 @@ import pytest
 from rest_framework.test import APIClient
 
 from metering.services import service_token_create
+from tests.conftest import seed_data_ensure
 from tests.factories import MembershipFactory, TenantFactory
 
 
@@ -29,13 +30,7 @@ def _load_reference_data(snapshot=None):
     which the flush recreates with new keys), so that a later test restoring a serialized database
     (serialized_rollback) finds the same rows instead of colliding with new ones.
     """
-    from importlib import import_module
-
-    from django.apps import apps
-
-    from metering.models import Meter
     from metering.services import meter_cache
-    from tenants.models import Plan
 
     if snapshot:
         changed = [model for model, rows in snapshot.items()
@@ -44,10 +39,7 @@ def _load_reference_data(snapshot=None):
             model.objects.all().delete()
         for model in changed:
             model.objects.bulk_create([model(**row) for row in snapshot[model]])
-    if not Plan.objects.exists():
-        import_module("tenants.migrations.0002_default_plans").load(apps, None)
-    if not Meter.objects.exists():
-        import_module("metering.migrations.0002_default_meters").load(apps, None)
+    seed_data_ensure()
     from django.contrib.contenttypes.models import ContentType
 
     ContentType.objects.clear_cache()

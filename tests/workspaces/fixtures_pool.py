@@ -20,22 +20,11 @@ __all__ = ["engine", "tiny_image", "pool_env", "node", "tiny_template", "tenant_
 
 
 def restore_defaults():
-    """Plans and templates are seed data from migrations; a transactional test's flush removes them.
+    """Plans and templates: tests/conftest.py puts them back after each transactional test; this fills in
+    what is still missing in a reused database."""
+    from tests.conftest import seed_data_ensure
 
-    tests/conftest.py puts the session's snapshot back after each transactional test; this only fills in
-    what is still missing (a reused database flushed by an earlier run), never a second copy.
-    """
-    from importlib import import_module
-
-    from django.apps import apps
-
-    from tenants.models import Plan
-    from workspaces.models import WorkspaceTemplate
-
-    if not Plan.objects.exists():
-        import_module("tenants.migrations.0002_default_plans").load(apps, None)
-    if not WorkspaceTemplate.objects.filter(slug="code-server").exists():
-        import_module("workspaces.migrations.0002_default_templates").load(apps, None)
+    seed_data_ensure()
 
 
 def engine_cleanup(url=None):
