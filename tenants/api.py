@@ -9,7 +9,7 @@ from rest_framework import serializers, status
 from rest_framework.response import Response
 
 from tenants import selectors, services
-from tenants.api_base import StrictInputSerializer, TenantScopedView
+from tenants.api_base import PAGE_PARAMETERS, StrictInputSerializer, TenantScopedView, paged_response
 from tenants.exceptions import NotFound
 from tenants.models import ApiToken, Invitation, Membership, Plan, Role
 from tenants.models import Tenant as TenantModel
@@ -156,9 +156,10 @@ class MemberListApi(TenantScopedView):
     def scoped_queryset(self):
         return selectors.member_list(tenant=self.tenant)
 
-    @extend_schema(responses={200: MemberOutputSerializer(many=True), **_errors()}, tags=["members"])
+    @extend_schema(parameters=PAGE_PARAMETERS, responses={200: MemberOutputSerializer(many=True), **_errors(400)},
+                   tags=["members"])
     def get(self, request):
-        return Response(self.OutputSerializer(self.get_queryset(), many=True).data)
+        return paged_response(request, self.get_queryset(), self.OutputSerializer, newest_first=False)
 
 
 class MemberGetApi(TenantScopedView):
@@ -269,9 +270,10 @@ class InvitationListApi(TenantScopedView):
         if not self.membership.can_manage_members:
             self.permission_denied(request, message="Only the tenant's owners and admins can see invitations.")
 
-    @extend_schema(responses={200: InvitationOutputSerializer(many=True), **_errors(403)}, tags=["invitations"])
+    @extend_schema(parameters=PAGE_PARAMETERS, responses={200: InvitationOutputSerializer(many=True),
+                                                          **_errors(400, 403)}, tags=["invitations"])
     def get(self, request):
-        return Response(self.OutputSerializer(self.get_queryset(), many=True).data)
+        return paged_response(request, self.get_queryset(), self.OutputSerializer)
 
 
 class InvitationRevokeApi(TenantScopedView):
@@ -333,9 +335,10 @@ class TokenListApi(TenantScopedView):
     def scoped_queryset(self):
         return ApiToken.objects.filter(membership=self.membership)
 
-    @extend_schema(responses={200: TokenOutputSerializer(many=True), **_errors()}, tags=["tokens"])
+    @extend_schema(parameters=PAGE_PARAMETERS, responses={200: TokenOutputSerializer(many=True), **_errors(400)},
+                   tags=["tokens"])
     def get(self, request):
-        return Response(self.OutputSerializer(self.get_queryset(), many=True).data)
+        return paged_response(request, self.get_queryset(), self.OutputSerializer)
 
 
 class TokenCreateApi(TenantScopedView):

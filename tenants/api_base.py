@@ -8,6 +8,7 @@ import re
 
 from django.http import Http404, JsonResponse
 from drf_spectacular import openapi
+from drf_spectacular.utils import OpenApiParameter
 from rest_framework import exceptions, serializers, status
 from rest_framework.generics import GenericAPIView
 from rest_framework.permissions import BasePermission, IsAuthenticated
@@ -199,3 +200,47 @@ def _flatten(detail):
     if isinstance(detail, list):
         return " ".join(_flatten(d) for d in detail)
     return str(detail)
+
+
+PAGE_SIZE_DEFAULT = 100
+PAGE_SIZE_MAX = 500
+PAGE_PARAMETERS = [
+    OpenApiParameter("limit", int, description=f"Items per page, 1–{PAGE_SIZE_MAX} (default "
+                                                       f"{PAGE_SIZE_DEFAULT})."),
+    OpenApiParameter("after", int, description="The cursor from the previous page's `Link: <…>; "
+                                                       "rel=\"next\"` header (an item id)."),
+]
+
+
+def paged_response(request, queryset, serializer_class, *, newest_first=True):
+    """A list answer, one page at a time: the body stays a JSON list; the next page is in a `Link` header.
+
+    Keyset pagination on the primary key (ids grow with creation), so a page never repeats or skips an item
+    when rows are added meanwhile, and page 1,000 costs what page 1 does.
+    """
+    limit = _query_int(request, "limit", default=PAGE_SIZE_DEFAULT, low=1, high=PAGE_SIZE_MAX)
+    after = _query_int(request, "after", default=None, low=1, high=2**63 - 1)
+    rows = queryset.order_by("-pk" if newest_first else "pk")
+    if after is not None:
+        rows = rows.filter(pk__lt=after) if newest_first else rows.filter(pk__gt=after)
+    rows = list(rows[: limit + 1])
+    response = Response(serializer_class(rows[:limit], many=True).data)
+    if len(rows) > limit:
+        query = request.query_params.copy()
+        query["after"] = str(rows[limit - 1].pk)
+        query["limit"] = str(limit)
+        response["Link"] = f'<{request.build_absolute_uri(request.path)}?{query.urlencode()}>; rel="next"'
+    return response
+
+
+def _query_int(request, name, *, default, low, high):
+    raw = request.query_params.get(name)
+    if raw in (None, ""):
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = None
+    if value is None or not low <= value <= high:
+        raise exceptions.ValidationError({name: [f"Must be a whole number from {low} to {high}."]})
+    return value

@@ -7,7 +7,7 @@ from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_sche
 from rest_framework import serializers, status
 from rest_framework.response import Response
 
-from tenants.api_base import StrictInputSerializer, TenantScopedView
+from tenants.api_base import PAGE_PARAMETERS, StrictInputSerializer, TenantScopedView, paged_response
 from workspaces import selectors, services
 
 ErrorSerializer = inline_serializer("WorkspacesError", fields={
@@ -61,9 +61,10 @@ class WorkspaceListApi(TenantScopedView):
     def scoped_queryset(self):
         return selectors.workspace_list(tenant=self.tenant, membership=self.membership)
 
-    @extend_schema(responses={200: WorkspaceOutputSerializer(many=True), **_errors()}, tags=["workspaces"])
+    @extend_schema(parameters=PAGE_PARAMETERS, responses={200: WorkspaceOutputSerializer(many=True),
+                                                          **_errors(400)}, tags=["workspaces"])
     def get(self, request):
-        return Response(WorkspaceOutputSerializer(self.get_queryset(), many=True).data)
+        return paged_response(request, self.get_queryset(), WorkspaceOutputSerializer)
 
 
 class WorkspaceCreateApi(TenantScopedView):
@@ -154,13 +155,13 @@ class SessionListApi(TenantScopedView):
     def scoped_queryset(self):
         return selectors.session_list(tenant=self.tenant, membership=self.membership)
 
-    @extend_schema(parameters=[OpenApiParameter("live", bool, description="Only live sessions.")],
-                   responses={200: SessionOutputSerializer(many=True), **_errors()}, tags=["sessions"])
+    @extend_schema(parameters=[OpenApiParameter("live", bool, description="Only live sessions."), *PAGE_PARAMETERS],
+                   responses={200: SessionOutputSerializer(many=True), **_errors(400)}, tags=["sessions"])
     def get(self, request):
         sessions = self.get_queryset()
         if request.query_params.get("live") in ("1", "true"):
             sessions = sessions.filter(ended_at__isnull=True)
-        return Response(SessionOutputSerializer(sessions[:200], many=True).data)
+        return paged_response(request, sessions, SessionOutputSerializer)
 
 
 class SessionDetailApi(TenantScopedView):
