@@ -52,7 +52,7 @@ def usage(request):
             "chart": _chart(item["days"], unit=meter.unit, allowance=daily),
         })
     return render(request, "metering/usage.html", {
-        "usage": current, "meters": meters, "banner": selectors.usage_banner(tenant, now=now),
+        "usage": current, "meters": meters,
         "current_tenant": tenant,
     })
 

@@ -44,6 +44,8 @@ def test_usage_page_shows_own_tenant_with_a_chart_per_meter(client, free_tenant)
     assert "Today: <strong>25 min</strong> of 30 min a day" in html
     assert "usage-banner-warning" in html  # 25 of 30 minutes today
     assert "2 h 46 min" not in html  # the other tenant's 9,999 s
+    assert '<a href="/usage/" aria-current="page">Usage</a>' in html  # in the portal's layout, its nav
+    assert html.count("usage-banner-warning") == 1
 
 
 def test_usage_page_needs_login(client):
