@@ -7,4 +7,5 @@ class MeteringConfig(AppConfig):
     verbose_name = "Metering"
 
     def ready(self):
-        from metering import offboarding, schema  # noqa: F401  (registers the tenants hooks, the OpenAPI scheme)
+        from metering import consumers, offboarding, schema  # noqa: F401  (registers outbox consumers, tenants hooks,
+        # the OpenAPI scheme)

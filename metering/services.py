@@ -619,11 +619,16 @@ def storage_sample(*, tenant, now=None):
 
 
 def seats_sample(*, tenant, now=None):
-    """Record the tenant's member count as a seats sample (one per tenant and hour; the day's figure is the peak)."""
+    """Record the tenant's member count as a seats sample; the day's and the month's figure is the peak.
+
+    One sample per tenant, hour and count: the hourly task repeats harmlessly, and a member joining mid-hour
+    (sampled at once by the outbox consumer in `metering.consumers`) still raises the peak.
+    """
     now = now or timezone.now()
     members = tenant.memberships.count()
     hour = now.astimezone(UTC).strftime("%Y%m%dT%H")
-    usage_record(tenant=tenant, meter=SEATS, quantity=members, timestamp=now, event_id=f"seats:{tenant.slug}:{hour}")
+    usage_record(tenant=tenant, meter=SEATS, quantity=members, timestamp=now,
+                 event_id=f"seats:{tenant.slug}:{hour}:{members}")
     return members
 
 

@@ -11,7 +11,8 @@ CHART_WIDTH, CHART_HEIGHT, PAD = 620, 160, 28
 
 def _chart(days, *, unit, allowance=None):
     """Bar geometry for one meter over the month's days, plus a dashed line at the daily allowance if any."""
-    peak = max([quantity for _, quantity in days] + [allowance or 0, 1])
+    top = max([quantity for _, quantity in days] + [allowance or 0])
+    peak = top or 1  # an empty month still draws its axis
     slot = (CHART_WIDTH - PAD) / max(len(days), 1)
     usable = CHART_HEIGHT - PAD
     bars = []
@@ -23,7 +24,7 @@ def _chart(days, *, unit, allowance=None):
                      "day": day.day, "show_day": index % 5 == 0})
     line = round(usable - usable * allowance / peak + 4, 1) if allowance else None
     return {"bars": bars, "allowance_y": line, "width": CHART_WIDTH, "height": CHART_HEIGHT, "pad": PAD,
-            "top_label": selectors._format(peak, unit), "axis_y": usable + 4}
+            "top_label": selectors._format(top, unit) if top else "nothing used yet", "axis_y": usable + 4}
 
 
 @login_required

@@ -93,10 +93,14 @@ def test_signup_verify_dashboard_invite(django_db_serialized_rollback, transacti
     page.get_by_role("navigation", name="Portal").get_by_role("link", name="Plans").click()
     page.get_by_role("heading", name="Plans", level=1).wait_for()
     page.screenshot(path=artifacts / "04-plans.png", full_page=True)
+    page.get_by_role("navigation", name="Portal").get_by_role("link", name="Usage").click()
+    page.get_by_role("heading", name="Usage of Hopper Labs", level=1).wait_for()
+    assert page.locator("section.meter svg").count() == 5  # a chart per meter, inside the portal's layout
+    page.screenshot(path=artifacts / "04-usage.png", full_page=True)
 
     # The same pages on a phone: nothing may overflow the viewport sideways.
     page.set_viewport_size(PHONE)
-    for name, path in (("05-phone-dashboard", "/"), ("06-phone-members", "/members/")):
+    for name, path in (("05-phone-dashboard", "/"), ("06-phone-members", "/members/"), ("06-phone-usage", "/usage/")):
         page.goto(f"{live_server.url}{path}")
         page.screenshot(path=artifacts / f"{name}.png", full_page=True)
         overflow = page.evaluate("document.documentElement.scrollWidth - document.documentElement.clientWidth")

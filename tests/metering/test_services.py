@@ -462,3 +462,22 @@ def test_two_bulk_calls_in_one_caller_transaction_do_not_see_each_others_rows():
         raise RuntimeError
     assert UsageEvent.objects.count() == 200
     assert services.usage_record_many([{**event, "id": event["id"] + "-y"} for event in first]).accepted == 100
+
+
+def test_seats_follow_membership_changes_through_the_outbox_at_once():
+    """A member joining mid-hour counts now (the hourly sample would miss them until the next hour)."""
+    from tenants import services as tenant_services
+    from tenants.events import outbox_drain
+
+    owner = MembershipFactory(tenant=tenant_on("team"), role="owner")
+    tenant = owner.tenant
+    with transaction.atomic():
+        services.seats_sample(tenant=tenant)  # this hour's sample: 1
+    _, token = tenant_services.member_invite(tenant=tenant, email="new@example.test", actor=owner.user)
+    tenant_services.invitation_accept(token=token, user=UserFactory(email="new@example.test"))
+    assert selectors.usage_current(tenant=tenant)["meters"]["seats"]["used"] == 1  # not delivered yet
+    outbox_drain()
+    assert selectors.usage_current(tenant=tenant)["meters"]["seats"]["used"] == 2
+    assert UsageEvent.objects.filter(tenant=tenant, meter__slug="seats").count() == 2
+    outbox_drain()  # delivered once: no further sample
+    assert UsageEvent.objects.filter(tenant=tenant, meter__slug="seats").count() == 2
