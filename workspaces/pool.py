@@ -168,8 +168,9 @@ def _provisioner_key(pk):
 
 def _provisioner_lock(pk):
     if connection.vendor == "postgresql":
+        # Never waits: if another session held this key (2**31 rows later), the row would only look alive.
         with connection.cursor() as cursor:
-            cursor.execute("SELECT pg_advisory_lock(%s, %s)", _provisioner_key(pk))
+            cursor.execute("SELECT pg_try_advisory_lock(%s, %s)", _provisioner_key(pk))
 
 
 def _provisioner_unlock(pk):

@@ -24,6 +24,7 @@ from django.db import connection
 
 from tests.workspaces.fixtures_pool import *  # noqa: F403
 from tests.workspaces.fixtures_pool import REPO
+from tests.workspaces.gateway_fixtures import gateway, gateway_env  # noqa: F401
 from workspaces import pool, services, storage, tasks
 from workspaces.models import Container, Node, Session
 from workspaces.runtime import runtime_for
@@ -48,6 +49,11 @@ def _env(failpoint, marker):
         "HEARTH_INSTANCE": settings.HEARTH_INSTANCE,  # also the Redis key prefix of the broker
         "HEARTH_FAILPOINT": failpoint,
         "HEARTH_FAILPOINT_FILE": str(marker),
+        # The gateway of this test module (its admin socket and per-install token key), if one runs.
+        "GATEWAY_RUN_DIR": str(settings.GATEWAY_RUN_DIR),
+        "GATEWAY_HOST": settings.GATEWAY_HOST,
+        "GATEWAY_JWT_KEYS": settings.GATEWAY_JWT_KEYS,
+        "HEARTH_BASE_URL": settings.HEARTH_BASE_URL,
     }
 
 
@@ -117,9 +123,17 @@ def _slot_mounts():
     return [p for p in points if p.startswith(root + "/")]
 
 
-def _problems(templates):
+def _problems(templates, gw=None):
     """Everything that is not as it should be at rest (empty list: consistent and every pool at target)."""
     problems = []
+    if gw is not None:
+        from workspaces import selectors
+        from workspaces.gateway import routes
+
+        present = {(r.host_key, r.session_id, r.address) for r in routes.routes_list(cfg=gw.cfg)}
+        wanted = set(selectors.live_routes())
+        if present != wanted:
+            problems.append(f"gateway routes {sorted(present)} != live sessions {sorted(wanted)}")
     for row in Container.objects.filter(state__in=(State.PROVISIONING, State.RELEASING)):
         problems.append(f"c{row.pk} still {row.state}")
     live = {s.container_id: s for s in Session.objects.filter(ended_at__isnull=True)}
@@ -156,7 +170,7 @@ def _problems(templates):
     return problems
 
 
-def _beat_until_consistent(templates, since, first_tick=1.0):
+def _beat_until_consistent(templates, since, first_tick=1.0, gw=None):
     """Run the periodic tasks on the beat's schedule until _problems() is empty; returns (seconds, ticks)."""
     due = {name: since + first_tick for name in BEAT}
     ticks = []
@@ -166,7 +180,7 @@ def _beat_until_consistent(templates, since, first_tick=1.0):
                 result = getattr(tasks, name)()  # the task's body, as a worker runs it
                 ticks.append((round(time.monotonic() - since, 1), name, result))
                 due[name] += period
-        problems = _problems(templates)
+        problems = _problems(templates, gw)
         elapsed = time.monotonic() - since
         if not problems:
             return elapsed, ticks
@@ -254,7 +268,8 @@ CLOSE = ("from django.contrib.auth import get_user_model; from workspaces import
 
 @pytest.mark.slow
 @pytest.mark.parametrize("point", ["open.claimed", "open.bound", "provision.reserved", "release.committed"])
-def test_open_or_close_sigkilled_half_way(point, live_db, node, tiny_template, workspace, member, tmp_path):
+def test_open_or_close_sigkilled_half_way(point, gateway, live_db, node, tiny_template, workspace, member,  # noqa: F811
+                                          tmp_path):
     _purge_queue()
     _write_user_file(workspace)
     user = member.user
@@ -288,7 +303,7 @@ def test_open_or_close_sigkilled_half_way(point, live_db, node, tiny_template, w
     else:
         assert half is None and Container.objects.filter(state=State.PROVISIONING).count() == 1
 
-    elapsed, ticks = _beat_until_consistent([tiny_template], killed_at)
+    elapsed, ticks = _beat_until_consistent([tiny_template], killed_at, gw=gateway)
     if point == "provision.reserved":
         assert _first_reconcile(ticks)["failed"] == 1, ticks
     print(f"{point}: consistent and at target {elapsed:.1f} s after the SIGKILL; ticks {ticks}")
@@ -298,6 +313,9 @@ def test_open_or_close_sigkilled_half_way(point, live_db, node, tiny_template, w
         assert again.resumed and again.session.pk == half.pk
     else:
         assert not again.resumed
+    # Through the gateway, as the browser would: the route is there and the token opens the user's files.
+    page = gateway.get(workspace.host_key, "/home/notes.txt", token=again.token)
+    assert page.status_code == 200 and page.text == "mine"
 
 
 # --- dockerd restarted ------------------------------------------------------------------------------
