@@ -232,6 +232,9 @@ def test_worker_sigkilled_mid_provision(point, live_db, node, tiny_template, wor
     finally:
         _kill(worker)
     killed_at = time.monotonic()
+    deadline = time.monotonic() + 10  # the master is reaped; its child dies a moment later
+    while _group_alive(worker.pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert _group_alive(worker.pid) == []
 
     stuck = Container.objects.get(state=State.PROVISIONING)
