@@ -7,6 +7,7 @@ hangs, so the test can SIGKILL it at exactly that moment (tests/workspaces/test_
 - `provision.reserved`  PROVISIONING row committed; no slot, no engine container yet
 - `provision.created`   engine container created; its id not yet saved on the row
 - `provision.started`   engine container running and answering; row still PROVISIONING
+- `provision.handed`    cold start only: started (ready_at set), not yet claimed by the open that asked for it
 - `open.claimed`        claim committed (container CLAIMED, session live); storage not bound
 - `open.bound`          user storage bound onto the slot; no gateway route, no token yet
 - `release.committed`   session ended and container RELEASING committed; route, bind, engine container still there

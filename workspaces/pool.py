@@ -160,6 +160,9 @@ def _reserve(*, template, node, for_warm):
 # tick instead of after WORKSPACES_PROVISION_TIMEOUT (which stays the rule elsewhere, and a fallback).
 _PROVISIONER_LOCK = 0x48454152  # advisory lock class of this module ("HEAR")
 _PROVISIONER_DIED = "its provisioning process died"
+# A PROVISIONING row with ready_at was started for a cold start and is claimed right after; unclaimed this long,
+# its process is gone (the cold start that loses the race to the reconciler fails its open; the user retries).
+_COLD_CLAIM_GRACE = timedelta(seconds=10)
 
 
 def _provisioner_key(pk):
@@ -290,6 +293,7 @@ def _provision(container, *, template, node, for_warm):
         # once the provisioner lock is released (it fails only PROVISIONING rows without ready_at).
         container.ready_at = timezone.now()
         Container.objects.filter(pk=container.pk, state=State.PROVISIONING).update(ready_at=container.ready_at)
+        failpoint("provision.handed")
         return container
     now = timezone.now()
     if not Container.objects.filter(pk=container.pk, state=State.PROVISIONING).update(
@@ -510,8 +514,11 @@ def reconcile(*, now=None, end_session=None):
             if row.state == State.PROVISIONING:
                 if row.created_at < now - _provision_timeout():
                     gone = Q(), "provisioning did not finish in time (worker lost?)"
-                elif alive is not None and _provisioner_key(row.pk)[1] not in alive:
+                elif row.ready_at is None and alive is not None and _provisioner_key(row.pk)[1] not in alive:
                     gone = Q(ready_at__isnull=True), _PROVISIONER_DIED
+                elif row.ready_at is not None and row.ready_at < now - _COLD_CLAIM_GRACE:
+                    # Started for a cold start, whose claim follows within milliseconds: that process died.
+                    gone = Q(ready_at=row.ready_at), "started for a cold start that never claimed it"
                 else:
                     continue
                 if Container.objects.filter(gone[0], pk=row.pk, state=State.PROVISIONING).update(

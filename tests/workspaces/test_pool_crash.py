@@ -270,15 +270,16 @@ CLOSE = ("from django.contrib.auth import get_user_model; from workspaces import
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("point", ["open.claimed", "open.bound", "provision.reserved", "release.committed"])
+@pytest.mark.parametrize("point", ["open.claimed", "open.bound", "provision.reserved", "provision.handed",
+                                   "release.committed"])
 def test_open_or_close_sigkilled_half_way(point, gateway, live_db, node, tiny_template, workspace, member,  # noqa: F811
                                           tmp_path):
     _purge_queue()
     _write_user_file(workspace)
     user = member.user
     earlier = None
-    if point == "provision.reserved":
-        pass  # an empty pool: the open cold-starts, and dies right after reserving its container
+    if point.startswith("provision."):
+        pass  # an empty pool: the open cold-starts, and dies right after reserving or starting its container
     elif point == "release.committed":
         pool.pool_fill()
         earlier = services.workspace_open(workspace=workspace, user=user).session
@@ -305,10 +306,16 @@ def test_open_or_close_sigkilled_half_way(point, gateway, live_db, node, tiny_te
         assert half.container.state == State.RELEASING and storage.is_mount_point(Path(half.container.slot_path))
     else:
         assert half is None and Container.objects.filter(state=State.PROVISIONING).count() == 1
+        started = Container.objects.get(state=State.PROVISIONING).ready_at
+        assert (started is None) == (point == "provision.reserved")
 
     elapsed, ticks = _beat_until_consistent([tiny_template], killed_at, gw=gateway)
     if point == "provision.reserved":
-        assert _first_reconcile(ticks)["failed"] == 1, ticks
+        assert _first_reconcile(ticks)["failed"] == 1, ticks  # its lock went with the process
+    elif point == "provision.handed":
+        # Started and unlocked, so only its age tells: failed by the first tick 10 s after it started.
+        failed = Container.objects.get(state=State.FAILED)
+        assert failed.last_error == "started for a cold start that never claimed it"
     print(f"{point}: consistent and at target {elapsed:.1f} s after the SIGKILL; ticks {ticks}")
     again = _open_again_sees_files(workspace, user)
     if point in ("open.claimed", "open.bound"):

@@ -85,8 +85,12 @@ def test_provisioning_whose_process_died_is_failed_at_once_but_a_started_cold_on
     cold.refresh_from_db()
     assert dead.state == State.FAILED and dead.last_error == pool._PROVISIONER_DIED
     assert str(dead.pk) not in _engine_pks(node)
-    assert cold.state == State.PROVISIONING  # its cold start claims it next; the time-out still applies
+    assert cold.state == State.PROVISIONING  # its cold start claims it next, within milliseconds
     assert not pool._failing_recently(tiny_template, node)  # the newest row died with its process: no back-off
+    Container.objects.filter(pk=cold.pk).update(ready_at=timezone.now() - pool._COLD_CLAIM_GRACE)
+    assert services.reconcile()["failed"] == 1  # ... so unclaimed this long, its process is gone
+    cold.refresh_from_db()
+    assert cold.state == State.FAILED
 
 
 def test_unfinished_release_is_finished(node, tiny_template):
