@@ -12,11 +12,15 @@ hangs, so the test can SIGKILL it at exactly that moment (tests/workspaces/test_
 - `open.bound`          user storage bound onto the slot; no gateway route, no token yet
 - `release.committed`   session ended and container RELEASING committed; route, bind, engine container still there
 """
+import logging
 import os
 import time
 
 # Read once at import: an unarmed check is one string comparison (it sits on the open path).
 _ARMED = os.environ.get("HEARTH_FAILPOINT", "")
+if _ARMED:
+    logging.getLogger(__name__).warning("HEARTH_FAILPOINT=%s: this process hangs when it gets there (tests only)",
+                                        _ARMED)
 
 
 def failpoint(name):
