@@ -216,17 +216,15 @@ def _open_again_sees_files(workspace, user):
 # --- a Celery worker killed while provisioning -------------------------------------------------------
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("point", ["provision.reserved", "provision.created", "provision.started"])
-def test_worker_sigkilled_mid_provision(point, live_db, node, tiny_template, workspace, member, tmp_path):
+def _worker_killed_at(point, template, tmp_path):
+    """Start a worker armed at `point`, have it fill the pool, SIGKILL it (and its child) there."""
     _purge_queue()
-    _write_user_file(workspace)
     marker, log = tmp_path / "failpoint", tmp_path / "worker.log"
     worker = _worker(_env(point, marker), log)
     try:
         from config.celery import app
 
-        app.send_task("workspaces.tasks.pool_fill", kwargs={"template_id": tiny_template.pk})
+        app.send_task("workspaces.tasks.pool_fill", kwargs={"template_id": template.pk})
         pid = _wait_for_failpoint(worker, marker, log)
         assert pid != worker.pid  # prefork: the task runs in the pool's child
     finally:
@@ -236,9 +234,16 @@ def test_worker_sigkilled_mid_provision(point, live_db, node, tiny_template, wor
     while _group_alive(worker.pid) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert _group_alive(worker.pid) == []
+    return killed_at, Container.objects.get(state=State.PROVISIONING)
 
-    stuck = Container.objects.get(state=State.PROVISIONING)
-    on_engine = {c.labels.get("hearth.container"): c for c in runtime_for(node).list(instance=settings.HEARTH_INSTANCE)}
+
+@pytest.mark.slow
+@pytest.mark.parametrize("point", ["provision.reserved", "provision.created", "provision.started"])
+def test_worker_sigkilled_mid_provision(point, live_db, node, tiny_template, workspace, member, tmp_path):
+    _write_user_file(workspace)
+    killed_at, stuck = _worker_killed_at(point, tiny_template, tmp_path)
+    listed = runtime_for(node).list(instance=settings.HEARTH_INSTANCE)
+    on_engine = {c.labels.get("hearth.container"): c for c in listed}
     if point == "provision.reserved":
         assert str(stuck.pk) not in on_engine and not stuck.engine_id
     elif point == "provision.created":
@@ -253,6 +258,34 @@ def test_worker_sigkilled_mid_provision(point, live_db, node, tiny_template, wor
     # (a tick within 20 s of the kill), the pool is back well within 60 s.
     assert _first_reconcile(ticks)["failed"] == 1, ticks
     print(f"{point}: consistent and at target {elapsed:.1f} s after the SIGKILL; ticks {ticks}")
+    _open_again_sees_files(workspace, member.user)
+
+
+@pytest.mark.slow
+def test_after_the_kill_a_restarted_worker_and_celery_beat_recover(live_db, node, tiny_template, workspace, member,
+                                                                   tmp_path):
+    """The whole stack after the crash, nothing run in this process: the supervisor starts a worker again and
+    `celery beat` (fresh schedule: each entry first fires one period after it starts) drives the recovery."""
+    _write_user_file(workspace)
+    killed_at, stuck = _worker_killed_at("provision.started", tiny_template, tmp_path)
+    env = _env("", tmp_path / "unused")
+    logs = {"worker": tmp_path / "worker2.log", "beat": tmp_path / "beat.log"}
+    worker = _worker(env, logs["worker"])
+    beat = _spawn([sys.executable, "-m", "celery", "-A", "config", "beat", "-l", "INFO",
+                   "--schedule", str(tmp_path / "beat-schedule")], env, logs["beat"])
+    try:
+        while problems := _problems([tiny_template]):
+            if time.monotonic() - killed_at > RECOVERY_BUDGET:
+                tails = {name: path.read_text(errors="replace")[-2000:] for name, path in logs.items()}
+                pytest.fail(f"not consistent {RECOVERY_BUDGET} s after the SIGKILL: {problems}\n{tails}")
+            time.sleep(0.5)
+        elapsed = time.monotonic() - killed_at
+    finally:
+        _kill(beat)
+        _kill(worker)
+    stuck.refresh_from_db()
+    assert stuck.state == State.FAILED and stuck.last_error == pool._PROVISIONER_DIED
+    print(f"worker + beat: consistent and at target {elapsed:.1f} s after the SIGKILL")
     _open_again_sees_files(workspace, member.user)
 
 
