@@ -393,3 +393,89 @@ def test_private_dockerd_restart_recovers_within_60s(second_dockerd, second_engi
     assert set(Container.objects.filter(pk__in=before).values_list("state", flat=True)) == {State.LOST}
     again = _open_again_sees_files(workspace, member.user)
     assert again.session.container_id not in before
+
+
+# --- the real web process: a gunicorn worker killed in the middle of POST /open -------------------------
+
+
+def _free_port():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _gunicorn(env, port, log_path):
+    return _spawn([sys.executable, "-m", "gunicorn", "config.wsgi:application", "--bind", f"127.0.0.1:{port}",
+                   "--workers", "1", "--threads", "4", "--timeout", "120", "--error-logfile", "-"], env, log_path)
+
+
+def _post_open(port, workspace, api_token, timeout=120):
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while True:  # until gunicorn listens
+        try:
+            return httpx.post(f"http://127.0.0.1:{port}/api/v1/workspaces/{workspace.pk}/open",
+                              headers={"Authorization": f"Bearer {api_token}"}, timeout=timeout)
+        except httpx.ConnectError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+@pytest.mark.slow
+def test_web_worker_sigkilled_between_bind_and_route(gateway, live_db, node, tiny_template, workspace,  # noqa: F811
+                                                       member, tmp_path):
+    """The process that claims in the real stack is the web worker serving POST /api/v1/workspaces/{id}/open (no
+    Celery task takes part; pool_fill is only nudged). The worker dies as an OOM kill would take it: SIGKILL to
+    that worker alone; the client sees the connection drop. Then the web tier restarts and the user opens again."""
+    import threading
+    from urllib.parse import parse_qs, urlsplit
+
+    import httpx
+
+    from tenants.services import api_token_create
+
+    _write_user_file(workspace)
+    pool.pool_fill()
+    _, api_token = api_token_create(membership=member, name="crash", actor=member.user)
+    marker, port = tmp_path / "failpoint", _free_port()
+    web = _gunicorn(_env("open.bound", marker), port, tmp_path / "web.log")
+    answer = {}
+    client = threading.Thread(target=lambda: answer.update(r=_safe(_post_open, port, workspace, api_token)))
+    try:
+        client.start()
+        pid = _wait_for_failpoint(web, marker, tmp_path / "web.log")
+        assert pid != web.pid  # a worker of the gunicorn master
+        os.kill(pid, signal.SIGKILL)
+        killed_at = time.monotonic()
+        client.join(timeout=30)
+        assert isinstance(answer["r"], httpx.TransportError), answer  # the open never answered
+    finally:
+        _kill(web)
+    half = Session.objects.get(workspace=workspace, ended_at__isnull=True)
+    assert storage.is_mount_point(Path(half.container.slot_path))
+
+    elapsed, ticks = _beat_until_consistent([tiny_template], killed_at, gw=gateway)
+    print(f"web worker at open.bound: consistent and at target {elapsed:.1f} s after the SIGKILL; ticks {ticks}")
+
+    web = _gunicorn(_env("", tmp_path / "unused"), port, tmp_path / "web2.log")
+    try:
+        response = _post_open(port, workspace, api_token)
+    finally:
+        _kill(web)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["resumed"] and body["session"] == str(half.pk)
+    token = parse_qs(urlsplit(body["url"]).query)["token"][0]
+    page = gateway.get(workspace.host_key, "/home/notes.txt", token=token)
+    assert page.status_code == 200 and page.text == "mine"
+
+
+def _safe(fn, *args):
+    try:
+        return fn(*args)
+    except Exception as exc:  # handed to the test thread to assert on
+        return exc
