@@ -512,17 +512,9 @@ def reconcile(*, now=None, end_session=None):
         for row in rows:
             found = by_pk.pop(str(row.pk), [])
             if row.state == State.PROVISIONING:
-                if row.created_at < now - _provision_timeout():
-                    gone = Q(), "provisioning did not finish in time (worker lost?)"
-                elif row.ready_at is None and alive is not None and _provisioner_key(row.pk)[1] not in alive:
-                    gone = Q(ready_at__isnull=True), _PROVISIONER_DIED
-                elif row.ready_at is not None and row.ready_at < now - _COLD_CLAIM_GRACE:
-                    # Started for a cold start, whose claim follows within milliseconds: that process died.
-                    gone = Q(ready_at=row.ready_at), "started for a cold start that never claimed it"
-                else:
-                    continue
-                if Container.objects.filter(gone[0], pk=row.pk, state=State.PROVISIONING).update(
-                    state=State.FAILED, last_error=gone[1]
+                abandoned = _provisioning_abandoned(row, now=now, alive=alive)
+                if abandoned and Container.objects.filter(abandoned[0], pk=row.pk, state=State.PROVISIONING).update(
+                    state=State.FAILED, last_error=abandoned[1]
                 ):
                     _engine_cleanup(row)
                     report["failed"] += 1
@@ -567,6 +559,22 @@ def reconcile(*, now=None, end_session=None):
             report["sessions_ended"] += 1
     report["slots_removed"] = _stale_slots_remove()
     return report
+
+
+def _provisioning_abandoned(row, *, now, alive):
+    """(condition to recheck in the update, reason) if the provisioning of this PROVISIONING row is over, else None.
+
+    `alive`: lock keys of the live provisioners (None: unknown). The condition makes the update a no-op if the
+    row moved on since it was read (WARM, or started for its cold start).
+    """
+    if row.created_at < now - _provision_timeout():
+        return Q(), "provisioning did not finish in time (worker lost?)"
+    if row.ready_at is None and alive is not None and _provisioner_key(row.pk)[1] not in alive:
+        return Q(ready_at__isnull=True), _PROVISIONER_DIED
+    if row.ready_at is not None and row.ready_at < now - _COLD_CLAIM_GRACE:
+        # Started for a cold start, whose claim follows within milliseconds: that process died.
+        return Q(ready_at=row.ready_at), "started for a cold start that never claimed it"
+    return None
 
 
 def _stale_slots_remove():

@@ -4,12 +4,14 @@
   child, in the middle of provisioning a warm container (three moments);
 - the process doing an open or a close (`manage.py shell -c`, as the web request would) SIGKILLed in the middle
   of a cold start, between the claim and the bind, between the bind and the route, and in the middle of a release;
+- a real gunicorn worker SIGKILLed while it serves POST /api/v1/workspaces/{id}/open (bound, no route yet);
 - a dockerd restarted: a private one (ExtraDockerd, own socket, data root, exec root and bridge), never the
   machine's shared engine, whose restart would kill the other engineers' containers.
 
 The exact moment comes from `workspaces.failpoints` (HEARTH_FAILPOINT): the process writes its pid and hangs
 there until the test kills it. After the kill the tasks run in this process on the beat's schedule (the first
-tick of each 1 s after the kill), as a surviving worker would run them.
+tick of each 1 s after the kill), as a surviving worker would run them; one test instead starts a new worker and
+a real `celery beat` and only watches.
 """
 import os
 import signal
