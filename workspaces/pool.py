@@ -264,7 +264,8 @@ def container_provision(*, template, node, for_warm=True):
     """Start one container on `node`. Returns the row (WARM, or still PROVISIONING when not for_warm) or None.
 
     None: no room, or the pool is already at target. Raises NodeUnavailable / ServiceError when the engine
-    fails; the row is then FAILED and nothing is left on the engine.
+    fails; the row is then FAILED and nothing is left on the engine. A row returned for a cold start has
+    `ready_at` set: claim it at once (the reconciler fails a started row left unclaimed for _COLD_CLAIM_GRACE).
     """
     container = _reserve(template=template, node=node, for_warm=for_warm)
     if container is None:
