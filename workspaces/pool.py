@@ -11,13 +11,14 @@ from datetime import timedelta
 from pathlib import Path
 
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import DatabaseError, connection, transaction
 from django.db.models import Count, Q, Sum
 from django.utils import timezone
 
 from tenants.exceptions import Conflict, ServiceError
 from workspaces import runtime as rt
 from workspaces import storage
+from workspaces.failpoints import failpoint
 from workspaces.models import Container, Node, Session, WorkspaceTemplate
 
 log = logging.getLogger(__name__)
@@ -148,7 +149,55 @@ def _reserve(*, template, node, for_warm):
         container.name = f"hearth-{instance()}-c{container.pk}"
         container.slot_path = str(storage.slot_root() / _slot_key(container.pk))
         container.save(update_fields=["name", "slot_path"])
+        # Before the commit: no reconciler can see the row without its provisioner's lock.
+        _provisioner_lock(container.pk)
     return container
+
+
+# A provisioning holds a PostgreSQL advisory lock (session level, keyed by the row) from the commit of its
+# PROVISIONING row until the row is WARM, FAILED or handed to the cold start. PostgreSQL drops it the moment the
+# provisioning process dies (SIGKILL, OOM), so the reconciler tells a dead provisioning from a slow one at its next
+# tick instead of after WORKSPACES_PROVISION_TIMEOUT (which stays the rule elsewhere, and a fallback).
+_PROVISIONER_LOCK = 0x48454152  # advisory lock class of this module ("HEAR")
+_PROVISIONER_DIED = "its provisioning process died"
+# A PROVISIONING row with ready_at was started for a cold start and is claimed right after; unclaimed this long,
+# its process is gone (the cold start that loses the race to the reconciler fails its open; the user retries).
+_COLD_CLAIM_GRACE = timedelta(seconds=10)
+
+
+def _provisioner_key(pk):
+    return [_PROVISIONER_LOCK, pk % 2**31]
+
+
+def _provisioner_lock(pk):
+    if connection.vendor == "postgresql":
+        # Never waits: if another session held this key (2**31 rows later), the row would only look alive.
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_try_advisory_lock(%s, %s)", _provisioner_key(pk))
+
+
+def _provisioner_unlock(pk):
+    if connection.vendor != "postgresql":
+        return
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_unlock(%s, %s)", _provisioner_key(pk))
+    except DatabaseError as exc:  # the connection is gone, and the lock with it
+        log.warning("could not release the provisioner lock of c%s: %s", pk, exc)
+
+
+def _provisioners_alive():
+    """Lock keys of provisionings whose process is alive (None: not known on this database, rely on the time-out).
+
+    Read after the rows: a row in the caller's snapshot committed with its lock already held.
+    """
+    if connection.vendor != "postgresql":
+        return None
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT objid FROM pg_locks WHERE locktype = 'advisory' AND granted AND classid = %s "
+                       "AND objsubid = 2 AND database = (SELECT oid FROM pg_database WHERE datname = "
+                       "current_database())", [_PROVISIONER_LOCK])
+        return {int(row[0]) for row in cursor.fetchall()}
 
 
 def _slot_key(pk):
@@ -181,6 +230,7 @@ def _start(container):
     storage.slot_create(_slot_key(container.pk))
     runtime = rt.runtime_for(container.node)
     created = runtime.create(_spec(container))
+    failpoint("provision.created")
     Container.objects.filter(pk=container.pk).update(engine_id=created.engine_id, address=created.address or "")
     container.engine_id, container.address = created.engine_id, created.address or ""
     if not runtime.wait_ready(created, timeout=settings.WORKSPACES_READY_TIMEOUT):
@@ -214,11 +264,20 @@ def container_provision(*, template, node, for_warm=True):
     """Start one container on `node`. Returns the row (WARM, or still PROVISIONING when not for_warm) or None.
 
     None: no room, or the pool is already at target. Raises NodeUnavailable / ServiceError when the engine
-    fails; the row is then FAILED and nothing is left on the engine.
+    fails; the row is then FAILED and nothing is left on the engine. A row returned for a cold start has
+    `ready_at` set: claim it at once (the reconciler fails a started row left unclaimed for _COLD_CLAIM_GRACE).
     """
     container = _reserve(template=template, node=node, for_warm=for_warm)
     if container is None:
         return None
+    try:
+        return _provision(container, template=template, node=node, for_warm=for_warm)
+    finally:
+        _provisioner_unlock(container.pk)
+
+
+def _provision(container, *, template, node, for_warm):
+    failpoint("provision.reserved")
     try:
         _start(container)
     except rt.RuntimeUnavailable as exc:
@@ -229,7 +288,13 @@ def container_provision(*, template, node, for_warm=True):
     except Exception as exc:
         _provision_failed(container, exc)
         raise ProvisionFailed(f"Could not start a '{template.slug}' container on node '{node.name}': {exc}") from exc
+    failpoint("provision.started")
     if not for_warm:
+        # Started: the row is the cold start's to claim now, so the reconciler must not take it for abandoned
+        # once the provisioner lock is released (it fails only PROVISIONING rows without ready_at).
+        container.ready_at = timezone.now()
+        Container.objects.filter(pk=container.pk, state=State.PROVISIONING).update(ready_at=container.ready_at)
+        failpoint("provision.handed")
         return container
     now = timezone.now()
     if not Container.objects.filter(pk=container.pk, state=State.PROVISIONING).update(
@@ -303,9 +368,11 @@ def pool_fill(*, template_id=None):
 def _failing_recently(template, node):
     """The newest container of this pool failed a moment ago: wait a little before the next attempt."""
     last = Container.objects.filter(template=template, node=node).order_by("-pk").values_list(
-        "state", "updated_at").first()
-    return last is not None and last[0] == State.FAILED and last[1] > timezone.now() - timedelta(
-        seconds=settings.WORKSPACES_FAILURE_BACKOFF)
+        "state", "updated_at", "last_error").first()
+    # A provisioning whose process died says nothing about the engine or the image: no reason to wait.
+    if last is None or last[0] != State.FAILED or last[2] == _PROVISIONER_DIED:
+        return False
+    return last[1] > timezone.now() - timedelta(seconds=settings.WORKSPACES_FAILURE_BACKOFF)
 
 
 # --- the claim -----------------------------------------------------------------------------------
@@ -442,15 +509,16 @@ def reconcile(*, now=None, end_session=None):
                 by_pk.setdefault(found.labels.get("hearth.container", ""), []).append(found)
         rows = list(Container.objects.filter(node=node, state__in=Container.ACTIVE_STATES).select_related(
             "node", "template"))
+        alive = _provisioners_alive() if any(row.state == State.PROVISIONING for row in rows) else None
         for row in rows:
             found = by_pk.pop(str(row.pk), [])
             if row.state == State.PROVISIONING:
-                if row.created_at < now - _provision_timeout():
-                    if Container.objects.filter(pk=row.pk, state=State.PROVISIONING).update(
-                        state=State.FAILED, last_error="provisioning did not finish in time (worker lost?)"
-                    ):
-                        _engine_cleanup(row)
-                        report["failed"] += 1
+                abandoned = _provisioning_abandoned(row, now=now, alive=alive)
+                if abandoned and Container.objects.filter(abandoned[0], pk=row.pk, state=State.PROVISIONING).update(
+                    state=State.FAILED, last_error=abandoned[1]
+                ):
+                    _engine_cleanup(row)
+                    report["failed"] += 1
                 continue
             if row.state == State.RELEASING:
                 report["released"] += int(container_release(row))
@@ -494,13 +562,32 @@ def reconcile(*, now=None, end_session=None):
     return report
 
 
+def _provisioning_abandoned(row, *, now, alive):
+    """(condition to recheck in the update, reason) if the provisioning of this PROVISIONING row is over, else None.
+
+    `alive`: lock keys of the live provisioners (None: unknown). The condition makes the update a no-op if the
+    row moved on since it was read (WARM, or started for its cold start).
+    """
+    if row.created_at < now - _provision_timeout():
+        return Q(), "provisioning did not finish in time (worker lost?)"
+    if row.ready_at is None and alive is not None and _provisioner_key(row.pk)[1] not in alive:
+        return Q(ready_at__isnull=True), _PROVISIONER_DIED
+    if row.ready_at is not None and row.ready_at < now - _COLD_CLAIM_GRACE:
+        # Started for a cold start, whose claim follows within milliseconds: that process died.
+        return Q(ready_at=row.ready_at), "started for a cold start that never claimed it"
+    return None
+
+
 def _stale_slots_remove():
     root = storage.slot_root()
+    # Directories first, rows second: a slot seen here belongs to a row already committed (the row commits
+    # before its slot is made), so a provisioning that starts meanwhile never loses its fresh slot.
+    entries = [entry for entry in root.iterdir() if entry.is_dir()] if root.exists() else []
     live = {_slot_key(pk) for pk in Container.objects.filter(state__in=Container.ACTIVE_STATES).values_list(
         "pk", flat=True)}
     removed = 0
-    for entry in root.iterdir() if root.exists() else ():
-        if entry.is_dir() and entry.name.startswith("c") and entry.name not in live:
+    for entry in entries:
+        if entry.name.startswith("c") and entry.name not in live:
             storage.slot_remove(entry)
             removed += 1
     return removed

@@ -23,6 +23,7 @@ from tenants.audit import audit_record
 from tenants.exceptions import Conflict, Forbidden, NotFound, ServiceError
 from tenants.models import Membership, Role, Tenant
 from workspaces import pool, selectors, storage
+from workspaces.failpoints import failpoint
 from workspaces.gateway import routes as gateway_routes
 from workspaces.gateway.runtime_api import GatewayUnavailable
 from workspaces.gateway.tokens import session_token_issue
@@ -272,8 +273,10 @@ def workspace_open(*, workspace, user):
     session = _claim(workspace=workspace, user=user)
     if session is None:
         session = _cold_start(workspace=workspace, user=user)
+    failpoint("open.claimed")
     try:
         _bind(session)
+        failpoint("open.bound")
         _route_set(session)
         url, token, expires_at = _session_url_and_token(session)
     except Exception as exc:
@@ -452,6 +455,7 @@ def session_end(*, session, reason, actor=None, metered_to=None):
                            "seconds": int((now - session.started_at).total_seconds())})
         template_id = Container.objects.filter(pk=session.container_id).values_list("template_id", flat=True).first()
         _enqueue_pool_fill(template_id)
+    failpoint("release.committed")
     _route_delete(session.workspace)
     container = Container.objects.select_related("node", "template").get(pk=session.container_id)
     try:
