@@ -7,10 +7,12 @@ import logging
 import os
 import shutil
 import threading
+import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 
+from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 from django.db.models.expressions import RawSQL
@@ -358,42 +360,96 @@ def _existing_or_conflict(workspace):
 
 
 def _cold_start(*, workspace, user):
-    """The pool is empty: start a container for this session on the least-loaded node that answers."""
+    """The pool is empty: start a container for this session, or take one that warms up in the pool meanwhile.
+
+    Starts are limited per node (pool.provision_slot_try): with a free slot on a candidate node (least loaded
+    first) this open starts its own container; while every slot is busy it waits, and whichever comes first — a
+    slot, or a container of the template turning WARM (the refill, or other opens' spare) — serves it. Either
+    way the session is a cold start (`cold_start=True`): the user waited for a container.
+    """
     template = workspace.template
-    candidates = pool.placement_candidates(template)
-    if not candidates:
-        raise pool.NoCapacity(f"No node has room for another '{template.slug}' workspace; try again shortly.")
-    last_error = None
-    for node in candidates:
-        try:
-            container = pool.container_provision(template=template, node=node, for_warm=False)
-        except pool.NodeUnavailable as exc:
-            last_error = exc
-            continue
-        if container is None:
-            continue
-        now = timezone.now()
-        try:
-            with transaction.atomic():
-                _check_concurrency(workspace.tenant, now)
-                if not Container.objects.filter(pk=container.pk, state=State.PROVISIONING).update(
-                    state=State.CLAIMED, ready_at=now, claimed_at=now
-                ):
-                    raise ServiceError("The new container was given up while it started.", code="open_failed")
-                container.state = State.CLAIMED
-                session = _new_session(workspace=workspace, user=user, container=container, now=now, cold=True)
-                _enqueue_pool_fill(template.pk)
-        except (ServiceError, IntegrityError) as exc:
-            Container.objects.filter(pk=container.pk, state__in=(State.PROVISIONING, State.CLAIMED)).update(
-                state=State.RELEASING, released_at=timezone.now())
-            pool.container_release(container)
-            if isinstance(exc, IntegrityError):
-                return _existing_or_conflict(workspace)
-            raise
-        return session
-    if last_error is not None:
-        raise last_error
-    raise pool.NoCapacity(f"No node has room for another '{template.slug}' workspace; try again shortly.")
+    deadline = time.monotonic() + settings.WORKSPACES_COLD_START_WAIT
+    candidates, candidates_at, down, last_error = None, 0.0, set(), None
+    while True:
+        if candidates is None or time.monotonic() - candidates_at > 5.0:
+            candidates, candidates_at = pool.placement_candidates(template), time.monotonic()
+        usable = [node for node in candidates if node.pk not in down]
+        if not usable:
+            if last_error is not None:
+                raise last_error  # every node with room failed to answer
+            raise pool.NoCapacity(f"No node has room for another '{template.slug}' workspace; try again shortly.")
+        full = 0
+        for node in usable:
+            session, outcome = _cold_start_with_slot(workspace, user, node, pool.provision_slot_try(node))
+            if session is not None:
+                return session
+            full += outcome == "full"
+            if isinstance(outcome, pool.NodeUnavailable):
+                down.add(node.pk)
+                last_error = outcome
+        if full and full == len(usable):
+            raise pool.NoCapacity(f"No node has room for another '{template.slug}' workspace; try again shortly.")
+        if time.monotonic() > deadline:
+            raise pool.PoolBusy(f"No '{template.slug}' container came free within "
+                                f"{settings.WORKSPACES_COLD_START_WAIT:.0f} s; try again shortly.")
+        # Every slot is busy: wait for one of the first node's (any process frees it), then look at the pool.
+        node = next((n for n in usable if n.pk not in down), None)
+        if node is not None:
+            slot = pool.provision_slot_wait_once(node, timeout=settings.WORKSPACES_POOL_POLL_INTERVAL)
+            session, outcome = _cold_start_with_slot(workspace, user, node, slot)
+            if session is not None:
+                return session
+            if isinstance(outcome, pool.NodeUnavailable):
+                down.add(node.pk)
+                last_error = outcome
+        session = _claim(workspace=workspace, user=user)
+        if session is not None:
+            Session.objects.filter(pk=session.pk).update(cold_start=True)
+            session.cold_start = True
+            return session
+
+
+def _cold_start_with_slot(workspace, user, node, slot):
+    """(session, outcome): with a slot of `node` (None: no slot, "busy"), start a container there for the session.
+
+    outcome "full": no room on the node after all; a NodeUnavailable: the engine did not answer.
+    """
+    if slot is None:
+        return None, "busy"
+    try:
+        session = _cold_start_on(workspace=workspace, user=user, node=node)
+    except pool.NodeUnavailable as exc:
+        return None, exc
+    finally:
+        pool.provision_slot_release(node, slot)
+    return session, ("started" if session is not None else "full")
+
+
+def _cold_start_on(*, workspace, user, node):
+    """Start a container on `node` (the caller holds one of its slots) and open the session on it; None: no room."""
+    template = workspace.template
+    container = pool.container_provision(template=template, node=node, for_warm=False, slot_held=True)
+    if container is None:
+        return None
+    now = timezone.now()
+    try:
+        with transaction.atomic():
+            _check_concurrency(workspace.tenant, now)
+            if not Container.objects.filter(pk=container.pk, state=State.PROVISIONING).update(
+                state=State.CLAIMED, ready_at=now, claimed_at=now
+            ):
+                raise ServiceError("The new container was given up while it started.", code="open_failed")
+            container.state = State.CLAIMED
+            session = _new_session(workspace=workspace, user=user, container=container, now=now, cold=True)
+            _enqueue_pool_fill(template.pk)
+    except (ServiceError, IntegrityError) as exc:
+        Container.objects.filter(pk=container.pk, state__in=(State.PROVISIONING, State.CLAIMED)).update(
+            state=State.RELEASING, released_at=timezone.now())
+        pool.container_release(container)
+        if isinstance(exc, IntegrityError):
+            return _existing_or_conflict(workspace)
+        raise
+    return session
 
 
 def _resume(session):
