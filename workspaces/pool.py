@@ -205,8 +205,12 @@ def provision_slot_wait_once(node, *, timeout):
     slot = random.randrange(provision_concurrency())
     try:
         with transaction.atomic(), connection.cursor() as cursor:  # a transaction for the local lock_timeout
-            cursor.execute("SELECT set_config('lock_timeout', %s, true)", [f"{max(1, int(timeout * 1000))}ms"])
+            cursor.execute("SELECT current_setting('lock_timeout'), set_config('lock_timeout', %s, true)",
+                           [f"{max(1, int(timeout * 1000))}ms"])
+            previous = cursor.fetchone()[0]
             cursor.execute("SELECT pg_advisory_lock(%s, %s * 1024 + %s)", [_SLOT_LOCK_CLASS, node.pk, slot])
+            # Inside a caller's transaction (a savepoint here) the setting would outlive this block: put it back.
+            cursor.execute("SELECT set_config('lock_timeout', %s, true)", [previous])
     except OperationalError as exc:
         if getattr(getattr(exc, "__cause__", None), "sqlstate", None) != "55P03":  # not lock_not_available
             raise

@@ -235,3 +235,18 @@ def test_a_burst_against_a_small_pool_gives_everyone_a_container_of_their_own(li
     for session in sessions:
         services.session_end(session=session, reason=Session.EndReason.CLOSED)
     assert Container.objects.filter(state__in=Container.ACTIVE_STATES).count() == 0
+
+
+def test_waiting_for_a_slot_inside_a_transaction_leaves_its_lock_timeout_alone(node, settings):
+    settings.WORKSPACES_PROVISION_CONCURRENCY = 1
+    holder = SlotHolder(node)
+    holder.hold(1)
+    threading.Timer(0.3, holder._release.set).start()
+    assert connection.in_atomic_block  # the test's transaction: the wait runs in a savepoint
+    slot = pool.provision_slot_wait_once(node, timeout=5)  # blocks on the lock until the holder lets go
+    assert slot == 0
+    with connection.cursor() as cursor:
+        cursor.execute("SHOW lock_timeout")
+        assert cursor.fetchone()[0] == "0"  # later lock waits of the transaction are not cut short
+    pool.provision_slot_release(node, slot)
+    holder.release()
