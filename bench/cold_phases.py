@@ -8,10 +8,16 @@ Each variant is the hardened spec of `workspaces.runtime.DockerRuntime` with one
   lognone    — log driver `none`; loglocal — log driver `local`;
   netnone    — `--network none` (not usable: the host cannot reach it; shows what the network costs);
   internal   — an `internal` bridge (no masquerade / outbound rules);
-  crun       — runtime `crun` (dockerd must know it: scripts/services.sh registers it);
+  docker0    — the engine's default bridge (no embedded DNS resolver; isolation only with dockerd --icc=false);
+  crun       — runtime `crun` (register it: /etc/docker/daemon.json {"runtimes": {"crun": {"path": "/usr/bin/crun"}}}
+               and SIGHUP dockerd; crun 1.8 refuses cgroup v1 hybrid mode unless the hugetlb hierarchy is mounted);
   lean       — noinit + lognone (+ crun with --lean-crun).
-`--parallel N` starts N containers at once (threads), like N cold opens or an N-wide refill.
-Prints one JSON line, then a table (p50/p95/max per phase in ms, containers/s, load average).
+`--parallel N` starts N containers at once (threads), like N cold opens or an N-wide refill; `--precreate` creates
+them first and times only start -> ready (a created-not-started reserve). `--stream 6,12 --total 47` starts 47 with
+at most 6 (then 12) in flight and reports when the k-th is ready.
+Each row has the engine's CPU per start (dockerd, containerd, and the container's shim with the runc and hook
+processes it reaped, from /proc; dockerd's share includes any other client's work on the engine meanwhile).
+Prints one JSON line, then a table (p50/max per phase in ms, containers/s, load average, CPU per start).
 Containers carry `hearth.instance=<HEARTH_INSTANCE>-phases` and are removed at the end.
 """
 

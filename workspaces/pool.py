@@ -6,7 +6,6 @@ RELEASING before remove), so a worker killed at any point leaves a row the recon
 import http.client
 import logging
 import os
-import random
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -141,6 +140,7 @@ def placement_candidates(template):
 # (released by the server if the process dies); elsewhere a semaphore per process.
 
 _SLOT_LOCK_CLASS = 0x4845  # advisory lock key space of Hearth's provisioning slots: (class, node pk * 1024 + slot)
+_LINE_LOCK_CLASS = 0x4846  # (class, template pk): the head of the line of cold opens of a template
 _local_slots: dict[int, threading.BoundedSemaphore] = {}
 _local_slots_lock = threading.Lock()
 # Wakes cold opens waiting in this process: a slot was released or a container became WARM here.
@@ -190,42 +190,72 @@ def pool_changed_wait(timeout):
         _pool_changed.wait(timeout)
 
 
-def provision_slot_wait_once(node, *, timeout):
-    """Wait up to `timeout` s for a slot of `node` to come free: its number, or None.
+def provision_slot_wait(node, *, timeout):
+    """Wait up to `timeout` s for a provisioning slot of `node`: its number, or None (background fills)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        slot = provision_slot_try(node)
+        remaining = deadline - time.monotonic()
+        if slot is not None or remaining <= 0:
+            return slot
+        pool_changed_wait(min(remaining, 0.25))
 
-    PostgreSQL: blocks on one slot's advisory lock (a random one; lock_timeout bounds the wait), so a slot freed
-    by any process is taken the moment it is released, without polling. Elsewhere: this process's wake-ups.
-    """
-    slot = provision_slot_try(node)
-    if slot is not None or timeout <= 0:
-        return slot
-    if connection.vendor != "postgresql":
-        pool_changed_wait(timeout)
-        return provision_slot_try(node)
-    slot = random.randrange(provision_concurrency())
+
+def _advisory_lock_wait(key1, key2, timeout):
+    """Block up to `timeout` s on a session advisory lock (PostgreSQL queues waiters first come, first served)."""
     try:
         with transaction.atomic(), connection.cursor() as cursor:  # a transaction for the local lock_timeout
             cursor.execute("SELECT current_setting('lock_timeout'), set_config('lock_timeout', %s, true)",
                            [f"{max(1, int(timeout * 1000))}ms"])
             previous = cursor.fetchone()[0]
-            cursor.execute("SELECT pg_advisory_lock(%s, %s * 1024 + %s)", [_SLOT_LOCK_CLASS, node.pk, slot])
+            cursor.execute("SELECT pg_advisory_lock(%s, %s)", [key1, key2])
             # Inside a caller's transaction (a savepoint here) the setting would outlive this block: put it back.
             cursor.execute("SELECT set_config('lock_timeout', %s, true)", [previous])
     except OperationalError as exc:
         if getattr(getattr(exc, "__cause__", None), "sqlstate", None) != "55P03":  # not lock_not_available
             raise
-        return None
-    return slot  # a session lock: it outlives the transaction that took it
+        return False
+    return True  # a session lock: it outlives the transaction that took it
 
 
-def provision_slot_wait(node, *, timeout):
-    """Wait up to `timeout` s for a provisioning slot of `node`: its number, or None."""
-    deadline = time.monotonic() + timeout
-    while True:
-        remaining = deadline - time.monotonic()
-        slot = provision_slot_wait_once(node, timeout=min(max(remaining, 0), 1.0))
-        if slot is not None or remaining <= 0:
-            return slot
+class ColdOpenLine:
+    """The line of cold opens of one template waiting for a container, first come first served, across processes.
+
+    Only the open at the head looks for a free slot or a WARM container (every WORKSPACES_POOL_POLL_INTERVAL); the
+    rest wait inside PostgreSQL on the template's line lock, costing nothing. The head leaves the line as soon as it
+    has a slot or a container, so the next open moves up while it starts. Other databases: a lock per process.
+    """
+
+    _local: dict[int, threading.Lock] = {}
+
+    def __init__(self, template):
+        self.template = template
+        self.entered = False
+
+    def enter(self, *, timeout):
+        """Wait up to `timeout` s to be the head of the line; False when the time ran out."""
+        if timeout <= 0:
+            return False
+        if connection.vendor == "postgresql":
+            self.entered = _advisory_lock_wait(_LINE_LOCK_CLASS, self.template.pk, timeout)
+        else:
+            with _local_slots_lock:
+                lock = self._local.setdefault(self.template.pk, threading.Lock())
+            self.entered = lock.acquire(timeout=timeout)
+        return self.entered
+
+    def leave(self):
+        if not self.entered:
+            return
+        self.entered = False
+        if connection.vendor == "postgresql":
+            try:
+                with connection.cursor() as cursor:
+                    cursor.execute("SELECT pg_advisory_unlock(%s, %s)", [_LINE_LOCK_CLASS, self.template.pk])
+            except DatabaseError as exc:  # the session is gone, and its locks with it
+                log.warning("leaving the cold-open line of %s: %s", self.template, exc)
+        else:
+            self._local[self.template.pk].release()
 
 
 # --- provisioning --------------------------------------------------------------------------------

@@ -363,50 +363,57 @@ def _cold_start(*, workspace, user):
     """The pool is empty: start a container for this session, or take one that warms up in the pool meanwhile.
 
     Starts are limited per node (pool.provision_slot_try): with a free slot on a candidate node (least loaded
-    first) this open starts its own container; while every slot is busy it waits, and whichever comes first — a
-    slot, or a container of the template turning WARM (the refill, or other opens' spare) — serves it. Either
-    way the session is a cold start (`cold_start=True`): the user waited for a container.
+    first) this open starts its own container. While every slot is busy it joins the template's line of cold
+    opens (pool.ColdOpenLine, first come first served); at the head it takes whichever comes first — a free slot,
+    or a container of the template turning WARM (the refill's, or any) through the ordinary claim. Either way the
+    session is a cold start (`cold_start=True`): the user waited for a container.
     """
     template = workspace.template
     deadline = time.monotonic() + settings.WORKSPACES_COLD_START_WAIT
+    line = pool.ColdOpenLine(template)
     candidates, candidates_at, down, last_error = None, 0.0, set(), None
-    while True:
-        if candidates is None or time.monotonic() - candidates_at > 5.0:
-            candidates, candidates_at = pool.placement_candidates(template), time.monotonic()
-        usable = [node for node in candidates if node.pk not in down]
-        if not usable:
-            if last_error is not None:
-                raise last_error  # every node with room failed to answer
-            raise pool.NoCapacity(f"No node has room for another '{template.slug}' workspace; try again shortly.")
-        full = 0
-        for node in usable:
-            session, outcome = _cold_start_with_slot(workspace, user, node, pool.provision_slot_try(node))
-            if session is not None:
-                return session
-            full += outcome == "full"
-            if isinstance(outcome, pool.NodeUnavailable):
-                down.add(node.pk)
-                last_error = outcome
-        if full and full == len(usable):
-            raise pool.NoCapacity(f"No node has room for another '{template.slug}' workspace; try again shortly.")
-        if time.monotonic() > deadline:
-            raise pool.PoolBusy(f"No '{template.slug}' container came free within "
-                                f"{settings.WORKSPACES_COLD_START_WAIT:.0f} s; try again shortly.")
-        # Every slot is busy: wait for one of the first node's (any process frees it), then look at the pool.
-        node = next((n for n in usable if n.pk not in down), None)
-        if node is not None:
-            slot = pool.provision_slot_wait_once(node, timeout=settings.WORKSPACES_POOL_POLL_INTERVAL)
-            session, outcome = _cold_start_with_slot(workspace, user, node, slot)
-            if session is not None:
-                return session
-            if isinstance(outcome, pool.NodeUnavailable):
-                down.add(node.pk)
-                last_error = outcome
-        session = _claim(workspace=workspace, user=user)
-        if session is not None:
-            Session.objects.filter(pk=session.pk).update(cold_start=True)
-            session.cold_start = True
-            return session
+    try:
+        while True:
+            if line.entered:
+                session = _claim(workspace=workspace, user=user)
+                if session is not None:
+                    line.leave()
+                    Session.objects.filter(pk=session.pk).update(cold_start=True)
+                    session.cold_start = True
+                    return session
+            if candidates is None or time.monotonic() - candidates_at > 5.0:
+                candidates, candidates_at = pool.placement_candidates(template), time.monotonic()
+            usable = [node for node in candidates if node.pk not in down]
+            if not usable:
+                if last_error is not None:
+                    raise last_error  # every node with room failed to answer
+                raise pool.NoCapacity(f"No node has room for another '{template.slug}' workspace; try again shortly.")
+            full = 0
+            for node in usable:
+                slot = pool.provision_slot_try(node)
+                if slot is None:
+                    continue
+                line.leave()  # the next open moves up and may take the next slot while this one starts
+                session, outcome = _cold_start_with_slot(workspace, user, node, slot)
+                if session is not None:
+                    return session
+                full += outcome == "full"
+                if isinstance(outcome, pool.NodeUnavailable):
+                    down.add(node.pk)
+                    last_error = outcome
+            if full and full == len(usable):
+                raise pool.NoCapacity(f"No node has room for another '{template.slug}' workspace; try again shortly.")
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise pool.PoolBusy(f"No '{template.slug}' container came free within "
+                                    f"{settings.WORKSPACES_COLD_START_WAIT:.0f} s; try again shortly.")
+            if line.entered:
+                pool.pool_changed_wait(min(remaining, settings.WORKSPACES_POOL_POLL_INTERVAL))
+            elif not line.enter(timeout=remaining):  # every slot is busy: wait for our turn, at no cost
+                raise pool.PoolBusy(f"No '{template.slug}' container came free within "
+                                    f"{settings.WORKSPACES_COLD_START_WAIT:.0f} s; try again shortly.")
+    finally:
+        line.leave()
 
 
 def _cold_start_with_slot(workspace, user, node, slot):

@@ -264,5 +264,6 @@ WORKSPACES_WARMUP_PATH = env.str("WORKSPACES_WARMUP_PATH", default="/")
 WORKSPACES_PROVISION_CONCURRENCY = env.int("WORKSPACES_PROVISION_CONCURRENCY", default=12)
 # A cold open waits this long for a container (its own, or one warming up in the pool) before answering 503.
 WORKSPACES_COLD_START_WAIT = env.float("WORKSPACES_COLD_START_WAIT", default=60.0)
-# How often a waiting cold open looks for slots and warm containers freed by other processes (its own wake it at once).
-WORKSPACES_POOL_POLL_INTERVAL = env.float("WORKSPACES_POOL_POLL_INTERVAL", default=0.5)
+# How often the cold open at the head of its template's line looks for a free slot or a warm container (the rest wait
+# in PostgreSQL at no cost; this process's own releases wake it at once).
+WORKSPACES_POOL_POLL_INTERVAL = env.float("WORKSPACES_POOL_POLL_INTERVAL", default=0.05)

@@ -80,8 +80,8 @@ def test_a_node_has_only_its_provisioning_slots_across_connections(live_db, node
     assert _slot_locks_held() == 2  # each try took one lock, not one per slot it looked at
     assert _in_thread(pool.provision_slot_try, node).result(10) is None
     started = time.monotonic()
-    assert _in_thread(pool.provision_slot_wait_once, node, timeout=0.3).result(10) is None
-    assert 0.25 < time.monotonic() - started < 5  # waited for the lock (lock_timeout), then gave up
+    assert _in_thread(pool.provision_slot_wait, node, timeout=0.3).result(10) is None
+    assert 0.25 < time.monotonic() - started < 5  # waited, then gave up
     holder.release()
     assert _slot_locks_held() == 0
     assert _in_thread(pool.provision_slot_try, node).result(10) in (0, 1)
@@ -109,7 +109,7 @@ def test_a_waiting_start_takes_a_slot_the_moment_another_connection_frees_it(liv
     holder.release()
     slot, got_at = waiting.result(10)
     assert slot == 0
-    assert got_at - released_at < 0.3  # blocked on the lock in PostgreSQL: no polling interval in between
+    assert got_at - released_at < 0.2  # a release in this process wakes the waiter at once
 
 
 def test_pool_fill_starts_containers_side_by_side_within_the_bound(live_db, node, tiny_template, settings):
@@ -237,16 +237,47 @@ def test_a_burst_against_a_small_pool_gives_everyone_a_container_of_their_own(li
     assert Container.objects.filter(state__in=Container.ACTIVE_STATES).count() == 0
 
 
-def test_waiting_for_a_slot_inside_a_transaction_leaves_its_lock_timeout_alone(node, settings):
-    settings.WORKSPACES_PROVISION_CONCURRENCY = 1
-    holder = SlotHolder(node)
-    holder.hold(1)
-    threading.Timer(0.3, holder._release.set).start()
+def _line_holder(template, release):
+    line = pool.ColdOpenLine(template)
+    assert line.enter(timeout=5)
+    release.wait(30)
+    line.leave()
+
+
+def test_cold_opens_wait_in_line_first_come_first_served(live_db, tiny_template):
+    release, order = threading.Event(), []
+    head = _in_thread(_line_holder, tiny_template, release)
+    time.sleep(0.3)
+
+    def wait_in_line(name):
+        line = pool.ColdOpenLine(tiny_template)
+        if line.enter(timeout=10):
+            order.append(name)
+            line.leave()
+
+    second = _in_thread(wait_in_line, "second")
+    time.sleep(0.3)
+    third = _in_thread(wait_in_line, "third")
+    time.sleep(0.3)
+    assert order == []  # both wait behind the head
+    started = time.monotonic()
+    assert not _in_thread(pool.ColdOpenLine(tiny_template).enter, timeout=0.3).result(10)  # gives up in time
+    assert 0.25 < time.monotonic() - started < 5
+    release.set()
+    head.result(10), second.result(10), third.result(10)
+    assert order == ["second", "third"]
+
+
+def test_waiting_in_line_inside_a_transaction_leaves_its_lock_timeout_alone(tiny_template):
+    release = threading.Event()
+    holder = _in_thread(_line_holder, tiny_template, release)
+    time.sleep(0.3)
+    threading.Timer(0.3, release.set).start()
     assert connection.in_atomic_block  # the test's transaction: the wait runs in a savepoint
-    slot = pool.provision_slot_wait_once(node, timeout=5)  # blocks on the lock until the holder lets go
-    assert slot == 0
+    line = pool.ColdOpenLine(tiny_template)
+    assert line.enter(timeout=5)  # blocks on the lock until the holder leaves
     with connection.cursor() as cursor:
         cursor.execute("SHOW lock_timeout")
         assert cursor.fetchone()[0] == "0"  # later lock waits of the transaction are not cut short
-    pool.provision_slot_release(node, slot)
-    holder.release()
+    line.leave()
+    holder.result(10)
