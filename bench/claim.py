@@ -259,14 +259,26 @@ def main():
         if args.burst:
             fill(template, args.burst_target)
             refiller = _refiller_start(template)
+            timeline, watching = [], threading.Event()
+
+            def watch():  # starts in flight every 0.5 s: shows whether the engine was kept busy
+                while not watching.wait(0.5):
+                    timeline.append(Container.objects.filter(template=template,
+                                                             state=Container.State.PROVISIONING).count())
+                connections.close_all()
+
+            watcher = threading.Thread(target=watch, daemon=True)
             load, started, cpu = os.getloadavg()[0], time.perf_counter(), time.process_time()
+            watcher.start()
             samples, errors = run_parallel(pairs[: args.burst], args.processes)
             wall, cpu = time.perf_counter() - started, time.process_time() - cpu
+            watching.set()
+            watcher.join()
             _refiller_stop(refiller)
             results[f"burst_{args.burst}_target_{args.burst_target}"] = {
                 **stats(samples), "succeeded": len(samples), "failed": len(errors), "errors": errors[:3],
                 "wall_s": round(wall, 2), "load_avg": round(load, 2), "opener_cpu_s": round(cpu, 2),
-                "sorted_s": [round(t, 2) for t in sorted(t for t, _ in samples)]}
+                "sorted_s": [round(t, 2) for t in sorted(t for t, _ in samples)], "provisioning_every_0_5_s": timeline}
             close_all()
     finally:
         close_all()
