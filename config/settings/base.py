@@ -261,7 +261,7 @@ CELERY_BEAT_SCHEDULE.update({
 WORKSPACES_WARMUP_PATH = env.str("WORKSPACES_WARMUP_PATH", default="/")
 # workspaces (burst): containers a node starts at the same time (pool fills and cold opens of every process together;
 # an engine starts them at a fixed rate, so more at once only makes every one of them later: bench/cold_phases.py).
-WORKSPACES_PROVISION_CONCURRENCY = env.int("WORKSPACES_PROVISION_CONCURRENCY", default=12)
+WORKSPACES_PROVISION_CONCURRENCY = env.int("WORKSPACES_PROVISION_CONCURRENCY", default=16)
 # A cold open waits this long for a container (its own, or one warming up in the pool) before answering 503.
 WORKSPACES_COLD_START_WAIT = env.float("WORKSPACES_COLD_START_WAIT", default=60.0)
 # How often the cold open at the head of its template's line looks for a free slot or a warm container (the rest wait
