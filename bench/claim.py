@@ -9,8 +9,9 @@ token) as the portal and the API call it, for the tiny image:
   concurrent  — N clients at once (threads, a DB connection each; `--processes`: a process each, like web
                 workers) against a warm pool of N, `rounds` times;
   cold        — empty pool (warm_target 0): every open starts a container;
-  burst       — `--burst` opens at once against warm_target `--burst-target`, with a refiller thread doing what
-                the Celery worker does after each claim.
+  burst       — `--burst` opens at once against warm_target `--burst-target`, with a refiller process doing what
+                the Celery worker does after each claim (pool_fill of the template, again as soon as it returns).
+`--only burst,cold` runs only those scenarios.
 Prints one JSON line, then a table. Sets up its own node, template and synthetic tenant; its containers carry
 the instance label `<HEARTH_INSTANCE>-claimbench` and are removed at the end. Needs root (mounts) and dockerd.
 """
@@ -175,6 +176,38 @@ def _run_processes(pairs):
     return [r for kind, r in got if kind == "ok"], [r for kind, r in got if kind == "error"]
 
 
+def _refiller_start(template):
+    """The Celery worker's part in a burst: pool_fill of the template, again as soon as it returns.
+
+    In the running stack every claim nudges `workspaces.tasks.pool_fill` (coalesced per template) and a worker
+    process runs it, so during a burst a refill is always pending. It runs here in a process of its own, like the
+    worker: its starts share the node's provisioning slots with the opens through PostgreSQL, and the opens see its
+    containers turn WARM by polling, not through this process's wake-ups.
+    """
+    ctx = multiprocessing.get_context("fork")
+    stop = ctx.Event()
+    connections.close_all()  # the child must not share the parent's database socket
+
+    def loop():
+        while not stop.is_set():
+            try:
+                pool.pool_fill(template_id=template.pk)
+            except Exception as exc:
+                print(f"refill: {exc}", file=sys.stderr)
+            stop.wait(0.05)
+        connections.close_all()
+
+    process = ctx.Process(target=loop, daemon=True)
+    process.start()
+    return process, stop
+
+
+def _refiller_stop(refiller):
+    process, stop = refiller
+    stop.set()
+    process.join(timeout=120)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seq", type=int, default=30)
@@ -184,7 +217,13 @@ def main():
     parser.add_argument("--burst", type=int, default=50)
     parser.add_argument("--burst-target", type=int, default=3)
     parser.add_argument("--processes", action="store_true", help="clients as processes instead of threads")
+    parser.add_argument("--only", default="sequential,concurrent,cold,burst", help="scenarios to run, comma-separated")
     args = parser.parse_args()
+    only = set(args.only.split(","))
+    args.seq = args.seq if "sequential" in only else 0
+    args.rounds = args.rounds if "concurrent" in only else 0
+    args.cold = args.cold if "cold" in only else 0
+    args.burst = args.burst if "burst" in only else 0
 
     node, template, pairs = setup(max(args.seq, args.concurrent, args.cold, args.burst))
     close_all()
@@ -211,34 +250,36 @@ def main():
 
         # Cold starts: the pool is empty.
         set_target(template, 0)
+        load = os.getloadavg()[0]
         samples = [timed_open(*pair) for pair in pairs[: args.cold]]
-        results["cold_start"] = stats(samples)
+        results["cold_start"] = {**stats(samples), "load_avg": round(load, 2)}
         close_all()
 
         # A burst against a small pool, refilled as the worker would.
-        fill(template, args.burst_target)
-        stop = threading.Event()
+        if args.burst:
+            fill(template, args.burst_target)
+            refiller = _refiller_start(template)
+            timeline, watching = [], threading.Event()
 
-        def refiller():
-            while not stop.is_set():
-                try:
-                    pool.pool_fill(template_id=template.pk)
-                except Exception as exc:
-                    print(f"refill: {exc}", file=sys.stderr)
-                stop.wait(0.05)
-            connections.close_all()
+            def watch():  # starts in flight every 0.5 s: shows whether the engine was kept busy
+                while not watching.wait(0.5):
+                    timeline.append(Container.objects.filter(template=template,
+                                                             state=Container.State.PROVISIONING).count())
+                connections.close_all()
 
-        thread = threading.Thread(target=refiller, daemon=True)
-        thread.start()
-        started = time.perf_counter()
-        samples, errors = run_parallel(pairs[: args.burst], args.processes)
-        wall = time.perf_counter() - started
-        stop.set()
-        thread.join()
-        results[f"burst_{args.burst}_target_{args.burst_target}"] = {
-            **stats(samples), "succeeded": len(samples), "failed": len(errors), "errors": errors[:3],
-            "wall_s": round(wall, 2)}
-        close_all()
+            watcher = threading.Thread(target=watch, daemon=True)
+            load, started, cpu = os.getloadavg()[0], time.perf_counter(), time.process_time()
+            watcher.start()
+            samples, errors = run_parallel(pairs[: args.burst], args.processes)
+            wall, cpu = time.perf_counter() - started, time.process_time() - cpu
+            watching.set()
+            watcher.join()
+            _refiller_stop(refiller)
+            results[f"burst_{args.burst}_target_{args.burst_target}"] = {
+                **stats(samples), "succeeded": len(samples), "failed": len(errors), "errors": errors[:3],
+                "wall_s": round(wall, 2), "load_avg": round(load, 2), "opener_cpu_s": round(cpu, 2),
+                "sorted_s": [round(t, 2) for t in sorted(t for t, _ in samples)], "provisioning_every_0_5_s": timeline}
+            close_all()
     finally:
         close_all()
         set_target(template, 0)
@@ -261,7 +302,9 @@ def main():
     print(f"\n{'scenario':<26}{'n':>5}{'p50 ms':>10}{'p95 ms':>10}{'p99 ms':>10}{'max ms':>10}{'hit rate':>10}"
           f"  target")
     for name, (label, check) in targets.items():
-        r = results[name]
+        r = results.get(name)
+        if not r or not r["n"]:
+            continue  # not run (--only)
         verdict = "met" if check(r) else "MISSED"
         print(f"{name:<26}{r['n']:>5}{r['p50_ms']:>10}{r['p95_ms']:>10}{r['p99_ms']:>10}{r['max_ms']:>10}"
               f"{r['hit_rate']:>10}  {label}: {verdict}")

@@ -6,12 +6,15 @@ RELEASING before remove), so a worker killed at any point leaves a row the recon
 import http.client
 import logging
 import os
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
 from django.conf import settings
-from django.db import DatabaseError, connection, transaction
+from django.db import DatabaseError, OperationalError, connection, connections, transaction
 from django.db.models import Count, Q, Sum
 from django.utils import timezone
 
@@ -33,6 +36,13 @@ class NoCapacity(Conflict):
 class NodeUnavailable(ServiceError):
     status_code = 503
     code = "node_unavailable"
+
+
+class PoolBusy(ServiceError):
+    """Every provisioning slot stayed busy and no container warmed up while a cold open waited."""
+
+    status_code = 503
+    code = "pool_busy"
 
 
 class ProvisionFailed(ServiceError):
@@ -120,6 +130,133 @@ def placement_candidates(template):
     node_ensure_default()
     loads = [nl for nl in node_loads(list(usable_nodes())) if nl.room_for(template)]
     return [nl.node for nl in sorted(loads, key=lambda nl: (nl.load, nl.node.pk))]
+
+
+# --- provisioning slots --------------------------------------------------------------------------
+#
+# An engine starts containers at a fixed rate (here about 4-8 per second on 2 cores, bench/cold_phases.py); starting
+# 47 at once gets them all late, at once, while the same number in a stream of a few at a time hands the first ones
+# out within a second and uses the engine as fully. So every start on a node (pool fill, cold open, any process)
+# holds one of the node's WORKSPACES_PROVISION_CONCURRENCY slots. On PostgreSQL a slot is a session advisory lock
+# (released by the server if the process dies); elsewhere a semaphore per process.
+
+_SLOT_LOCK_CLASS = 0x4845  # advisory lock key space of Hearth's provisioning slots: (class, node pk * 1024 + slot)
+_LINE_LOCK_CLASS = 0x4846  # (class, template pk): the head of the line of cold opens of a template
+_local_slots: dict[int, threading.BoundedSemaphore] = {}
+_local_slots_lock = threading.Lock()
+# Wakes cold opens waiting in this process: a slot was released or a container became WARM here.
+_pool_changed = threading.Condition()
+
+
+def provision_concurrency():
+    return max(1, int(settings.WORKSPACES_PROVISION_CONCURRENCY))
+
+
+def provision_slot_try(node):
+    """Take a free provisioning slot of `node` without waiting: its number, or None when all are busy."""
+    n = provision_concurrency()
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            # Rows are pulled one at a time through the LIMIT: the first lock that is free is the only one taken.
+            cursor.execute(
+                "SELECT s FROM generate_series(0, %s) AS s WHERE pg_try_advisory_lock(%s, %s * 1024 + s) LIMIT 1",
+                [n - 1, _SLOT_LOCK_CLASS, node.pk])
+            row = cursor.fetchone()
+        return None if row is None else row[0]
+    with _local_slots_lock:
+        semaphore = _local_slots.setdefault(node.pk, threading.BoundedSemaphore(n))
+    return 0 if semaphore.acquire(blocking=False) else None
+
+
+def provision_slot_release(node, slot):
+    if connection.vendor == "postgresql":
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT pg_advisory_unlock(%s, %s * 1024 + %s)", [_SLOT_LOCK_CLASS, node.pk, slot])
+        except DatabaseError as exc:  # the session is gone, and its locks with it
+            log.warning("releasing provisioning slot %s of %s: %s", slot, node, exc)
+    else:
+        _local_slots[node.pk].release()
+    pool_changed_notify()
+
+
+def pool_changed_notify():
+    with _pool_changed:
+        _pool_changed.notify()  # one waiter: one slot or one container to hand out
+
+
+def pool_changed_wait(timeout):
+    """Sleep until this process frees a slot or warms a container, or `timeout` s (others' changes: the next poll)."""
+    with _pool_changed:
+        _pool_changed.wait(timeout)
+
+
+def provision_slot_wait(node, *, timeout):
+    """Wait up to `timeout` s for a provisioning slot of `node`: its number, or None (background fills)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        slot = provision_slot_try(node)
+        remaining = deadline - time.monotonic()
+        if slot is not None or remaining <= 0:
+            return slot
+        pool_changed_wait(min(remaining, 0.25))
+
+
+def _advisory_lock_wait(key1, key2, timeout):
+    """Block up to `timeout` s on a session advisory lock (PostgreSQL queues waiters first come, first served)."""
+    try:
+        with transaction.atomic(), connection.cursor() as cursor:  # a transaction for the local lock_timeout
+            cursor.execute("SELECT current_setting('lock_timeout'), set_config('lock_timeout', %s, true)",
+                           [f"{max(1, int(timeout * 1000))}ms"])
+            previous = cursor.fetchone()[0]
+            cursor.execute("SELECT pg_advisory_lock(%s, %s)", [key1, key2])
+            # Inside a caller's transaction (a savepoint here) the setting would outlive this block: put it back.
+            cursor.execute("SELECT set_config('lock_timeout', %s, true)", [previous])
+    except OperationalError as exc:
+        if getattr(getattr(exc, "__cause__", None), "sqlstate", None) != "55P03":  # not lock_not_available
+            raise
+        return False
+    return True  # a session lock: it outlives the transaction that took it
+
+
+class ColdOpenLine:
+    """The line of cold opens of one template waiting for a container, first come first served, across processes.
+
+    Only the open at the head looks for a free slot or a WARM container (every WORKSPACES_POOL_POLL_INTERVAL); the
+    rest wait inside PostgreSQL on the template's line lock, costing nothing. The head leaves the line as soon as it
+    has a slot or a container, so the next open moves up while it starts. Other databases: a lock per process.
+    """
+
+    _local: dict[int, threading.Lock] = {}
+
+    def __init__(self, template):
+        self.template = template
+        self.entered = False
+
+    def enter(self, *, timeout):
+        """Wait up to `timeout` s to be the head of the line; False when the time ran out."""
+        if timeout <= 0:
+            return False
+        if connection.vendor == "postgresql":
+            self.entered = _advisory_lock_wait(_LINE_LOCK_CLASS, self.template.pk, timeout)
+        else:
+            with _local_slots_lock:
+                lock = self._local.setdefault(self.template.pk, threading.Lock())
+            self.entered = lock.acquire(timeout=timeout)
+        return self.entered
+
+    def leave(self):
+        if not self.entered:
+            return
+        self.entered = False
+        if connection.vendor == "postgresql":
+            try:
+                with connection.cursor() as cursor:
+                    cursor.execute("SELECT pg_advisory_unlock(%s, %s)", [_LINE_LOCK_CLASS, self.template.pk])
+            except DatabaseError as exc:  # the session is gone, and its locks with it
+                log.warning("leaving the cold-open line of %s: %s", self.template, exc)
+        else:
+            self._local[self.template.pk].release()
 
 
 # --- provisioning --------------------------------------------------------------------------------
@@ -260,13 +397,24 @@ def _warm_up(container):
         conn.close()
 
 
-def container_provision(*, template, node, for_warm=True):
+def container_provision(*, template, node, for_warm=True, slot_held=False):
     """Start one container on `node`. Returns the row (WARM, or still PROVISIONING when not for_warm) or None.
 
-    None: no room, or the pool is already at target. Raises NodeUnavailable / ServiceError when the engine
-    fails; the row is then FAILED and nothing is left on the engine. A row returned for a cold start has
-    `ready_at` set: claim it at once (the reconciler fails a started row left unclaimed for _COLD_CLAIM_GRACE).
+    None: no room, the pool is already at target, or no provisioning slot of the node came free within
+    WORKSPACES_READY_TIMEOUT. Raises NodeUnavailable / ServiceError when the engine fails; the row is then
+    FAILED and nothing is left on the engine. `slot_held`: the caller holds one of the node's slots already.
+    A row returned for a cold start has `ready_at` set: claim it at once (the reconciler fails a started row
+    left unclaimed for _COLD_CLAIM_GRACE).
     """
+    if not slot_held:
+        slot = provision_slot_wait(node, timeout=settings.WORKSPACES_READY_TIMEOUT)
+        if slot is None:
+            log.info("no provisioning slot of %s came free; %s not started", node, template)
+            return None
+        try:
+            return container_provision(template=template, node=node, for_warm=for_warm, slot_held=True)
+        finally:
+            provision_slot_release(node, slot)
     container = _reserve(template=template, node=node, for_warm=for_warm)
     if container is None:
         return None
@@ -304,6 +452,7 @@ def _provision(container, *, template, node, for_warm):
         container_release(container)
         return None
     container.state, container.ready_at = State.WARM, now
+    pool_changed_notify()
     return container
 
 
@@ -338,7 +487,11 @@ def _engine_cleanup(container):
 
 
 def pool_fill(*, template_id=None):
-    """Top up every (template, node) pool to warm_target. Returns the number of containers started."""
+    """Top up every (template, node) pool to warm_target. Returns the number of containers started.
+
+    The missing containers of a pool start side by side, as many at a time as the node has provisioning slots
+    (one after another inside a transaction, where other threads would not see the rows).
+    """
     node_ensure_default()
     templates = WorkspaceTemplate.objects.filter(enabled=True, pool_paused=False).order_by("pk")
     if template_id is not None:
@@ -351,17 +504,40 @@ def pool_fill(*, template_id=None):
             missing = template.warm_target - Container.objects.filter(
                 template=template, node=node, state__in=(State.PROVISIONING, State.WARM)
             ).count()
-            for _ in range(max(missing, 0)):
-                try:
-                    container = container_provision(template=template, node=node, for_warm=True)
-                except NodeUnavailable:
-                    break  # try this node again on the next tick
-                except ServiceError as exc:
-                    log.warning("pool fill of %s on %s: %s", template, node, exc.message)
-                    break
-                if container is None:
-                    break
-                started += 1
+            if missing <= 0:
+                continue
+            workers = min(missing, provision_concurrency())
+            if workers == 1 or transaction.get_connection().in_atomic_block:
+                started += _fill_worker(template, node, missing, threading.Event())
+                continue
+            stop = threading.Event()
+            with ThreadPoolExecutor(workers, thread_name_prefix="hearth-fill") as executor:
+                futures = [executor.submit(_fill_worker, template, node, missing, stop, own_db=True)
+                           for _ in range(workers)]
+                started += sum(f.result() for f in futures)
+    return started
+
+
+def _fill_worker(template, node, limit, stop, own_db=False):
+    """Start containers for one pool until it is at target (the reservation rechecks it), `limit` or a failure."""
+    started = 0
+    try:
+        while started < limit and not stop.is_set():
+            try:
+                container = container_provision(template=template, node=node, for_warm=True)
+            except NodeUnavailable:
+                stop.set()  # try this node again on the next tick
+                break
+            except ServiceError as exc:
+                log.warning("pool fill of %s on %s: %s", template, node, exc.message)
+                stop.set()
+                break
+            if container is None:
+                break
+            started += 1
+    finally:
+        if own_db:
+            connections.close_all()  # this thread's connection (and its advisory locks) ends with it
     return started
 
 

@@ -7,10 +7,12 @@ import logging
 import os
 import shutil
 import threading
+import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 
+from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 from django.db.models.expressions import RawSQL
@@ -361,42 +363,103 @@ def _existing_or_conflict(workspace):
 
 
 def _cold_start(*, workspace, user):
-    """The pool is empty: start a container for this session on the least-loaded node that answers."""
+    """The pool is empty: start a container for this session, or take one that warms up in the pool meanwhile.
+
+    Starts are limited per node (pool.provision_slot_try): with a free slot on a candidate node (least loaded
+    first) this open starts its own container. While every slot is busy it joins the template's line of cold
+    opens (pool.ColdOpenLine, first come first served); at the head it takes whichever comes first — a free slot,
+    or a container of the template turning WARM (the refill's, or any) through the ordinary claim. Either way the
+    session is a cold start (`cold_start=True`): the user waited for a container.
+    """
     template = workspace.template
-    candidates = pool.placement_candidates(template)
-    if not candidates:
-        raise pool.NoCapacity(f"No node has room for another '{template.slug}' workspace; try again shortly.")
-    last_error = None
-    for node in candidates:
-        try:
-            container = pool.container_provision(template=template, node=node, for_warm=False)
-        except pool.NodeUnavailable as exc:
-            last_error = exc
-            continue
-        if container is None:
-            continue
-        now = timezone.now()
-        try:
-            with transaction.atomic():
-                _check_concurrency(workspace.tenant, now)
-                if not Container.objects.filter(pk=container.pk, state=State.PROVISIONING).update(
-                    state=State.CLAIMED, ready_at=now, claimed_at=now
-                ):
-                    raise ServiceError("The new container was given up while it started.", code="open_failed")
-                container.state = State.CLAIMED
-                session = _new_session(workspace=workspace, user=user, container=container, now=now, cold=True)
-                _enqueue_pool_fill(template.pk)
-        except (ServiceError, IntegrityError) as exc:
-            Container.objects.filter(pk=container.pk, state__in=(State.PROVISIONING, State.CLAIMED)).update(
-                state=State.RELEASING, released_at=timezone.now())
-            pool.container_release(container)
-            if isinstance(exc, IntegrityError):
-                return _existing_or_conflict(workspace)
-            raise
-        return session
-    if last_error is not None:
-        raise last_error
-    raise pool.NoCapacity(f"No node has room for another '{template.slug}' workspace; try again shortly.")
+    deadline = time.monotonic() + settings.WORKSPACES_COLD_START_WAIT
+    line = pool.ColdOpenLine(template)
+    candidates, candidates_at, down, last_error = None, 0.0, set(), None
+    try:
+        while True:
+            if line.entered:
+                session = _claim(workspace=workspace, user=user)
+                if session is not None:
+                    line.leave()
+                    Session.objects.filter(pk=session.pk).update(cold_start=True)
+                    session.cold_start = True
+                    return session
+            if candidates is None or time.monotonic() - candidates_at > 5.0:
+                candidates, candidates_at = pool.placement_candidates(template), time.monotonic()
+            usable = [node for node in candidates if node.pk not in down]
+            if not usable:
+                if last_error is not None:
+                    raise last_error  # every node with room failed to answer
+                raise pool.NoCapacity(f"No node has room for another '{template.slug}' workspace; try again shortly.")
+            full = 0
+            for node in usable:
+                slot = pool.provision_slot_try(node)
+                if slot is None:
+                    continue
+                line.leave()  # the next open moves up and may take the next slot while this one starts
+                session, outcome = _cold_start_with_slot(workspace, user, node, slot)
+                if session is not None:
+                    return session
+                full += outcome == "full"
+                if isinstance(outcome, pool.NodeUnavailable):
+                    down.add(node.pk)
+                    last_error = outcome
+            if full and full == len(usable):
+                raise pool.NoCapacity(f"No node has room for another '{template.slug}' workspace; try again shortly.")
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise pool.PoolBusy(f"No '{template.slug}' container came free within "
+                                    f"{settings.WORKSPACES_COLD_START_WAIT:.0f} s; try again shortly.")
+            if line.entered:
+                pool.pool_changed_wait(min(remaining, settings.WORKSPACES_POOL_POLL_INTERVAL))
+            elif not line.enter(timeout=remaining):  # every slot is busy: wait for our turn, at no cost
+                raise pool.PoolBusy(f"No '{template.slug}' container came free within "
+                                    f"{settings.WORKSPACES_COLD_START_WAIT:.0f} s; try again shortly.")
+    finally:
+        line.leave()
+
+
+def _cold_start_with_slot(workspace, user, node, slot):
+    """(session, outcome): with a slot of `node` (None: no slot, "busy"), start a container there for the session.
+
+    outcome "full": no room on the node after all; a NodeUnavailable: the engine did not answer.
+    """
+    if slot is None:
+        return None, "busy"
+    try:
+        session = _cold_start_on(workspace=workspace, user=user, node=node)
+    except pool.NodeUnavailable as exc:
+        return None, exc
+    finally:
+        pool.provision_slot_release(node, slot)
+    return session, ("started" if session is not None else "full")
+
+
+def _cold_start_on(*, workspace, user, node):
+    """Start a container on `node` (the caller holds one of its slots) and open the session on it; None: no room."""
+    template = workspace.template
+    container = pool.container_provision(template=template, node=node, for_warm=False, slot_held=True)
+    if container is None:
+        return None
+    now = timezone.now()
+    try:
+        with transaction.atomic():
+            _check_concurrency(workspace.tenant, now)
+            if not Container.objects.filter(pk=container.pk, state=State.PROVISIONING).update(
+                state=State.CLAIMED, ready_at=now, claimed_at=now
+            ):
+                raise ServiceError("The new container was given up while it started.", code="open_failed")
+            container.state = State.CLAIMED
+            session = _new_session(workspace=workspace, user=user, container=container, now=now, cold=True)
+            _enqueue_pool_fill(template.pk)
+    except (ServiceError, IntegrityError) as exc:
+        Container.objects.filter(pk=container.pk, state__in=(State.PROVISIONING, State.CLAIMED)).update(
+            state=State.RELEASING, released_at=timezone.now())
+        pool.container_release(container)
+        if isinstance(exc, IntegrityError):
+            return _existing_or_conflict(workspace)
+        raise
+    return session
 
 
 def _resume(session):

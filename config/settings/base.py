@@ -259,3 +259,11 @@ CELERY_BEAT_SCHEDULE.update({
 # The pool asks a new container for this page once before it counts as warm (code-server starts its IDE server on
 # the first page request); "" turns it off.
 WORKSPACES_WARMUP_PATH = env.str("WORKSPACES_WARMUP_PATH", default="/")
+# workspaces (burst): containers a node starts at the same time (pool fills and cold opens of every process together;
+# an engine starts them at a fixed rate, so more at once only makes every one of them later: bench/cold_phases.py).
+WORKSPACES_PROVISION_CONCURRENCY = env.int("WORKSPACES_PROVISION_CONCURRENCY", default=16)
+# A cold open waits this long for a container (its own, or one warming up in the pool) before answering 503.
+WORKSPACES_COLD_START_WAIT = env.float("WORKSPACES_COLD_START_WAIT", default=60.0)
+# How often the cold open at the head of its template's line looks for a free slot or a warm container (the rest wait
+# in PostgreSQL at no cost; this process's own releases wake it at once).
+WORKSPACES_POOL_POLL_INTERVAL = env.float("WORKSPACES_POOL_POLL_INTERVAL", default=0.05)
