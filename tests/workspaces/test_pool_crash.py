@@ -236,7 +236,8 @@ def _worker_killed_at(point, template, tmp_path):
     while _group_alive(worker.pid) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert _group_alive(worker.pid) == []
-    return killed_at, Container.objects.get(state=State.PROVISIONING)
+    # pool_fill starts the missing containers side by side: every one of them stopped at the point or before it.
+    return killed_at, list(Container.objects.filter(state=State.PROVISIONING))
 
 
 @pytest.mark.slow
@@ -246,19 +247,20 @@ def test_worker_sigkilled_mid_provision(point, live_db, node, tiny_template, wor
     killed_at, stuck = _worker_killed_at(point, tiny_template, tmp_path)
     listed = runtime_for(node).list(instance=settings.HEARTH_INSTANCE)
     on_engine = {c.labels.get("hearth.container"): c for c in listed}
+    assert stuck
     if point == "provision.reserved":
-        assert str(stuck.pk) not in on_engine and not stuck.engine_id
+        assert any(str(row.pk) not in on_engine and not row.engine_id for row in stuck)
     elif point == "provision.created":
-        assert str(stuck.pk) in on_engine and not stuck.engine_id  # found by its label only
+        assert any(str(row.pk) in on_engine and not row.engine_id for row in stuck)  # found by its label only
     else:
-        assert on_engine[str(stuck.pk)].status == "running" and stuck.engine_id
+        assert any(on_engine[str(row.pk)].status == "running" and row.engine_id for row in stuck
+                   if str(row.pk) in on_engine)
 
     elapsed, ticks = _beat_until_consistent([tiny_template], killed_at)
-    stuck.refresh_from_db()
-    assert stuck.state == State.FAILED
+    assert {row.state for row in Container.objects.filter(pk__in=[row.pk for row in stuck])} == {State.FAILED}
     # Found dead at the first reconcile tick, not after WORKSPACES_PROVISION_TIMEOUT: whatever the beat's phase
     # (a tick within 20 s of the kill), the pool is back well within 60 s.
-    assert _first_reconcile(ticks)["failed"] == 1, ticks
+    assert _first_reconcile(ticks)["failed"] == len(stuck), ticks
     print(f"{point}: consistent and at target {elapsed:.1f} s after the SIGKILL; ticks {ticks}")
     _open_again_sees_files(workspace, member.user)
 
@@ -285,8 +287,8 @@ def test_after_the_kill_a_restarted_worker_and_celery_beat_recover(live_db, node
     finally:
         _kill(beat)
         _kill(worker)
-    stuck.refresh_from_db()
-    assert stuck.state == State.FAILED and stuck.last_error == pool._PROVISIONER_DIED
+    assert set(Container.objects.filter(pk__in=[row.pk for row in stuck]).values_list("state", "last_error")) == {
+        (State.FAILED, pool._PROVISIONER_DIED)}
     print(f"worker + beat: consistent and at target {elapsed:.1f} s after the SIGKILL")
     _open_again_sees_files(workspace, member.user)
 
