@@ -259,3 +259,6 @@ CELERY_BEAT_SCHEDULE.update({
 # The pool asks a new container for this page once before it counts as warm (code-server starts its IDE server on
 # the first page request); "" turns it off.
 WORKSPACES_WARMUP_PATH = env.str("WORKSPACES_WARMUP_PATH", default="/")
+# The open's hot-path statements are server-side prepared (planned once per connection, workspaces/sql.py); turn
+# off behind a transaction-pooling PgBouncer older than 1.21.
+WORKSPACES_PREPARED_SQL = env.bool("WORKSPACES_PREPARED_SQL", default=True)
