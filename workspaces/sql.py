@@ -8,6 +8,8 @@ off (for a transaction-pooling PgBouncer older than 1.21, which cannot keep prep
 import psycopg
 from django.conf import settings
 from django.db import DEFAULT_DB_ALIAS, connection, connections
+from django.db.models import signals
+from django.db.models.base import ModelState
 
 # Only explicit prepare=True prepares: the ORM's client-binding cursors never prepare anyway.
 _NEVER_AUTOMATICALLY = 2**31 - 1
@@ -18,31 +20,42 @@ class _PreparedCursor(psycopg.Cursor):
         return super().execute(query, params, prepare=True, binary=binary)
 
 
-def _cursor(db, prepared):
+def _prepared(db, prepared):
+    return prepared and db.vendor == "postgresql" and getattr(settings, "WORKSPACES_PREPARED_SQL", True)
+
+
+def _raw_connection(db):
     db.close_if_health_check_failed()
     db.ensure_connection()
     db.validate_thread_sharing()
-    if not prepared or db.vendor != "postgresql" or not getattr(settings, "WORKSPACES_PREPARED_SQL", True):
-        return db.cursor()
+    db.validate_no_broken_transaction()
     raw = db.connection
     if raw.prepare_threshold is None:
         raw.prepare_threshold = _NEVER_AUTOMATICALLY
-    with db.wrap_database_errors:
-        cursor = _PreparedCursor(raw)
-    # Django's wrapper: database errors become django.db errors, and tests' query capture sees the statement.
-    return db.make_debug_cursor(cursor) if db.queries_logged else db.make_cursor(cursor)
+    return raw
 
 
 def fetchone(sql, params, *, prepared=True):
     """Run one statement and return its first row (or None)."""
     db = connections[DEFAULT_DB_ALIAS]  # once: each attribute of `connection` is a lookup in a context-local
-    with _cursor(db, prepared) as cursor:
-        cursor.execute(sql, params)
-        row = cursor.fetchone()
-    if db.queries_logged and db.queries_log and db.queries_log[-1]["sql"] is None:
-        # Django renders only client-bound statements; tests that capture queries still see this one.
-        db.queries_log[-1]["sql"] = db.ops.compose_sql(sql, params)
-    return row
+    if not _prepared(db, prepared):
+        with db.cursor() as cursor:
+            cursor.execute(sql, params)
+            return cursor.fetchone()
+    if db.queries_logged or db.execute_wrappers:
+        # Through Django's cursor wrapper, so query capture (tests, DEBUG) and execute wrappers see it.
+        with db.wrap_database_errors:
+            cursor = _PreparedCursor(_raw_connection(db))
+        with db.make_debug_cursor(cursor) if db.queries_logged else db.make_cursor(cursor) as wrapped:
+            wrapped.execute(sql, params)
+            row = wrapped.fetchone()
+        if db.queries_logged and db.queries_log and db.queries_log[-1]["sql"] is None:
+            db.queries_log[-1]["sql"] = db.ops.compose_sql(sql, params)  # Django renders client-bound SQL only
+        return row
+    with db.wrap_database_errors:  # database errors become django.db errors (IntegrityError, ...)
+        with _PreparedCursor(_raw_connection(db)) as cursor:
+            cursor.execute(sql, params)
+            return cursor.fetchone()
 
 
 class Columns:
@@ -58,6 +71,7 @@ class Columns:
         self.names = [f.attname for f in self.fields]
         self.sql = ", ".join(f'{alias}."{f.column}"' for f in self.fields)
         self._converters = None
+        self._plain = None
 
     def __len__(self):
         return len(self.fields)
@@ -75,4 +89,14 @@ class Columns:
                 expression = field.get_col(self.alias)
                 for convert in convs:
                     values[i] = convert(values[i], expression, connection)
-        return self.model.from_db(connection.alias, self.names, values)
+        if self._plain is None:
+            self._plain = not (signals.pre_init.has_listeners(self.model)
+                               or signals.post_init.has_listeners(self.model))
+        if not self._plain:
+            return self.model.from_db(connection.alias, self.names, values)
+        # What from_db() makes, without Model.__init__'s per-field loop (no init signal listens to this model).
+        obj = self.model.__new__(self.model)
+        obj.__dict__.update(zip(self.names, values, strict=True))
+        state = obj._state = ModelState()
+        state.adding, state.db = False, connection.alias
+        return obj
