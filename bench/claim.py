@@ -343,7 +343,7 @@ def main():
         close_all()
 
         # Concurrent clients against a warm pool of the same size.
-        samples, cpus, pg_cpu = [], [], 0.0
+        samples, cpus, pg_cpu, per_round = [], [], 0.0, []
         for round_no in range(args.rounds + (args.warmup_rounds if workers else 0)):
             fill(template, args.concurrent)
             if workers:
@@ -360,6 +360,7 @@ def main():
                 close_all()
                 continue
             samples += got
+            per_round.append([pct([t for t, _ in got], 50), pct([t for t, _ in got], 100)])
             cpus += got_cpu
             pg_cpu = pg_cpu + (after - before) if pg_cpu is not None and before is not None else None
             close_all()
@@ -368,7 +369,7 @@ def main():
             "workers": f"{args.workers}x{args.threads}" if args.clients == "workers" else None,
             "cpu_p50_ms": pct(cpus, 50), "cpu_mean_ms": round(sum(cpus) / len(cpus) * 1000, 2) if cpus else None,
             "pg_cpu_mean_ms": round(pg_cpu / len(samples) * 1000, 2) if pg_cpu else None,
-            "load_avg": os.getloadavg()[0]}
+            "rounds_p50_max_ms": per_round, "load_avg": os.getloadavg()[0]}
         if workers:
             workers.stop()
             workers = None
