@@ -13,10 +13,10 @@ token) as the portal and the API call it, for the tiny image:
                 opens from one queue. All N are queued, then released together; each latency runs from that
                 release to the open's return, waiting for a free worker included. One unmeasured round first
                 (`--warmup-rounds`) does what a long-running worker has long done (prepared statements, catalog
-                caches, broker connection). scripts/serve-web.sh runs `--workers 2 --threads 4`: measure that
-                with `--workers 2 --threads 4` (with threads, a thread's connection is warm only after its own
-                first open). `--clients threads`: N threads in this process, one GIL (the old default);
-                `--clients processes` (or `--processes`): a fresh process per open;
+                caches, broker connection), repeated (at most 5 more) until every handler thread has had one.
+                scripts/serve-web.sh runs 2 workers × 4 threads: `--workers 2 --threads 4` measures that.
+                `--clients threads`: N threads in this process, one GIL (the old default); `--clients processes`
+                (or `--processes`): a fresh process per open;
   cold        — empty pool (warm_target 0): every open starts a container;
   burst       — `--burst` opens at once against warm_target `--burst-target`, with a refiller thread doing what
                 the Celery worker does after each claim.
@@ -204,6 +204,7 @@ class WorkerPool:
         ctx = multiprocessing.get_context("fork")
         connections.close_all()  # children must not share the parent's database socket
         self.size, self.threads = size, threads
+        self.served = set()  # handler threads that have opened once (their connection is warm)
         self.jobs, self.results = ctx.SimpleQueue(), ctx.SimpleQueue()  # put() writes at once: no feeder thread
         self.barrier = ctx.Barrier(size * threads + 1)
         self.released_at = ctx.Value("d", 0.0, lock=False)
@@ -240,7 +241,8 @@ class WorkerPool:
                     done.append(("ok", (returned - released_at, opened.session.cold_start), time.thread_time() - cpu))
                 except Exception as exc:  # counted as a failure of the run
                     done.append(("error", f"{type(exc).__name__}: {exc}", None))
-            self.results.put(done)  # after the round: reporting costs nothing while opens are in flight
+            # After the round: reporting costs nothing while opens are in flight.
+            self.results.put((f"{os.getpid()}.{threading.get_ident()}", done))
 
     def round(self, indices):
         """Queue the opens, release every worker at once; returns (samples, errors, thread CPU per open)."""
@@ -250,9 +252,15 @@ class WorkerPool:
             self.jobs.put(None)
         self.released_at.value = time.perf_counter()
         self.barrier.wait(timeout=60)
-        done = [item for _ in range(self.size * self.threads) for item in self.results.get()]
+        reports = [self.results.get() for _ in range(self.size * self.threads)]
+        self.served.update(handler for handler, done in reports if any(kind == "ok" for kind, _, _ in done))
+        done = [item for _, items in reports for item in items]
         return ([r for kind, r, _ in done if kind == "ok"], [r for kind, r, _ in done if kind == "error"],
                 [cpu for kind, _, cpu in done if kind == "ok"])
+
+    @property
+    def all_warm(self):
+        return len(self.served) == self.size * self.threads
 
     def stop(self):
         for _ in range(self.size * self.threads):
@@ -344,7 +352,9 @@ def main():
 
         # Concurrent clients against a warm pool of the same size.
         samples, cpus, pg_cpu, per_round = [], [], 0.0, []
-        for round_no in range(args.rounds + (args.warmup_rounds if workers else 0)):
+        warmups, round_no = (args.warmup_rounds if workers else 0), 0
+        while round_no < args.rounds + warmups:
+            round_no += 1
             fill(template, args.concurrent)
             if workers:
                 before = backend_cpu(workers.backends)
@@ -356,7 +366,10 @@ def main():
                 got_cpu, before, after = list(_cpu), None, None
             if errors:
                 raise SystemExit(f"concurrent opens failed: {errors[:3]}")
-            if workers and round_no < args.warmup_rounds:
+            if workers and round_no <= warmups:
+                # With threads, a handler may have had no open yet: warm up until each has had one (at most 5 more).
+                if round_no == warmups and not workers.all_warm and warmups < args.warmup_rounds + 5:
+                    warmups += 1
                 close_all()
                 continue
             samples += got
@@ -369,7 +382,7 @@ def main():
             "workers": f"{args.workers}x{args.threads}" if args.clients == "workers" else None,
             "cpu_p50_ms": pct(cpus, 50), "cpu_mean_ms": round(sum(cpus) / len(cpus) * 1000, 2) if cpus else None,
             "pg_cpu_mean_ms": round(pg_cpu / len(samples) * 1000, 2) if pg_cpu else None,
-            "rounds_p50_max_ms": per_round, "load_avg": os.getloadavg()[0]}
+            "rounds_p50_max_ms": per_round, "warmup_rounds": warmups, "load_avg": os.getloadavg()[0]}
         if workers:
             workers.stop()
             workers = None
