@@ -26,6 +26,7 @@ A real HAProxy gateway (own run dir, free port) gets each open's route, unless `
 CPU per open: the opening thread's CPU time (Python), and the PostgreSQL backends' CPU (from /proc) per open.
 """
 import argparse
+import atexit
 import gc
 import json
 import multiprocessing
@@ -46,7 +47,9 @@ os.environ["HEARTH_INSTANCE"] = os.environ.get("HEARTH_INSTANCE", "hearth") + "-
 os.environ.setdefault("STORAGE_ROOT", str(ROOT / "var" / "bench-storage"))
 # The bench's own gateway: a short run dir (unix socket paths are limited to 108 bytes) and a free port.
 _OWN_GATEWAY_DIR = "GATEWAY_RUN_DIR" not in os.environ
-os.environ.setdefault("GATEWAY_RUN_DIR", tempfile.mkdtemp(prefix="hclaim", dir="/tmp"))
+if _OWN_GATEWAY_DIR:
+    os.environ["GATEWAY_RUN_DIR"] = tempfile.mkdtemp(prefix="hclaim", dir="/tmp")
+    atexit.register(shutil.rmtree, os.environ["GATEWAY_RUN_DIR"], True)
 with socket.socket() as _s:
     _s.bind(("127.0.0.1", 0))
     os.environ.setdefault("HEARTH_GATEWAY_PORT", str(_s.getsockname()[1]))
@@ -422,8 +425,12 @@ def main():
             workers.stop()
         if gateway:
             gateway.stop()
-        if _OWN_GATEWAY_DIR:
-            shutil.rmtree(settings.GATEWAY_RUN_DIR, ignore_errors=True)
+        try:  # the refill nudges this run published: no worker serves the bench's instance
+            from config.celery import app as celery_app
+
+            celery_app.control.purge()
+        except Exception as exc:
+            print(f"could not purge the bench's task queue: {exc}", file=sys.stderr)
         close_all()
         set_target(template, 0)
         runtime = DockerRuntime(settings.DOCKER_HOST, node_name="claimbench")
