@@ -6,20 +6,36 @@
 Times `workspaces.services.workspace_open` (checks, the claim transaction, the storage bind mount, the session
 token) as the portal and the API call it, for the tiny image:
   sequential  — one client, warm pool, one open after another;
-  concurrent  — N clients at once (threads, a DB connection each; `--processes`: a process each, like web
-                workers) against a warm pool of N, `rounds` times;
+  concurrent  — N opens released at once against a warm pool of N, `rounds` times. By default they are served
+                as a web tier of gunicorn workers serves them: `--workers` pre-started worker processes (default
+                2 × cores + 1, gunicorn's advice for sync workers; `--threads` handler threads each, default 1),
+                each with its DB connection open and the app loaded (gc.freeze, as config/wsgi.py), take the N
+                opens from one queue. All N are queued, then released together; each latency runs from that
+                release to the open's return, waiting for a free worker included. One unmeasured round first
+                (`--warmup-rounds`) does what a long-running worker has long done (prepared statements, catalog
+                caches, broker connection), repeated (at most 5 more) until every handler thread has had one.
+                scripts/serve-web.sh runs 2 workers × 4 threads: `--workers 2 --threads 4` measures that.
+                `--clients threads`: N threads in this process, one GIL (the old default); `--clients processes`
+                (or `--processes`): a fresh process per open;
   cold        — empty pool (warm_target 0): every open starts a container;
   burst       — `--burst` opens at once against warm_target `--burst-target`, with a refiller process doing what
                 the Celery worker does after each claim (pool_fill of the template, again as soon as it returns).
 `--only burst,cold` runs only those scenarios.
 Prints one JSON line, then a table. Sets up its own node, template and synthetic tenant; its containers carry
 the instance label `<HEARTH_INSTANCE>-claimbench` and are removed at the end. Needs root (mounts) and dockerd.
+A real HAProxy gateway (own run dir, free port) gets each open's route, unless `--no-gateway`.
+CPU per open: the opening thread's CPU time (Python), and the PostgreSQL backends' CPU (from /proc) per open.
 """
 import argparse
+import atexit
+import gc
 import json
 import multiprocessing
 import os
+import shutil
+import socket
 import sys
+import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -30,6 +46,14 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.base")
 os.environ["HEARTH_INSTANCE"] = os.environ.get("HEARTH_INSTANCE", "hearth") + "-claimbench"
 os.environ.setdefault("STORAGE_ROOT", str(ROOT / "var" / "bench-storage"))
+# The bench's own gateway: a short run dir (unix socket paths are limited to 108 bytes) and a free port.
+_OWN_GATEWAY_DIR = "GATEWAY_RUN_DIR" not in os.environ
+if _OWN_GATEWAY_DIR:
+    os.environ["GATEWAY_RUN_DIR"] = tempfile.mkdtemp(prefix="hclaim", dir="/tmp")
+    atexit.register(shutil.rmtree, os.environ["GATEWAY_RUN_DIR"], True)
+with socket.socket() as _s:
+    _s.bind(("127.0.0.1", 0))
+    os.environ.setdefault("HEARTH_GATEWAY_PORT", str(_s.getsockname()[1]))
 
 import django  # noqa: E402
 
@@ -208,6 +232,116 @@ def _refiller_stop(refiller):
     process.join(timeout=120)
 
 
+class WorkerPool:
+    """`size` pre-started worker processes, as gunicorn runs the web tier: each keeps its DB connection (and
+    whatever the first open warmed) and serves opens from one shared queue, one at a time."""
+
+    def __init__(self, size, pairs, threads=1):
+        ctx = multiprocessing.get_context("fork")
+        connections.close_all()  # children must not share the parent's database socket
+        self.size, self.threads = size, threads
+        self.served = set()  # handler threads that have opened once (their connection is warm)
+        self.jobs, self.results = ctx.SimpleQueue(), ctx.SimpleQueue()  # put() writes at once: no feeder thread
+        self.barrier = ctx.Barrier(size * threads + 1)
+        self.released_at = ctx.Value("d", 0.0, lock=False)
+        self.processes = [ctx.Process(target=self._process, args=(pairs,), daemon=True) for _ in range(size)]
+        for process in self.processes:
+            process.start()
+        # PostgreSQL backend pid of each worker thread (a DB connection each, as Django gives every thread).
+        self.backends = [self.results.get() for _ in range(size * threads)]
+
+    def _process(self, pairs):
+        gc.freeze()  # as config/wsgi.py does in each web worker once the app is loaded
+        handlers = [threading.Thread(target=self._serve, args=(pairs,)) for _ in range(self.threads)]
+        for handler in handlers:
+            handler.start()
+        for handler in handlers:
+            handler.join()
+
+    def _serve(self, pairs):
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_backend_pid()")
+            self.results.put(cursor.fetchone()[0])
+        while True:
+            self.barrier.wait()
+            released_at, done = self.released_at.value, []
+            while (job := self.jobs.get()) is not None:
+                if job == "stop":
+                    connections.close_all()
+                    return
+                workspace, user = pairs[job]
+                try:
+                    cpu = time.thread_time()
+                    opened = services.workspace_open(workspace=workspace, user=user)
+                    returned = time.perf_counter()
+                    done.append(("ok", (returned - released_at, opened.session.cold_start), time.thread_time() - cpu))
+                except Exception as exc:  # counted as a failure of the run
+                    done.append(("error", f"{type(exc).__name__}: {exc}", None))
+            # After the round: reporting costs nothing while opens are in flight.
+            self.results.put((f"{os.getpid()}.{threading.get_ident()}", done))
+
+    def round(self, indices):
+        """Queue the opens, release every worker at once; returns (samples, errors, thread CPU per open)."""
+        for i in indices:
+            self.jobs.put(i)
+        for _ in range(self.size * self.threads):
+            self.jobs.put(None)
+        self.released_at.value = time.perf_counter()
+        self.barrier.wait(timeout=60)
+        reports = [self.results.get() for _ in range(self.size * self.threads)]
+        self.served.update(handler for handler, done in reports if any(kind == "ok" for kind, _, _ in done))
+        done = [item for _, items in reports for item in items]
+        return ([r for kind, r, _ in done if kind == "ok"], [r for kind, r, _ in done if kind == "error"],
+                [cpu for kind, _, cpu in done if kind == "ok"])
+
+    @property
+    def all_warm(self):
+        return len(self.served) == self.size * self.threads
+
+    def stop(self):
+        for _ in range(self.size * self.threads):
+            self.jobs.put("stop")
+        try:
+            self.barrier.wait(timeout=10)
+        except threading.BrokenBarrierError:
+            pass
+        for process in self.processes:
+            process.join(timeout=10)
+            if process.is_alive():
+                process.kill()
+
+
+def backend_cpu(pids):
+    """CPU seconds the PostgreSQL backends `pids` (on this host) have used so far, from /proc/<pid>/schedstat."""
+    total = 0.0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/schedstat") as f:
+                total += int(f.read().split()[0]) / 1e9
+        except (OSError, ValueError, IndexError):
+            return None
+    return total
+
+
+def backend_pid():
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid()")
+        return cursor.fetchone()[0]
+
+
+def start_gateway():
+    """HAProxy in its own run dir, so each open's route add is real; None (routes only logged) without it."""
+    from workspaces.gateway.process import GatewayProcess
+
+    try:
+        process = GatewayProcess()
+        process.start()
+    except Exception as exc:
+        print(f"no gateway ({exc}): route adds fail fast and are logged", file=sys.stderr)
+        return None
+    return process
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seq", type=int, default=30)
@@ -216,9 +350,19 @@ def main():
     parser.add_argument("--cold", type=int, default=10)
     parser.add_argument("--burst", type=int, default=50)
     parser.add_argument("--burst-target", type=int, default=3)
-    parser.add_argument("--processes", action="store_true", help="clients as processes instead of threads")
+    parser.add_argument("--clients", choices=("workers", "threads", "processes"), default="workers",
+                        help="how the concurrent opens are served (see above)")
+    parser.add_argument("--workers", type=int, default=2 * (os.cpu_count() or 1) + 1,
+                        help="worker processes for --clients workers (default 2 × cores + 1)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="threads per worker process for --clients workers (a DB connection each)")
+    parser.add_argument("--warmup-rounds", type=int, default=1, help="unmeasured rounds first (--clients workers)")
+    parser.add_argument("--processes", action="store_true", help="same as --clients processes")
+    parser.add_argument("--no-gateway", action="store_true", help="do not start HAProxy (route adds then fail fast)")
     parser.add_argument("--only", default="sequential,concurrent,cold,burst", help="scenarios to run, comma-separated")
     args = parser.parse_args()
+    if args.processes:
+        args.clients = "processes"
     only = set(args.only.split(","))
     args.seq = args.seq if "sequential" in only else 0
     args.rounds = args.rounds if "concurrent" in only else 0
@@ -227,26 +371,63 @@ def main():
 
     node, template, pairs = setup(max(args.seq, args.concurrent, args.cold, args.burst))
     close_all()
+    gc.freeze()  # this process serves the sequential opens as a web worker would (config/wsgi.py)
     results = {"instance": settings.HEARTH_INSTANCE, "image": TINY, "cpus": os.cpu_count(),
                "load_avg_before": os.getloadavg()[0]}
+    gateway = None if args.no_gateway else start_gateway()
+    results["gateway"] = gateway is not None
+    # Forked before this process opens anything (as gunicorn forks its workers from a master that serves nothing).
+    workers = WorkerPool(args.workers, pairs[: args.concurrent], args.threads) if args.clients == "workers" else None
     try:
         # Sequential warm opens.
         fill(template, args.seq)
         _cpu.clear()
+        pids = [backend_pid()]
+        pg_cpu = backend_cpu(pids)
         samples = [timed_open(*pair) for pair in pairs[: args.seq]]
-        results["sequential_warm"] = {**stats(samples), "cpu_p50_ms": pct(_cpu, 50)}
+        pg_cpu = backend_cpu(pids) - pg_cpu if pg_cpu is not None else None
+        results["sequential_warm"] = {**stats(samples), "cpu_p50_ms": pct(_cpu, 50),
+                                      "cpu_mean_ms": round(sum(_cpu) / len(_cpu) * 1000, 2),
+                                      "pg_cpu_mean_ms": round(pg_cpu / len(samples) * 1000, 2) if pg_cpu else None,
+                                      "load_avg": os.getloadavg()[0]}
         close_all()
 
         # Concurrent clients against a warm pool of the same size.
-        samples = []
-        for _ in range(args.rounds):
+        samples, cpus, pg_cpu, per_round = [], [], 0.0, []
+        warmups, round_no = (args.warmup_rounds if workers else 0), 0
+        while round_no < args.rounds + warmups:
+            round_no += 1
             fill(template, args.concurrent)
-            got, errors = run_parallel(pairs[: args.concurrent], args.processes)
+            if workers:
+                before = backend_cpu(workers.backends)
+                got, errors, got_cpu = workers.round(range(args.concurrent))
+                after = backend_cpu(workers.backends)
+            else:
+                _cpu.clear()
+                got, errors = run_parallel(pairs[: args.concurrent], args.clients == "processes")
+                got_cpu, before, after = list(_cpu), None, None
             if errors:
                 raise SystemExit(f"concurrent opens failed: {errors[:3]}")
+            if workers and round_no <= warmups:
+                # With threads, a handler may have had no open yet: warm up until each has had one (at most 5 more).
+                if round_no == warmups and not workers.all_warm and warmups < args.warmup_rounds + 5:
+                    warmups += 1
+                close_all()
+                continue
             samples += got
+            per_round.append([pct([t for t, _ in got], 50), pct([t for t, _ in got], 100)])
+            cpus += got_cpu
+            pg_cpu = pg_cpu + (after - before) if pg_cpu is not None and before is not None else None
             close_all()
-        results[f"concurrent_{args.concurrent}"] = stats(samples)
+        results[f"concurrent_{args.concurrent}"] = {
+            **stats(samples), "clients": args.clients,
+            "workers": f"{args.workers}x{args.threads}" if args.clients == "workers" else None,
+            "cpu_p50_ms": pct(cpus, 50), "cpu_mean_ms": round(sum(cpus) / len(cpus) * 1000, 2) if cpus else None,
+            "pg_cpu_mean_ms": round(pg_cpu / len(samples) * 1000, 2) if pg_cpu else None,
+            "rounds_p50_max_ms": per_round, "warmup_rounds": warmups, "load_avg": os.getloadavg()[0]}
+        if workers:
+            workers.stop()
+            workers = None
 
         # Cold starts: the pool is empty.
         set_target(template, 0)
@@ -281,6 +462,16 @@ def main():
                 "sorted_s": [round(t, 2) for t in sorted(t for t, _ in samples)], "provisioning_every_0_5_s": timeline}
             close_all()
     finally:
+        if workers:
+            workers.stop()
+        if gateway:
+            gateway.stop()
+        try:  # the refill nudges this run published: no worker serves the bench's instance
+            from config.celery import app as celery_app
+
+            celery_app.control.purge()
+        except Exception as exc:
+            print(f"could not purge the bench's task queue: {exc}", file=sys.stderr)
         close_all()
         set_target(template, 0)
         runtime = DockerRuntime(settings.DOCKER_HOST, node_name="claimbench")

@@ -20,7 +20,7 @@ from django.utils import timezone
 
 from tenants.exceptions import Conflict, ServiceError
 from workspaces import runtime as rt
-from workspaces import storage
+from workspaces import sql, storage
 from workspaces.failpoints import failpoint
 from workspaces.models import Container, Node, Session, WorkspaceTemplate
 
@@ -560,10 +560,11 @@ def _warm_candidates(template):
     ).order_by("pk")
 
 
-_CLAIM_SQL = f"""UPDATE {Container._meta.db_table} SET state = %s, claimed_at = %s, updated_at = %s
+# The states are literals, not parameters: a prepared statement then still uses the partial index on WARM rows.
+_CLAIM_SQL = f"""UPDATE {Container._meta.db_table} SET state = '{State.CLAIMED.value}', claimed_at = %s, updated_at = %s
     WHERE id = (
         SELECT c.id FROM {Container._meta.db_table} c JOIN {Node._meta.db_table} n ON n.id = c.node_id
-        WHERE c.template_id = %s AND c.state = %s AND n.enabled AND NOT n.draining
+        WHERE c.template_id = %s AND c.state = '{State.WARM.value}' AND n.enabled AND NOT n.draining
         ORDER BY c.id LIMIT 1
         FOR UPDATE OF c SKIP LOCKED
     )
@@ -582,23 +583,21 @@ def container_claim_for_session(*, template, session, now):
     session only if a row was taken. A unique violation (the workspace already has a live session) fails
     the whole statement, so the container stays WARM. Returns the CLAIMED Container or None.
     """
-    s = Session._meta.db_table
-    sql = f"""
-        WITH claimed AS ({_CLAIM_SQL}),
-        opened AS (
-            INSERT INTO {s} (id, tenant_id, workspace_id, user_id, container_id, cold_start, started_at,
-                             last_activity_at, ended_at, end_reason, metered_until)
-            SELECT %s, %s, %s, %s, claimed.id, false, %s, %s, NULL, '', %s FROM claimed
-            RETURNING container_id
-        )
-        SELECT claimed.id, claimed.node_id, claimed.slot_path, claimed.address, claimed.name, claimed.engine_id
-        FROM claimed JOIN opened ON opened.container_id = claimed.id
-    """
-    with connection.cursor() as cursor:
-        cursor.execute(sql, [State.CLAIMED, now, now, template.pk, State.WARM, session.pk, session.tenant_id,
-                             session.workspace_id, session.user_id, now, now, now])
-        row = cursor.fetchone()
+    row = sql.fetchone(_CLAIM_FOR_SESSION_SQL, [now, now, template.pk, session.pk, session.tenant_id,
+                                                 session.workspace_id, session.user_id, now, now, now])
     return _claimed_container(row, template, now)
+
+
+_CLAIM_FOR_SESSION_SQL = f"""
+    WITH claimed AS ({_CLAIM_SQL}),
+    opened AS (
+        INSERT INTO {Session._meta.db_table} (id, tenant_id, workspace_id, user_id, container_id, cold_start,
+                                              started_at, last_activity_at, ended_at, end_reason, metered_until)
+        SELECT %s, %s, %s, %s, claimed.id, false, %s, %s, NULL, '', %s FROM claimed
+        RETURNING container_id
+    )
+    SELECT claimed.id, claimed.node_id, claimed.slot_path, claimed.address, claimed.name, claimed.engine_id
+    FROM claimed JOIN opened ON opened.container_id = claimed.id"""
 
 
 def _claimed_container(row, template, now):
@@ -621,9 +620,7 @@ def container_claim(*, template, now):
         raise RuntimeError("container_claim must run inside the transaction that creates the session")
     if connection.vendor == "postgresql":
         # One statement: lock the oldest unlocked WARM row of a usable node, mark it CLAIMED, return it.
-        with connection.cursor() as cursor:
-            cursor.execute(_CLAIM_SQL, [State.CLAIMED, now, now, template.pk, State.WARM])
-            return _claimed_container(cursor.fetchone(), template, now)
+        return _claimed_container(sql.fetchone(_CLAIM_SQL, [now, now, template.pk]), template, now)
     else:
         for _ in range(20):
             container = _warm_candidates(template).first()

@@ -14,6 +14,7 @@ import os
 import re
 import shutil
 import stat
+import struct
 import threading
 from pathlib import Path
 
@@ -37,6 +38,20 @@ _libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctype
 _libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
 _root_ready: set[str] = set()
 _root_lock = threading.Lock()
+_root_paths: dict[str, tuple[Path, str]] = {}  # STORAGE_ROOT -> (slot root, its real path)
+# Real path of a prepared slot root -> the mount id it had when /proc/self/mountinfo last showed it rshared.
+_root_mount_ids: dict[str, int] = {}
+
+# statx(2) (Linux 5.8+): whether a path is the root of a mount, and that mount's id, without reading
+# /proc/self/mountinfo, whose size grows with every container on the host (two mounts each).
+_AT_FDCWD = -100
+_AT_SYMLINK_NOFOLLOW = 0x100
+_STATX_TYPE = 0x1
+_STATX_MNT_ID = 0x1000
+_STATX_ATTR_MOUNT_ROOT = 0x2000
+_statx = getattr(_libc, "statx", None)
+if _statx is not None:
+    _statx.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_uint, ctypes.c_void_p]
 
 
 class StorageError(Exception):
@@ -52,6 +67,27 @@ def _mount(source, target, flags) -> None:
                 "the host: run the Hearth worker and web processes as root (or with CAP_SYS_ADMIN)."
             )
         raise StorageError(f"mount {source or ''} -> {target} failed: {os.strerror(err)}")
+
+
+def _mount_state(path, *, follow=True):
+    """(is a mount root, mount id, st_mode) of `path` via statx; None where statx cannot tell (old kernel)."""
+    if _statx is None:
+        return None
+    buf = ctypes.create_string_buffer(256)
+    flags = 0 if follow else _AT_SYMLINK_NOFOLLOW
+    if _statx(_AT_FDCWD, os.fsencode(path), flags, _STATX_TYPE | _STATX_MNT_ID, buf) != 0:
+        err = ctypes.get_errno()
+        if err in (errno.ENOENT, errno.ENOTDIR):
+            return False, 0, 0
+        return None
+    mask, = struct.unpack_from("I", buf, 0)
+    attributes, = struct.unpack_from("Q", buf, 8)
+    mode, = struct.unpack_from("H", buf, 28)
+    attributes_mask, = struct.unpack_from("Q", buf, 56)
+    mnt_id, = struct.unpack_from("Q", buf, 144)
+    if not attributes_mask & _STATX_ATTR_MOUNT_ROOT or not mask & _STATX_MNT_ID:
+        return None
+    return bool(attributes & _STATX_ATTR_MOUNT_ROOT), mnt_id, mode
 
 
 def _unescape(field: str) -> str:
@@ -70,6 +106,9 @@ def _mountinfo() -> list[tuple[str, str]]:
 
 
 def is_mount_point(path: Path) -> bool:
+    state = _mount_state(path)
+    if state is not None:
+        return state[0]
     path = os.path.realpath(path)
     return any(point == path for point, _ in _mountinfo())
 
@@ -81,9 +120,13 @@ def _is_shared_mount_point(path: str) -> bool:
 
 def slot_root() -> Path:
     """STORAGE_ROOT/slots, made a mount point (bound onto itself) and rshared once; idempotent."""
+    cached = _root_paths.get(str(settings.STORAGE_ROOT))
+    if cached is not None and cached[1] in _root_ready:
+        return cached[0]
     root = Path(settings.STORAGE_ROOT) / "slots"
     key = os.path.realpath(root)
     if key in _root_ready:
+        _root_paths[str(settings.STORAGE_ROOT)] = (root, key)
         return root
     root.mkdir(parents=True, exist_ok=True)
     key = os.path.realpath(root)
@@ -100,6 +143,7 @@ def slot_root() -> Path:
             _mount(None, key, MS_PRIVATE)
             _mount(None, key, MS_SHARED | MS_REC)
         _root_ready.add(key)
+        _root_paths[str(settings.STORAGE_ROOT)] = (root, key)
     return root
 
 
@@ -110,6 +154,8 @@ def slot_root_release(root: Path | None = None) -> None:
         if point == root or point.startswith(root + "/"):
             _umount(point)
     _root_ready.discard(root)
+    _root_mount_ids.pop(root, None)
+    _root_paths.clear()
 
 
 def slot_create(key: str) -> Path:
@@ -122,14 +168,18 @@ def slot_create(key: str) -> Path:
     return slot
 
 
-def _ensure_source(source: Path) -> None:
-    if not source.is_dir():
-        source.mkdir(parents=True, exist_ok=True)
-        source.chmod(0o750)
-    st = source.stat()
+def _ensure_source(source: str) -> None:
+    try:
+        st = os.stat(source)
+    except FileNotFoundError:
+        st = None
+    if st is None or not stat.S_ISDIR(st.st_mode):
+        os.makedirs(source, exist_ok=True)
+        os.chmod(source, 0o750)
+        st = os.stat(source)
     if (st.st_uid, st.st_gid) != (WORKSPACE_UID, WORKSPACE_GID):  # e.g. made by an import or a restore as root
         os.chown(source, WORKSPACE_UID, WORKSPACE_GID)
-    marker = source / READY_MARKER
+    marker = os.path.join(source, READY_MARKER)
     try:
         if not stat.S_ISLNK(os.lstat(marker).st_mode):
             return
@@ -141,6 +191,39 @@ def _ensure_source(source: Path) -> None:
     os.close(fd)
 
 
+def _real_slot(slot: Path, root: str, root_path: Path) -> str:
+    """The slot's real path. A slot is a plain directory right under the (real) root, so when the path names
+    one, it is root + its name and the realpath walk (an lstat per component) is not needed."""
+    path = os.path.abspath(slot)
+    parent, name = os.path.split(path)
+    if name and (parent == root or parent == str(root_path)):
+        candidate = os.path.join(root, name)
+        try:
+            if stat.S_ISDIR(os.lstat(candidate).st_mode):
+                return candidate
+        except FileNotFoundError:
+            return candidate
+    return os.path.realpath(slot)
+
+
+def _root_still_shared(root: str) -> bool:
+    """The slot root is still the rshared mount point this process prepared.
+
+    Fast path: statx says it is still the root of the very mount (same mount id) that mountinfo showed rshared
+    before. Otherwise (first bind, a different mount, an old kernel) /proc/self/mountinfo decides.
+    """
+    state = _mount_state(root)
+    known = _root_mount_ids.get(root)
+    if state is not None and known is not None and state[0] and state[1] == known:
+        return True
+    root_mounts = [optional for point, optional in _mountinfo() if point == root]
+    if not root_mounts or "shared:" not in root_mounts[-1]:
+        return False
+    if state is not None and state[0]:
+        _root_mount_ids[root] = state[1]
+    return True
+
+
 def slot_bind(*, slot: Path, source: Path) -> None:
     """Bind the user's directory onto the slot; it shows up in the slot's container at once.
 
@@ -148,22 +231,22 @@ def slot_bind(*, slot: Path, source: Path) -> None:
     bind, so the marker appears in the container atomically with the files. A slot already bound is
     unbound first, so binds never stack.
     """
-    slot, source = Path(slot), Path(source)
-    root = os.path.realpath(slot_root())
-    real_slot = os.path.realpath(slot)
+    root_path = slot_root()
+    root = _root_paths.get(str(settings.STORAGE_ROOT), (None, None))[1] or os.path.realpath(root_path)
+    real_slot = _real_slot(slot, root, root_path)
     if os.path.dirname(real_slot) != root:
         raise StorageError(f"{slot} is not a slot under {root}")
     if not os.path.isdir(real_slot):
         raise StorageError(f"slot {slot} does not exist (slot_create it first)")
+    source = os.fspath(source)
     _ensure_source(source)
-    mounts = _mountinfo()
-    root_mounts = [optional for point, optional in mounts if point == root]
-    if not root_mounts or "shared:" not in root_mounts[-1]:
+    if not _root_still_shared(root):
         # Someone unmounted the root since this process prepared it: a bind now would not reach containers.
         raise StorageError(f"slot root {root} is no longer an rshared mount point; restart the worker to redo it")
-    if any(point == real_slot for point, _ in mounts):
+    if is_mount_point(real_slot):
         _umount(real_slot)
-    _mount(os.path.realpath(source), real_slot, MS_BIND)
+    # mount(2) resolves the source's symlinks itself; the user cannot replace their directory (it is the home).
+    _mount(source, real_slot, MS_BIND)
 
 
 def _umount(target: str) -> None:

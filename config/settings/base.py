@@ -267,3 +267,6 @@ WORKSPACES_COLD_START_WAIT = env.float("WORKSPACES_COLD_START_WAIT", default=60.
 # How often the cold open at the head of its template's line looks for a free slot or a warm container (the rest wait
 # in PostgreSQL at no cost; this process's own releases wake it at once).
 WORKSPACES_POOL_POLL_INTERVAL = env.float("WORKSPACES_POOL_POLL_INTERVAL", default=0.05)
+# The open's hot-path statements are server-side prepared (planned once per connection, workspaces/sql.py); turn
+# off behind a transaction-pooling PgBouncer older than 1.21.
+WORKSPACES_PREPARED_SQL = env.bool("WORKSPACES_PREPARED_SQL", default=True)

@@ -89,7 +89,7 @@ def gateway_config(**overrides) -> GatewayConfig:
         token_cache=getattr(settings, "GATEWAY_TOKEN_CACHE", True),
         tls_cert=getattr(settings, "GATEWAY_TLS_CERT", ""),
     )
-    return replace(cfg, **overrides)
+    return replace(cfg, **overrides) if overrides else cfg
 
 
 # (file stem, status, title, message, link text, meta refresh seconds)
