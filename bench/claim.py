@@ -8,13 +8,13 @@ token) as the portal and the API call it, for the tiny image:
   sequential  — one client, warm pool, one open after another;
   concurrent  — N opens released at once against a warm pool of N, `rounds` times. By default they are served
                 as a web tier of gunicorn workers serves them: `--workers` pre-started worker processes (default
-                2 × cores + 1, gunicorn's advice for sync workers; `--threads` handler threads each, default 1),
+                2 × cores + 1, gunicorn's advice; `--threads` handler threads each, default 4),
                 each with its DB connection open and the app loaded (gc.freeze, as config/wsgi.py), take the N
                 opens from one queue. All N are queued, then released together; each latency runs from that
                 release to the open's return, waiting for a free worker included. One unmeasured round first
                 (`--warmup-rounds`) does what a long-running worker has long done (prepared statements, catalog
                 caches, broker connection), repeated (at most 5 more) until every handler thread has had one.
-                scripts/serve-web.sh runs 2 workers × 4 threads: `--workers 2 --threads 4` measures that.
+                These defaults are the shape scripts/serve-web.sh runs gunicorn in.
                 `--clients threads`: N threads in this process, one GIL (the old default); `--clients processes`
                 (or `--processes`): a fresh process per open;
   cold        — empty pool (warm_target 0): every open starts a container;
@@ -354,8 +354,9 @@ def main():
                         help="how the concurrent opens are served (see above)")
     parser.add_argument("--workers", type=int, default=2 * (os.cpu_count() or 1) + 1,
                         help="worker processes for --clients workers (default 2 × cores + 1)")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="threads per worker process for --clients workers (a DB connection each)")
+    parser.add_argument("--threads", type=int, default=4,
+                        help="threads per worker process for --clients workers (a DB connection each; default 4, "
+                             "as scripts/serve-web.sh runs gunicorn)")
     parser.add_argument("--warmup-rounds", type=int, default=1, help="unmeasured rounds first (--clients workers)")
     parser.add_argument("--processes", action="store_true", help="same as --clients processes")
     parser.add_argument("--no-gateway", action="store_true", help="do not start HAProxy (route adds then fail fast)")
