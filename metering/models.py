@@ -43,8 +43,10 @@ class UsageEvent(models.Model):
         API = "api"
         CORRECTION = "correction"
 
-    # On PostgreSQL the column has the "C" collation (migration 0004): memcmp comparisons, faster ingestion.
-    event_id = models.CharField(max_length=128, unique=True)
+    # On PostgreSQL the column has the "C" collation (migration 0004): memcmp comparisons, faster ingestion. Unique
+    # by a constraint (Meta), not unique=True, which would add a second, varchar_pattern_ops index that every
+    # insert maintains and nothing reads (lookups are exact; "C" serves prefix LIKE from the unique index too).
+    event_id = models.CharField(max_length=128)
     # Kept (by slug) after an offboarded tenant is deleted: usage is a money record. No database-level foreign
     # keys on this table: a constraint check per inserted row halves ingestion, and ingestion resolves tenants
     # and meters itself (the teardown hook clears tenant ids before a tenant is deleted).
@@ -65,6 +67,10 @@ class UsageEvent(models.Model):
 
     class Meta:
         ordering = ["-timestamp", "-pk"]
+        constraints = [
+            # The name PostgreSQL gave the column's former UNIQUE: the same index, kept (migration 0005).
+            models.UniqueConstraint(fields=["event_id"], name="metering_usageevent_event_id_key"),
+        ]
         indexes = [models.Index(fields=["tenant", "timestamp"], name="usageevent_tenant_ts_idx")]
 
     def __str__(self):

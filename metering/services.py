@@ -9,6 +9,7 @@ import hashlib
 import json
 import logging
 import math
+import operator
 import os
 import secrets
 import time
@@ -107,6 +108,10 @@ CREATE TEMPORARY TABLE IF NOT EXISTS metering_incoming (
 ) ON COMMIT DELETE ROWS
 """
 _connections_with_incoming = weakref.WeakSet()
+_COPY_SQL = f"COPY metering_incoming ({_COLUMNS}) FROM STDIN (FORMAT BINARY)"
+_COPY_TYPES = ["text", "int8", "text", "int8", "int8", "text", "timestamptz", "text", "text", "int8"]
+_INGEST_FROM_INCOMING_SQL = _INGEST_SQL.format(source="SELECT * FROM metering_incoming")
+_event_id_of = operator.itemgetter(0)
 
 
 def _incoming_table_ensure(cursor):
@@ -196,16 +201,22 @@ def _ingest_rows(rows):
         return 0, 0
     if connection.vendor != "postgresql":
         return _ingest_rows_portable(rows)
+    # Sorted here (stable: the first of an id's copies wins), the statement's ORDER BY finds them in order and
+    # PostgreSQL's sort only checks that they are.
+    rows = sorted(rows, key=_event_id_of)
     with transaction.atomic(), connection.cursor() as cursor:
         if len(rows) < _VALUES_THRESHOLD:
             source = "SELECT * FROM (VALUES " + ", ".join([_VALUES_ROW] * len(rows)) + f") AS v({_COLUMNS})"
             cursor.execute(_INGEST_SQL.format(source=source), [value for row in rows for value in row])
         else:
             _incoming_table_ensure(cursor)
-            with cursor.copy(f"COPY metering_incoming ({_COLUMNS}) FROM STDIN") as copy:
+            # Binary COPY: a sixth of text COPY's client CPU (no datetime and number formatting in Python).
+            with cursor.copy(_COPY_SQL) as copy:
+                copy.set_types(_COPY_TYPES)
+                write_row = copy.write_row
                 for row in rows:
-                    copy.write_row(row)
-            cursor.execute(_INGEST_SQL.format(source="SELECT * FROM metering_incoming"))
+                    write_row(row)
+            cursor.execute(_INGEST_FROM_INCOMING_SQL)
         inserted, quantity, _ = cursor.fetchone()
         if len(rows) >= _VALUES_THRESHOLD and len(connection.atomic_blocks) > 1:
             # Inside the caller's transaction the rows would still be there for its next batch.
@@ -276,6 +287,9 @@ def _timestamp(value):
     raise ValueError("not a timestamp")
 
 
+_subject_json = json.JSONEncoder(separators=(",", ":"), default=str).encode  # json.dumps(**kw) builds one per call
+
+
 def usage_events_prepare(events, *, source, now=None, check_window=True):
     """Validate raw events (dicts) with plain Python; return (rows for _ingest_rows, rejected).
 
@@ -285,6 +299,7 @@ def usage_events_prepare(events, *, source, now=None, check_window=True):
     now = now or timezone.now()
     oldest = periods.open_since(now) if check_window else None
     newest = now + settings.METERING_FUTURE_SKEW
+    correction = source == UsageEvent.Source.CORRECTION
     rejected = []
     slugs = set()
     for event in events:
@@ -292,19 +307,24 @@ def usage_events_prepare(events, *, source, now=None, check_window=True):
         if isinstance(tenant, str):
             slugs.add(tenant)
     tenant_ids = _tenants_by_slug(slugs) if slugs else {}
+    meters = {}  # slug -> the cache's answer, once per batch
     rows = []
+    append = rows.append
     for position, event in enumerate(events):
         if not isinstance(event, dict):
             rejected.append({"id": None, "index": position, "code": "invalid",
                              "reason": "An event must be a JSON object."})
             continue
-        event_id = event.get("id", event.get("event_id"))
+        get = event.get
+        event_id = get("id")
+        if event_id is None:
+            event_id = get("event_id")
         if not isinstance(event_id, str) or not event_id or len(event_id) > MAX_EVENT_ID:
             rejected.append({"id": event_id if isinstance(event_id, str | int) else None, "index": position,
                              "code": "invalid_id",
                              "reason": f"'id' must be a non-empty string of at most {MAX_EVENT_ID} characters."})
             continue
-        tenant = event.get("tenant")
+        tenant = get("tenant")
         if isinstance(tenant, Tenant):
             tenant_id, tenant_slug = tenant.pk, tenant.slug
         else:
@@ -313,34 +333,41 @@ def usage_events_prepare(events, *, source, now=None, check_window=True):
                 rejected.append({"id": event_id, "code": "unknown_tenant",
                                  "reason": f"There is no tenant '{tenant}'."})
                 continue
-        meter = event.get("meter")
-        if isinstance(meter, Meter):
+        meter = get("meter")
+        if isinstance(meter, str):
+            meter_info = meters.get(meter)
+            if meter_info is None:
+                meter_info = meters[meter] = meter_cache.get(meter)
+        elif isinstance(meter, Meter):
             meter_info = (meter.pk, meter.aggregation, meter.active)
-            meter_slug = meter.slug
         else:
-            meter_info = meter_cache.get(meter) if isinstance(meter, str) else None
-            meter_slug = meter
+            meter_info = None
         if meter_info is None or not meter_info[2]:
-            rejected.append({"id": event_id, "code": "unknown_meter",
-                             "reason": f"There is no active meter '{meter_slug}'."})
+            slug = meter.slug if isinstance(meter, Meter) else meter
+            rejected.append({"id": event_id, "code": "unknown_meter", "reason": f"There is no active meter '{slug}'."})
             continue
-        quantity = event.get("quantity")
-        if isinstance(quantity, float) and quantity.is_integer():
-            quantity = int(quantity)
-        if not isinstance(quantity, int) or isinstance(quantity, bool) or abs(quantity) > MAX_QUANTITY:
+        quantity = get("quantity")
+        if type(quantity) is not int:
+            if isinstance(quantity, float) and quantity.is_integer():
+                quantity = int(quantity)
+            if not isinstance(quantity, int) or isinstance(quantity, bool):
+                rejected.append({"id": event_id, "code": "invalid_quantity",
+                                 "reason": "'quantity' must be a whole number (seconds, bytes, tokens…)."})
+                continue
+        if not -MAX_QUANTITY <= quantity <= MAX_QUANTITY:
             rejected.append({"id": event_id, "code": "invalid_quantity",
                              "reason": "'quantity' must be a whole number (seconds, bytes, tokens…)."})
             continue
-        if quantity < 0 and source != UsageEvent.Source.CORRECTION:
+        if quantity < 0 and not correction:
             rejected.append({"id": event_id, "code": "negative_quantity",
                              "reason": "'quantity' must not be negative; staff record credits as corrections."})
             continue
-        raw_ts = event.get("timestamp")
-        if raw_ts is None:
+        ts = get("timestamp")
+        if ts is None:
             ts = now
-        else:
+        elif type(ts) is not datetime or ts.utcoffset() is None:  # aware datetimes (internal callers) go on
             try:
-                ts = _timestamp(raw_ts)
+                ts = _timestamp(ts)
             except (ValueError, TypeError, OverflowError, OSError):
                 rejected.append({"id": event_id, "code": "invalid_timestamp",
                                  "reason": "'timestamp' must be ISO 8601 with a time zone, or Unix seconds."})
@@ -354,18 +381,23 @@ def usage_events_prepare(events, *, source, now=None, check_window=True):
                              "reason": f"'timestamp' is before {oldest.isoformat()}, the start of the open billing "
                                        "period; that period is closed."})
             continue
-        subject = event.get("subject") or {}
-        if not isinstance(subject, dict):
+        subject = get("subject")
+        if not subject:
+            subject_json = "{}"
+        elif isinstance(subject, dict):
+            subject_json = _subject_json(subject)
+            if len(subject_json) > 2000:
+                rejected.append({"id": event_id, "code": "invalid_subject", "reason": "'subject' is too large."})
+                continue
+        else:
             rejected.append({"id": event_id, "code": "invalid_subject",
                              "reason": "'subject' must be an object such as {\"user\": 1, \"workspace\": 2}."})
             continue
-        subject_json = json.dumps(subject, separators=(",", ":"), default=str) if subject else "{}"
-        if len(subject_json) > 2000:
-            rejected.append({"id": event_id, "code": "invalid_subject", "reason": "'subject' is too large."})
-            continue
-        correction = source == UsageEvent.Source.CORRECTION
-        rows.append((event_id, tenant_id, tenant_slug, meter_info[0], quantity, subject_json, ts, source,
-                     event.get("reason", "") if correction else "", event.get("actor_id") if correction else None))
+        if correction:
+            append((event_id, tenant_id, tenant_slug, meter_info[0], quantity, subject_json, ts, source,
+                    get("reason", ""), get("actor_id")))
+        else:
+            append((event_id, tenant_id, tenant_slug, meter_info[0], quantity, subject_json, ts, source, "", None))
     return rows, rejected
 
 
