@@ -71,7 +71,8 @@ class UsageEvent(models.Model):
             # The name PostgreSQL gave the column's former UNIQUE: the same index, kept (migration 0005).
             models.UniqueConstraint(fields=["event_id"], name="metering_usageevent_event_id_key"),
         ]
-        indexes = [models.Index(fields=["tenant", "timestamp"], name="usageevent_tenant_ts_idx")]
+        # No index by tenant: every read of usage goes through the roll-ups, and each index on this table costs
+        # every ingested event an index entry (a tenant's events are found by scanning, e.g. when it is deleted).
 
     def __str__(self):
         return f"{self.tenant_slug} {self.meter_id} {self.quantity} @ {self.timestamp:%Y-%m-%d %H:%M:%S}"
@@ -84,8 +85,10 @@ class UsageRollup(models.Model):
         DAY = "day"
         MONTH = "month"
 
-    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="+", db_index=False)
-    meter = models.ForeignKey(Meter, on_delete=models.PROTECT, related_name="+", db_index=False)
+    # No database-level foreign keys, as on events: every roll-up update would check them (an extra fetch of the
+    # row per update in the ingestion statement); Django still cascades and protects, and ingestion resolves both.
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="+", db_index=False, db_constraint=False)
+    meter = models.ForeignKey(Meter, on_delete=models.PROTECT, related_name="+", db_index=False, db_constraint=False)
     period = models.CharField(max_length=8, choices=Period.choices)
     period_start = models.DateTimeField()
     # Copied from the meter so the UPSERT needs no join; a meter's aggregation never changes.
