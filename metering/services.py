@@ -213,7 +213,16 @@ class _PreparedCursor(psycopg.Cursor):
     statement per connection (planning the ingestion statement took about 3% of its server time)."""
 
     def execute(self, query, params=None, *, prepare=True, binary=None):
-        return super().execute(query, params, prepare=prepare, binary=binary)
+        # Django turns psycopg's statement preparation off for the connection (threshold None: connection poolers).
+        # A threshold nothing reaches prepares only what asks for it, and only for this call.
+        conn = self.connection
+        threshold = conn.prepare_threshold
+        if threshold is None:
+            conn.prepare_threshold = 2**31 - 1
+        try:
+            return super().execute(query, params, prepare=prepare, binary=binary)
+        finally:
+            conn.prepare_threshold = threshold
 
 
 def _binding_cursor():
