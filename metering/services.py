@@ -293,7 +293,19 @@ def _timestamp(value):
     raise ValueError("not a timestamp")
 
 
-_subject_json = json.JSONEncoder(separators=(",", ":"), default=str).encode  # json.dumps(**kw) builds one per call
+_subject_json_any = json.JSONEncoder(separators=(",", ":"), default=str).encode  # json.dumps(**kw) builds one a call
+_quote = json.encoder.encode_basestring_ascii  # what the encoder above writes strings with (C)
+
+
+def _subject_json(subject):
+    """The encoder's exact output, a third of its time for the usual subject: string keys, int or string values."""
+    parts = []
+    for key, value in subject.items():
+        kind = type(value)
+        if type(key) is not str or (kind is not int and kind is not str):
+            return _subject_json_any(subject)
+        parts.append(f"{_quote(key)}:{value if kind is int else _quote(value)}")
+    return "{" + ",".join(parts) + "}"
 
 
 def usage_events_prepare(events, *, source, now=None, check_window=True):

@@ -530,3 +530,14 @@ def test_usage_events_carry_only_the_indexes_ingestion_needs():
         rollup_foreign_keys = cursor.fetchone()[0]
     assert indexes == {"metering_usageevent_pkey", "metering_usageevent_event_id_key"}
     assert rollup_foreign_keys == 0
+
+
+@pytest.mark.parametrize("subject", [
+    {"user": 1, "workspace": 2}, {"session": "s-1", "path": 'a "quoted" \\ back\nslash'}, {"name": "Zoë ☃"},
+    {"flag": True, "n": None, "ratio": 0.5}, {"nested": {"a": [1, 2]}}, {1: "int key"}, {"big": 2**70},
+    {"when": datetime(2026, 3, 10, tzinfo=UTC)}, {},
+])
+def test_subject_json_is_what_json_dumps_writes(subject):
+    import json
+
+    assert services._subject_json(subject) == json.dumps(subject, separators=(",", ":"), default=str)
