@@ -509,15 +509,16 @@ def test_a_batch_of_corrections_keeps_each_ones_reason_and_actor():
 
 
 def test_the_ingestion_statement_is_prepared_once_per_connection():
+    """Also with quantities of every size: psycopg would send int2, int4 or int8 arrays, one statement each."""
     tenant = tenant_on("pro")
-    for n in range(3):
-        services.usage_record_many([{"id": f"p-{n}-{i}", "tenant": tenant, "meter": "egress_bytes", "quantity": 1,
-                                     "timestamp": T0} for i in range(10)])
+    for n, quantity in enumerate([1, 40_000, 2**40]):
+        services.usage_record_many([{"id": f"p-{n}-{i}", "tenant": tenant, "meter": "egress_bytes",
+                                     "quantity": quantity, "timestamp": T0} for i in range(10)])
     with connection.cursor() as cursor:
         cursor.execute("SELECT count(*) FROM pg_prepared_statements WHERE statement LIKE %s",
                        ["%INSERT INTO metering_usageevent%"])
         assert cursor.fetchone()[0] == 1
-    assert rollup(tenant, "egress_bytes", "day", datetime(2026, 3, 10, tzinfo=UTC)) == 30
+    assert rollup(tenant, "egress_bytes", "day", datetime(2026, 3, 10, tzinfo=UTC)) == 10 * (1 + 40_000 + 2**40)
 
 
 def test_usage_events_carry_only_the_indexes_ingestion_needs():
@@ -541,3 +542,12 @@ def test_subject_json_is_what_json_dumps_writes(subject):
     import json
 
     assert services._subject_json(subject) == json.dumps(subject, separators=(",", ":"), default=str)
+
+
+def test_a_batch_naming_an_unknown_meter_reloads_the_meter_list_once(django_assert_max_num_queries):
+    tenant = tenant_on("pro")
+    events = [{"id": f"u-{i}", "tenant": tenant.slug, "meter": "nope", "quantity": 1, "timestamp": T0}
+              for i in range(50)]
+    with django_assert_max_num_queries(3):  # the tenants, the meters (once), nothing to insert
+        result = services.usage_ingest(events, now=T0)
+    assert [r["code"] for r in result.rejected] == ["unknown_meter"] * 50
