@@ -43,8 +43,10 @@ class UsageEvent(models.Model):
         API = "api"
         CORRECTION = "correction"
 
-    # On PostgreSQL the column has the "C" collation (migration 0004): memcmp comparisons, faster ingestion.
-    event_id = models.CharField(max_length=128, unique=True)
+    # On PostgreSQL the column has the "C" collation (migration 0004): memcmp comparisons, faster ingestion. Unique
+    # by a constraint (Meta), not unique=True, which would add a second, varchar_pattern_ops index that every
+    # insert maintains and nothing reads (lookups are exact; "C" serves prefix LIKE from the unique index too).
+    event_id = models.CharField(max_length=128)
     # Kept (by slug) after an offboarded tenant is deleted: usage is a money record. No database-level foreign
     # keys on this table: a constraint check per inserted row halves ingestion, and ingestion resolves tenants
     # and meters itself (the teardown hook clears tenant ids before a tenant is deleted).
@@ -65,7 +67,12 @@ class UsageEvent(models.Model):
 
     class Meta:
         ordering = ["-timestamp", "-pk"]
-        indexes = [models.Index(fields=["tenant", "timestamp"], name="usageevent_tenant_ts_idx")]
+        constraints = [
+            # The name PostgreSQL gave the column's former UNIQUE: the same index, kept (migration 0005).
+            models.UniqueConstraint(fields=["event_id"], name="metering_usageevent_event_id_key"),
+        ]
+        # No index by tenant: every read of usage goes through the roll-ups, and each index on this table costs
+        # every ingested event an index entry (a tenant's events are found by scanning, e.g. when it is deleted).
 
     def __str__(self):
         return f"{self.tenant_slug} {self.meter_id} {self.quantity} @ {self.timestamp:%Y-%m-%d %H:%M:%S}"
@@ -78,8 +85,10 @@ class UsageRollup(models.Model):
         DAY = "day"
         MONTH = "month"
 
-    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="+", db_index=False)
-    meter = models.ForeignKey(Meter, on_delete=models.PROTECT, related_name="+", db_index=False)
+    # No database-level foreign keys, as on events: every roll-up update would check them (an extra fetch of the
+    # row per update in the ingestion statement); Django still cascades and protects, and ingestion resolves both.
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="+", db_index=False, db_constraint=False)
+    meter = models.ForeignKey(Meter, on_delete=models.PROTECT, related_name="+", db_index=False, db_constraint=False)
     period = models.CharField(max_length=8, choices=Period.choices)
     period_start = models.DateTimeField()
     # Copied from the meter so the UPSERT needs no join; a meter's aggregation never changes.

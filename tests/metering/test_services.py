@@ -481,3 +481,92 @@ def test_seats_follow_membership_changes_through_the_outbox_at_once():
     assert UsageEvent.objects.filter(tenant=tenant, meter__slug="seats").count() == 2
     outbox_drain()  # delivered once: no further sample
     assert UsageEvent.objects.filter(tenant=tenant, meter__slug="seats").count() == 2
+
+
+def test_first_copy_of_an_id_in_a_batch_is_the_one_counted():
+    tenant = tenant_on("pro")
+    copies = [{"id": "same", "tenant": tenant, "meter": "egress_bytes", "quantity": q, "timestamp": T0} for q in (5, 7)]
+    filler = [{"id": f"f-{i}", "tenant": tenant, "meter": "egress_bytes", "quantity": 1, "timestamp": T0}
+              for i in range(100)]
+    result = services.usage_record_many(filler[:50] + copies + filler[50:])
+    assert (result.accepted, result.duplicates, result.quantity) == (101, 1, 105)
+    assert UsageEvent.objects.get(event_id="same").quantity == 5
+    again = services.usage_record_many(copies[::-1])  # both already stored now
+    assert (again.accepted, again.duplicates) == (0, 2)
+    assert rollup(tenant, "egress_bytes", "day", datetime(2026, 3, 10, tzinfo=UTC)) == 105
+    assert_rollups_match_events(tenant)
+
+
+def test_latest_gauge_sample_within_one_batch_is_the_latest_by_time_not_by_position():
+    tenant = tenant_on("pro")
+    samples = [(T0 + timedelta(hours=2), 300), (T0, 500), (T0 + timedelta(hours=3), 200),
+               (T0 + timedelta(hours=1), 900)]
+    services.usage_record_many([{"id": f"g-{i}", "tenant": tenant, "meter": "storage_bytes", "quantity": quantity,
+                                 "timestamp": at} for i, (at, quantity) in enumerate(samples)])
+    row = UsageRollup.objects.get(tenant=tenant, meter__slug="storage_bytes", period="day")
+    assert (row.quantity, row.last_quantity, row.last_at, row.event_count) == (900, 200, T0 + timedelta(hours=3), 4)
+
+
+def test_a_batch_of_corrections_keeps_each_ones_reason_and_actor():
+    """A batch whose events differ in reason or actor takes the statement's per-row columns (the mixed path)."""
+    tenant = tenant_on("pro")
+    first, second = UserFactory(is_staff=True), UserFactory(is_staff=True)
+    use_seconds(tenant, 600, at=T0)
+    result = services.usage_record_many(
+        [{"id": "corr-a", "tenant": tenant, "meter": "workspace_seconds", "quantity": -100, "timestamp": T0,
+          "reason": "outage", "actor_id": first.pk},
+         {"id": "corr-b", "tenant": tenant, "meter": "workspace_seconds", "quantity": 30, "timestamp": T0,
+          "reason": "missed session", "actor_id": second.pk}],
+        source=UsageEvent.Source.CORRECTION,
+    )
+    assert (result.accepted, result.quantity) == (2, -70)
+    stored = {e.event_id: (e.source, e.reason, e.actor_id) for e in UsageEvent.objects.filter(source="correction")}
+    assert stored == {"corr-a": ("correction", "outage", first.pk),
+                      "corr-b": ("correction", "missed session", second.pk)}
+    assert rollup(tenant, "workspace_seconds", "month", datetime(2026, 3, 1, tzinfo=UTC)) == 530
+    assert_rollups_match_events(tenant)
+
+
+def test_the_ingestion_statement_is_prepared_once_per_connection():
+    """Also with quantities of every size: psycopg would send int2, int4 or int8 arrays, one statement each."""
+    tenant = tenant_on("pro")
+    for n, quantity in enumerate([1, 40_000, 2**40]):
+        services.usage_record_many([{"id": f"p-{n}-{i}", "tenant": tenant, "meter": "egress_bytes",
+                                     "quantity": quantity, "timestamp": T0} for i in range(10)])
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM pg_prepared_statements WHERE statement LIKE %s",
+                       ["%INSERT INTO metering_usageevent%"])
+        assert cursor.fetchone()[0] == 1
+    assert rollup(tenant, "egress_bytes", "day", datetime(2026, 3, 10, tzinfo=UTC)) == 10 * (1 + 40_000 + 2**40)
+
+
+def test_usage_events_carry_only_the_indexes_ingestion_needs():
+    """Each index on the events table costs every ingested event an entry; reads use the roll-ups."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT indexname FROM pg_indexes WHERE tablename = 'metering_usageevent'")
+        indexes = {name for (name,) in cursor.fetchall()}
+        cursor.execute("SELECT count(*) FROM pg_constraint WHERE conrelid = 'metering_usagerollup'::regclass "
+                       "AND contype = 'f'")
+        rollup_foreign_keys = cursor.fetchone()[0]
+    assert indexes == {"metering_usageevent_pkey", "metering_usageevent_event_id_key"}
+    assert rollup_foreign_keys == 0
+
+
+@pytest.mark.parametrize("subject", [
+    {"user": 1, "workspace": 2}, {"session": "s-1", "path": 'a "quoted" \\ back\nslash'}, {"name": "Zoë ☃"},
+    {"flag": True, "n": None, "ratio": 0.5}, {"nested": {"a": [1, 2]}}, {1: "int key"}, {"big": 2**70},
+    {"when": datetime(2026, 3, 10, tzinfo=UTC)}, {},
+])
+def test_subject_json_is_what_json_dumps_writes(subject):
+    import json
+
+    assert services._subject_json(subject) == json.dumps(subject, separators=(",", ":"), default=str)
+
+
+def test_a_batch_naming_an_unknown_meter_reloads_the_meter_list_once(django_assert_max_num_queries):
+    tenant = tenant_on("pro")
+    events = [{"id": f"u-{i}", "tenant": tenant.slug, "meter": "nope", "quantity": 1, "timestamp": T0}
+              for i in range(50)]
+    with django_assert_max_num_queries(3):  # the tenants, the meters (once), nothing to insert
+        result = services.usage_ingest(events, now=T0)
+    assert [r["code"] for r in result.rejected] == ["unknown_meter"] * 50
