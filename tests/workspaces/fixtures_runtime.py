@@ -161,6 +161,7 @@ class ExtraDockerd:
             subprocess.run(["ip", "link", "add", self.bridge, "type", "bridge"], check=True)
             subprocess.run(["ip", "addr", "add", f"10.{self.octet}.0.1/24", "dev", self.bridge], check=True)
             subprocess.run(["ip", "link", "set", self.bridge, "up"], check=True)
+        self._stale_stop()
         had_docker0 = _link_exists("docker0")
         self.log = open(f"/tmp/{self.name}.log", "ab")
         self.proc = subprocess.Popen(self._args(), stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -182,6 +183,25 @@ class ExtraDockerd:
                     time.sleep(0.2)
         finally:
             probe.close()
+
+    def _stale_stop(self, timeout=30):
+        """A daemon left by an interrupted run still owns the socket: it would answer for ours (and stop() could
+        not stop it). Stop it by its pidfile first."""
+        try:
+            pid = int(Path(f"/run/{self.name}.pid").read_text().strip())
+            if f"--pidfile=/run/{self.name}.pid" not in Path(f"/proc/{pid}/cmdline").read_bytes().decode():
+                return  # the pid was reused by another process
+            os.kill(pid, signal.SIGTERM)
+        except (OSError, ValueError):
+            return
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                os.kill(pid, 0)
+            except OSError:
+                return
+            time.sleep(0.2)
+        os.kill(pid, signal.SIGKILL)
 
     def stop(self):
         if self.proc is None:
