@@ -97,7 +97,7 @@ PAGES = {
     "starting": (503, "Your workspace is starting", "It will open by itself in a moment.", "", 2),
     "gone": (410, "This workspace is not running", "Its container has stopped or was released.",
              "Open it again from the portal", 0),
-    "ended": (410, "This session has ended", "The workspace was opened again elsewhere, or the session was closed.",
+    "ended": (410, "This session has ended", "It was closed, released after being idle, or the workspace was opened again.",
               "Open it again from the portal", 0),
     "expired": (401, "Your link has expired", "For your security, workspace links expire.",
                 "Re-open the workspace from the portal", 0),
