@@ -436,8 +436,10 @@ class TestStaticCache:
         # Compressed by HAProxy: the container was asked for identity (no Accept-Encoding).
         assert first.headers["content-encoding"] == "gzip"
         assert "accept-encoding" not in upstream.requests[-1][1]
+        assert first.headers["cache-control"] == "public, max-age=31536000, immutable"
         second = gateway.get("ws-n", path, token=issue("ws-n", "s-n1"))
         assert second.content == first.content
+        assert second.headers["cache-control"] == "public, max-age=31536000, immutable"
         assert upstream.count()[0] == before + 1  # the second came from HAProxy's memory
         # Still checked: no token, no asset, even from the cache.
         assert gateway.get("ws-n", path).status_code == 401
