@@ -33,7 +33,7 @@ MARKS_JS = """() => {
   return {html: nav.responseEnd, script_loaded: marks['code/didLoadWorkbenchMain'],
           started: marks['code/didStartWorkbench'], redirects: nav.redirectEnd};
 }"""
-PHASES = ("redirects", "html", "script_loaded", "started")
+PHASES = ("redirects", "html", "script_loaded", "started", "browser_cpu", "renderer_cpu")
 
 
 def main():
@@ -52,6 +52,7 @@ def main():
     from django.conf import settings
     from playwright.sync_api import sync_playwright
 
+    from bench.browser_open import _descendants, _proc_table
     from bench.gateway import free_port
     from workspaces.gateway import routes
     from workspaces.gateway.config import gateway_config
@@ -97,17 +98,27 @@ def main():
                       # code-server needs a secure context; *.localhost is one, a bare IP is not.
                       f"--unsafely-treat-insecure-origin-as-secure=http://{address}"])
 
+            def browser_cpu():
+                table = _proc_table()
+                procs = [p for p in _descendants(table, os.getpid()) if "chrom" in table[p][2]]
+                return (sum(table[p][1] for p in procs),
+                        sum(table[p][1] for p in procs if "--type=renderer" in table[p][2]))
+
             def open_once(context, url):
                 page = context.new_page()
                 sockets = []
                 page.on("websocket", lambda ws: sockets.append(ws))
+                cpu_before = browser_cpu()
                 started = time.monotonic()
                 page.goto(url)
                 page.wait_for_selector(".monaco-workbench", state="visible", timeout=60_000)
                 while not any(not ws.is_closed() for ws in sockets):
                     page.wait_for_timeout(10)
                 elapsed = time.monotonic() - started
+                cpu_after = browser_cpu()
                 marks = {k: v / 1000 for k, v in page.evaluate(MARKS_JS).items() if v is not None}
+                marks["browser_cpu"] = cpu_after[0] - cpu_before[0]
+                marks["renderer_cpu"] = cpu_after[1] - cpu_before[1]
                 page.close()
                 return elapsed, marks
 
@@ -149,8 +160,10 @@ def main():
         print(f"  {case} browser cache: direct {direct['p50_s']:.2f} s, through the gateway {through['p50_s']:.2f} s "
               f"(added {through['p50_s'] - direct['p50_s']:+.2f} s)")
         for name, r in (("direct", direct), ("gateway", through)):
-            print(f"    {name:8s} marks p50 after navigation: " +
-                  ", ".join(f"{k} {v:.2f} s" for k, v in r["marks_p50_s"].items()))
+            print(f"    {name:8s} p50 after navigation: " +
+                  ", ".join(f"{k} {v:.2f} s" for k, v in r["marks_p50_s"].items() if not k.endswith("cpu")) +
+                  f"; CPU per open: Chromium {r['marks_p50_s']['browser_cpu']:.2f} s, of which its renderers "
+                  f"{r['marks_p50_s']['renderer_cpu']:.2f} s")
     print("  the workbench's own script (script_loaded - html) is Chromium evaluating VS Code's 11 MB bundle; targets "
           "(issue 4, from the portal click): cold p50 <= 2.0 s, warm p50 <= 1.2 s")
 
