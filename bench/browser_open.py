@@ -111,16 +111,23 @@ def _container_cpu(engine_id):
 
 
 def cpu_snapshot(*, web_pid, gateway_pid, engine_id):
-    """CPU seconds so far of what an open makes work: Chromium (its renderers apart), the IDE's container,
-    HAProxy and the portal. Summed over process trees, so CPU used by processes that exited in between is lost."""
+    """CPU seconds so far, per part and process, of what an open makes work: Chromium (its renderers apart), the
+    IDE's container, HAProxy and the portal."""
     table = _proc_table()
-    mine = _descendants(table, os.getpid())
-    browser = [p for p in mine if "chrom" in table[p][2]]
-    renderer = [p for p in browser if "--type=renderer" in table[p][2]]
-    return {"browser": sum(table[p][1] for p in browser), "renderers": sum(table[p][1] for p in renderer),
-            "container": _container_cpu(engine_id) or 0.0,
-            "gateway": sum(table[p][1] for p in _descendants(table, gateway_pid) if p in table),
-            "web": sum(table[p][1] for p in _descendants(table, web_pid) if p in table)}
+    browser = [p for p in _descendants(table, os.getpid()) if "chrom" in table[p][2]]
+    parts = {"browser": browser, "renderers": [p for p in browser if "--type=renderer" in table[p][2]],
+             "gateway": [p for p in _descendants(table, gateway_pid) if p in table],
+             "web": [p for p in _descendants(table, web_pid) if p in table]}
+    snapshot = {name: {p: table[p][1] for p in pids} for name, pids in parts.items()}
+    snapshot["container"] = {engine_id: _container_cpu(engine_id) or 0.0}
+    return snapshot
+
+
+def cpu_used_between(before, after):
+    """CPU seconds per part between two snapshots: processes alive at the end, minus what they had used before
+    (a process that ended in between, e.g. the previous tab's renderer, is left out, not subtracted)."""
+    return {name: sum(cpu - before[name].get(pid, 0.0) for pid, cpu in procs.items())
+            for name, procs in after.items()}
 
 
 def main():
@@ -256,7 +263,7 @@ def main():
                 cpu_after = cpu_snapshot(web_pid=web.pid, gateway_pid=gateway.proc.pid, engine_id=warm.engine_id)
                 context.remove_listener("response", on_response)
                 phases.append({k: v - started for k, v in seen.items()})
-                cpu_used.append({k: cpu_after[k] - cpu_before[k] for k in cpu_after})
+                cpu_used.append(cpu_used_between(cpu_before, cpu_after))
                 if not page.url.startswith(f"http://{workspace.host_key}.localhost:{gateway_port}/"):
                     raise SystemExit(f"the IDE opened at {page.url}, not on the workspace's host")
                 page.close()

@@ -52,7 +52,7 @@ def main():
     from django.conf import settings
     from playwright.sync_api import sync_playwright
 
-    from bench.browser_open import _descendants, _proc_table
+    from bench.browser_open import _descendants, _proc_table, cpu_used_between
     from bench.gateway import free_port
     from workspaces.gateway import routes
     from workspaces.gateway.config import gateway_config
@@ -101,8 +101,8 @@ def main():
             def browser_cpu():
                 table = _proc_table()
                 procs = [p for p in _descendants(table, os.getpid()) if "chrom" in table[p][2]]
-                return (sum(table[p][1] for p in procs),
-                        sum(table[p][1] for p in procs if "--type=renderer" in table[p][2]))
+                return {"browser": {p: table[p][1] for p in procs},
+                        "renderers": {p: table[p][1] for p in procs if "--type=renderer" in table[p][2]}}
 
             def open_once(context, url):
                 page = context.new_page()
@@ -117,8 +117,8 @@ def main():
                 elapsed = time.monotonic() - started
                 cpu_after = browser_cpu()
                 marks = {k: v / 1000 for k, v in page.evaluate(MARKS_JS).items() if v is not None}
-                marks["browser_cpu"] = cpu_after[0] - cpu_before[0]
-                marks["renderer_cpu"] = cpu_after[1] - cpu_before[1]
+                used = cpu_used_between(cpu_before, cpu_after)
+                marks["browser_cpu"], marks["renderer_cpu"] = used["browser"], used["renderers"]
                 page.close()
                 return elapsed, marks
 
