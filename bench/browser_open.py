@@ -69,6 +69,67 @@ def wait_http(url, timeout=60):
     raise SystemExit(f"{url} did not answer in {timeout} s")
 
 
+def _proc_table():
+    """pid -> (ppid, cpu seconds, cmdline) of every process, from /proc."""
+    table, tick = {}, os.sysconf("SC_CLK_TCK")
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        table[int(entry)] = (int(stat[1]), (int(stat[11]) + int(stat[12])) / tick, cmdline)
+    return table
+
+
+def _descendants(table, root):
+    children = {}
+    for pid, (ppid, _, _) in table.items():
+        children.setdefault(ppid, []).append(pid)
+    found, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        found.append(pid)
+        todo.extend(children.get(pid, ()))
+    return found
+
+
+def _container_cpu(engine_id):
+    """CPU seconds a container used so far (cgroup v1 cpuacct, or v2 cpu.stat); None if not found."""
+    for path in (f"/sys/fs/cgroup/cpuacct/docker/{engine_id}/cpuacct.usage",
+                 f"/sys/fs/cgroup/system.slice/docker-{engine_id}.scope/cpu.stat"):
+        try:
+            text = Path(path).read_text()
+        except OSError:
+            continue
+        if path.endswith("usage"):
+            return int(text) / 1e9
+        return int(text.split("usage_usec", 1)[1].split()[0]) / 1e6
+    return None
+
+
+def cpu_snapshot(*, web_pid, gateway_pid, engine_id):
+    """CPU seconds so far, per part and process, of what an open makes work: Chromium (its renderers apart), the
+    IDE's container, HAProxy and the portal."""
+    table = _proc_table()
+    browser = [p for p in _descendants(table, os.getpid()) if "chrom" in table[p][2]]
+    parts = {"browser": browser, "renderers": [p for p in browser if "--type=renderer" in table[p][2]],
+             "gateway": [p for p in _descendants(table, gateway_pid) if p in table],
+             "web": [p for p in _descendants(table, web_pid) if p in table]}
+    snapshot = {name: {p: table[p][1] for p in pids} for name, pids in parts.items()}
+    snapshot["container"] = {engine_id: _container_cpu(engine_id) or 0.0}
+    return snapshot
+
+
+def cpu_used_between(before, after):
+    """CPU seconds per part between two snapshots: processes alive at the end, minus what they had used before
+    (a process that ended in between, e.g. the previous tab's renderer, is left out, not subtracted)."""
+    return {name: sum(cpu - before[name].get(pid, 0.0) for pid, cpu in procs.items())
+            for name, procs in after.items()}
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--opens", type=int, default=10)
@@ -183,6 +244,8 @@ def main():
                               file=sys.stderr)
 
                 context.on("response", on_response)
+                warm = Container.objects.filter(template=template, state=Container.State.WARM).first()
+                cpu_before = cpu_snapshot(web_pid=web.pid, gateway_pid=gateway.proc.pid, engine_id=warm.engine_id)
                 started = time.monotonic()
                 with context.expect_page(timeout=60_000) as new_tab:
                     button.click()
@@ -194,8 +257,13 @@ def main():
                 while not any(not ws.is_closed() for ws in sockets):
                     page.wait_for_timeout(10)
                 elapsed = time.monotonic() - started
+                if os.environ.get("BENCH_DEBUG"):
+                    print("visibility", page.evaluate("[document.visibilityState, document.hasFocus()]"),
+                          file=sys.stderr)
+                cpu_after = cpu_snapshot(web_pid=web.pid, gateway_pid=gateway.proc.pid, engine_id=warm.engine_id)
                 context.remove_listener("response", on_response)
                 phases.append({k: v - started for k, v in seen.items()})
+                cpu_used.append(cpu_used_between(cpu_before, cpu_after))
                 if not page.url.startswith(f"http://{workspace.host_key}.localhost:{gateway_port}/"):
                     raise SystemExit(f"the IDE opened at {page.url}, not on the workspace's host")
                 page.close()
@@ -207,16 +275,17 @@ def main():
             portal_state = login_context.storage_state()
             login_context.close()
 
-            phases = []
+            phases, cpu_used = [], []
             warm_context = browser.new_context(storage_state=portal_state)
             warm_portal = warm_context.new_page()
             open_once(warm_context, warm_portal)  # fills the browser's cache and HAProxy's static cache
             cases = {"warm": [], "cold": []}
             steps = {"warm": [], "cold": []}
+            cpus = {"warm": [], "cold": []}
             for _ in range(args.opens):
-                phases = steps["warm"]
+                phases, cpu_used = steps["warm"], cpus["warm"]
                 cases["warm"].append(open_once(warm_context, warm_portal))
-                phases = steps["cold"]
+                phases, cpu_used = steps["cold"], cpus["cold"]
                 context = browser.new_context(storage_state=portal_state)
                 cases["cold"].append(open_once(context, context.new_page()))
                 context.close()
@@ -226,7 +295,10 @@ def main():
             results[name] = {"p50_s": round(statistics.median(samples), 2), "min_s": round(min(samples), 2),
                              "max_s": round(max(samples), 2), "samples_s": [round(s, 2) for s in samples],
                              "steps_p50_s": {k: round(statistics.median(p[k] for p in steps[name] if k in p), 3)
-                                             for k in STEPS if any(k in p for p in steps[name])}}
+                                             for k in STEPS if any(k in p for p in steps[name])},
+                             # CPU seconds each part used from the click to the open WebSocket (p50 per part).
+                             "cpu_p50_s": {k: round(statistics.median(c[k] for c in cpus[name]), 3)
+                                           for k in cpus[name][0]}}
     finally:
         os.killpg(web.pid, signal.SIGTERM)
         web.wait(timeout=30)
@@ -253,6 +325,7 @@ def main():
         print(f"  {name} browser cache: p50 {r['p50_s']:.2f} s (min {r['min_s']:.2f}, max {r['max_s']:.2f}) — "
               f"{verdict} the target p50 <= {target} s")
         print("    after the click, p50: " + ", ".join(f"{k} {v:.2f} s" for k, v in r["steps_p50_s"].items()))
+        print("    CPU used per open, p50: " + ", ".join(f"{k} {v:.2f} s" for k, v in r["cpu_p50_s"].items()))
 
 
 if __name__ == "__main__":

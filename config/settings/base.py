@@ -241,6 +241,8 @@ HAPROXY_BIN = env.str("HAPROXY_BIN", default="haproxy")
 GATEWAY_TOKEN_CACHE = env.bool("GATEWAY_TOKEN_CACHE", default=True)
 # PEM (certificate + key) for *.<GATEWAY_HOST>: HAProxy terminates TLS itself (set GATEWAY_SCHEME=https too).
 GATEWAY_TLS_CERT = env.str("GATEWAY_TLS_CERT", default="")
+# HAProxy threads (0: one per CPU). One is enough for ~40k checked requests/s and leaves the other cores to workspaces.
+GATEWAY_NBTHREAD = env.int("GATEWAY_NBTHREAD", default=1)
 # Dotted path to a callable listing every live route as (host_key, session_id, address): restored at start.
 GATEWAY_ROUTES_SOURCE = env.str("GATEWAY_ROUTES_SOURCE", default="workspaces.selectors.live_routes")
 # Metering (issue 5): ingestion limits and where "upgrade" points.

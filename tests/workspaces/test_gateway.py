@@ -332,10 +332,24 @@ class TestPages:
         assert any(m.get("http-equiv") == "refresh" for m in page.meta)
         assert upstream.count() == before
 
-    def test_gone_page_links_back_to_the_portal(self, gateway):  # noqa: F811
-        r = gateway.get("ws-nothing", "/", token=issue("ws-nothing", "s-n1"))
+    def test_a_closed_sessions_tab_says_session_ended_and_links_to_the_portal(self, gateway, upstream):  # noqa: F811
+        routes.route_set(host_key="ws-w", session_id="s-w1", address=upstream.http_address, cfg=gateway.cfg)
+        token = issue("ws-w", "s-w1")
+        assert gateway.get("ws-w", "/", token=token).status_code == 200
+        routes.route_delete(host_key="ws-w", cfg=gateway.cfg)  # what closing or reclaiming the session does
+        before = upstream.count()
+        r = gateway.get("ws-w", "/", token=token)
         assert r.status_code == 410
+        assert r.headers["cache-control"] == "no-store"
+        assert "This session has ended" in r.text and "not running" not in r.text
         assert PORTAL_URL in parse(r.text).links
+        assert upstream.count() == before
+
+    def test_an_earlier_sessions_tab_says_session_ended_too(self, gateway, upstream):  # noqa: F811
+        routes.route_set(host_key="ws-x", session_id="s-x2", address=upstream.http_address, cfg=gateway.cfg)
+        r = gateway.get("ws-x", "/", token=issue("ws-x", "s-x1"))
+        assert r.status_code == 410
+        assert "This session has ended" in r.text and PORTAL_URL in parse(r.text).links
 
     def test_expired_page_says_reopen_from_the_portal(self, routed):
         r = routed.get("ws-a", "/", token=issue(ttl=-1))
@@ -422,8 +436,10 @@ class TestStaticCache:
         # Compressed by HAProxy: the container was asked for identity (no Accept-Encoding).
         assert first.headers["content-encoding"] == "gzip"
         assert "accept-encoding" not in upstream.requests[-1][1]
+        assert first.headers["cache-control"] == "public, max-age=31536000, immutable"
         second = gateway.get("ws-n", path, token=issue("ws-n", "s-n1"))
         assert second.content == first.content
+        assert second.headers["cache-control"] == "public, max-age=31536000, immutable"
         assert upstream.count()[0] == before + 1  # the second came from HAProxy's memory
         # Still checked: no token, no asset, even from the cache.
         assert gateway.get("ws-n", path).status_code == 401

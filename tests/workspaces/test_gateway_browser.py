@@ -8,7 +8,7 @@ import pytest
 from django.conf import settings
 
 from tests.conftest import require_service
-from tests.workspaces.gateway_fixtures import gateway, gateway_env  # noqa: F401
+from tests.workspaces.gateway_fixtures import PORTAL_URL, gateway, gateway_env  # noqa: F401
 from workspaces.gateway import routes
 from workspaces.gateway.tokens import session_token_issue
 from workspaces.gateway.urls import workspace_url
@@ -115,8 +115,11 @@ def test_code_server_opens_through_the_gateway(gateway, code_server, browser):  
         counters = routes.counters_read(cfg=gateway.cfg)["s-cs1"]
         assert counters["requests"] > 10 and counters["active"] >= 1
         routes.route_delete(host_key="cs-1", cfg=gateway.cfg)
-        response = page.goto(f"http://cs-1.localhost:{gateway.cfg.port}/")
+        # The tab of the closed session, reloaded: "session ended" and the way back, not a hang or "not running".
+        response = page.reload()
         assert response.status == 410
+        assert page.get_by_role("heading", name="This session has ended").is_visible()
+        assert page.get_by_role("link", name="Open it again from the portal").get_attribute("href") == PORTAL_URL
     finally:
         context.close()
     print(f"\ncode-server workbench through the gateway, cold browser cache: {cold:.2f} s")
