@@ -70,21 +70,27 @@ def browser():
         b.close()
 
 
+class WorkbenchNotShown(AssertionError):
+    pass
+
+
 def open_workbench(browser, url):
     context = browser.new_context()
     page = context.new_page()
-    sockets = []
+    sockets, failed = [], []
     page.on("websocket", lambda ws: sockets.append(ws))
+    page.on("requestfailed", lambda request: failed.append(f"{request.url[:120]}: {request.failure}"))
     started = time.monotonic()
     page.goto(url)
     try:
         page.wait_for_selector(".monaco-workbench", state="visible", timeout=60_000)
-    except Exception:
+    except Exception as exc:
         artifacts = Path(settings.TEST_ARTIFACTS)
         artifacts.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(artifacts / "gateway-code-server-failed.png"))
         (artifacts / "gateway-code-server-failed.html").write_text(page.content())
-        raise
+        context.close()
+        raise WorkbenchNotShown(f"{exc}; failed requests: {failed or 'none'}") from exc
     # The IDE's remote connection: a WebSocket through the gateway that stays open.
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and not any(not ws.is_closed() for ws in sockets):
@@ -138,7 +144,15 @@ def test_code_server_over_https_and_http2(gateway_env, code_server, browser, tmp
         token, _ = session_token_issue(tenant_slug="acme", user_id=1, workspace_host_key="cs-2",
                                        session_id="s-cs2", container_id=1)
         url = f"https://cs-2.localhost:{gw.cfg.port}/__hearth/open?token={token}"
-        context, page, sockets, elapsed = open_workbench(browser, url)
+        try:
+            context, page, sockets, elapsed = open_workbench(browser, url)
+        except WorkbenchNotShown as first:
+            # Seen 4 times in about 12 runs, all while other engineers' suites were starting and removing
+            # containers on this machine: a blank workbench, once ERR_NETWORK_CHANGED (Chromium drops requests
+            # when network interfaces come and go). Cause not pinned down; the failed requests are printed. A
+            # user reloads; so does the test, once, and says so. Twice in a row fails.
+            print(f"\nhttps: first open did not show the workbench ({first}); opening once more")
+            context, page, sockets, elapsed = open_workbench(browser, url)
         try:
             assert [(c["name"], c["secure"], c["httpOnly"]) for c in context.cookies()] == [
                 ("__Host-hearth_gw", True, True)]
