@@ -465,8 +465,6 @@ def main():
     finally:
         if workers:
             workers.stop()
-        if gateway:
-            gateway.stop()
         try:  # the refill nudges this run published: no worker serves the bench's instance
             from config.celery import app as celery_app
 
@@ -474,6 +472,8 @@ def main():
         except Exception as exc:
             print(f"could not purge the bench's task queue: {exc}", file=sys.stderr)
         close_all()
+        if gateway:  # after the sessions are closed: their routes go with them
+            gateway.stop()
         set_target(template, 0)
         runtime = DockerRuntime(settings.DOCKER_HOST, node_name="claimbench")
         for c in runtime.list(instance=settings.HEARTH_INSTANCE):

@@ -1,5 +1,6 @@
 """A small client for HAProxy's Runtime API (the admin socket) and its master CLI."""
 import socket
+import time
 from pathlib import Path
 
 
@@ -22,7 +23,7 @@ class RuntimeAPI:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.settimeout(self.timeout)
         try:
-            sock.connect(self.socket_path)
+            self._connect(sock)
             sock.sendall(data.encode())
             # The master CLI waits for more input otherwise; the admin socket answers either way.
             sock.shutdown(socket.SHUT_WR)
@@ -37,6 +38,21 @@ class RuntimeAPI:
         finally:
             sock.close()
         return b"".join(chunks).decode(errors="replace")
+
+    def _connect(self, sock):
+        """A full accept queue answers a Unix socket's connect with EAGAIN at once (a timeout makes the socket
+        non-blocking); wait for room like a blocking connect would, up to the timeout."""
+        deadline = time.monotonic() + self.timeout
+        pause = 0.001
+        while True:
+            try:
+                sock.connect(self.socket_path)
+                return
+            except BlockingIOError:
+                if time.monotonic() + pause > deadline:
+                    raise TimeoutError(f"HAProxy's socket stayed busy for {self.timeout} s") from None
+                time.sleep(pause)
+                pause = min(pause * 2, 0.05)
 
     def ping(self) -> bool:
         try:
