@@ -159,7 +159,7 @@ class MemberListApi(TenantScopedView):
     @extend_schema(parameters=PAGE_PARAMETERS, responses={200: MemberOutputSerializer(many=True), **_errors(400)},
                    tags=["members"])
     def get(self, request):
-        return paged_response(request, self.get_queryset(), self.OutputSerializer, newest_first=False)
+        return paged_response(request, self.get_queryset(), self.OutputSerializer, order=("pk",))
 
 
 class MemberGetApi(TenantScopedView):

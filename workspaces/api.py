@@ -161,7 +161,7 @@ class SessionListApi(TenantScopedView):
         sessions = self.get_queryset()
         if request.query_params.get("live") in ("1", "true"):
             sessions = sessions.filter(ended_at__isnull=True)
-        return paged_response(request, sessions, SessionOutputSerializer)
+        return paged_response(request, sessions, SessionOutputSerializer, order=("-started_at", "-pk"))
 
 
 class SessionDetailApi(TenantScopedView):

@@ -58,18 +58,50 @@ def test_members_are_paged_oldest_first(make_api_client):
 
 def test_a_cursor_never_reaches_another_tenants_rows(make_api_client):
     mine, theirs = MembershipFactory(role="owner"), MembershipFactory(role="owner")
-    api_token_create(membership=theirs, name="theirs", actor=theirs.user)
-    client = make_api_client(mine)
-    response = client.get("/api/v1/tokens?after=999999999&limit=500")
-    assert response.status_code == 200
-    assert {t["name"] for t in response.json()} == {"test"}
+    client = make_api_client(mine)  # my token "test": the oldest
+    api_token_create(membership=theirs, name="theirs", actor=theirs.user)  # an id between mine
+    api_token_create(membership=mine, name="newest", actor=mine.user)
+    first = client.get("/api/v1/tokens?limit=1")
+    assert [t["name"] for t in first.json()] == ["newest"]
+    second = client.get(next_link(first))
+    assert [t["name"] for t in second.json()] == ["test"] and next_link(second) is None
 
 
-@pytest.mark.parametrize("query", ["limit=0", "limit=501", "limit=ten", "after=-3", "after=x"])
-def test_bad_page_parameters_are_refused_with_a_message(make_api_client, query):
+@pytest.mark.parametrize("query, message", [
+    ("limit=0", "whole number"), ("limit=501", "whole number"), ("limit=ten", "whole number"),
+    ("after=-3", "Not a cursor"), ("after=x", "Not a cursor"), ("after=WzEsMl0", "Not a cursor"),  # [1,2]
+])
+def test_bad_page_parameters_are_refused_with_a_message(make_api_client, query, message):
     client = make_api_client(MembershipFactory(role="owner"))
     for url in ("/api/v1/tokens", "/api/v1/members", "/api/v1/workspaces", "/api/v1/sessions",
                 "/api/v1/invitations"):
         response = client.get(f"{url}?{query}")
         assert response.status_code == 400, (url, response.content)
-        assert "whole number" in response.content.decode()
+        assert message in response.content.decode()
+
+
+def test_sessions_are_paged_newest_first_by_start(make_api_client):
+    """Session ids are UUIDs: the cursor is (started_at, id), not an id."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from workspaces import services as workspace_services
+    from workspaces.models import Container, Node, Session, WorkspaceTemplate
+
+    owner = MembershipFactory(role="owner")
+    template = WorkspaceTemplate.objects.filter(enabled=True).first()
+    node = Node.objects.create(name="paging", engine_url="unix:///nonexistent.sock", enabled=False)
+    workspace = workspace_services.workspace_create(tenant=owner.tenant, owner=owner.user, name="w",
+                                                    template=template)
+    start = timezone.now() - timedelta(hours=1)
+    for i in range(7):  # two share a start: the id breaks the tie
+        container = Container.objects.create(node=node, template=template, state=Container.State.REMOVED)
+        at = start + timedelta(minutes=min(i, 5))
+        Session.objects.create(tenant=owner.tenant, workspace=workspace, user=owner.user, container=container,
+                               started_at=at, last_activity_at=at, ended_at=at + timedelta(seconds=30),
+                               end_reason="closed")
+    pages, seen = walk(make_api_client(owner), "/api/v1/sessions?limit=3")
+    expected = [str(pk) for pk in Session.objects.filter(tenant=owner.tenant).order_by("-started_at", "-pk")
+                .values_list("pk", flat=True)]
+    assert pages == [3, 3, 1] and seen == expected
