@@ -168,13 +168,20 @@ def provision_slot_try(node):
     return 0 if semaphore.acquire(blocking=False) else None
 
 
+def _session_locks_drop(what, exc):
+    """An unlock failed: the connection is gone (its locks with it) or sits in an aborted transaction (its locks
+    held for as long as a persistent connection lives). Close it either way, so the server drops them now."""
+    log.warning("%s: %s; closing the database connection to drop its locks", what, exc)
+    connection.close()
+
+
 def provision_slot_release(node, slot):
     if connection.vendor == "postgresql":
         try:
             with connection.cursor() as cursor:
                 cursor.execute("SELECT pg_advisory_unlock(%s, %s * 1024 + %s)", [_SLOT_LOCK_CLASS, node.pk, slot])
-        except DatabaseError as exc:  # the session is gone, and its locks with it
-            log.warning("releasing provisioning slot %s of %s: %s", slot, node, exc)
+        except DatabaseError as exc:
+            _session_locks_drop(f"releasing provisioning slot {slot} of {node}", exc)
     else:
         _local_slots[node.pk].release()
     pool_changed_notify()
@@ -253,8 +260,8 @@ class ColdOpenLine:
             try:
                 with connection.cursor() as cursor:
                     cursor.execute("SELECT pg_advisory_unlock(%s, %s)", [_LINE_LOCK_CLASS, self.template.pk])
-            except DatabaseError as exc:  # the session is gone, and its locks with it
-                log.warning("leaving the cold-open line of %s: %s", self.template, exc)
+            except DatabaseError as exc:
+                _session_locks_drop(f"leaving the cold-open line of {self.template}", exc)
         else:
             self._local[self.template.pk].release()
 
@@ -319,8 +326,8 @@ def _provisioner_unlock(pk):
     try:
         with connection.cursor() as cursor:
             cursor.execute("SELECT pg_advisory_unlock(%s, %s)", _provisioner_key(pk))
-    except DatabaseError as exc:  # the connection is gone, and the lock with it
-        log.warning("could not release the provisioner lock of c%s: %s", pk, exc)
+    except DatabaseError as exc:
+        _session_locks_drop(f"releasing the provisioner lock of c{pk}", exc)
 
 
 def _provisioners_alive():
@@ -507,7 +514,9 @@ def pool_fill(*, template_id=None):
             if missing <= 0:
                 continue
             workers = min(missing, provision_concurrency())
-            if workers == 1 or transaction.get_connection().in_atomic_block:
+            # Side by side only on PostgreSQL outside a transaction: threads there see each other's rows and share
+            # the node's slots through the server; SQLite's writers would fail each other ("database is locked").
+            if workers == 1 or connection.vendor != "postgresql" or transaction.get_connection().in_atomic_block:
                 started += _fill_worker(template, node, missing, threading.Event())
                 continue
             stop = threading.Event()

@@ -281,3 +281,26 @@ def test_waiting_in_line_inside_a_transaction_leaves_its_lock_timeout_alone(tiny
         assert cursor.fetchone()[0] == "0"  # later lock waits of the transaction are not cut short
     line.leave()
     holder.result(10)
+
+
+def test_a_slot_release_in_an_aborted_transaction_still_frees_the_slot(live_db, node):
+    """The unlock fails there (InFailedSqlTransaction) while the connection lives on: closing it drops the lock,
+    or a persistent connection would keep the slot for as long as it lives."""
+    from django.db import DatabaseError, transaction
+
+    def run():
+        slot = pool.provision_slot_try(node)
+        assert slot is not None
+        try:
+            with transaction.atomic():
+                try:
+                    with connection.cursor() as cursor:
+                        cursor.execute("SELECT 1 / 0")
+                except DatabaseError:
+                    pass  # the transaction is aborted now
+                pool.provision_slot_release(node, slot)
+        except DatabaseError:
+            pass  # leaving the atomic block over a connection closed inside it
+        return _in_thread(_slot_locks_held).result(timeout=10)  # seen from elsewhere while this thread lives on
+
+    assert _in_thread(run).result(timeout=10) == 0
