@@ -143,3 +143,12 @@ def test_error_files_are_complete_http_responses(settings):
     assert f"Content-Length: {len(body)}".encode() in head
     assert b"Content-Type: text/html; charset=utf-8" in head
     assert body.startswith(b"<!DOCTYPE html>") and body.rstrip().endswith(b"</html>")
+
+
+def test_the_hand_signed_token_is_byte_for_byte_what_pyjwt_makes():
+    """tokens._hs256 replaces jwt.encode on the open's hot path; it must not differ by a byte."""
+    key = tokens.signing_keys()[0]
+    claims = {"iss": "hearth", "aud": "hearth-gateway", "workspace": "ws-x", "session": "s-1", "tenant": "acme",
+              "sub": "7", "container": 3, "iat": 1700000000, "exp": 1700000600, "jti": "ab" * 16}
+    assert tokens._hs256(claims, key) == jwt.encode(claims, key.secret, algorithm="HS256",
+                                                    headers={"kid": key.kid})
