@@ -593,7 +593,8 @@ def container_claim_for_session(*, template, session, now):
     the whole statement, so the container stays WARM. Returns the CLAIMED Container or None.
     """
     row = sql.fetchone(_CLAIM_FOR_SESSION_SQL, [now, now, template.pk, session.pk, session.tenant_id,
-                                                 session.workspace_id, session.user_id, now, now, now])
+                                                 session.workspace_id, session.user_id, session.cold_start, now,
+                                                 now, now])
     return _claimed_container(row, template, now)
 
 
@@ -602,7 +603,7 @@ _CLAIM_FOR_SESSION_SQL = f"""
     opened AS (
         INSERT INTO {Session._meta.db_table} (id, tenant_id, workspace_id, user_id, container_id, cold_start,
                                               started_at, last_activity_at, ended_at, end_reason, metered_until)
-        SELECT %s, %s, %s, %s, claimed.id, false, %s, %s, NULL, '', %s FROM claimed
+        SELECT %s, %s, %s, %s, claimed.id, %s, %s, %s, NULL, '', %s FROM claimed
         RETURNING container_id
     )
     SELECT claimed.id, claimed.node_id, claimed.slot_path, claimed.address, claimed.name, claimed.engine_id

@@ -365,17 +365,18 @@ def _new_session(*, workspace, user, container, now, cold):
     return session
 
 
-def _claim(*, workspace, user):
+def _claim(*, workspace, user, cold=False):
+    """`cold`: the open waited for this container (a cold open served by one that turned WARM meanwhile)."""
     now = timezone.now()
     if workspace.tenant.plan.max_concurrent_workspaces is None and pool.single_statement_claims():
-        return _claim_one_statement(workspace=workspace, user=user, now=now)
+        return _claim_one_statement(workspace=workspace, user=user, now=now, cold=cold)
     try:
         with transaction.atomic():
             _check_concurrency(workspace.tenant, now)
             container = pool.container_claim(template=workspace.template, now=now)
             if container is None:
                 return None
-            session = _new_session(workspace=workspace, user=user, container=container, now=now, cold=False)
+            session = _new_session(workspace=workspace, user=user, container=container, now=now, cold=cold)
             _enqueue_pool_fill(workspace.template_id)
     except IntegrityError:
         # A concurrent open of the same workspace won; the claim rolled back, the container stays WARM.
@@ -383,9 +384,9 @@ def _claim(*, workspace, user):
     return session
 
 
-def _claim_one_statement(*, workspace, user, now):
+def _claim_one_statement(*, workspace, user, now, cold=False):
     """The claim and the Session insert as one statement, hence one transaction and one round trip."""
-    session = Session(tenant=workspace.tenant, workspace=workspace, user=user, cold_start=False, started_at=now,
+    session = Session(tenant=workspace.tenant, workspace=workspace, user=user, cold_start=cold, started_at=now,
                       last_activity_at=now, metered_until=now)
     try:
         container = pool.container_claim_for_session(template=workspace.template, session=session, now=now)
@@ -423,11 +424,9 @@ def _cold_start(*, workspace, user):
     try:
         while True:
             if line.entered:
-                session = _claim(workspace=workspace, user=user)
+                session = _claim(workspace=workspace, user=user, cold=True)
                 if session is not None:
                     line.leave()
-                    Session.objects.filter(pk=session.pk).update(cold_start=True)
-                    session.cold_start = True
                     return session
             if candidates is None or time.monotonic() - candidates_at > 5.0:
                 candidates, candidates_at = pool.placement_candidates(template), time.monotonic()
