@@ -464,12 +464,10 @@ def _cold_start(*, workspace, user):
 
 
 def _cold_start_with_slot(workspace, user, node, slot):
-    """(session, outcome): with a slot of `node` (None: no slot, "busy"), start a container there for the session.
+    """(session, outcome): with a slot of `node` held, start a container there for the session; releases the slot.
 
     outcome "full": no room on the node after all; a NodeUnavailable: the engine did not answer.
     """
-    if slot is None:
-        return None, "busy"
     try:
         session = _cold_start_on(workspace=workspace, user=user, node=node)
     except pool.NodeUnavailable as exc:
