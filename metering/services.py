@@ -17,12 +17,11 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-import psycopg
 from django.conf import settings
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
-from psycopg.types.numeric import Int8BinaryDumper
 
+from config import db
 from metering import periods
 from metering.exceptions import QuotaExceeded
 from metering.models import Meter, ServiceToken, UsageEvent, UsageNotice, UsageRollup
@@ -202,39 +201,11 @@ def _ingest_rows(rows):
         sql, params = _INGEST_UNIFORM_SQL, [source, reason, actor_id, *columns[:7]]
     else:
         sql, params = _INGEST_MIXED_SQL, columns
-    connection.ensure_connection()
-    with transaction.atomic(), _binding_cursor() as cursor:
+    # Bound on the server (the arrays go as binary int8/text arrays, not spelt out) and prepared once per connection.
+    with transaction.atomic(), db.cursor(int8=True) as cursor:
         cursor.execute(sql, params)
         inserted, quantity, _ = cursor.fetchone()
     return inserted, int(quantity)
-
-
-class _PreparedCursor(psycopg.Cursor):
-    """Server-side binding (Django's cursors bind on the client, spelling each array out as text) and a prepared
-    statement per connection (planning the ingestion statement took about 3% of its server time)."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        # Integers as int8 whatever their size: one parameter signature, hence one prepared statement (psycopg
-        # would pick int2, int4 or int8 arrays by the largest value), and no array casts in PostgreSQL.
-        self.adapters.register_dumper(int, Int8BinaryDumper)
-
-    def execute(self, query, params=None, *, prepare=True, binary=None):
-        # Django turns psycopg's statement preparation off for the connection (threshold None: connection poolers).
-        # A threshold nothing reaches prepares only what asks for it, and only for this call.
-        conn = self.connection
-        threshold = conn.prepare_threshold
-        if threshold is None:
-            conn.prepare_threshold = 2**31 - 1
-        try:
-            return super().execute(query, params, prepare=prepare, binary=binary)
-        finally:
-            conn.prepare_threshold = threshold
-
-
-def _binding_cursor():
-    """A Django cursor (query logging, execute wrappers) around a _PreparedCursor on the same connection."""
-    return connection._prepare_cursor(_PreparedCursor(connection.connection))
 
 
 def _ingest_rows_portable(rows):

@@ -18,9 +18,10 @@ from django.db import DatabaseError, OperationalError, connection, connections, 
 from django.db.models import Count, Q, Sum
 from django.utils import timezone
 
+from config import db
 from tenants.exceptions import Conflict, ServiceError
 from workspaces import runtime as rt
-from workspaces import sql, storage
+from workspaces import storage
 from workspaces.failpoints import failpoint
 from workspaces.models import Container, Node, Session, WorkspaceTemplate
 
@@ -592,7 +593,7 @@ def container_claim_for_session(*, template, session, now):
     session only if a row was taken. A unique violation (the workspace already has a live session) fails
     the whole statement, so the container stays WARM. Returns the CLAIMED Container or None.
     """
-    row = sql.fetchone(_CLAIM_FOR_SESSION_SQL, [now, now, template.pk, session.pk, session.tenant_id,
+    row = db.fetchone(_CLAIM_FOR_SESSION_SQL, [now, now, template.pk, session.pk, session.tenant_id,
                                                  session.workspace_id, session.user_id, session.cold_start, now,
                                                  now, now])
     return _claimed_container(row, template, now)
@@ -630,7 +631,7 @@ def container_claim(*, template, now):
         raise RuntimeError("container_claim must run inside the transaction that creates the session")
     if connection.vendor == "postgresql":
         # One statement: lock the oldest unlocked WARM row of a usable node, mark it CLAIMED, return it.
-        return _claimed_container(sql.fetchone(_CLAIM_SQL, [now, now, template.pk]), template, now)
+        return _claimed_container(db.fetchone(_CLAIM_SQL, [now, now, template.pk]), template, now)
     else:
         for _ in range(20):
             container = _warm_candidates(template).first()

@@ -16,6 +16,7 @@ from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from config import db
 from metering import selectors as metering_selectors
 from metering import services as metering_services
 from tenants import offboarding
@@ -267,7 +268,7 @@ class _OpenLookup:
     def __call__(self, *, workspace_id, user_id):
         if user_id is None:
             return None
-        row = sql.fetchone(self.sql, [user_id, workspace_id])
+        row = db.fetchone(self.sql, [user_id, workspace_id])
         if row is None:
             return None
         a, b, c, d = self.ends

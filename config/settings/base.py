@@ -222,6 +222,9 @@ SPECTACULAR_SETTINGS["SWAGGER_UI_FAVICON_HREF"] = "SIDECAR"
 # 60 ms API call on this machine (bench/api_latency.py). DB_CONN_MAX_AGE=0 turns it off.
 DATABASES["default"].setdefault("CONN_MAX_AGE", env.int("DB_CONN_MAX_AGE", default=60))
 DATABASES["default"].setdefault("CONN_HEALTH_CHECKS", True)
+# The open's and the ingestion's hot-path statements are prepared (planned once per connection, config/db.py); turn
+# off behind a transaction-pooling PgBouncer older than 1.21.
+DATABASE_PREPARED_STATEMENTS = env.bool("DATABASE_PREPARED_STATEMENTS", default=True)
 # workspaces.runtime: seconds before a Docker engine that does not answer counts as unavailable.
 HEARTH_DOCKER_TIMEOUT = env.float("HEARTH_DOCKER_TIMEOUT", default=15.0)
 # Only when several engines share one host: engine URL -> subnet of its Hearth network ("url=cidr,url=cidr").
@@ -269,6 +272,3 @@ WORKSPACES_COLD_START_WAIT = env.float("WORKSPACES_COLD_START_WAIT", default=60.
 # How often the cold open at the head of its template's line looks for a free slot or a warm container (the rest wait
 # in PostgreSQL at no cost; this process's own releases wake it at once).
 WORKSPACES_POOL_POLL_INTERVAL = env.float("WORKSPACES_POOL_POLL_INTERVAL", default=0.05)
-# The open's hot-path statements are server-side prepared (planned once per connection, workspaces/sql.py); turn
-# off behind a transaction-pooling PgBouncer older than 1.21.
-WORKSPACES_PREPARED_SQL = env.bool("WORKSPACES_PREPARED_SQL", default=True)
