@@ -70,6 +70,8 @@ from workspaces.models import Container, Node, Session, Workspace, WorkspaceTemp
 from workspaces.runtime import DockerRuntime  # noqa: E402
 
 TINY = "hearth/tiny:1"
+SCENARIOS_IN_ORDER = ("sequential", "concurrent", "cold", "burst")
+SCENARIOS = set(SCENARIOS_IN_ORDER)
 
 
 def pct(values, p):
@@ -360,11 +362,15 @@ def main():
     parser.add_argument("--warmup-rounds", type=int, default=1, help="unmeasured rounds first (--clients workers)")
     parser.add_argument("--processes", action="store_true", help="same as --clients processes")
     parser.add_argument("--no-gateway", action="store_true", help="do not start HAProxy (route adds then fail fast)")
-    parser.add_argument("--only", default="sequential,concurrent,cold,burst", help="scenarios to run, comma-separated")
+    parser.add_argument("--only", default=",".join(SCENARIOS_IN_ORDER),
+                        help="scenarios to run, comma-separated: " + ", ".join(SCENARIOS_IN_ORDER))
     args = parser.parse_args()
     if args.processes:
         args.clients = "processes"
     only = set(args.only.split(","))
+    if only - SCENARIOS:
+        parser.error(f"--only: unknown scenario {', '.join(sorted(only - SCENARIOS))} "
+                     f"(choose from {', '.join(sorted(SCENARIOS))})")
     args.seq = args.seq if "sequential" in only else 0
     args.rounds = args.rounds if "concurrent" in only else 0
     args.cold = args.cold if "cold" in only else 0
@@ -381,17 +387,18 @@ def main():
     workers = WorkerPool(args.workers, pairs[: args.concurrent], args.threads) if args.clients == "workers" else None
     try:
         # Sequential warm opens.
-        fill(template, args.seq)
-        _cpu.clear()
-        pids = [backend_pid()]
-        pg_cpu = backend_cpu(pids)
-        samples = [timed_open(*pair) for pair in pairs[: args.seq]]
-        pg_cpu = backend_cpu(pids) - pg_cpu if pg_cpu is not None else None
-        results["sequential_warm"] = {**stats(samples), "cpu_p50_ms": pct(_cpu, 50),
-                                      "cpu_mean_ms": round(sum(_cpu) / len(_cpu) * 1000, 2),
-                                      "pg_cpu_mean_ms": round(pg_cpu / len(samples) * 1000, 2) if pg_cpu else None,
-                                      "load_avg": os.getloadavg()[0]}
-        close_all()
+        if args.seq:
+            fill(template, args.seq)
+            _cpu.clear()
+            pids = [backend_pid()]
+            pg_cpu = backend_cpu(pids)
+            samples = [timed_open(*pair) for pair in pairs[: args.seq]]
+            pg_cpu = backend_cpu(pids) - pg_cpu if pg_cpu is not None else None
+            results["sequential_warm"] = {**stats(samples), "cpu_p50_ms": pct(_cpu, 50),
+                                          "cpu_mean_ms": round(sum(_cpu) / len(_cpu) * 1000, 2),
+                                          "pg_cpu_mean_ms": round(pg_cpu / len(samples) * 1000, 2) if pg_cpu else None,
+                                          "load_avg": os.getloadavg()[0]}
+            close_all()
 
         # Concurrent clients against a warm pool of the same size.
         samples, cpus, pg_cpu, per_round = [], [], 0.0, []
