@@ -9,13 +9,16 @@ template (warm_target 1), Debian's Chromium. Each open: the pool is refilled and
 claim + bind + route + token, the gateway's cookie redirect, the IDE's page and assets) to `.monaco-workbench`
 visible and a WebSocket open. The session is then closed (its container is removed) and the next open claims a
 new warm container of the same workspace, on the same host name.
-  warm  the same browser context re-opening the workspace (browser cache warm: the host is stable)
-  cold  a new browser context per open (empty browser cache; HAProxy's static cache already holds the assets)
+  warm  the same browser re-opening the workspace (browser cache warm: the host is stable); by default a profile on
+        disk like a user's own browser, which also keeps V8's code cache (`--warm-profile incognito`: an in-memory
+        context, HTTP cache only; within the noise of it here)
+  cold  a new in-memory browser context per open (empty browser cache; HAProxy's static cache holds the assets)
 Sets up its own database (created and migrated on first use: about a minute), tenant, user, workspace, node and
 template; its containers carry the instance label `<HEARTH_INSTANCE>-browserbench` and are removed at the end.
 Prints one JSON line and a summary, with the p50 time after the click of each step (portal's open answer, the
-gateway's cookie redirect, the IDE's HTML, workbench.js, workbench visible); BENCH_DEBUG=1 also lists every
-asset response (status, Cache-Control, sizes: negative = from the browser cache).
+gateway's cookie redirect, the IDE's HTML, workbench.js, VS Code's own marks for workbench.js evaluated and the
+workbench started, workbench visible); BENCH_DEBUG=1 also lists every asset response (status, Cache-Control, sizes:
+negative = from the browser cache, request timing) and VS Code's performance marks.
 Needs root (mounts), dockerd, haproxy, chromium and the code-server image.
 """
 import argparse
@@ -35,7 +38,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 IMAGE = "hearth/code-server:4.100.3"
 EMAIL, PASSWORD = "bench@browserbench.test", "a long bench passphrase"
-STEPS = ("portal_open", "gateway_cookie", "ide_html", "workbench_js", "workbench_visible")
+STEPS = ("portal_open", "gateway_cookie", "ide_html", "workbench_js", "workbench_loaded", "workbench_started",
+         "workbench_visible")
+# VS Code's own performance marks, on the IDE page's clock: workbench.js evaluated, the workbench started.
+MARKS = {"workbench_loaded": "code/didLoadWorkbenchMain", "workbench_started": "code/didStartWorkbench"}
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-sync",
                  "--disable-background-networking", "--disable-component-update"]
 
@@ -133,11 +139,15 @@ def cpu_used_between(before, after):
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--opens", type=int, default=10)
+    parser.add_argument("--warm-profile", choices=("persistent", "incognito"), default="persistent",
+                        help="the warm case's browser: a profile on disk (default; like a user's browser, with V8's "
+                             "code cache) or an in-memory context (HTTP cache only)")
     parser.add_argument("--database-url", default=os.environ.get(
         "BENCH_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/hearth_browserbench"))
     args = parser.parse_args()
 
     run_dir = Path(tempfile.mkdtemp(prefix="hbo", dir="/tmp"))  # unix socket paths are short
+    profile_dir = tempfile.mkdtemp(prefix="hearth-browserbench-profile-")
     web_port, gateway_port = free_port(), free_port()
     database_ensure(args.database_url)
     env = dict(os.environ, DJANGO_SETTINGS_MODULE="config.settings.base", DATABASE_URL=args.database_url,
@@ -206,7 +216,8 @@ def main():
     web = subprocess.Popen(["scripts/serve-web.sh"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
                            stderr=subprocess.DEVNULL, start_new_session=True)
     portal_url = f"http://localhost:{web_port}"
-    results = {"bench": "browser_open", "opens": args.opens, "image": IMAGE, "cpus": os.cpu_count(),
+    results = {"bench": "browser_open", "opens": args.opens, "warm_profile": args.warm_profile, "image": IMAGE,
+               "cpus": os.cpu_count(),
                "load_avg_before": round(os.getloadavg()[0], 2)}
     try:
         wait_http(f"{portal_url}/accounts/login/")
@@ -240,13 +251,13 @@ def main():
                         seen[step] = time.monotonic()
                     if os.environ.get("BENCH_DEBUG") and ("/static/" in url or step):
                         print(f"{time.monotonic() - started:6.3f} {response.status} {url[-70:]} "
-                              f"cc={response.headers.get('cache-control')} size={response.request.sizes()}",
-                              file=sys.stderr)
+                              f"cc={response.headers.get('cache-control')} size={response.request.sizes()} "
+                              f"timing={response.request.timing}", file=sys.stderr)
 
                 context.on("response", on_response)
                 warm = Container.objects.filter(template=template, state=Container.State.WARM).first()
                 cpu_before = cpu_snapshot(web_pid=web.pid, gateway_pid=gateway.proc.pid, engine_id=warm.engine_id)
-                started = time.monotonic()
+                started, started_epoch = time.monotonic(), time.time()
                 with context.expect_page(timeout=60_000) as new_tab:
                     button.click()
                 page = new_tab.value
@@ -254,6 +265,16 @@ def main():
                 page.on("websocket", lambda ws: sockets.append(ws))
                 page.wait_for_selector(".monaco-workbench", state="visible", timeout=60_000)
                 seen["workbench_visible"] = time.monotonic()
+                marks = page.evaluate("Object.fromEntries(performance.getEntriesByType('mark')"
+                                      ".map(m => [m.name, performance.timeOrigin + m.startTime]))")
+                for step, mark in MARKS.items():
+                    if mark in marks:
+                        seen[step] = started + marks[mark] / 1000 - started_epoch
+                if os.environ.get("BENCH_DEBUG"):
+                    for name, at in sorted(marks.items(), key=lambda kv: kv[1]):
+                        if not name.startswith("code/willCreateWorkbenchContribution/") and \
+                                not name.startswith("code/didCreateWorkbenchContribution/"):
+                            print(f"  mark {at / 1000 - started_epoch:6.3f} {name}", file=sys.stderr)
                 while not any(not ws.is_closed() for ws in sockets):
                     page.wait_for_timeout(10)
                 elapsed = time.monotonic() - started
@@ -276,7 +297,15 @@ def main():
             login_context.close()
 
             phases, cpu_used = [], []
-            warm_context = browser.new_context(storage_state=portal_state)
+            if args.warm_profile == "persistent":
+                # A user's own browser: a profile on disk, which keeps V8's code cache beside the HTTP cache
+                # (Chromium keeps no code cache for in-memory, incognito-like contexts such as new_context()).
+                warm_context = p.chromium.launch_persistent_context(
+                    profile_dir, executable_path=shutil.which("chromium") or "/usr/bin/chromium", headless=True,
+                    args=CHROMIUM_ARGS)
+                warm_context.add_cookies(portal_state["cookies"])
+            else:
+                warm_context = browser.new_context(storage_state=portal_state)
             warm_portal = warm_context.new_page()
             open_once(warm_context, warm_portal)  # fills the browser's cache and HAProxy's static cache
             cases = {"warm": [], "cold": []}
@@ -313,6 +342,7 @@ def main():
             state=Container.State.REMOVED)
         storage.slot_root_release()
         shutil.rmtree(run_dir, ignore_errors=True)
+        shutil.rmtree(profile_dir, ignore_errors=True)
 
     results["load_avg_after"] = round(os.getloadavg()[0], 2)
     print(json.dumps(results))
