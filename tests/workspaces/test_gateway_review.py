@@ -1,0 +1,104 @@
+"""Security review of the gateway: each test here reproduces a defect found by probing the real, rendered HAProxy.
+
+Real HAProxy, real HTTP upstreams on loopback (tests/workspaces/gateway_fixtures.py); requests HAProxy must refuse
+are sent byte for byte over a raw socket, as a hostile client would.
+"""
+import socket
+import time
+
+import pytest
+
+from tests.workspaces.gateway_fixtures import Upstream, gateway_env, start_gateway, upstream  # noqa: F401
+from workspaces.gateway import routes
+from workspaces.gateway.tokens import session_token_issue
+
+pytestmark = pytest.mark.slow
+
+# The path of VS Code's 11 MB workbench under code-server: the same for every workspace of an image, hence known.
+WORKBENCH = "/stable-0123456789abcdef0123456789abcdef01234567/static/out/vs/workbench/workbench.web.main.js"
+
+
+def issue(host_key, session_id):
+    return session_token_issue(tenant_slug="acme", user_id=7, workspace_host_key=host_key, session_id=session_id,
+                               container_id=11)[0]
+
+
+def raw(port, request: bytes, timeout=3.0) -> bytes:
+    """Send `request` as is on a fresh connection and read until HAProxy closes it."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(request)
+        chunks = []
+        try:
+            while True:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+        except TimeoutError:
+            pass
+    return b"".join(chunks)
+
+
+def status_of(response: bytes) -> int:
+    return int(response.split(b" ", 2)[1]) if response.startswith(b"HTTP/") else 0
+
+
+@pytest.fixture(scope="module", params=[True, False], ids=["token-cache", "every-request"])
+def gateway(gateway_env, request):  # noqa: F811
+    gw = start_gateway(gateway_env, token_cache=request.param)
+    yield gw
+    gw.process.stop()
+
+
+@pytest.fixture(scope="module")
+def attacker_container():
+    up = Upstream(name="attacker")
+    yield up
+    up.close()
+
+
+@pytest.fixture
+def two_tenants(gateway, upstream, attacker_container):  # noqa: F811
+    """A victim's workspace on `upstream` and an attacker's (another tenant) on their own container. Fresh host
+    keys per test: the static cache is shared by the module's tests."""
+    suffix = f"{time.monotonic_ns() % 10**9}"
+    victim, attacker = f"victim{suffix}", f"attacker{suffix}"
+    routes.route_set(host_key=victim, session_id=f"s-v{suffix}", address=upstream.http_address, cfg=gateway.cfg)
+    routes.route_set(host_key=attacker, session_id=f"s-a{suffix}", address=attacker_container.http_address,
+                     cfg=gateway.cfg)
+    return {"victim": (victim, issue(victim, f"s-v{suffix}")), "attacker": (attacker, issue(attacker, f"s-a{suffix}"))}
+
+
+class TestHostHeaderWithSeveralValues:
+    """HAProxy's `req.hdr(host)` (routing, token check) takes the LAST comma-separated value of Host; its cache
+    keys an origin-form request on the FIRST value. A Host naming the victim first and the attacker last is
+    routed and checked as the attacker's, and its answer cached as the victim's."""
+
+    def test_another_tenants_container_cannot_fill_the_victims_static_cache(self, gateway, upstream,  # noqa: F811
+                                                                            attacker_container, two_tenants):
+        (victim, victim_token), (attacker, attacker_token) = two_tenants["victim"], two_tenants["attacker"]
+        port = gateway.cfg.port
+        # The attacker holds a valid token for their own workspace only.
+        poison = (f"GET {WORKBENCH} HTTP/1.1\r\n"
+                  f"Host: {victim}.localhost:{port}, {attacker}.localhost:{port}\r\n"
+                  f"Cookie: hearth_gw={attacker_token}\r\nAccept-Encoding: gzip\r\nConnection: close\r\n\r\n")
+        raw(port, poison.encode())
+
+        before = upstream.count()[0]
+        r = gateway.get(victim, WORKBENCH, token=victim_token, timeout=10)
+        assert r.status_code == 200
+        # The victim's IDE must get its own container's workbench.js, not script from another tenant's container
+        # (which would run in the victim's workspace origin, with its terminal a WebSocket away).
+        assert r.headers["x-upstream"] == "container", "served another tenant's bytes from the cache"
+        assert upstream.count()[0] == before + 1
+
+    @pytest.mark.parametrize("hosts", ["{v}.localhost:{p}, {a}.localhost:{p}", "{a}.localhost:{p},{v}.localhost:{p}"])
+    def test_a_host_header_with_several_values_is_refused(self, gateway, upstream, attacker_container,  # noqa: F811
+                                                          two_tenants, hosts):
+        (victim, _), (attacker, attacker_token) = two_tenants["victim"], two_tenants["attacker"]
+        host = hosts.format(v=victim, a=attacker, p=gateway.cfg.port)
+        before = upstream.count(), attacker_container.count()
+        response = raw(gateway.cfg.port, (f"GET /x HTTP/1.1\r\nHost: {host}\r\nCookie: hearth_gw={attacker_token}\r\n"
+                                          "Connection: close\r\n\r\n").encode())
+        assert status_of(response) in (400, 404), response[:200]
+        assert (upstream.count(), attacker_container.count()) == before
