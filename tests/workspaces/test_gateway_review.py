@@ -8,6 +8,17 @@ import time
 
 import pytest
 
+from tests.workspaces.fixtures_pool import (  # noqa: F401
+    engine,
+    make_workspace,
+    member,
+    node,
+    pool_env,
+    tenant_e,
+    tiny_image,
+    tiny_template,
+    workspace,
+)
 from tests.workspaces.gateway_fixtures import Upstream, gateway_env, start_gateway, upstream  # noqa: F401
 from workspaces.gateway import routes
 from workspaces.gateway.tokens import session_token_issue
@@ -102,3 +113,48 @@ class TestHostHeaderWithSeveralValues:
                                           "Connection: close\r\n\r\n").encode())
         assert status_of(response) in (400, 404), response[:200]
         assert (upstream.count(), attacker_container.count()) == before
+
+
+# --- a session closed while it is being (re)opened -------------------------------------------------------------
+
+
+@pytest.mark.django_db
+@pytest.mark.docker
+def test_a_session_closed_while_it_is_reopened_leaves_no_route(gateway, workspace, member, node, tiny_template,  # noqa: F811
+                                                                monkeypatch):
+    """Open of a workspace whose session is live (the "resume" path) racing with that session's close (another
+    tab, the API, or the idle reclaimer): the open reads the session as live, the close commits, deletes the
+    route and removes the container, then the open's route_set puts the route back. The ended session's tokens
+    then reach whatever container Docker gives its address to next (here a new warm container of the pool,
+    which another tenant claims later). The close is run at the one moment it can land, between the open's
+    read and its route_set (the open's storage bind): that timing is all this test stages."""
+    from tenants.exceptions import Conflict
+    from workspaces import pool, services
+    from workspaces.models import Session
+
+    pool.pool_fill()
+    first = services.workspace_open(workspace=workspace, user=member.user)
+    assert gateway.get(workspace.host_key, "/", token=first.token).status_code == 200
+
+    real_bind = services._bind
+
+    def bind_then_close_elsewhere(session, *, resumed=False):
+        real_bind(session, resumed=resumed)
+        if resumed:
+            services.session_close(session=session, actor=member.user)
+
+    monkeypatch.setattr(services, "_bind", bind_then_close_elsewhere)
+    try:
+        again = services.workspace_open(workspace=workspace, user=member.user)
+    except Conflict:
+        again = None
+    monkeypatch.setattr(services, "_bind", real_bind)
+    assert Session.objects.get(pk=first.session.pk).ended_at is not None
+    pool.pool_fill()  # the refill after the close: Docker hands the freed address to a new container
+
+    r = gateway.get(workspace.host_key, "/", token=first.token)
+    assert r.status_code == 410, f"the closed session's token reached a container: {r.status_code} {r.text[:80]}"
+    route = routes.route_get(workspace.host_key)
+    assert route is None or route.session_id != str(first.session.pk), "a route to an ended session came back"
+    if again is not None:  # an open that succeeds must hand out a live session
+        assert Session.objects.get(pk=again.session.pk).ended_at is None
