@@ -65,13 +65,31 @@ def _session_url_and_token(session):
 
 
 def _route_set(session):
-    try:
-        gateway_routes.route_set(host_key=session.workspace.host_key, session_id=str(session.pk),
-                                 address=session.container.address)
-    except GatewayUnavailable as exc:
-        # HAProxy is down or restarting: it restores every live route from live_routes() when it starts.
-        log.warning("route_set(%s): the gateway does not answer (%s); it restores routes at start",
-                    session.workspace.host_key, exc)
+    if not _route_set_while_live(host_key=session.workspace.host_key, session_id=session.pk,
+                                 address=session.container.address):
+        raise Conflict("This session ended while it was being opened; open the workspace again.",
+                       code="session_ended")
+
+
+def _route_set_while_live(*, host_key, session_id, address):
+    """Route a session only while it is live; False (and no route) once it has ended.
+
+    session_end commits ended_at, then deletes the route. A route_set by an open (or the reconciler) that read the
+    session as live before that commit would put the route back after the delete, and the ended session's tokens
+    would reach whichever container is given its address next. Under the session's row lock the route_set comes
+    either before the end's commit (whose delete then follows) or after it, and sees the session ended.
+    """
+    with transaction.atomic():
+        ended = list(Session.objects.select_for_update().filter(pk=session_id).values_list("ended_at", flat=True))
+        if ended != [None]:
+            return False
+        try:
+            gateway_routes.route_set(host_key=host_key, session_id=str(session_id), address=address)
+        except GatewayUnavailable as exc:
+            # HAProxy is down or restarting: it restores every live route from live_routes() when it starts.
+            log.warning("route_set(%s): the gateway does not answer (%s); it restores routes at start",
+                        host_key, exc)
+    return True
 
 
 def _activity_from_gateway(now):
@@ -711,8 +729,8 @@ def gateway_routes_sync():
     for host_key, (session_id, address) in wanted.items():
         route = present.get(host_key)
         if route is None or (route.session_id, route.address) != (session_id, address):
-            gateway_routes.route_set(host_key=host_key, session_id=session_id, address=address)
-            added += 1
+            # The snapshot may be older than an end that has deleted this route since.
+            added += _route_set_while_live(host_key=host_key, session_id=session_id, address=address)
     for host_key in present.keys() - wanted.keys():
         gateway_routes.route_delete(host_key=host_key)
         deleted += 1
