@@ -158,3 +158,38 @@ def test_a_session_closed_while_it_is_reopened_leaves_no_route(gateway, workspac
     assert route is None or route.session_id != str(first.session.pk), "a route to an ended session came back"
     if again is not None:  # an open that succeeds must hand out a live session
         assert Session.objects.get(pk=again.session.pk).ended_at is None
+
+
+@pytest.mark.django_db
+@pytest.mark.docker
+def test_a_failed_route_delete_does_not_hand_the_route_to_the_next_container(gateway, workspace, member, node,  # noqa: F811
+                                                                              tiny_template, monkeypatch):  # noqa: F811
+    """session_end swallows a failed route_delete (the admin socket timed out, HAProxy was busy) and removes the
+    container anyway; the refill it nudges gets the freed address from Docker, and the ended session's route,
+    still in the map until the reconciler's next pass, leads its tokens into that new container. The failure is
+    staged (route_delete raising as it does on a socket timeout); everything else is real."""
+    from workspaces import pool, services
+    from workspaces.gateway.runtime_api import GatewayUnavailable
+    from workspaces.models import Container
+
+    pool.pool_fill()
+    opened = services.workspace_open(workspace=workspace, user=member.user)
+    own = opened.session.container
+
+    def admin_socket_timed_out(**kwargs):
+        raise GatewayUnavailable(f"{gateway.cfg.admin_socket}: timed out")
+
+    monkeypatch.setattr(services.gateway_routes, "route_delete", admin_socket_timed_out)
+    services.session_close(session=opened.session, actor=member.user)
+    monkeypatch.undo()
+    pool.pool_fill()  # the refill the close nudged
+
+    route = routes.route_get(workspace.host_key)
+    if route is not None:
+        others = Container.objects.filter(address=route.address).exclude(pk=own.pk).exclude(
+            state__in=(Container.State.REMOVED, Container.State.FAILED, Container.State.LOST))
+        assert not others.exists(), "the ended session's route leads to another container"
+    services.reconcile()
+    assert routes.route_get(workspace.host_key) is None
+    assert gateway.get(workspace.host_key, "/", token=opened.token).status_code == 410
+    assert Container.objects.get(pk=own.pk).state == Container.State.REMOVED
