@@ -113,11 +113,16 @@ def _activity_from_gateway(now):
     return touched
 
 
-def _route_delete(workspace):
+def _route_delete(workspace) -> bool:
+    """False when a running gateway may still hold the route (its socket timed out, or the command failed)."""
     try:
         gateway_routes.route_delete(host_key=workspace.host_key)
     except Exception as exc:  # the gateway being down must not keep a container claimed
         log.warning("route_delete(%s) failed: %s", workspace.host_key, exc)
+        # Not running (no socket, refused): when it starts it restores the live sessions' routes only.
+        return isinstance(exc, GatewayUnavailable) and isinstance(exc.__cause__,
+                                                                   (FileNotFoundError, ConnectionRefusedError))
+    return True
 
 
 class _RefillNudger:
@@ -580,7 +585,11 @@ def session_end(*, session, reason, actor=None, metered_to=None):
         template_id = Container.objects.filter(pk=session.container_id).values_list("template_id", flat=True).first()
         _enqueue_pool_fill(template_id)
     failpoint("release.committed")
-    _route_delete(session.workspace)
+    if not _route_delete(session.workspace):
+        # The route may still lead to the container's address: removed now, the address would go to the next
+        # container while the ended session's tokens still route there. The row stays RELEASING; the reconciler
+        # deletes stale routes first, then finishes the release.
+        return session
     container = Container.objects.select_related("node", "template").get(pk=session.container_id)
     try:
         pool.container_release(container)
@@ -708,6 +717,8 @@ def pool_pause(*, template, paused, actor):
 
 
 def reconcile(*, now=None):
+    # Routes first: a RELEASING container whose route_delete failed is removed below only once no route leads to it.
+    gateway_routes_sync()
     result = pool.reconcile(now=now, end_session=lambda session, reason: session_end(session=session, reason=reason))
     gateway_routes_sync()
     return result
