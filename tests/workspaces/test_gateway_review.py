@@ -193,3 +193,74 @@ def test_a_failed_route_delete_does_not_hand_the_route_to_the_next_container(gat
     assert routes.route_get(workspace.host_key) is None
     assert gateway.get(workspace.host_key, "/", token=opened.token).status_code == 410
     assert Container.objects.get(pk=own.pk).state == Container.State.REMOVED
+
+
+# --- SameSite=Lax does not separate workspaces ----------------------------------------------------------------
+FROM_ANOTHER_WORKSPACE = {  # what a page of another workspace runs to reach the victim's (JavaScript)
+    "no-cors fetch": "url => fetch(url, {mode: 'no-cors', credentials: 'include'}).then(() => 'sent', () => 'failed')",
+    "iframe": """url => new Promise(done => { const f = document.createElement('iframe');
+                 f.onload = () => done('loaded'); f.src = url; document.documentElement.appendChild(f); })""",
+    "image": """url => new Promise(done => { const i = new Image(); i.onload = i.onerror = () => done('sent');
+                i.src = url; })""",
+}
+
+
+@pytest.mark.browser
+@pytest.mark.parametrize("how", list(FROM_ANOTHER_WORKSPACE))
+def test_a_page_of_another_workspace_cannot_send_the_victims_cookie(gateway_env, upstream, attacker_container, how,  # noqa: F811
+                                                                     tmp_path):
+    """Production shape: HTTPS (the __Host- cookie: Secure, HttpOnly, SameSite=Lax, host-only), workspaces under
+    one domain. Every <key>.hearth.test is the SAME SITE, so SameSite=Lax lets a page served by another tenant's
+    workspace (its code is that tenant's) make the browser send the victim's cookie: the gateway checks it and
+    forwards the request into the victim's container (code-server's /proxy/<port>/ reaches the victim's own dev
+    servers; a frame lays the victim's IDE under the attacker's page)."""
+    import shutil
+
+    from tests.conftest import require_service
+    from tests.workspaces.gateway_fixtures import free_port
+    from tests.workspaces.test_gateway_process import _self_signed_pem
+    from workspaces.gateway.config import gateway_config
+    from workspaces.gateway.process import GatewayProcess
+
+    def chromium_present():
+        if not shutil.which("chromium"):
+            raise FileNotFoundError("chromium")
+
+    require_service("Chromium", chromium_present)
+    from playwright.sync_api import sync_playwright
+
+    pem = tmp_path / "gw.pem"
+    _self_signed_pem(pem)
+    run_dir = gateway_env.with_name(gateway_env.name + "-site")
+    cfg = gateway_config(run_dir=run_dir, port=free_port(), gateway_host="hearth.test", scheme="https",
+                         tls_cert=str(pem), bind_address="127.0.0.1", cache_total_mb=16,
+                         cache_max_object_bytes=1024 * 1024)
+    process = GatewayProcess(cfg)
+    process.start()
+    try:
+        routes.route_set(host_key="victim", session_id="s-v", address=upstream.http_address, cfg=cfg)
+        routes.route_set(host_key="attacker", session_id="s-a", address=attacker_container.http_address, cfg=cfg)
+        victim_url, attacker_url = f"https://victim.hearth.test:{cfg.port}", f"https://attacker.hearth.test:{cfg.port}"
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=shutil.which("chromium"), headless=True, args=[
+                "--no-sandbox", "--disable-gpu", "--host-resolver-rules=MAP *.hearth.test 127.0.0.1"])
+            try:
+                context = browser.new_context(ignore_https_errors=True)
+                page = context.new_page()
+                # The victim opened their workspace in this browser, then follows a link to the attacker's.
+                assert page.goto(f"{victim_url}/__hearth/open?token={issue('victim', 's-v')}").status == 200
+                assert page.goto(f"{attacker_url}/__hearth/open?token={issue('attacker', 's-a')}").status == 200
+                before = upstream.count()[0]
+                page.evaluate(FROM_ANOTHER_WORKSPACE[how], f"{victim_url}/proxy/3000/api/delete-everything")
+                page.wait_for_timeout(300)
+                reached = upstream.requests[before:]
+                assert not reached, f"another workspace's page reached the victim's container: {reached[0][:1]}"
+                # A link from there to the victim's workspace still opens it (a top-level GET navigation).
+                with page.expect_navigation():
+                    page.evaluate("url => { location.href = url; }", f"{victim_url}/after-a-link")
+                assert page.url == f"{victim_url}/after-a-link" and "hello from the container" in page.content()
+            finally:
+                browser.close()
+    finally:
+        process.stop()
+        shutil.rmtree(run_dir, ignore_errors=True)
