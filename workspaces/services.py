@@ -5,7 +5,6 @@ small functions under "metering and the gateway" below, and nowhere else in this
 """
 import logging
 import os
-import shutil
 import threading
 import time
 from dataclasses import dataclass
@@ -223,7 +222,11 @@ def workspace_delete(*, workspace, actor, confirm):
         audit_record(tenant=workspace.tenant, actor=actor, action="workspace.deleted",
                      target=f"workspace:{workspace.pk}", data={"name": workspace.name})
     if workspace.storage_path:
-        shutil.rmtree(workspace.storage_path, ignore_errors=True)
+        try:
+            # Not shutil.rmtree: at any depth the user made, never following their symlinks.
+            storage.remove_tree(workspace.storage_path)
+        except (OSError, storage.StorageError) as exc:
+            log.warning("deleting the files of %s failed: %s", workspace, exc)
     return workspace
 
 
@@ -310,8 +313,9 @@ def workspace_open(*, workspace, user):
     if workspace.live_session_id is not None:
         live = Session.objects.select_related("container", "workspace", "tenant").filter(
             pk=workspace.live_session_id, ended_at__isnull=True).first()
-        if live is not None:
-            return _resume(live)
+        opened = _resume(live) if live is not None else None
+        if opened is not None:
+            return opened
     _entitlement_check(tenant)
 
     session = _claim(workspace=workspace, user=user)
@@ -506,11 +510,16 @@ def _cold_start_on(*, workspace, user, node):
 
 
 def _resume(session):
-    """The workspace is already open: the same session (and container) with a fresh token."""
+    """The workspace is already open: the same session (and container) with a fresh token; None if the session
+    ended since it was read (its container is being released: the caller opens a new one)."""
     now = timezone.now()
-    Session.objects.filter(pk=session.pk).update(last_activity_at=now)
-    session.last_activity_at = now
-    _bind(session, resumed=True)
+    with transaction.atomic():
+        # The row stays locked while binding: a close (session_end locks it first) commits either before, and the
+        # container is not bound again while it is released, or after, and its release unbinds this bind.
+        if not Session.objects.filter(pk=session.pk, ended_at__isnull=True).update(last_activity_at=now):
+            return None
+        session.last_activity_at = now
+        _bind(session, resumed=True)
     _route_set(session)
     url, token, expires_at = _session_url_and_token(session)
     return Opened(session=session, url=url, token=token, expires_at=expires_at, resumed=True)
