@@ -223,6 +223,67 @@ def test_a_resume_racing_a_close_never_binds_onto_the_released_container(node, t
     assert (home / "keep.txt").read_text() == "mine"
 
 
+def test_a_member_removed_from_the_tenant_loses_their_running_session(node, tiny_template, workspace, member,
+                                                                      tenant_e):
+    """Defect: member_remove deleted the membership but nothing ended the member's live sessions. The API then says
+    404, but the gateway checks only the session token (valid for GATEWAY_TOKEN_TTL, 8 h) and the route, which
+    stays while the session lives: the removed member kept a running workspace of the tenant, metered to it, and
+    their own activity kept it from ever going idle. The periodic reclaim (every 30 s) must end it."""
+    from tenants import services as tenant_services
+    from tests.factories import MembershipFactory
+
+    admin = MembershipFactory(tenant=tenant_e, role="admin")
+    session = services.workspace_open(workspace=workspace, user=member.user).session
+    tenant_services.member_remove(membership=member, actor=admin.user)
+    services.sessions_reclaim()
+    session.refresh_from_db()
+    assert session.ended_at is not None
+    assert Container.objects.get(pk=session.container_id).state == State.REMOVED
+
+
+def test_an_open_racing_a_delete_leaves_no_session_on_the_deleted_workspace(node, tiny_template, workspace, member,
+                                                                          monkeypatch):
+    """Defect: workspace_delete ended the live sessions first and marked the workspace deleted afterwards; an open
+    landing in between claimed a container, bound the files (deleted under it a moment later) and kept a live,
+    metered session and a gateway route on a deleted workspace until idle reclaim."""
+    pool.pool_fill()
+    services.workspace_open(workspace=workspace, user=member.user)
+    real_end, raced = services.session_end, []
+
+    def end_then_open(*, session, reason, **kwargs):
+        ended = real_end(session=session, reason=reason, **kwargs)
+        if reason == Session.EndReason.DELETED and not raced:
+            raced.append(True)
+            try:  # the owner's open (another request) lands right after the sessions were ended
+                services.workspace_open(workspace=workspace, user=member.user)
+            except Exception as exc:  # refused: the workspace is already deleted
+                raced.append(exc)
+        return ended
+
+    monkeypatch.setattr(services, "session_end", end_then_open)
+    services.workspace_delete(workspace=workspace, actor=member.user, confirm=workspace.name)
+    monkeypatch.undo()
+    assert raced
+    services.reconcile()  # a session that slipped past the delete ends at the next tick at the latest
+    live = Session.objects.filter(workspace=workspace, ended_at__isnull=True)
+    assert not live.exists(), "a live session on a deleted workspace"
+    assert not Path(workspace.storage_path).exists()
+
+
+def test_a_session_claimed_past_a_delete_is_ended_by_the_next_reconcile(node, tiny_template, workspace, member):
+    """The rest of the race above: an open that passed its checks just before the delete committed claims afterwards.
+    Here the delete's commit lands between the open's checks and its claim."""
+    from django.utils import timezone
+
+    from workspaces.models import Workspace
+
+    session = services.workspace_open(workspace=workspace, user=member.user).session
+    Workspace.objects.filter(pk=workspace.pk).update(deleted_at=timezone.now())
+    services.reconcile()
+    session.refresh_from_db()
+    assert session.ended_at is not None and session.end_reason == Session.EndReason.DELETED
+
+
 # --- hardening: limits shared by every workspace ------------------------------------------------------------------
 
 
