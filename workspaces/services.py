@@ -13,6 +13,7 @@ from datetime import datetime, timedelta
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
+from django.db.models import Exists, OuterRef
 from django.utils import timezone
 
 from config import db
@@ -211,8 +212,6 @@ def workspace_delete(*, workspace, actor, confirm):
     if (confirm or "").strip() != workspace.name:
         raise ServiceError(f"To delete '{workspace.name}' and all its files, confirm with its name.",
                            code="confirmation_required", field="confirm")
-    for session in Session.objects.filter(workspace=workspace, ended_at__isnull=True):
-        session_end(session=session, reason=EndReason.DELETED, actor=actor)
     with transaction.atomic():
         workspace = Workspace.objects.select_for_update().get(pk=workspace.pk)
         if workspace.deleted_at is not None:
@@ -221,6 +220,10 @@ def workspace_delete(*, workspace, actor, confirm):
         workspace.save(update_fields=["deleted_at"])
         audit_record(tenant=workspace.tenant, actor=actor, action="workspace.deleted",
                      target=f"workspace:{workspace.pk}", data={"name": workspace.name})
+    # Deleted first, sessions ended second: an open that comes later is refused, so none can start between the two.
+    # (One that passed its checks just before the delete and claims after it is ended by the next reconcile.)
+    for session in Session.objects.filter(workspace=workspace, ended_at__isnull=True):
+        session_end(session=session, reason=EndReason.DELETED, actor=actor)
     if workspace.storage_path:
         try:
             # Not shutil.rmtree: at any depth the user made, never following their symlinks.
@@ -586,6 +589,12 @@ def sessions_reclaim(*, now=None):
     now = now or timezone.now()
     _activity_from_gateway(now)
     ended = 0
+    # A member removed from the tenant loses their running sessions: the gateway checks only the session's token
+    # and route, both alive as long as the session is.
+    for session in Session.objects.filter(ended_at__isnull=True).exclude(
+            Exists(Membership.objects.filter(tenant=OuterRef("tenant"), user=OuterRef("user")))):
+        session_end(session=session, reason=EndReason.CLOSED)
+        ended += 1
     live = list(Session.objects.filter(ended_at__isnull=True).select_related("workspace__template", "tenant__plan"))
     running = []
     for session in live:
@@ -700,6 +709,10 @@ def pool_pause(*, template, paused, actor):
 
 def reconcile(*, now=None):
     result = pool.reconcile(now=now, end_session=lambda session, reason: session_end(session=session, reason=reason))
+    # An open that passed its checks just before a delete may have claimed after the delete ended the sessions.
+    for session in Session.objects.filter(ended_at__isnull=True, workspace__deleted_at__isnull=False):
+        session_end(session=session, reason=EndReason.DELETED)
+        result["sessions_ended"] += 1
     gateway_routes_sync()
     return result
 
