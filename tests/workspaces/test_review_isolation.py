@@ -284,6 +284,45 @@ def test_a_session_claimed_past_a_delete_is_ended_by_the_next_reconcile(node, ti
     assert session.ended_at is not None and session.end_reason == Session.EndReason.DELETED
 
 
+# --- scoping: checked and held up ---------------------------------------------------------------------------------
+
+
+def test_a_colleague_without_a_role_cannot_touch_a_members_workspace_or_session(make_api_client, client, workspace,
+                                                                                 member, node, tiny_template):
+    """Held up in review (no defect): a plain member of the same tenant gets 404 on every verb of another member's
+    workspace and session in the API (the portal answers 'No such ...'), and nothing changes; a forged cursor stays
+    in scope."""
+    import base64
+    import json
+
+    from tests.factories import MembershipFactory
+    from workspaces.models import Workspace
+
+    session = services.workspace_open(workspace=workspace, user=member.user).session
+    colleague = MembershipFactory(tenant=member.tenant, role="member")
+    api = make_api_client(colleague)
+    for method, url in [
+        ("get", f"/api/v1/workspaces/{workspace.pk}"),
+        ("delete", f"/api/v1/workspaces/{workspace.pk}?confirm={workspace.name}"),
+        ("post", f"/api/v1/workspaces/{workspace.pk}/open"),
+        ("get", f"/api/v1/sessions/{session.pk}"),
+        ("post", f"/api/v1/sessions/{session.pk}/close"),
+        ("post", f"/api/v1/sessions/{session.pk}/heartbeat"),
+    ]:
+        assert getattr(api, method)(url).status_code == 404, (method, url)
+    cursor = base64.urlsafe_b64encode(json.dumps(["2999-01-01T00:00:00+00:00",
+                                                  "ffffffff-ffff-ffff-ffff-ffffffffffff"]).encode()).decode()
+    assert api.get(f"/api/v1/sessions?after={cursor.rstrip('=')}").json() == []
+    ws_cursor = base64.urlsafe_b64encode(json.dumps([str(workspace.pk + 1)]).encode()).decode().rstrip("=")
+    assert api.get(f"/api/v1/workspaces?after={ws_cursor}").json() == []
+    client.force_login(colleague.user)
+    for url, data in [(f"/workspaces/{workspace.pk}/delete", {"confirm": workspace.name}),
+                      (f"/workspaces/sessions/{session.pk}/close", {}), (f"/workspaces/{workspace.pk}/open", {})]:
+        assert b"No such" in client.post(url, data, follow=True).content, url  # the portal's "not found" message
+    session.refresh_from_db()
+    assert session.ended_at is None and Workspace.objects.get(pk=workspace.pk).deleted_at is None
+
+
 # --- hardening: limits shared by every workspace ------------------------------------------------------------------
 
 
