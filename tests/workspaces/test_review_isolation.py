@@ -323,6 +323,38 @@ def test_a_colleague_without_a_role_cannot_touch_a_members_workspace_or_session(
     assert session.ended_at is None and Workspace.objects.get(pk=workspace.pk).deleted_at is None
 
 
+def test_hardening_beyond_the_existing_tests_held_up(node, tiny_template, workspace, member):
+    """Held up in review (no defect), checked from a claimed container's shell: no mount or umount (so the bare slot
+    under the bind cannot be uncovered by unmounting), /proc/sys read-only, no user or network namespaces, no packet
+    sockets (arping), only the container's own processes in /proc (no other container's /proc/<pid>/root), IPv6
+    off (no link-local path around the IPv4 ICC rules), and the host's PostgreSQL and Redis (127.0.0.1 only) are
+    not reachable through the bridge's gateway."""
+    session = services.workspace_open(workspace=workspace, user=member.user).session
+    container = Container.objects.select_related("node").get(pk=session.container_id)
+    refused = {
+        "mount": "mkdir -p /tmp/m && mount -t tmpfs none /tmp/m",
+        "umount": "umount -l /home/coder",
+        "proc-sys": "echo 1 > /proc/sys/vm/drop_caches",
+        "userns": "unshare -U true",
+        "netns": "unshare -n true",
+        "packet-socket": "arping -c 1 -w 1 -I eth0 $(ip route | awk '/default/{print $3}')",
+        "postgres": "nc -w 2 $(ip route | awk '/default/{print $3}') 5432 </dev/null",
+        "redis": "nc -w 2 $(ip route | awk '/default/{print $3}') 6379 </dev/null",
+    }
+    for what, script in refused.items():
+        code, out = _exec(node, container, f"timeout 5 sh -c {_quote(script)}")
+        assert code != 0, (what, out)
+    _, procs = _exec(node, container, "cat /proc/[0-9]*/comm")
+    assert not {"dockerd", "containerd", "postgres", "redis-server", "haproxy"} & set(procs.split()), procs
+    assert len(procs.split()) < 30, procs  # the host runs hundreds
+    _, v6 = _exec(node, container, "cat /proc/sys/net/ipv6/conf/all/disable_ipv6; ip -6 addr | grep -c inet6")
+    assert v6.split() == ["1", "0"], v6
+
+
+def _quote(script):
+    return "'" + script.replace("'", "'\\''") + "'"
+
+
 # --- hardening: limits shared by every workspace ------------------------------------------------------------------
 
 
