@@ -5,7 +5,6 @@ small functions under "metering and the gateway" below, and nowhere else in this
 """
 import logging
 import os
-import shutil
 import threading
 import time
 from dataclasses import dataclass
@@ -14,6 +13,7 @@ from datetime import datetime, timedelta
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
+from django.db.models import Exists, OuterRef
 from django.utils import timezone
 
 from config import db
@@ -235,8 +235,6 @@ def workspace_delete(*, workspace, actor, confirm):
     if (confirm or "").strip() != workspace.name:
         raise ServiceError(f"To delete '{workspace.name}' and all its files, confirm with its name.",
                            code="confirmation_required", field="confirm")
-    for session in Session.objects.filter(workspace=workspace, ended_at__isnull=True):
-        session_end(session=session, reason=EndReason.DELETED, actor=actor)
     with transaction.atomic():
         workspace = Workspace.objects.select_for_update().get(pk=workspace.pk)
         if workspace.deleted_at is not None:
@@ -245,8 +243,16 @@ def workspace_delete(*, workspace, actor, confirm):
         workspace.save(update_fields=["deleted_at"])
         audit_record(tenant=workspace.tenant, actor=actor, action="workspace.deleted",
                      target=f"workspace:{workspace.pk}", data={"name": workspace.name})
+    # Deleted first, sessions ended second: an open that comes later is refused, so none can start between the two.
+    # (One that passed its checks just before the delete and claims after it is ended by the next reconcile.)
+    for session in Session.objects.filter(workspace=workspace, ended_at__isnull=True):
+        session_end(session=session, reason=EndReason.DELETED, actor=actor)
     if workspace.storage_path:
-        shutil.rmtree(workspace.storage_path, ignore_errors=True)
+        try:
+            # Not shutil.rmtree: at any depth the user made, never following their symlinks.
+            storage.remove_tree(workspace.storage_path)
+        except (OSError, storage.StorageError) as exc:
+            log.warning("deleting the files of %s failed: %s", workspace, exc)
     return workspace
 
 
@@ -333,8 +339,9 @@ def workspace_open(*, workspace, user):
     if workspace.live_session_id is not None:
         live = Session.objects.select_related("container", "workspace", "tenant").filter(
             pk=workspace.live_session_id, ended_at__isnull=True).first()
-        if live is not None:
-            return _resume(live)
+        opened = _resume(live) if live is not None else None
+        if opened is not None:
+            return opened
     _entitlement_check(tenant)
 
     session = _claim(workspace=workspace, user=user)
@@ -529,11 +536,16 @@ def _cold_start_on(*, workspace, user, node):
 
 
 def _resume(session):
-    """The workspace is already open: the same session (and container) with a fresh token."""
+    """The workspace is already open: the same session (and container) with a fresh token; None if the session
+    ended since it was read (its container is being released: the caller opens a new one)."""
     now = timezone.now()
-    Session.objects.filter(pk=session.pk).update(last_activity_at=now)
-    session.last_activity_at = now
-    _bind(session, resumed=True)
+    with transaction.atomic():
+        # The row stays locked while binding: a close (session_end locks it first) commits either before, and the
+        # container is not bound again while it is released, or after, and its release unbinds this bind.
+        if not Session.objects.filter(pk=session.pk, ended_at__isnull=True).update(last_activity_at=now):
+            return None
+        session.last_activity_at = now
+        _bind(session, resumed=True)
     _route_set(session)
     url, token, expires_at = _session_url_and_token(session)
     return Opened(session=session, url=url, token=token, expires_at=expires_at, resumed=True)
@@ -604,6 +616,12 @@ def sessions_reclaim(*, now=None):
     now = now or timezone.now()
     _activity_from_gateway(now)
     ended = 0
+    # A member removed from the tenant loses their running sessions: the gateway checks only the session's token
+    # and route, both alive as long as the session is.
+    for session in Session.objects.filter(ended_at__isnull=True).exclude(
+            Exists(Membership.objects.filter(tenant=OuterRef("tenant"), user=OuterRef("user")))):
+        session_end(session=session, reason=EndReason.CLOSED)
+        ended += 1
     live = list(Session.objects.filter(ended_at__isnull=True).select_related("workspace__template", "tenant__plan"))
     running = []
     for session in live:
@@ -720,6 +738,10 @@ def reconcile(*, now=None):
     # Routes first: a RELEASING container whose route_delete failed is removed below only once no route leads to it.
     gateway_routes_sync()
     result = pool.reconcile(now=now, end_session=lambda session, reason: session_end(session=session, reason=reason))
+    # An open that passed its checks just before a delete may have claimed after the delete ended the sessions.
+    for session in Session.objects.filter(ended_at__isnull=True, workspace__deleted_at__isnull=False):
+        session_end(session=session, reason=EndReason.DELETED)
+        result["sessions_ended"] += 1
     gateway_routes_sync()
     return result
 

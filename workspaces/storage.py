@@ -12,10 +12,10 @@ import errno
 import fcntl
 import os
 import re
-import shutil
 import stat
 import struct
 import threading
+import time
 from pathlib import Path
 
 from django.conf import settings
@@ -277,8 +277,9 @@ def slot_unbind(*, slot: Path) -> None:
 def slot_remove(slot: Path) -> None:
     """Unbind and delete the slot directory; a missing slot is fine. Never touches the user's files.
 
-    What a container wrote into its slot before any bind (a code-server started warm writes its config there)
-    is deleted with the slot, once nothing is mounted on or under it.
+    What a container wrote into its slot before any bind (a code-server started warm writes its config there, and a
+    user reaches the bare slot through /proc/<pid>/cwd of any process started before the bind) is deleted with the
+    slot, once nothing is mounted on or under it.
     """
     slot_unbind(slot=slot)
     real_slot = os.path.realpath(slot)
@@ -291,7 +292,109 @@ def slot_remove(slot: Path) -> None:
     except OSError as exc:
         if exc.errno != errno.ENOTEMPTY:
             raise StorageError(f"cannot remove slot {slot}: {exc.strerror}") from exc
-        shutil.rmtree(real_slot)
+        # The slot root's mount: a user's directory bound onto the slot since the check above is another mount,
+        # and remove_tree then refuses instead of deleting the user's files.
+        root_state = _mount_state(os.path.dirname(real_slot))
+        remove_tree(real_slot, mount_id=root_state[1] if root_state else None)
+
+
+_AT_EMPTY_PATH = 0x1000
+_REMOVE_TREE_SECONDS = 120
+
+
+def remove_tree(path, *, mount_id=None) -> None:
+    """Delete a directory tree as root: never follows a symlink, and works at any depth. A missing path is fine.
+
+    shutil.rmtree (Python 3.11) recurses once per directory level, so a user's `mkdir d && cd d` loop made it raise
+    RecursionError. Here at most two directories are open: each subdirectory of the top's subdirectories is renamed
+    up into the top (inside the tree: a rename never leaves its mount), its files unlinked, and the now empty
+    directory removed, until the top is empty. Every open is relative to the tree's own descriptors with
+    O_NOFOLLOW, so a symlink or a directory swapped for one is unlinked, never followed. `mount_id`: the mount the
+    tree must be on (a directory bound onto `path` meanwhile is refused, not emptied).
+    """
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+    try:
+        top = os.open(path, flags)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
+            raise
+        os.unlink(path)  # a symlink or a file where the directory was
+        return
+    prefix, serial = f".hearth-rm-{os.getpid()}-{time.monotonic_ns()}-", 0
+    deadline = time.monotonic() + _REMOVE_TREE_SECONDS
+    try:
+        if mount_id is not None and _fd_mount_id(top) not in (None, mount_id):
+            raise StorageError(f"{path} is another mount now (bound meanwhile?); not deleting it")
+        while True:
+            entries = _entries(top)
+            if not entries:
+                break
+            if time.monotonic() > deadline:
+                raise StorageError(f"{path} kept changing for {_REMOVE_TREE_SECONDS} s while being deleted")
+            for name, is_dir in entries:
+                if not is_dir:
+                    _unlink_at(name, top)
+                    continue
+                try:
+                    sub = os.open(name, flags, dir_fd=top)
+                except FileNotFoundError:
+                    continue
+                except OSError as exc:
+                    if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
+                        raise
+                    _unlink_at(name, top)  # swapped for a symlink or a file since the listing
+                    continue
+                try:
+                    for inner, inner_is_dir in _entries(sub):
+                        if not inner_is_dir:
+                            _unlink_at(inner, sub)
+                            continue
+                        serial += 1
+                        try:
+                            os.rename(inner, f"{prefix}{serial}", src_dir_fd=sub, dst_dir_fd=top)
+                        except FileNotFoundError:
+                            pass
+                finally:
+                    os.close(sub)
+                try:
+                    os.rmdir(name, dir_fd=top)
+                except FileNotFoundError:
+                    pass
+                except OSError as exc:
+                    if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                        raise
+    finally:
+        os.close(top)
+    try:
+        os.rmdir(path)
+    except FileNotFoundError:
+        pass
+
+
+def _entries(fd) -> list[tuple[str, bool]]:
+    with os.scandir(fd) as it:
+        return [(entry.name, entry.is_dir(follow_symlinks=False)) for entry in it]
+
+
+def _unlink_at(name, dir_fd) -> None:
+    try:
+        os.unlink(name, dir_fd=dir_fd)
+    except FileNotFoundError:
+        pass
+    except IsADirectoryError:
+        pass  # swapped for a directory since the listing: the next round takes it
+
+
+def _fd_mount_id(fd) -> int | None:
+    if _statx is None:
+        return None
+    buf = ctypes.create_string_buffer(256)
+    if _statx(fd, b"", _AT_EMPTY_PATH, _STATX_MNT_ID, buf) != 0:
+        return None
+    mask, = struct.unpack_from("I", buf, 0)
+    return struct.unpack_from("Q", buf, 144)[0] if mask & _STATX_MNT_ID else None
 
 
 def user_storage_path(*, tenant_slug: str, user_id, workspace_id) -> Path:

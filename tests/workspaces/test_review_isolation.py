@@ -1,0 +1,421 @@
+"""Review of isolation and consistency: what a user with a shell in their workspace can make Hearth's host-side code
+do, and races between an open and a release. Real Docker, real PostgreSQL, the tiny image.
+
+Each test here reproduced a defect found in review (see the docstrings); they pass once it is fixed.
+"""
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.workspaces.fixtures_pool import *  # noqa: F403
+from tests.workspaces.fixtures_runtime import docker_exec
+from workspaces import pool, services, storage
+from workspaces.models import Container, Session
+from workspaces.runtime import runtime_for
+
+pytestmark = [pytest.mark.django_db, pytest.mark.docker]
+State = Container.State
+
+# Deeper than Python 3.11's recursion limit (1000): shutil.rmtree and tarfile.add recurse once per level.
+DEEP = 1200
+
+
+@pytest.fixture(autouse=True)
+def _no_deep_trees_left(tmp_path):
+    """pytest deletes old temporary directories with shutil.rmtree, which a 1,200-level tree breaks (RecursionError at
+    the end of any later session on this machine): remove this test's trees with rm(1), which has no depth limit.
+    Torn down after pool_env has unmounted the slots; anything still mounted under the directory is left alone."""
+    yield
+    import subprocess
+
+    root = str(tmp_path)
+    if not any(point.startswith(root + "/") for point, _ in storage._mountinfo()):
+        subprocess.run(["rm", "-rf", "--one-file-system", root], check=False, timeout=120)
+
+
+def _deep_tree(top, depth=DEEP, name="d", leaf=None):
+    """Nested directories `depth` levels under `top`, made relative to a descriptor (as a user in a container can,
+    with `mkdir d && cd d` in a loop), optionally with a file of `leaf` bytes at the bottom. Returns the leaf's size."""
+    fd = os.open(top, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for _ in range(depth):
+            os.mkdir(name, dir_fd=fd)
+            child = os.open(name, os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+            os.close(fd)
+            fd = child
+        if leaf:
+            out = os.open("leaf", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd)
+            os.ftruncate(out, leaf)
+            os.close(out)
+    finally:
+        os.close(fd)
+    return leaf or 0
+
+
+def _exec(node, container, script, timeout=120):
+    return docker_exec(runtime_for(node), container.engine_id, "sh", "-c", script, timeout=timeout)
+
+
+# --- storage: host-side deletion of what a user wrote ------------------------------------------------------------
+
+
+def test_deleting_a_workspace_removes_a_deep_tree_the_user_made(node, tiny_template, workspace, member):
+    """Defect: workspace_delete used shutil.rmtree, which in Python 3.11 recurses once per directory level. A user
+    who runs `for i in $(seq 1200); do mkdir d && cd d; done` in their home made the delete fail with
+    RecursionError (a 500) after the workspace was already marked deleted, and their files stayed on the host
+    for good (still counted in the tenant's storage)."""
+    home = Path(workspace.storage_path)
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "notes.txt").write_text("x")
+    _deep_tree(home)
+    services.workspace_delete(workspace=workspace, actor=member.user, confirm=workspace.name)
+    assert not home.exists()
+
+
+def test_a_deep_tree_in_the_hidden_slot_does_not_wedge_release_or_the_reconciler(node, tiny_template, workspace,
+                                                                                 member):
+    """Defect: every process started before the claim (docker-init, httpd; code-server in warm mode) has its working
+    directory in the bare slot under the bind, and /proc/<pid>/cwd is open to the same uid: from their shell the
+    user writes into the hidden slot (outside their own directory, unmetered). A deep tree there made slot_remove's
+    shutil.rmtree raise RecursionError: the release left the container RELEASING, and every later reconcile()
+    raised at that row, so the reconciler stopped for the whole install (no LOST detection, no stale slots, no route
+    sync, the row counting against capacity for ever)."""
+    opened = services.workspace_open(workspace=workspace, user=member.user)
+    container = Container.objects.select_related("node").get(pk=opened.session.container_id)
+    code, out = _exec(node, container, f"cd /proc/1/cwd && echo hidden > under-the-bind && i=0; "
+                                       f"while [ $i -lt {DEEP} ]; do mkdir d && cd d || exit 1; i=$((i+1)); done")
+    assert code == 0, out
+    # It landed in the bare slot (hidden by the bind), not in the user's directory.
+    assert not (Path(workspace.storage_path) / "under-the-bind").exists()
+    storage.slot_unbind(slot=Path(container.slot_path))
+    assert (Path(container.slot_path) / "under-the-bind").read_text() == "hidden\n"
+    storage.slot_bind(slot=Path(container.slot_path), source=workspace.storage_path)
+
+    services.session_close(session=opened.session, actor=member.user)
+    container.refresh_from_db()
+    assert container.state == State.REMOVED, container.last_error
+    assert not Path(container.slot_path).exists()
+    services.reconcile()  # raised RecursionError on every tick before the fix
+
+
+def test_remove_tree_never_follows_a_symlink_out_of_the_tree(pool_env, tmp_path):
+    """What remove_tree (the fix above) must keep from shutil.rmtree: links to files and directories outside the tree,
+    and the tree's top itself replaced by a link, are unlinked and never followed."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "precious").write_text("x")
+    tree = tmp_path / "tree"
+    (tree / "a" / "b").mkdir(parents=True)
+    (tree / "a" / "b" / "to-dir").symlink_to(outside)
+    (tree / "a" / "to-file").symlink_to(outside / "precious")
+    (tree / "to-root").symlink_to("/")
+    _deep_tree(tree / "a", depth=50)
+    storage.remove_tree(tree)
+    assert not tree.exists()
+    link = tmp_path / "link"
+    link.symlink_to(outside)
+    storage.remove_tree(link)
+    assert not link.exists()
+    assert (outside / "precious").read_text() == "x"
+
+
+def test_a_bind_landing_while_a_slot_is_deleted_never_deletes_the_users_files(pool_env, monkeypatch, tmp_path):
+    """Defect: slot_remove checked /proc/self/mountinfo, then (after an rmdir saying "not empty") ran shutil.rmtree on
+    the slot path. A user's directory bound onto the slot in between (a resume or an open racing the release) was
+    deleted through the bind. Here the bind lands right after that rmdir."""
+    slot = storage.slot_create("c999001")
+    (slot / "written-before-the-bind").write_text("config")
+    home = storage.user_storage_path(tenant_slug="acme", user_id=1, workspace_id=1)
+    home.mkdir(parents=True)
+    (home / "thesis.tex").write_text("years of work")
+    real_rmdir, landed = os.rmdir, []
+
+    def rmdir_then_bind(path, *args, **kwargs):
+        try:
+            return real_rmdir(path, *args, **kwargs)
+        finally:
+            if not landed and not args and not kwargs and os.fspath(path) == os.path.realpath(slot):
+                landed.append(True)
+                storage.slot_bind(slot=slot, source=home)  # the racing open's bind
+
+    monkeypatch.setattr(os, "rmdir", rmdir_then_bind)
+    try:
+        with pytest.raises((storage.StorageError, OSError)):
+            storage.slot_remove(slot)
+    finally:
+        monkeypatch.undo()
+        assert landed
+        intact = (home / "thesis.tex").exists()
+        storage.slot_unbind(slot=slot)
+        storage.slot_remove(slot)
+    assert intact, "the user's files were deleted through the bind"
+    assert (home / "thesis.tex").read_text() == "years of work"
+
+
+def test_storage_measurement_counts_files_under_a_long_path(node, tiny_template, workspace):
+    """Defect (metering, not fixed here): metering.services._directory_bytes walks by full path names, and a path
+    longer than PATH_MAX (4096) raises ENAMETOOLONG, which it does not catch. A user who nests a few directories
+    with 200-character names in their home makes storage_sample raise for their whole tenant every hour: the tenant
+    is never billed for storage."""
+    from metering import services as metering_services
+
+    home = Path(workspace.storage_path)
+    home.mkdir(parents=True, exist_ok=True)
+    size = _deep_tree(home, depth=25, name="d" * 200, leaf=10**6)
+    assert metering_services.storage_sample(tenant=workspace.tenant) >= size
+
+
+def test_offboarding_exports_a_tenant_with_a_deep_tree(node, tiny_template, workspace, member):
+    """Defect (tenants' export, not fixed here): tarfile.add recurses once per directory level, so the export of a
+    tenant with a user's 1,200-level tree raises RecursionError and tenant_offboard cannot complete."""
+    from tenants import services as tenant_services
+    from tenants.models import Membership, Role
+
+    home = Path(workspace.storage_path)
+    home.mkdir(parents=True, exist_ok=True)
+    _deep_tree(home)
+    owner = Membership.objects.filter(tenant=workspace.tenant, role=Role.OWNER).first()
+    if owner is None:
+        member.role = Role.OWNER
+        member.save()
+        owner = member
+    export = tenant_services.tenant_offboard(tenant=workspace.tenant, actor=owner.user)
+    assert Path(export.path).exists()
+
+
+# --- races between an open and a release --------------------------------------------------------------------------
+
+
+def test_a_resume_racing_a_close_never_binds_onto_the_released_container(node, tiny_template, workspace, member,
+                                                                         monkeypatch):
+    """Defect: workspace_open read the live session, then resumed it without re-checking: a close (or idle reclaim,
+    or a drain) committed in between, and the resume re-bound the user's directory onto the slot of a container
+    being removed, re-set its gateway route and answered 200 with a URL for an ended session (or, once the slot was
+    gone, a raw StorageError: a 500). Bound onto a slot that slot_remove is about to delete, the user's files are in
+    the path of its rmtree. Here the close runs completely between the open's check and its resume."""
+    pool.pool_fill()
+    home = Path(workspace.storage_path)
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "keep.txt").write_text("mine")
+    first = services.workspace_open(workspace=workspace, user=member.user).session
+    old = Container.objects.get(pk=first.container_id)
+
+    real_resume = services._resume
+
+    def close_then_resume(session):
+        # The open has read the session as live; the close commits and releases before the resume goes on.
+        services.session_close(session=first, actor=member.user)
+        return real_resume(session)
+
+    monkeypatch.setattr(services, "_resume", close_then_resume)
+    opened = services.workspace_open(workspace=workspace, user=member.user)
+    monkeypatch.undo()
+
+    old.refresh_from_db()
+    assert old.state == State.REMOVED
+    assert not storage.is_mount_point(Path(old.slot_path)) and not Path(old.slot_path).exists()
+    session = Session.objects.get(pk=opened.session.pk)
+    assert session.ended_at is None and session.pk != first.pk and not opened.resumed
+    assert Container.objects.get(pk=session.container_id).state == State.CLAIMED
+    assert storage.is_mount_point(Path(session.container.slot_path))
+    assert (home / "keep.txt").read_text() == "mine"
+
+
+def test_a_member_removed_from_the_tenant_loses_their_running_session(node, tiny_template, workspace, member,
+                                                                      tenant_e):
+    """Defect: member_remove deleted the membership but nothing ended the member's live sessions. The API then says
+    404, but the gateway checks only the session token (valid for GATEWAY_TOKEN_TTL, 8 h) and the route, which
+    stays while the session lives: the removed member kept a running workspace of the tenant, metered to it, and
+    their own activity kept it from ever going idle. The periodic reclaim (every 30 s) must end it."""
+    from tenants import services as tenant_services
+    from tests.factories import MembershipFactory
+
+    admin = MembershipFactory(tenant=tenant_e, role="admin")
+    session = services.workspace_open(workspace=workspace, user=member.user).session
+    tenant_services.member_remove(membership=member, actor=admin.user)
+    services.sessions_reclaim()
+    session.refresh_from_db()
+    assert session.ended_at is not None
+    assert Container.objects.get(pk=session.container_id).state == State.REMOVED
+
+
+def test_an_open_racing_a_delete_leaves_no_session_on_the_deleted_workspace(node, tiny_template, workspace, member,
+                                                                          monkeypatch):
+    """Defect: workspace_delete ended the live sessions first and marked the workspace deleted afterwards; an open
+    landing in between claimed a container, bound the files (deleted under it a moment later) and kept a live,
+    metered session and a gateway route on a deleted workspace until idle reclaim."""
+    pool.pool_fill()
+    services.workspace_open(workspace=workspace, user=member.user)
+    real_end, raced = services.session_end, []
+
+    def end_then_open(*, session, reason, **kwargs):
+        ended = real_end(session=session, reason=reason, **kwargs)
+        if reason == Session.EndReason.DELETED and not raced:
+            raced.append(True)
+            try:  # the owner's open (another request) lands right after the sessions were ended
+                services.workspace_open(workspace=workspace, user=member.user)
+            except Exception as exc:  # refused: the workspace is already deleted
+                raced.append(exc)
+        return ended
+
+    monkeypatch.setattr(services, "session_end", end_then_open)
+    services.workspace_delete(workspace=workspace, actor=member.user, confirm=workspace.name)
+    monkeypatch.undo()
+    assert raced
+    services.reconcile()  # a session that slipped past the delete ends at the next tick at the latest
+    live = Session.objects.filter(workspace=workspace, ended_at__isnull=True)
+    assert not live.exists(), "a live session on a deleted workspace"
+    assert not Path(workspace.storage_path).exists()
+
+
+def test_a_session_claimed_past_a_delete_is_ended_by_the_next_reconcile(node, tiny_template, workspace, member):
+    """The rest of the race above: an open that passed its checks just before the delete committed claims afterwards.
+    Here the delete's commit lands between the open's checks and its claim."""
+    from django.utils import timezone
+
+    from workspaces.models import Workspace
+
+    session = services.workspace_open(workspace=workspace, user=member.user).session
+    Workspace.objects.filter(pk=workspace.pk).update(deleted_at=timezone.now())
+    services.reconcile()
+    session.refresh_from_db()
+    assert session.ended_at is not None and session.end_reason == Session.EndReason.DELETED
+
+
+# --- scoping: checked and held up ---------------------------------------------------------------------------------
+
+
+def test_a_colleague_without_a_role_cannot_touch_a_members_workspace_or_session(make_api_client, client, workspace,
+                                                                                 member, node, tiny_template):
+    """Held up in review (no defect): a plain member of the same tenant gets 404 on every verb of another member's
+    workspace and session in the API (the portal answers 'No such ...'), and nothing changes; a forged cursor stays
+    in scope."""
+    import base64
+    import json
+
+    from tests.factories import MembershipFactory
+    from workspaces.models import Workspace
+
+    session = services.workspace_open(workspace=workspace, user=member.user).session
+    colleague = MembershipFactory(tenant=member.tenant, role="member")
+    api = make_api_client(colleague)
+    for method, url in [
+        ("get", f"/api/v1/workspaces/{workspace.pk}"),
+        ("delete", f"/api/v1/workspaces/{workspace.pk}?confirm={workspace.name}"),
+        ("post", f"/api/v1/workspaces/{workspace.pk}/open"),
+        ("get", f"/api/v1/sessions/{session.pk}"),
+        ("post", f"/api/v1/sessions/{session.pk}/close"),
+        ("post", f"/api/v1/sessions/{session.pk}/heartbeat"),
+    ]:
+        assert getattr(api, method)(url).status_code == 404, (method, url)
+    cursor = base64.urlsafe_b64encode(json.dumps(["2999-01-01T00:00:00+00:00",
+                                                  "ffffffff-ffff-ffff-ffff-ffffffffffff"]).encode()).decode()
+    assert api.get(f"/api/v1/sessions?after={cursor.rstrip('=')}").json() == []
+    ws_cursor = base64.urlsafe_b64encode(json.dumps([str(workspace.pk + 1)]).encode()).decode().rstrip("=")
+    assert api.get(f"/api/v1/workspaces?after={ws_cursor}").json() == []
+    client.force_login(colleague.user)
+    for url, data in [(f"/workspaces/{workspace.pk}/delete", {"confirm": workspace.name}),
+                      (f"/workspaces/sessions/{session.pk}/close", {}), (f"/workspaces/{workspace.pk}/open", {})]:
+        assert b"No such" in client.post(url, data, follow=True).content, url  # the portal's "not found" message
+    session.refresh_from_db()
+    assert session.ended_at is None and Workspace.objects.get(pk=workspace.pk).deleted_at is None
+
+
+def test_hardening_beyond_the_existing_tests_held_up(node, tiny_template, workspace, member):
+    """Held up in review (no defect), checked from a claimed container's shell: no mount or umount (so the bare slot
+    under the bind cannot be uncovered by unmounting), /proc/sys read-only, no user or network namespaces, no packet
+    sockets (arping), only the container's own processes in /proc (no other container's /proc/<pid>/root), IPv6
+    off (no link-local path around the IPv4 ICC rules), and the host's PostgreSQL and Redis (127.0.0.1 only) are
+    not reachable through the bridge's gateway."""
+    session = services.workspace_open(workspace=workspace, user=member.user).session
+    container = Container.objects.select_related("node").get(pk=session.container_id)
+    refused = {
+        "mount": "mkdir -p /tmp/m && mount -t tmpfs none /tmp/m",
+        "umount": "umount -l /home/coder",
+        "proc-sys": "echo 1 > /proc/sys/vm/drop_caches",
+        "userns": "unshare -U true",
+        "netns": "unshare -n true",
+        "packet-socket": "arping -c 1 -w 1 -I eth0 $(ip route | awk '/default/{print $3}')",
+        "postgres": "nc -w 2 $(ip route | awk '/default/{print $3}') 5432 </dev/null",
+        "redis": "nc -w 2 $(ip route | awk '/default/{print $3}') 6379 </dev/null",
+    }
+    for what, script in refused.items():
+        code, out = _exec(node, container, f"timeout 5 sh -c {_quote(script)}")
+        assert code != 0, (what, out)
+    _, procs = _exec(node, container, "cat /proc/[0-9]*/comm")
+    assert not {"dockerd", "containerd", "postgres", "redis-server", "haproxy"} & set(procs.split()), procs
+    assert len(procs.split()) < 30, procs  # the host runs hundreds
+    _, v6 = _exec(node, container, "cat /proc/sys/net/ipv6/conf/all/disable_ipv6; ip -6 addr | grep -c inet6")
+    assert v6.split() == ["1", "0"], v6
+
+
+def _quote(script):
+    return "'" + script.replace("'", "'\\''") + "'"
+
+
+# --- hardening: limits shared by every workspace ------------------------------------------------------------------
+
+
+def test_one_workspace_cannot_use_up_inotify_for_all_others(node, tiny_template, tenant_e, make_workspace):
+    """Defect (not fixed): every workspace container runs as the same host uid 1000 without a user namespace, so the
+    kernel's per-user inotify limits (fs.inotify.max_user_instances, 128 here, and max_user_watches) are one pool
+    shared by all tenants' workspaces (and any host account with uid 1000). One user holding 128 instances (a few
+    lines of C, Python or Node) leaves every other workspace unable to watch files: VS Code's file watcher and
+    every dev server's reload fail with EMFILE."""
+    from tests.factories import MembershipFactory, TenantFactory
+
+    tiny_template.pids_limit = 256
+    tiny_template.save()
+    a = MembershipFactory(tenant=tenant_e)
+    other = MembershipFactory(tenant=TenantFactory())
+    ca = services.workspace_open(workspace=make_workspace(a, "a"), user=a.user).session.container
+    cb = services.workspace_open(workspace=make_workspace(other, "b"), user=other.user).session.container
+    ca = Container.objects.select_related("node").get(pk=ca.pk)
+    cb = Container.objects.select_related("node").get(pk=cb.pk)
+    probe = _inotify_probe()
+    for container in (ca, cb):
+        home = Path(Session.objects.get(container=container, ended_at__isnull=True).workspace.storage_path)
+        (home / "probe").write_bytes(probe)  # what a user uploads into their home
+        os.chmod(home / "probe", 0o755)
+    # Tenant A's user holds every inotify instance their uid may have, for 30 s.
+    exec_id = runtime_for(node).api.exec_create(ca.engine_id, ["/home/coder/probe", "100000", "30"])["Id"]
+    runtime_for(node).api.exec_start(exec_id, detach=True)
+    time.sleep(2)
+    code, out = _exec(node, ca, "/home/coder/probe 1")
+    assert out.strip() == "0", out  # A is at the limit
+    # Another tenant's workspace can still watch a file.
+    code, out = _exec(node, cb, "/home/coder/probe 1")
+    assert out.strip() == "1", "another tenant's workspace got no inotify instance: the limit is shared"
+
+
+PROBE_C = r"""
+#include <stdio.h>
+#include <stdlib.h>
+#include <unistd.h>
+#include <sys/inotify.h>
+int main(int argc, char **argv) {
+    int want = atoi(argv[1]), made = 0;
+    while (made < want && inotify_init() >= 0) made++;
+    printf("%d\n", made);
+    fflush(stdout);
+    if (argc > 2) sleep(atoi(argv[2]));
+    return 0;
+}
+"""
+
+
+def _inotify_probe():
+    """A static binary that creates up to N inotify instances and holds them (the tiny image has no compiler)."""
+    import shutil
+    import subprocess
+    import tempfile
+
+    if shutil.which("gcc") is None:
+        pytest.skip("gcc is needed to build the inotify probe")
+    with tempfile.TemporaryDirectory(prefix="hearth-probe-") as work:
+        (Path(work) / "probe.c").write_text(PROBE_C)
+        subprocess.run(["gcc", "-static", "-O1", "-o", f"{work}/probe", f"{work}/probe.c"], check=True,
+                       capture_output=True, timeout=60)
+        return (Path(work) / "probe").read_bytes()
