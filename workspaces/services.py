@@ -71,6 +71,17 @@ def _route_set(session):
                        code="session_ended")
 
 
+# Prepared (config.db): the open's hot path. NO KEY UPDATE is what the end's own UPDATE of ended_at takes.
+_LIVE_SESSION_LOCK_SQL = f"SELECT 1 FROM {Session._meta.db_table} WHERE id = %s AND ended_at IS NULL FOR NO KEY UPDATE"
+
+
+def _session_lock_if_live(session_id) -> bool:
+    """In a transaction: lock the session's row; False if it has ended."""
+    if db.supported():
+        return db.fetchone(_LIVE_SESSION_LOCK_SQL, [session_id]) is not None
+    return Session.objects.select_for_update().filter(pk=session_id, ended_at__isnull=True).exists()
+
+
 def _route_set_while_live(*, host_key, session_id, address):
     """Route a session only while it is live; False (and no route) once it has ended.
 
@@ -80,16 +91,19 @@ def _route_set_while_live(*, host_key, session_id, address):
     either before the end's commit (whose delete then follows) or after it, and sees the session ended.
     """
     with transaction.atomic():
-        ended = list(Session.objects.select_for_update().filter(pk=session_id).values_list("ended_at", flat=True))
-        if ended != [None]:
+        if not _session_lock_if_live(session_id):
             return False
-        try:
-            gateway_routes.route_set(host_key=host_key, session_id=str(session_id), address=address)
-        except GatewayUnavailable as exc:
-            # HAProxy is down or restarting: it restores every live route from live_routes() when it starts.
-            log.warning("route_set(%s): the gateway does not answer (%s); it restores routes at start",
-                        host_key, exc)
+        _route_set_locked(host_key=host_key, session_id=session_id, address=address)
     return True
+
+
+def _route_set_locked(*, host_key, session_id, address):
+    """route_set for a session whose row lock this transaction holds (so it is live)."""
+    try:
+        gateway_routes.route_set(host_key=host_key, session_id=str(session_id), address=address)
+    except GatewayUnavailable as exc:
+        # HAProxy is down or restarting: it restores every live route from live_routes() when it starts.
+        log.warning("route_set(%s): the gateway does not answer (%s); it restores routes at start", host_key, exc)
 
 
 def _activity_from_gateway(now):
@@ -540,13 +554,14 @@ def _resume(session):
     ended since it was read (its container is being released: the caller opens a new one)."""
     now = timezone.now()
     with transaction.atomic():
-        # The row stays locked while binding: a close (session_end locks it first) commits either before, and the
-        # container is not bound again while it is released, or after, and its release unbinds this bind.
+        # The row stays locked while binding and routing: a close (session_end locks it first) commits either
+        # before, and the container is neither bound again nor routed while it is released, or after, and its
+        # release unbinds this bind and deletes this route.
         if not Session.objects.filter(pk=session.pk, ended_at__isnull=True).update(last_activity_at=now):
             return None
         session.last_activity_at = now
         _bind(session, resumed=True)
-    _route_set(session)
+        _route_set_locked(host_key=session.workspace.host_key, session_id=session.pk, address=session.container.address)
     url, token, expires_at = _session_url_and_token(session)
     return Opened(session=session, url=url, token=token, expires_at=expires_at, resumed=True)
 
