@@ -118,17 +118,21 @@ class TestHostHeaderWithSeveralValues:
 # --- a session closed while it is being (re)opened -------------------------------------------------------------
 
 
-@pytest.mark.django_db
+@pytest.mark.django_db(transaction=True)
 @pytest.mark.docker
 def test_a_session_closed_while_it_is_reopened_leaves_no_route(gateway, workspace, member, node, tiny_template,  # noqa: F811
                                                                 monkeypatch):
     """Open of a workspace whose session is live (the "resume" path) racing with that session's close (another
-    tab, the API, or the idle reclaimer): the open reads the session as live, the close commits, deletes the
-    route and removes the container, then the open's route_set puts the route back. The ended session's tokens
-    then reach whatever container Docker gives its address to next (here a new warm container of the pool,
-    which another tenant claims later). The close is run at the one moment it can land, between the open's
-    read and its route_set (the open's storage bind): that timing is all this test stages."""
-    from tenants.exceptions import Conflict
+    tab, the API, or the idle reclaimer): before the fix the open read the session as live, the close committed,
+    deleted the route and removed the container, then the open's route_set put the route back, and the ended
+    session's tokens reached whatever container Docker gave its address to next (here a new warm container of
+    the pool, which another tenant claims later). The close is started, in another thread with its own database
+    connection, at the one moment it can land: after the open's read, while it binds. It must wait for the open
+    (the session's row lock) and then delete the route the open set."""
+    import threading
+
+    from django.db import connection
+
     from workspaces import pool, services
     from workspaces.models import Session
 
@@ -137,27 +141,39 @@ def test_a_session_closed_while_it_is_reopened_leaves_no_route(gateway, workspac
     assert gateway.get(workspace.host_key, "/", token=first.token).status_code == 200
 
     real_bind = services._bind
+    closer, events = None, []
 
-    def bind_then_close_elsewhere(session, *, resumed=False):
+    def close_in_another_request():
+        try:
+            services.session_close(session=Session.objects.get(pk=first.session.pk), actor=member.user)
+            events.append("closed")
+        finally:
+            connection.close()
+
+    def bind_while_a_close_starts(session, *, resumed=False):
+        nonlocal closer
+        if resumed and closer is None:
+            closer = threading.Thread(target=close_in_another_request)
+            closer.start()
+            closer.join(timeout=0.5)
+            assert closer.is_alive(), "the close did not wait for the open holding the session"
         real_bind(session, resumed=resumed)
-        if resumed:
-            services.session_close(session=session, actor=member.user)
 
-    monkeypatch.setattr(services, "_bind", bind_then_close_elsewhere)
-    try:
-        again = services.workspace_open(workspace=workspace, user=member.user)
-    except Conflict:
-        again = None
+    monkeypatch.setattr(services, "_bind", bind_while_a_close_starts)
+    again = services.workspace_open(workspace=workspace, user=member.user)
+    events.append("opened")
     monkeypatch.setattr(services, "_bind", real_bind)
+    closer.join(timeout=30)
+    assert events == ["opened", "closed"]
+    assert again.session.pk == first.session.pk
     assert Session.objects.get(pk=first.session.pk).ended_at is not None
     pool.pool_fill()  # the refill after the close: Docker hands the freed address to a new container
 
-    r = gateway.get(workspace.host_key, "/", token=first.token)
-    assert r.status_code == 410, f"the closed session's token reached a container: {r.status_code} {r.text[:80]}"
+    for token in (first.token, again.token):
+        r = gateway.get(workspace.host_key, "/", token=token)
+        assert r.status_code == 410, f"the closed session's token reached a container: {r.status_code} {r.text[:80]}"
     route = routes.route_get(workspace.host_key)
     assert route is None or route.session_id != str(first.session.pk), "a route to an ended session came back"
-    if again is not None:  # an open that succeeds must hand out a live session
-        assert Session.objects.get(pk=again.session.pk).ended_at is None
 
 
 @pytest.mark.django_db
