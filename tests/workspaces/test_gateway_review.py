@@ -118,6 +118,45 @@ class TestHostHeaderWithSeveralValues:
 # --- a session closed while it is being (re)opened -------------------------------------------------------------
 
 
+@pytest.mark.django_db
+@pytest.mark.docker
+@pytest.mark.parametrize("close_when", ["before_route", "after_route"])
+def test_a_fresh_session_closed_while_it_is_opened_keeps_no_route(gateway, workspace, member, node, tiny_template,  # noqa: F811
+                                                                  monkeypatch, close_when):
+    """A new session (warm claim) closed by another request while its open is still binding or routing: whichever
+    comes first, the open answers 409 session_ended and no route to the ended session is left behind."""
+    from tenants.exceptions import Conflict
+    from workspaces import pool, services
+    from workspaces.models import Session
+
+    pool.pool_fill()
+    real_bind, real_route = services._bind, services._route_set_locked
+    closed = []
+
+    def close(session):
+        services.session_close(session=Session.objects.get(pk=session.pk), actor=member.user)
+        closed.append(session.pk)
+
+    def bind_then_close(session, *, resumed=False):
+        real_bind(session, resumed=resumed)
+        if close_when == "before_route":
+            close(session)
+
+    def route_then_close(*, host_key, session_id, address):
+        real_route(host_key=host_key, session_id=session_id, address=address)
+        if close_when == "after_route" and not closed:
+            close(Session.objects.get(pk=session_id))
+
+    monkeypatch.setattr(services, "_bind", bind_then_close)
+    monkeypatch.setattr(services, "_route_set_locked", route_then_close)
+    with pytest.raises(Conflict) as failed:
+        services.workspace_open(workspace=workspace, user=member.user)
+    assert failed.value.code == "session_ended"
+    assert Session.objects.get(pk=closed[0]).ended_at is not None
+    route = routes.route_get(workspace.host_key)
+    assert route is None or route.session_id != str(closed[0]), "a route to an ended session was left"
+
+
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.docker
 def test_a_session_closed_while_it_is_reopened_leaves_no_route(gateway, workspace, member, node, tiny_template,  # noqa: F811
