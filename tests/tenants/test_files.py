@@ -1,4 +1,4 @@
-"""tenants.files: walking a tenant's files at any depth and path length, never following a symlink (real file system)."""
+"""tenants.files: walking a tenant's files at any depth and length, never following a symlink (real file system)."""
 import os
 import subprocess
 

@@ -168,8 +168,9 @@ def test_storage_measurement_counts_files_under_a_long_path(node, tiny_template,
 
 
 def test_offboarding_exports_a_tenant_with_a_deep_tree(node, tiny_template, workspace, member):
-    """Defect (fixed: the export walks with tenants.files.tree_walk): tarfile.add recursed once per directory level, so the export of a
-    tenant with a user's 1,200-level tree raises RecursionError and tenant_offboard cannot complete."""
+    """Defect (fixed: the export walks with tenants.files.tree_walk): tarfile.add recursed once per directory level,
+    so the export of a tenant with a user's 1,200-level tree raised RecursionError and tenant_offboard could not
+    complete."""
     from tenants import services as tenant_services
     from tenants.models import Membership, Role
 
