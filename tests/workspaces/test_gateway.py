@@ -90,6 +90,17 @@ class TestHappyPath:
         assert routed.get("ws-a", "/only", token=issue()).status_code == 200
         assert "cookie" not in upstream.requests[-1][1]
 
+    def test_forwarding_headers_are_the_gateways_not_the_clients(self, routed, upstream):  # noqa: F811
+        """code-server trusts X-Forwarded-Host and Forwarded in its origin check: only the gateway may say them."""
+        headers = {"Host": routed.host("ws-a"), "Cookie": f"hearth_gw={issue()}", "X-Forwarded-Host": "evil.example",
+                   "Forwarded": "for=203.0.113.9;host=evil.example;proto=https", "X-Forwarded-For": "203.0.113.9",
+                   "X-Forwarded-Proto": "https"}
+        assert httpx.get(routed.base + "/fwd", headers=headers, timeout=5).status_code == 200
+        seen = upstream.requests[-1][1]
+        assert "x-forwarded-host" not in seen and "forwarded" not in seen
+        assert seen["x-forwarded-for"] == "127.0.0.1"
+        assert seen["x-forwarded-proto"] == "http"
+
     @pytest.mark.parametrize("cookie,kept", [
         ("theme=dark; Path=/", True),
         ("hearth_gw=planted; Path=/", False),
