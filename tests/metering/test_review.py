@@ -37,6 +37,8 @@ def post_raw(client, body):
     pytest.param({"subject": {"note": "\ud800"}}, id="lone-surrogate-in-subject"),
     pytest.param({"id": "rev-\ud800"}, id="lone-surrogate-in-id"),
     pytest.param({"tenant": "acme\u0000"}, id="nul-in-tenant"),
+    pytest.param({"tenant": "acme\udc00"}, id="lone-surrogate-in-tenant"),
+    pytest.param({"meter": "tokens\ud800"}, id="lone-surrogate-in-meter"),
 ])
 def test_one_event_postgres_cannot_store_rejects_only_itself(client, bad):
     """docs/metering.md: "A bad event rejects only itself". Valid JSON that PostgreSQL cannot store as text/jsonb
