@@ -10,6 +10,7 @@ import json
 import logging
 import math
 import operator
+import re
 import secrets
 import time
 import uuid
@@ -271,6 +272,39 @@ def _timestamp(value):
     raise ValueError("not a timestamp")
 
 
+_JSON_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")  # an escaped NUL, not an escaped backslash before "u0000"
+
+
+def _storable(text):
+    """Whether PostgreSQL can store `text`: no NUL, and encodable as UTF-8 (no lone surrogate from JSON)."""
+    if "\x00" in text:
+        return False
+    if text.isascii():
+        return True
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _echo(text):
+    """`text` as the answer can carry it (a lone surrogate cannot be encoded): escaped where it must be."""
+    return text if _storable(text) else text.encode("utf-8", "backslashreplace").decode().replace("\x00", "\\x00")
+
+
+def _subject_storable(subject_json, subject):
+    """Whether jsonb takes the subject: no NaN or Infinity, no NUL, no lone surrogate. The cheap test first."""
+    if "\\u" not in subject_json and "NaN" not in subject_json and "Infinity" not in subject_json:
+        return True
+    try:
+        text = json.dumps(subject, ensure_ascii=False, allow_nan=False, default=str)
+        text.encode()
+    except (ValueError, UnicodeEncodeError):
+        return False
+    return _JSON_NUL.search(text) is None
+
+
 _UNSEEN = object()
 _subject_json_any = json.JSONEncoder(separators=(",", ":"), default=str).encode  # json.dumps(**kw) builds one a call
 _quote = json.encoder.encode_basestring_ascii  # what the encoder above writes strings with (C)
@@ -301,7 +335,7 @@ def usage_events_prepare(events, *, source, now=None, check_window=True):
     slugs = set()
     for event in events:
         tenant = event.get("tenant") if isinstance(event, dict) else None
-        if isinstance(tenant, str):
+        if isinstance(tenant, str) and _storable(tenant):
             slugs.add(tenant)
     tenant_ids = _tenants_by_slug(slugs) if slugs else {}
     meters = {}  # slug -> the cache's answer, once per batch
@@ -316,10 +350,12 @@ def usage_events_prepare(events, *, source, now=None, check_window=True):
         event_id = get("id")
         if event_id is None:
             event_id = get("event_id")
-        if not isinstance(event_id, str) or not event_id or len(event_id) > MAX_EVENT_ID:
-            rejected.append({"id": event_id if isinstance(event_id, str | int) else None, "index": position,
-                             "code": "invalid_id",
-                             "reason": f"'id' must be a non-empty string of at most {MAX_EVENT_ID} characters."})
+        if (not isinstance(event_id, str) or not event_id or len(event_id) > MAX_EVENT_ID
+                or not _storable(event_id)):
+            shown = _echo(event_id) if isinstance(event_id, str) else event_id if isinstance(event_id, int) else None
+            rejected.append({"id": shown, "index": position, "code": "invalid_id",
+                             "reason": f"'id' must be a non-empty string of at most {MAX_EVENT_ID} characters "
+                                       "(no NUL, valid Unicode)."})
             continue
         tenant = get("tenant")
         if isinstance(tenant, Tenant):
@@ -327,8 +363,8 @@ def usage_events_prepare(events, *, source, now=None, check_window=True):
         else:
             tenant_id, tenant_slug = (tenant_ids.get(tenant), tenant) if isinstance(tenant, str) else (None, tenant)
             if tenant_id is None:
-                rejected.append({"id": event_id, "code": "unknown_tenant",
-                                 "reason": f"There is no tenant '{tenant}'."})
+                shown = _echo(tenant) if isinstance(tenant, str) else tenant
+                rejected.append({"id": event_id, "code": "unknown_tenant", "reason": f"There is no tenant '{shown}'."})
                 continue
         meter = get("meter")
         if isinstance(meter, str):
@@ -340,7 +376,7 @@ def usage_events_prepare(events, *, source, now=None, check_window=True):
         else:
             meter_info = None
         if meter_info is None or not meter_info[2]:
-            slug = meter.slug if isinstance(meter, Meter) else meter
+            slug = meter.slug if isinstance(meter, Meter) else _echo(meter) if isinstance(meter, str) else meter
             rejected.append({"id": event_id, "code": "unknown_meter", "reason": f"There is no active meter '{slug}'."})
             continue
         quantity = get("quantity")
@@ -385,6 +421,10 @@ def usage_events_prepare(events, *, source, now=None, check_window=True):
             subject_json = _subject_json(subject)
             if len(subject_json) > 2000:
                 rejected.append({"id": event_id, "code": "invalid_subject", "reason": "'subject' is too large."})
+                continue
+            if not _subject_storable(subject_json, subject):
+                rejected.append({"id": event_id, "code": "invalid_subject",
+                                 "reason": "'subject' holds a NUL, an unpaired surrogate, NaN or Infinity."})
                 continue
         else:
             rejected.append({"id": event_id, "code": "invalid_subject",
