@@ -39,6 +39,9 @@ EGRESS_BYTES = "egress_bytes"
 SEATS = "seats"
 
 MAX_EVENT_ID = 128
+# The platform's own event ids (usage_record's "<source>:<uuid>", sessions, samples, corrections). Ids are global,
+# so an API event taking one would make the platform's event a duplicate: the API refuses these prefixes.
+RESERVED_ID_PREFIXES = ("ws:", "storage:", "seats:", "correction:", "internal:", "api:")
 MAX_QUANTITY = 2**62  # far below bigint's limit, so a day's sum cannot overflow
 # The batch arrives as one array per column (binary parameters: no per-value formatting or parsing, no temporary
 # table); source, reason and actor are one value for the whole batch unless a batch mixes them.
@@ -331,6 +334,7 @@ def usage_events_prepare(events, *, source, now=None, check_window=True):
     oldest = periods.open_since(now) if check_window else None
     newest = now + settings.METERING_FUTURE_SKEW
     correction = source == UsageEvent.Source.CORRECTION
+    api = source == UsageEvent.Source.API
     rejected = []
     slugs = set()
     for event in events:
@@ -356,6 +360,11 @@ def usage_events_prepare(events, *, source, now=None, check_window=True):
             rejected.append({"id": shown, "index": position, "code": "invalid_id",
                              "reason": f"'id' must be a non-empty string of at most {MAX_EVENT_ID} characters "
                                        "(no NUL, valid Unicode)."})
+            continue
+        if api and event_id.startswith(RESERVED_ID_PREFIXES):
+            rejected.append({"id": event_id, "code": "reserved_id",
+                             "reason": f"Ids starting with {', '.join(RESERVED_ID_PREFIXES)} are the platform's own; "
+                                       "prefix yours with your service's name, or use a UUID."})
             continue
         tenant = get("tenant")
         if isinstance(tenant, Tenant):
