@@ -125,3 +125,38 @@ def test_gateway_egress_bytes_are_metered(monkeypatch):
     workspace_services.sessions_reclaim(now=now)
     egress = UsageRollup.objects.filter(tenant=tenant, period="month", meter__slug="egress_bytes").first()
     assert egress is not None and egress.quantity >= 5_000_000
+
+
+def _staff_with(client, *codenames):
+    from django.contrib.auth.models import Permission
+
+    from tests.factories import UserFactory
+
+    staff = UserFactory(is_staff=True, is_superuser=False)
+    staff.user_permissions.set(Permission.objects.filter(content_type__app_label="metering", codename__in=codenames))
+    client.force_login(staff)
+    return staff
+
+
+def test_view_only_staff_cannot_record_a_credit(client):
+    """A correction changes what a tenant pays. The admin's correction view checks only `view_usageevent`, so a
+    read-only staff member (support, looking at events) can credit any tenant any amount."""
+    from metering.services import meter_get
+
+    tenant = tenant_on("pro")
+    _staff_with(client, "view_usageevent", "view_usagerollup")
+    assert client.get("/admin/metering/usageevent/").status_code == 200  # they may read events
+    client.post("/admin/metering/usageevent/correct/", {
+        "tenant": tenant.pk, "meter": meter_get("workspace_seconds").pk, "quantity": -36000, "reason": "because"})
+    assert not UsageEvent.objects.filter(source="correction").exists()
+
+
+def test_staff_without_metering_permissions_cannot_see_every_tenants_usage(client):
+    """The limits view lists every tenant's usage against its plan; it checks only is_staff (admin_view)."""
+    from metering.services import usage_record
+
+    tenant = tenant_on("free")
+    usage_record(tenant=tenant, meter="workspace_seconds", quantity=29 * 60)
+    _staff_with(client)  # staff, but no permission on metering at all
+    response = client.get("/admin/metering/usagerollup/limits/")
+    assert response.status_code in (302, 403) or tenant.slug.encode() not in response.content
