@@ -65,7 +65,8 @@ class UsageEventAdmin(ReadOnlyAdmin):
         ]
 
     def correction_view(self, request):
-        if not request.user.has_perm("metering.view_usageevent") or not request.user.is_staff:
+        # A correction changes what a tenant pays: it takes adding usage events, not only reading them.
+        if not request.user.is_staff or not request.user.has_perm("metering.add_usageevent"):
             return redirect("admin:index")
         form = CorrectionForm(request.POST or None)
         if request.method == "POST" and form.is_valid():
@@ -115,6 +116,8 @@ class UsageRollupAdmin(ReadOnlyAdmin):
 
     def limits_view(self, request):
         """Tenants near (≥ 80 %) or over their allowances, and unusual usage (today > 3× the 7-day mean)."""
+        if not self.has_view_permission(request):
+            return redirect("admin:index")
         near = [
             {"tenant": tenant, **item, "percent": round(item["ratio"] * 100)}
             for tenant, item in selectors.tenants_near_limits()
