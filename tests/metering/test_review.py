@@ -160,3 +160,16 @@ def test_staff_without_metering_permissions_cannot_see_every_tenants_usage(clien
     _staff_with(client)  # staff, but no permission on metering at all
     response = client.get("/admin/metering/usagerollup/limits/")
     assert response.status_code in (302, 403) or tenant.slug.encode() not in response.content
+
+
+def test_a_meter_at_the_bigint_limit_does_not_fail_every_later_batch(client):
+    """Once a tenant's roll-up holds 2**63 - 1, any later event for that meter overflows it: without a guard every
+    batch containing one fails whole (500), other tenants' events with it, until the month ends."""
+    tenant, other = tenant_on("pro"), tenant_on("pro")
+    full = post_raw(client, json.dumps([event(1, tenant, quantity=MAX_QUANTITY),
+                                        event(2, tenant, quantity=MAX_QUANTITY - 1)]))
+    assert full.status_code == 200 and full.json()["accepted"] == 2
+    later = post_raw(client, json.dumps([event(3, tenant, quantity=1), event(4, other, quantity=5)]))
+    assert later.status_code == 200, later.content[:300]
+    assert later.json()["accepted"] == 1 and [r["id"] for r in later.json()["rejected"]] == ["rev-3"]
+    assert UsageEvent.objects.filter(tenant=other).count() == 1
