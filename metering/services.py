@@ -15,10 +15,10 @@ import secrets
 import time
 import uuid
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from django.conf import settings
-from django.db import IntegrityError, connection, transaction
+from django.db import DataError, IntegrityError, connection, transaction
 from django.utils import timezone
 
 from config import db
@@ -461,10 +461,53 @@ def usage_record_many(events, *, source=UsageEvent.Source.INTERNAL, now=None, ch
     return IngestResult(accepted=inserted, duplicates=len(rows) - inserted, quantity=quantity)
 
 
+ROLLUP_MAX = 2**63 - 1  # a roll-up's bigint
+
+
+def _overflowed(exc):
+    cause = exc.__cause__
+    return type(cause).__name__ == "NumericValueOutOfRange" or "out of range" in str(exc)
+
+
+def _without_overflow(rows):
+    """Split rows into (those that fit, rejections of those that would overflow a roll-up's bigint).
+
+    Only after the statement failed on such an overflow (never on the usual path). Conservative: each (tenant,
+    meter) starts from its largest open roll-up and every row of the batch is counted, duplicates too.
+    """
+    keys = {(row[1], row[3]) for row in rows}
+    since = min(row[6] for row in rows) - timedelta(days=32)
+    base = {}
+    for tenant_id, meter_id, quantity in UsageRollup.objects.filter(
+            tenant_id__in={key[0] for key in keys}, meter_id__in={key[1] for key in keys},
+            period_start__gte=since).values_list("tenant_id", "meter_id", "quantity"):
+        base[tenant_id, meter_id] = max(base.get((tenant_id, meter_id), 0), quantity)
+    kept, rejected = [], []
+    for row in sorted(rows, key=_event_id_of):
+        key = (row[1], row[3])
+        if row[4] > 0 and base.get(key, 0) + row[4] > ROLLUP_MAX:
+            rejected.append({"id": row[0], "code": "quantity_overflow",
+                             "reason": "This quantity would take the tenant's total for the meter past "
+                                       f"{ROLLUP_MAX}; it is not recorded."})
+            continue
+        base[key] = base.get(key, 0) + max(row[4], 0)
+        kept.append(row)
+    return kept, rejected
+
+
 def usage_ingest(events, *, now=None):
     """The ingestion API's path: bad events are rejected one by one, the rest recorded exactly once."""
     rows, rejected = usage_events_prepare(events, source=UsageEvent.Source.API, now=now, check_window=True)
-    inserted, _ = _ingest_rows(rows)
+    try:
+        inserted, _ = _ingest_rows(rows)
+    except DataError as exc:
+        # A roll-up would pass bigint: refuse the events that take it there, record the others (one bad event
+        # must not cost the batch's other tenants their usage).
+        if not _overflowed(exc):
+            raise
+        rows, overflowing = _without_overflow(rows)
+        rejected = rejected + overflowing
+        inserted, _ = _ingest_rows(rows)
     return IngestResult(accepted=inserted, duplicates=len(rows) - inserted, rejected=rejected)
 
 
