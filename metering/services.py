@@ -41,7 +41,7 @@ SEATS = "seats"
 MAX_EVENT_ID = 128
 # The platform's own event ids (usage_record's "<source>:<uuid>", sessions, samples, corrections). Ids are global,
 # so an API event taking one would make the platform's event a duplicate: the API refuses these prefixes.
-RESERVED_ID_PREFIXES = ("ws:", "storage:", "seats:", "correction:", "internal:", "api:")
+RESERVED_ID_PREFIXES = ("ws:", "egress:", "storage:", "seats:", "correction:", "internal:", "api:")
 MAX_QUANTITY = 2**62  # far below bigint's limit, so a day's sum cannot overflow
 # The batch arrives as one array per column (binary parameters: no per-value formatting or parsing, no temporary
 # table); source, reason and actor are one value for the whole batch unless a batch mixes them.
@@ -554,6 +554,25 @@ def workspace_seconds_record(*, tenant, session_id, user_id, workspace_id, start
         if inserted_seconds:
             usage_thresholds_check(tenant=tenant, now=end, meters=[WORKSPACE_SECONDS])
     return inserted_seconds
+
+
+def egress_bytes_record(*, tenant, session_id, user_id, workspace_id, counted, counter, at):
+    """Record the bytes a session's gateway counter went from `counted` to `counter`; returns the bytes newly counted.
+
+    The counter is cumulative per session (carried over gateway reloads). One that went down was reset (the
+    gateway restarted): all of it is new. The event id is (session, from, to), so a retry never counts twice.
+    """
+    quantity = counter - counted if counter >= counted else counter
+    if quantity <= 0:
+        return 0
+    event = {"id": f"egress:{session_id}:{counted}:{counter}", "tenant": tenant, "meter": EGRESS_BYTES,
+             "quantity": quantity, "timestamp": at,
+             "subject": {"user": user_id, "workspace": workspace_id, "session": session_id}}
+    with transaction.atomic():
+        counted_now = usage_record_many([event], now=at).quantity
+        if counted_now:
+            usage_thresholds_check(tenant=tenant, now=at, meters=[EGRESS_BYTES])
+    return counted_now
 
 
 def usage_correction_record(*, tenant, meter, quantity, reason, actor, timestamp=None):

@@ -7,6 +7,7 @@ import logging
 import os
 import threading
 import time
+import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -134,6 +135,7 @@ def _activity_from_gateway(now):
     except Exception as exc:  # no counters this tick: the API heartbeat and the next tick still count
         log.warning("counters_read failed: %s", exc)
         return 0
+    _egress_from_gateway(counters, now)
     touched = 0
     for session_id, c in counters.items():
         idle = 0 if c.get("active") else c.get("idle_seconds")
@@ -146,6 +148,37 @@ def _activity_from_gateway(now):
         except (ValueError, ValidationError):
             continue  # not one of ours (another install behind the same gateway)
     return touched
+
+
+def _egress_from_gateway(counters, now):
+    """Meter each session's bytes sent to the client since the last tick, from the gateway's cumulative counters.
+
+    Ended sessions too: a WebSocket's bytes reach the counter when it closes, often when the end cuts it, and the
+    entry outlives the route (two days). The counted mark and the usage event commit together under the session's
+    row lock, so a tick that dies half-way or runs twice counts every byte once."""
+    readings = {}
+    for session_id, c in counters.items():
+        try:
+            readings[str(uuid.UUID(session_id))] = int(c.get("bytes_out") or 0)
+        except (TypeError, ValueError):
+            continue  # not one of ours (another install behind the same gateway)
+    marks = Session.objects.filter(pk__in=list(readings)).values_list("pk", "egress_bytes_metered")
+    pending = [pk for pk, counted in marks if readings[str(pk)] != counted]
+    recorded = 0
+    for pk in pending:
+        try:
+            with transaction.atomic():
+                session = Session.objects.select_for_update().select_related("tenant").get(pk=pk)
+                counter = readings[str(pk)]
+                if counter == session.egress_bytes_metered:
+                    continue
+                recorded += metering_services.egress_bytes_record(
+                    tenant=session.tenant, session_id=str(pk), user_id=session.user_id,
+                    workspace_id=session.workspace_id, counted=session.egress_bytes_metered, counter=counter, at=now)
+                Session.objects.filter(pk=pk).update(egress_bytes_metered=counter)
+        except Exception:  # one session's failure must not stop the others' metering; the next tick retries
+            log.exception("metering egress of session %s failed", pk)
+    return recorded
 
 
 def _route_delete(workspace) -> bool:

@@ -62,3 +62,52 @@ def test_reconcile_puts_missed_routes_back_and_drops_stale_ones(gateway, workspa
     page = gateway.get(workspace.host_key, "/", token=opened.token)
     assert page.status_code == 200 and "hearth tiny workspace" in page.text
     assert services.gateway_routes_sync() == (0, 0)
+
+
+def _egress_month(tenant):
+    from metering.models import UsageRollup
+
+    rollup = UsageRollup.objects.filter(tenant=tenant, period="month", meter__slug="egress_bytes").first()
+    return rollup.quantity if rollup else 0
+
+
+def test_egress_bytes_from_the_gateway_are_metered_once_including_after_the_close(gateway, workspace, member,  # noqa: F811
+                                                                                   node, tiny_template):
+    """The reclaim tick turns the gateway's bytes-out counter of each session into egress_bytes, counting every byte
+    once: a second tick adds nothing, more traffic adds its bytes, and what the session sent before its close is
+    counted by the tick after it (the counter outlives the route)."""
+    from workspaces.gateway import routes
+
+    pool.pool_fill()
+    opened = services.workspace_open(workspace=workspace, user=member.user)
+    session_id = str(opened.session.pk)
+    for _ in range(3):
+        assert gateway.get(workspace.host_key, "/", token=opened.token).status_code == 200
+    services.sessions_reclaim()
+    first = routes.counters_read()[session_id]["bytes_out"]
+    assert first > 0 and _egress_month(workspace.tenant) == first
+    services.sessions_reclaim()
+    assert _egress_month(workspace.tenant) == first  # the same counter again: nothing new
+
+    assert gateway.get(workspace.host_key, "/", token=opened.token).status_code == 200
+    services.session_close(session=opened.session, actor=member.user)
+    services.sessions_reclaim()
+    final = routes.counters_read()[session_id]["bytes_out"]
+    assert final > first and _egress_month(workspace.tenant) == final
+
+
+def test_egress_counts_a_reset_counter_as_new_bytes(workspace, member, node, tiny_template, monkeypatch):  # noqa: F811
+    """A restarted gateway starts its counters at 0: what it counts then is all new. HAProxy's table is replaced by
+    its reader's answers here; the test above reads the real one."""
+    from workspaces.gateway import routes
+
+    pool.pool_fill()
+    opened = services.workspace_open(workspace=workspace, user=member.user)
+    readings = iter([10_000, 10_000, 300, 1_300])
+    for _ in range(4):
+        value = next(readings)
+        monkeypatch.setattr(routes, "counters_read", lambda value=value, **kw: {
+            str(opened.session.pk): {"requests": 1, "bytes_in": 0, "bytes_out": value, "active": True,
+                                     "idle_seconds": 0}})
+        services.sessions_reclaim()
+    assert _egress_month(workspace.tenant) == 10_000 + 300 + 1_000
