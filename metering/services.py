@@ -42,7 +42,7 @@ MAX_EVENT_ID = 128
 # The platform's own event ids (usage_record's "<source>:<uuid>", sessions, samples, corrections). Ids are global,
 # so an API event taking one would make the platform's event a duplicate: the API refuses these prefixes.
 RESERVED_ID_PREFIXES = ("ws:", "egress:", "storage:", "seats:", "correction:", "internal:", "api:")
-MAX_QUANTITY = 2**62  # far below bigint's limit, so a day's sum cannot overflow
+MAX_QUANTITY = 2**62  # per event; a batch whose events would overflow a roll-up has those rejected (usage_ingest)
 # The batch arrives as one array per column (binary parameters: no per-value formatting or parsing, no temporary
 # table); source, reason and actor are one value for the whole batch unless a batch mixes them.
 _SOURCE_ARRAYS = """
