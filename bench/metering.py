@@ -186,7 +186,7 @@ def start_server(port, workers):
 
 
 def bench_rest(tenants, *, batches, size, clients, workers):
-    from metering.services import service_token_create
+    from metering.tokens import service_token_create
 
     _, token = service_token_create(name="bench")
     data = make_batches(tenants, batches=batches, size=size, duplicate_ratio=0.1, meter="ai_builder_tokens",

@@ -5,7 +5,7 @@ from django.shortcuts import redirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 
-from metering import selectors, services
+from metering import selectors, services, tokens
 from metering.models import (
     Meter,
     ServiceToken,
@@ -163,7 +163,7 @@ class ServiceTokenAdmin(admin.ModelAdmin):
     def save_model(self, request, obj, form, change):
         if change:
             return super().save_model(request, obj, form, change)
-        token, plaintext = services.service_token_create(name=obj.name, actor=request.user)
+        token, plaintext = tokens.service_token_create(name=obj.name, actor=request.user)
         obj.__dict__.update({k: v for k, v in token.__dict__.items() if not k.startswith("_")})
         obj._state.adding = False
         messages.warning(request, f"Service token '{token.name}' created. Copy it now, it is not shown again: "
@@ -175,5 +175,5 @@ class ServiceTokenAdmin(admin.ModelAdmin):
     @admin.action(description="Revoke the selected service tokens")
     def revoke(self, request, queryset):
         for token in queryset.filter(revoked_at__isnull=True):
-            services.service_token_revoke(token=token, actor=request.user)
+            tokens.service_token_revoke(token=token, actor=request.user)
         self.message_user(request, "Revoked.")

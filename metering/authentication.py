@@ -4,7 +4,7 @@ from rest_framework.authentication import BaseAuthentication, get_authorization_
 from rest_framework.permissions import BasePermission
 
 from metering.models import ServiceToken
-from metering.services import SERVICE_TOKEN_PREFIX, service_token_authenticate
+from metering.tokens import SERVICE_TOKEN_PREFIX, service_token_authenticate
 
 
 class ServiceTokenAuthentication(BaseAuthentication):

@@ -1,17 +1,15 @@
-"""Writes of metering: recording usage exactly once (single, bulk, sessions, corrections), notices, service tokens.
+"""Writes of metering: recording usage exactly once (single, bulk, sessions, corrections), notices.
 
 The exactly-once core is one SQL statement (`_INGEST_SQL`): events are inserted with ON CONFLICT (event_id)
 DO NOTHING RETURNING, and only the rows actually returned are added to the roll-ups, in the same statement and
 so the same transaction. Events are inserted in event-id order and roll-ups upserted in key order, so
 concurrent batches wait for each other instead of deadlocking.
 """
-import hashlib
 import json
 import logging
 import math
 import operator
 import re
-import secrets
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -24,7 +22,7 @@ from django.utils import timezone
 from config import db
 from metering import periods
 from metering.exceptions import QuotaExceeded
-from metering.models import Meter, ServiceToken, UsageEvent, UsageNotice, UsageRollup
+from metering.models import Meter, UsageEvent, UsageNotice, UsageRollup
 from tenants import files
 from tenants.audit import audit_record
 from tenants.events import event_emit
@@ -762,9 +760,7 @@ def seats_sample(*, tenant, now=None):
     return members
 
 
-# --- meters and service tokens -----------------------------------------------------------------------------------
-
-SERVICE_TOKEN_PREFIX = "hsv_"
+# --- meters ------------------------------------------------------------------------------------------------------
 
 
 def meter_declare(*, slug, name, unit, aggregation=Meter.Aggregation.SUM, billable=True,
@@ -790,59 +786,9 @@ def meter_declare(*, slug, name, unit, aggregation=Meter.Aggregation.SUM, billab
     return meter
 
 
-def _hash(value):
-    return hashlib.sha256(value.encode()).hexdigest()
-
-
-def service_token_create(*, name, actor=None):
-    """Create a service token; returns (ServiceToken, plaintext shown once). Only its SHA-256 is stored."""
-    name = (name or "").strip()[:80]
-    if not name:
-        raise ServiceError("A service token needs a name (which service uses it).", field="name")
-    prefix = secrets.token_hex(4)
-    plaintext = f"{SERVICE_TOKEN_PREFIX}{prefix}_{secrets.token_urlsafe(32)}"
-    with transaction.atomic():
-        token = ServiceToken.objects.create(name=name, prefix=prefix, token_hash=_hash(plaintext),
-                                            created_by=actor if getattr(actor, "pk", None) else None)
-        audit_record(tenant=None, actor=actor, action="service_token.created", target=f"{name}:{prefix}")
-    return token, plaintext
-
-
-def service_token_revoke(*, token, actor=None):
-    with transaction.atomic():
-        token = ServiceToken.objects.select_for_update().get(pk=token.pk)
-        if token.revoked_at is None:
-            token.revoked_at = timezone.now()
-            token.save(update_fields=["revoked_at"])
-            audit_record(tenant=None, actor=actor, action="service_token.revoked",
-                         target=f"{token.name}:{token.prefix}")
-    return token
-
-
-_token_cache = {}  # hash -> (token, cached at): ingestion is hot, revocation takes effect within a few seconds
-
-
-def service_token_authenticate(plaintext, *, now=None):
-    if not plaintext or not plaintext.startswith(SERVICE_TOKEN_PREFIX):
-        return None
-    now = now or timezone.now()
-    digest = _hash(plaintext)
-    hit = _token_cache.get(digest)
-    if hit is not None and (now - hit[1]).total_seconds() < 5:
-        return hit[0]
-    token = ServiceToken.objects.filter(token_hash=digest, revoked_at__isnull=True).first()
-    if token is not None and (token.last_used_at is None or (now - token.last_used_at).total_seconds() > 60):
-        ServiceToken.objects.filter(pk=token.pk).update(last_used_at=now)
-    if token is None:
-        _token_cache.pop(digest, None)
-    else:
-        _token_cache[digest] = (token, now)
-    return token
-
-
 __all__ = [
     "IngestResult", "QuotaExceeded", "entitlement_check", "usage_record", "usage_record_many", "usage_ingest",
     "workspace_seconds_record", "usage_correction_record", "usage_thresholds_check", "storage_sample",
-    "seats_sample", "service_token_create", "service_token_revoke", "service_token_authenticate", "meter_declare",
+    "seats_sample", "meter_declare",
     "running_sessions_counter_register", "UsageRollup",
 ]

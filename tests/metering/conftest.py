@@ -2,7 +2,7 @@
 import pytest
 from rest_framework.test import APIClient
 
-from metering.services import service_token_create
+from metering.tokens import service_token_create
 from tests.conftest import seed_data_ensure
 from tests.factories import MembershipFactory, TenantFactory
 

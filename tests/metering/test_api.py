@@ -8,7 +8,7 @@ from django.utils import timezone
 from rest_framework.test import APIClient
 
 from metering.models import ServiceToken, UsageEvent, UsageRollup
-from metering.services import service_token_revoke
+from metering.tokens import service_token_revoke
 from tests.factories import MembershipFactory
 from tests.metering.conftest import tenant_on
 

@@ -23,7 +23,7 @@ from django.db.models import Sum
 from django.utils import timezone
 
 from metering.models import UsageEvent, UsageNotice, UsageRollup
-from metering.services import service_token_create
+from metering.tokens import service_token_create
 from tenants.models import OutboxEvent
 from tests.metering.conftest import tenant_on
 

@@ -3,7 +3,7 @@ import json
 
 from django.core.management.base import BaseCommand
 
-from metering.services import service_token_create
+from metering.tokens import service_token_create
 
 
 class Command(BaseCommand):
