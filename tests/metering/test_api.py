@@ -90,9 +90,9 @@ def test_no_token_401_and_revoked_token_401(service_token):
     tenant = tenant_on("pro")
     assert APIClient().post(URL, [event(1, tenant)], format="json").status_code == 401
     service_token_revoke(token=ServiceToken.objects.get())
-    from metering import services
+    from metering import tokens
 
-    services._token_cache.clear()
+    tokens._token_cache.clear()
     client = APIClient()
     client.credentials(HTTP_AUTHORIZATION=f"Bearer {service_token}")
     assert client.post(URL, [event(1, tenant)], format="json").status_code == 401
