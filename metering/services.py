@@ -174,9 +174,6 @@ def _tenants_by_slug(slugs):
 
     One array parameter instead of an IN list: with a thousand slugs the ORM's IN list costs more than the query.
     """
-    if connection.vendor != "postgresql":
-        return dict(Tenant.objects.filter(slug__in=list(slugs)).exclude(status=Tenant.Status.OFFBOARDED)
-                    .values_list("slug", "pk"))
     with connection.cursor() as cursor:
         cursor.execute(
             f"SELECT slug, id FROM {Tenant._meta.db_table} WHERE slug = ANY(%s::varchar[]) AND status <> %s",
@@ -192,8 +189,6 @@ def _ingest_rows(rows):
     """Insert usage_events_prepare's rows; return (events new, their total quantity). One transaction."""
     if not rows:
         return 0, 0
-    if connection.vendor != "postgresql":
-        return _ingest_rows_portable(rows)
     # Sorted here (stable: the first of an id's copies wins), the statement's ORDER BY finds them in order and
     # PostgreSQL's sort only checks that they are.
     rows = sorted(rows, key=_event_id_of)
@@ -208,54 +203,6 @@ def _ingest_rows(rows):
         cursor.execute(sql, params)
         inserted, quantity, _ = cursor.fetchone()
     return inserted, int(quantity)
-
-
-def _ingest_rows_portable(rows):
-    """The same semantics for SQLite (`make run`'s embedded database), in Python, under SQLite's single writer."""
-    with transaction.atomic():
-        with connection.cursor() as cursor:
-            # Take the write lock first, so checking for stored ids and inserting are one step for every writer.
-            cursor.execute("UPDATE metering_meter SET active = active WHERE id = -1")
-        ids = [row[0] for row in rows]
-        stored = set()
-        for start in range(0, len(ids), 500):
-            stored.update(UsageEvent.objects.filter(event_id__in=ids[start:start + 500])
-                          .values_list("event_id", flat=True))
-        fresh = []
-        for row in sorted(rows, key=lambda row: row[0]):
-            if row[0] not in stored:
-                stored.add(row[0])
-                fresh.append(row)
-        UsageEvent.objects.bulk_create([
-            UsageEvent(event_id=event_id, tenant_id=tenant_id, tenant_slug=slug, meter_id=meter_id, quantity=quantity,
-                       subject=json.loads(subject), timestamp=ts, source=source, reason=reason, actor_id=actor_id)
-            for event_id, tenant_id, slug, meter_id, quantity, subject, ts, source, reason, actor_id in fresh
-        ])
-        aggregation = dict(Meter.objects.values_list("pk", "aggregation"))
-        groups = {}
-        for _, tenant_id, _, meter_id, quantity, _, ts, _, _, _ in fresh:
-            day = periods.day_start_in(periods.zone_for_tenant_id(tenant_id), ts)
-            for key in ((tenant_id, meter_id, "day", day), (tenant_id, meter_id, "month", periods.month_bounds(ts)[0])):
-                group = groups.setdefault(key, {"total": 0, "peak": None, "n": 0, "last_at": None, "last": None})
-                group["total"] += quantity
-                group["peak"] = quantity if group["peak"] is None else max(group["peak"], quantity)
-                group["n"] += 1
-                if group["last_at"] is None or ts >= group["last_at"]:
-                    group["last_at"], group["last"] = ts, quantity
-        for (tenant_id, meter_id, period, start), group in sorted(groups.items(), key=lambda item: item[0]):
-            is_max = aggregation[meter_id] == Meter.Aggregation.MAX
-            rollup = UsageRollup.objects.filter(tenant_id=tenant_id, meter_id=meter_id, period=period,
-                                                period_start=start).first()
-            if rollup is None:
-                rollup = UsageRollup(tenant_id=tenant_id, meter_id=meter_id, period=period, period_start=start,
-                                     aggregation=aggregation[meter_id], quantity=0)
-            rollup.quantity = max(rollup.quantity, group["peak"]) if is_max else rollup.quantity + group["total"]
-            rollup.event_count += group["n"]
-            if rollup.last_at is None or group["last_at"] >= rollup.last_at:
-                rollup.last_at, rollup.last_quantity = group["last_at"], group["last"]
-            rollup.updated_at = timezone.now()
-            rollup.save()
-    return len(fresh), sum(row[4] for row in fresh)
 
 
 def _timestamp(value):

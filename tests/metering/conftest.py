@@ -68,7 +68,7 @@ def _reference_data(request):
     request.getfixturevalue("transactional_db" if transactional else "db")
     from metering.periods import zone_forget
 
-    zone_forget()  # SQLite reuses rolled-back ids: a cached zone could belong to an earlier test's tenant
+    zone_forget()  # the zone cache outlives a test's rollback: an earlier test's zone must not leak
     _load_reference_data()
     if transactional:
         request.node._reference_snapshot = _reference_snapshot()
