@@ -7,12 +7,10 @@ from django.db import connection
 from django.utils import timezone
 
 from metering import periods
+from metering.meters import SEATS, STORAGE_BYTES, WORKSPACE_SECONDS
 from metering.models import Meter, UsageRollup
 from tenants.models import Tenant
 
-WORKSPACE_SECONDS = "workspace_seconds"
-STORAGE_BYTES = "storage_bytes"
-SEATS = "seats"
 MIB = 1024 * 1024
 
 

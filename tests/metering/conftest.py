@@ -30,7 +30,7 @@ def _load_reference_data(snapshot=None):
     which the flush recreates with new keys), so that a later test restoring a serialized database
     (serialized_rollback) finds the same rows instead of colliding with new ones.
     """
-    from metering.services import meter_cache
+    from metering.meters import meter_cache
 
     if snapshot:
         changed = [model for model, rows in snapshot.items()

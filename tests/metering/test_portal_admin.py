@@ -6,7 +6,7 @@ from django.db import transaction
 from django.template import Context, Template
 from django.utils import timezone
 
-from metering import services
+from metering import meters, services
 from metering.models import ServiceToken, UsageEvent
 from tenants.models import AuditLog
 from tests.factories import MembershipFactory, UserFactory
@@ -71,7 +71,7 @@ def test_admin_correction_form_records_a_credit_with_audit(staff_client):
     use_seconds(tenant, 600, at=timezone.now() - timedelta(minutes=11))
     page = staff_client.get("/admin/metering/usageevent/correct/")
     assert page.status_code == 200
-    meter_id = services.meter_get("workspace_seconds").pk
+    meter_id = meters.meter_get("workspace_seconds").pk
     response = staff_client.post("/admin/metering/usageevent/correct/", {
         "tenant": tenant.pk, "meter": meter_id, "quantity": -60, "reason": "Outage on the 3rd"})
     assert response.status_code == 302

@@ -6,8 +6,8 @@ import pytest
 from django.utils import timezone
 from rest_framework.test import APIClient
 
+from metering.batches import MAX_QUANTITY
 from metering.models import UsageEvent, UsageRollup
-from metering.services import MAX_QUANTITY
 from tests.factories import MembershipFactory
 from tests.metering.conftest import tenant_on
 
@@ -141,7 +141,7 @@ def _staff_with(client, *codenames):
 def test_view_only_staff_cannot_record_a_credit(client):
     """A correction changes what a tenant pays. The admin's correction view checks only `view_usageevent`, so a
     read-only staff member (support, looking at events) can credit any tenant any amount."""
-    from metering.services import meter_get
+    from metering.meters import meter_get
 
     tenant = tenant_on("pro")
     _staff_with(client, "view_usageevent", "view_usagerollup")

@@ -6,7 +6,7 @@ import time_machine
 from django.db import connection, transaction
 from django.db.models import Sum
 
-from metering import selectors, services
+from metering import batches, meters, selectors, services
 from metering.exceptions import QuotaExceeded
 from metering.models import Meter, TenantMeteringSettings, UsageEvent, UsageNotice, UsageRollup
 from tenants.exceptions import Forbidden, ServiceError
@@ -325,7 +325,7 @@ def test_meter_declare_and_inactive_meter_refuses_events():
     meter = services.meter_declare(slug="web_builds", name="Web builds", unit="builds")
     assert services.usage_record(tenant=tenant, meter="web_builds", quantity=1, timestamp=T0)
     Meter.objects.filter(pk=meter.pk).update(active=False)
-    services.meter_cache.reload()
+    meters.meter_cache.reload()
     with pytest.raises(ServiceError):
         services.usage_record(tenant=tenant, meter="web_builds", quantity=1, timestamp=T0)
 
@@ -560,7 +560,7 @@ def test_usage_events_carry_only_the_indexes_ingestion_needs():
 def test_subject_json_is_what_json_dumps_writes(subject):
     import json
 
-    assert services._subject_json(subject) == json.dumps(subject, separators=(",", ":"), default=str)
+    assert batches._subject_json(subject) == json.dumps(subject, separators=(",", ":"), default=str)
 
 
 def test_a_batch_naming_an_unknown_meter_reloads_the_meter_list_once(django_assert_max_num_queries):
