@@ -7,18 +7,8 @@ from metering import selectors
 from metering.exceptions import QuotaExceeded
 from metering.meters import STORAGE_BYTES, WORKSPACE_SECONDS
 from metering.models import UsageNotice
+from tenants import policy
 from tenants.events import event_emit
-from tenants.exceptions import Forbidden
-from tenants.models import Tenant
-
-_running_sessions_counter = None
-
-
-def running_sessions_counter_register(fn):
-    """Workspaces registers fn(tenant) -> number of running sessions, used when entitlement_check gets none."""
-    global _running_sessions_counter
-    _running_sessions_counter = fn
-    return fn
 
 
 def _human_duration(seconds):
@@ -30,17 +20,16 @@ def _human_duration(seconds):
     return f"{minutes} minute{'s' if minutes != 1 else ''}"
 
 
-def entitlement_check(*, tenant, now=None, running_sessions=None):
+def entitlement_check(*, tenant, now=None):
     """Raise QuotaExceeded if `tenant` may not open a workspace now; return None if it may.
 
-    Checks, in order: the daily allowance, the monthly allowance (unless the plan allows paid overage), the
-    storage cap (over it, new opens are refused; nothing is deleted and running sessions go on), and the
-    number of concurrent workspaces (`running_sessions`, or the registered counter, since metering cannot
-    query sessions itself).
+    Checks, in order: the tenant is active, the daily allowance, the monthly allowance (unless the plan allows
+    paid overage), and the storage cap (over it, new opens are refused; nothing is deleted and running sessions
+    go on). The number of concurrent workspaces is the workspaces app's check
+    (`tenants.policy.concurrent_workspaces_check`): only it sees the running sessions.
     """
     now = now or timezone.now()
-    if tenant.status != Tenant.Status.ACTIVE:
-        raise Forbidden(f"The tenant is {tenant.status}: no workspace can be opened.", code=f"tenant_{tenant.status}")
+    policy.require_active(tenant, doing="no workspace can be opened.")
     plan = tenant.plan
     upgrade_url = settings.METERING_UPGRADE_URL
     allowance = selectors.workspace_allowance(tenant=tenant, now=now)
@@ -72,18 +61,6 @@ def entitlement_check(*, tenant, now=None, running_sessions=None):
                 f"Upgrade for more storage at {upgrade_url}",
                 meter=STORAGE_BYTES, resets_at=None, upgrade_url=upgrade_url,
                 extra={"used": stored, "included": cap},
-            )
-    if plan.max_concurrent_workspaces is not None:
-        if running_sessions is None and _running_sessions_counter is not None:
-            running_sessions = _running_sessions_counter(tenant)
-        if running_sessions is not None and running_sessions >= plan.max_concurrent_workspaces:
-            limit = plan.max_concurrent_workspaces
-            raise QuotaExceeded(
-                f"{tenant.name} already runs {running_sessions} workspace{'s' if running_sessions != 1 else ''}, "
-                f"the most the {plan.name} plan allows at once ({limit}). Close one first, or upgrade at "
-                f"{upgrade_url}",
-                meter="concurrent_workspaces", resets_at=None, upgrade_url=upgrade_url,
-                extra={"used": running_sessions, "included": limit},
             )
 
 

@@ -210,25 +210,14 @@ def test_storage_over_quota_blocks_new_opens(free_tenant):
     services.entitlement_check(tenant=free_tenant, now=T0 + timedelta(hours=1, minutes=1))
 
 
-def test_concurrent_workspaces_limit_by_argument_and_registered_counter(free_tenant):
-    services.entitlement_check(tenant=free_tenant, now=T0, running_sessions=0)
-    with pytest.raises(QuotaExceeded) as info:
-        services.entitlement_check(tenant=free_tenant, now=T0, running_sessions=1)
-    assert info.value.extra["meter"] == "concurrent_workspaces"
-    try:
-        services.running_sessions_counter_register(lambda tenant: 1)
-        with pytest.raises(QuotaExceeded):
-            services.entitlement_check(tenant=free_tenant, now=T0)
-    finally:
-        services.running_sessions_counter_register(None)
-    services.entitlement_check(tenant=free_tenant, now=T0)
-
-
-def test_suspended_tenant_cannot_open(free_tenant):
-    free_tenant.status = "suspended"
+@pytest.mark.parametrize("status", ["suspended", "offboarded"])
+def test_inactive_tenant_cannot_open(free_tenant, status):
+    free_tenant.status = status
     with pytest.raises(Forbidden) as info:
         services.entitlement_check(tenant=free_tenant, now=T0)
-    assert info.value.code == "tenant_suspended"
+    error = info.value
+    assert (error.status_code, error.code) == (403, f"tenant_{status}")
+    assert error.message == f"The tenant is {status}: no workspace can be opened."
 
 
 def test_threshold_events_are_emitted_once_per_period():
