@@ -4,11 +4,13 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from django.db import transaction
 from django.template import Context, Template
+from django.urls import reverse
 from django.utils import timezone
 
 from metering import meters, services
 from metering.models import ServiceToken, UsageEvent
 from tenants.models import AuditLog
+from tenants.portal import SESSION_KEY
 from tests.factories import MembershipFactory, UserFactory
 from tests.metering.conftest import tenant_on
 
@@ -50,6 +52,27 @@ def test_usage_page_shows_own_tenant_with_a_chart_per_meter(client, free_tenant)
 
 def test_usage_page_needs_login(client):
     assert client.get("/usage/").status_code == 302
+
+
+def test_usage_page_sends_a_user_of_no_tenant_to_create_one(client, free_tenant):
+    use_seconds(free_tenant, 25 * 60, at=timezone.now() - timedelta(minutes=26))
+    client.force_login(UserFactory())
+    response = client.get("/usage/")
+    assert response.status_code == 302 and response["Location"] == reverse("portal:tenant_create")
+
+
+def test_usage_page_cannot_be_pointed_at_another_tenant(client):
+    """The tenant comes from the user's own memberships: another tenant's slug, chosen or forged, is never shown."""
+    mine, theirs = tenant_on("free"), tenant_on("free")
+    me = MembershipFactory(tenant=mine).user
+    use_seconds(theirs, 25 * 60, at=timezone.now() - timedelta(minutes=26))
+    client.force_login(me)
+    assert client.post(reverse("portal:tenant_switch"), {"tenant": theirs.slug}).status_code == 404
+    session = client.session
+    session[SESSION_KEY] = theirs.slug  # as if the switch had let it through
+    session.save()
+    html = client.get("/usage/").content.decode()
+    assert f"Usage of {mine.name}" in html and theirs.name not in html and "25 min" not in html
 
 
 def test_banner_tag_renders_for_a_tenant_over_its_allowance(free_tenant):
