@@ -1,4 +1,4 @@
-"""Fixtures of the metering tests: tenants on each plan, service tokens, an ingestion client."""
+"""Fixtures of the metering tests: tenants on each plan, service tokens, ingestion clients."""
 import pytest
 from rest_framework.test import APIClient
 
@@ -96,5 +96,13 @@ def service_token(db):
 @pytest.fixture
 def service_client(service_token):
     client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {service_token}")
+    return client
+
+
+@pytest.fixture
+def raw_service_client(service_token):
+    """An ingestion client that shows a server error as a 500 response rather than raising it in the test."""
+    client = APIClient(raise_request_exception=False)
     client.credentials(HTTP_AUTHORIZATION=f"Bearer {service_token}")
     return client

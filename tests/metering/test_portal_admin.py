@@ -1,4 +1,5 @@
-"""The portal's usage page, the banner tag, and the admin's correction form, limits view and token creation."""
+"""The portal's usage page, the banner tag, and the admin's correction form, limits view and token creation, with
+who may see and use each."""
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -182,3 +183,32 @@ def test_every_portal_page_warns_and_the_dashboard_shows_usage(client, free_tena
         assert html.count("usage-banner-warning") == 1, path
     dashboard = client.get("/").content.decode()
     assert "83% used" in dashboard  # 25 of 30 minutes today
+
+
+def _staff_with(client, *codenames):
+    from django.contrib.auth.models import Permission
+
+    staff = UserFactory(is_staff=True, is_superuser=False)
+    staff.user_permissions.set(Permission.objects.filter(content_type__app_label="metering", codename__in=codenames))
+    client.force_login(staff)
+    return staff
+
+
+def test_view_only_staff_cannot_record_a_credit(client):
+    """A correction changes what a tenant pays: reading events (support) does not allow recording one."""
+    tenant = tenant_on("pro")
+    _staff_with(client, "view_usageevent", "view_usagerollup")
+    assert client.get("/admin/metering/usageevent/").status_code == 200  # they may read events
+    client.post("/admin/metering/usageevent/correct/", {
+        "tenant": tenant.pk, "meter": meters.meter_get("workspace_seconds").pk, "quantity": -36000,
+        "reason": "because"})
+    assert not UsageEvent.objects.filter(source="correction").exists()
+
+
+def test_staff_without_metering_permissions_cannot_see_every_tenants_usage(client):
+    """The limits view lists every tenant's usage against its plan: being staff is not enough to see it."""
+    tenant = tenant_on("free")
+    services.usage_record(tenant=tenant, meter="workspace_seconds", quantity=29 * 60)
+    _staff_with(client)  # staff, but no permission on metering at all
+    response = client.get("/admin/metering/usagerollup/limits/")
+    assert response.status_code in (302, 403) or tenant.slug.encode() not in response.content

@@ -1,4 +1,5 @@
-"""Recording usage exactly once: single, bulk, sessions with a controlled clock, corrections; roll-ups match events."""
+"""Recording usage exactly once: single, bulk, sessions with a controlled clock, egress, corrections; roll-ups match
+events."""
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -408,6 +409,35 @@ def test_a_running_session_is_ended_and_metered_exactly_at_the_limit(free_tenant
     assert selectors.workspace_seconds_remaining(tenant=free_tenant, now=ended_at) == 0
     with pytest.raises(QuotaExceeded):
         services.entitlement_check(tenant=free_tenant, now=ended_at)
+
+
+def _live_session(tenant, user, started_at):
+    from workspaces import services as workspace_services
+    from workspaces.models import Container, Node, Session, WorkspaceTemplate
+
+    template = WorkspaceTemplate.objects.filter(enabled=True).first()
+    node = Node.objects.create(name=f"egress-{tenant.slug}", engine_url="unix:///nonexistent.sock", enabled=False)
+    workspace = workspace_services.workspace_create(tenant=tenant, owner=user, name="w", template=template)
+    container = Container.objects.create(node=node, template=template, state=Container.State.CLAIMED)
+    return Session.objects.create(tenant=tenant, workspace=workspace, user=user, container=container,
+                                  started_at=started_at, last_activity_at=started_at, metered_until=started_at)
+
+
+def test_gateway_egress_bytes_are_metered_by_the_reclaim_tick(monkeypatch):
+    """`egress_bytes` is fed from the gateway's per-session counters, read by the reclaim tick. HAProxy's stick
+    table is replaced by its reader's answer here (the gateway's own tests cover reading it)."""
+    from workspaces import services as workspace_services
+
+    tenant = tenant_on("pro")
+    member = MembershipFactory(tenant=tenant, role="owner")
+    now = timezone_now()
+    session = _live_session(tenant, member.user, now - timedelta(minutes=2))
+    monkeypatch.setattr(workspace_services.gateway_routes, "counters_read", lambda **kw: {
+        str(session.pk): {"requests": 40, "bytes_in": 20_000, "bytes_out": 5_000_000, "active": True,
+                          "idle_seconds": 0}})
+    workspace_services.sessions_reclaim(now=now)
+    egress = UsageRollup.objects.filter(tenant=tenant, period="month", meter__slug="egress_bytes").first()
+    assert egress is not None and egress.quantity >= 5_000_000
 
 
 def test_unusual_usage_is_today_above_three_times_the_weekly_mean():
