@@ -102,7 +102,10 @@ def _subject_json(subject):
 
 
 def usage_events_prepare(events, *, source, now=None, check_window=True):
-    """Validate raw events (dicts) with plain Python; return (rows for _ingest_rows, rejected).
+    """Validate raw events (dicts) with plain Python; return (rows for the ingestion statement, rejected).
+
+    A row is (event_id, tenant_id, tenant_slug, meter_id, quantity, subject JSON, timestamp, source, reason,
+    actor_id): the order of the statement's arrays (`metering.ingestion`).
 
     Each event: {"id", "tenant": slug or Tenant, "meter": slug or Meter, "quantity", "timestamp", "subject"}.
     A bad event is rejected alone with a reason; the others go on (see docs/metering.md).

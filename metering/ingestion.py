@@ -1,5 +1,4 @@
-"""Recording usage exactly once: the ingestion statement, and every path into it (bulk, API, single events, session
-seconds, egress, staff corrections).
+"""Recording usage exactly once: the ingestion statement and its paths (API, bulk, sessions, egress, corrections).
 
 The exactly-once core is one SQL statement (`_INGEST_SQL`): events are inserted with ON CONFLICT (event_id)
 DO NOTHING RETURNING, and only the rows actually returned are added to the roll-ups, in the same statement and

@@ -1,5 +1,8 @@
-"""The public write interface of metering: every service function other apps and metering's views call, from the
-module that owns it (ingestion, entitlements, samplers, meters; service tokens are in `metering.tokens`)."""
+"""Metering's public write interface: its service functions, re-exported from the module that owns each concern.
+
+Other apps, and metering's API, admin and tasks, call them here (ingestion, entitlements, samplers, meters);
+service tokens live in `metering.tokens`.
+"""
 from metering.entitlements import entitlement_check, usage_thresholds_check
 from metering.exceptions import QuotaExceeded
 from metering.ingestion import (
