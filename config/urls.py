@@ -3,8 +3,9 @@ from django.contrib import admin
 from django.urls import include, path, re_path
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView
 
-from tenants import account_views, health
-from tenants.api_base import endpoint_not_found
+from core import health
+from core.api import endpoint_not_found
+from tenants import account_views
 
 urlpatterns = [
     path("admin/", admin.site.urls),

@@ -8,8 +8,8 @@ from drf_spectacular.utils import OpenApiResponse, extend_schema, inline_seriali
 from rest_framework import serializers, status
 from rest_framework.response import Response
 
+from core.api import PAGE_PARAMETERS, StrictInputSerializer, TenantScopedView, paged_response
 from tenants import selectors, services
-from tenants.api_base import PAGE_PARAMETERS, StrictInputSerializer, TenantScopedView, paged_response
 from tenants.exceptions import NotFound
 from tenants.models import ApiToken, Invitation, Membership, Plan, Role
 from tenants.models import Tenant as TenantModel

@@ -1,8 +1,8 @@
 """REST API v1 routes (every app's API lives under /api/v1/)."""
 from django.urls import include, path
 
+from core.api import route_by_method
 from tenants import api
-from tenants.api_base import route_by_method
 
 urlpatterns = [
     path("tenant", route_by_method(get=api.TenantGetApi, patch=api.TenantUpdateApi), name="api-tenant"),

@@ -640,7 +640,7 @@ def test_every_api_view_is_tenant_scoped():
     """
     from django.urls import URLPattern, URLResolver, get_resolver
 
-    from tenants.api_base import TenantScopedView
+    from core.api import TenantScopedView
 
     def views(patterns, prefix=""):
         for p in patterns:
