@@ -8,7 +8,8 @@ from drf_spectacular.utils import OpenApiResponse, extend_schema, inline_seriali
 from rest_framework import serializers, status
 from rest_framework.response import Response
 
-from core.api import PAGE_PARAMETERS, StrictInputSerializer, TenantScopedView, paged_response
+from core.api import StrictInputSerializer, TenantScopedView
+from core.pagination import PAGE_PARAMETERS, paged_response
 from tenants import selectors, services
 from tenants.exceptions import NotFound
 from tenants.models import ApiToken, Invitation, Membership, Plan, Role

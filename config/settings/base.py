@@ -140,7 +140,7 @@ REST_FRAMEWORK = {
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
-    "EXCEPTION_HANDLER": "core.api.exception_handler",
+    "EXCEPTION_HANDLER": "core.errors.exception_handler",
     "UNAUTHENTICATED_USER": None,
 }
 SPECTACULAR_SETTINGS = {
@@ -206,9 +206,9 @@ CELERY_BEAT_SCHEDULE.update({
     "workspaces-reconcile": {"task": "workspaces.tasks.reconcile", "schedule": schedule(timedelta(seconds=20))},
 })
 # The API: one view per operation; URLs with several methods are expanded for the schema.
-SPECTACULAR_SETTINGS["PREPROCESSING_HOOKS"] = ["core.api.expand_method_routes"]
+SPECTACULAR_SETTINGS["PREPROCESSING_HOOKS"] = ["core.schema.expand_method_routes"]
 SPECTACULAR_SETTINGS["COMPONENT_SPLIT_REQUEST"] = True
-REST_FRAMEWORK["DEFAULT_SCHEMA_CLASS"] = "core.api.AutoSchema"
+REST_FRAMEWORK["DEFAULT_SCHEMA_CLASS"] = "core.schema.AutoSchema"
 # Portal: account mails say where they come from.
 ACCOUNT_EMAIL_SUBJECT_PREFIX = env.str("ACCOUNT_EMAIL_SUBJECT_PREFIX", default="[Hearth] ")
 # A slow mail server must not hold a portal request (invitations are mailed while the inviter waits).
