@@ -118,10 +118,6 @@ class Membership(models.Model):
     def __str__(self):
         return f"{self.user} in {self.tenant} ({self.role})"
 
-    @property
-    def can_manage_members(self):
-        return self.role in (Role.OWNER, Role.ADMIN)
-
 
 class Invitation(models.Model):
     """A single-use, expiring invitation; only a hash of its token is stored."""
