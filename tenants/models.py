@@ -94,10 +94,6 @@ class Tenant(models.Model):
     def __str__(self):
         return self.slug
 
-    @property
-    def is_active(self):
-        return self.status == self.Status.ACTIVE
-
 
 class Role(models.TextChoices):
     OWNER = "owner"
