@@ -422,7 +422,7 @@ class Subscription(ls.Subscription):
         self.collection_method = collection_method
         self.currency = first.currency
         self.tax_percent = None
-        self.default_tax_rates = None
+        self.default_tax_rates = []
         self.application_fee_percent = None
         self.cancel_at_period_end = try_convert_to_bool(cancel_at_period_end)
         self.cancel_at = None
@@ -890,6 +890,12 @@ class MeterEvent:
                 "timestamp": self.timestamp}
 
 
+def product_features(id, limit=None, starting_after=None, **kwargs):
+    """Product features (entitlements) are not emulated: every product has none. dj-stripe asks when it syncs one."""
+    Product._api_retrieve(id)
+    return List(f"/v1/products/{id}/features", limit=limit, starting_after=starting_after)
+
+
 class WebhookEndpoint(StripeObject):
     object = "webhook_endpoint"
     _id_prefix = "we_"
@@ -1021,8 +1027,23 @@ class CheckoutSession(StripeObject):
             listing._list.append(Exported({
                 "id": f"li_{session.id[8:22]}{n}", "object": "item", "currency": plan.currency,
                 "description": plan.name, "price": store["price:" + plan.id]._export(), "quantity": item["quantity"],
-                "amount_subtotal": amount, "amount_total": amount, "amount_discount": 0, "amount_tax": 0}))
+                "amount_subtotal": amount, "amount_total": amount, "amount_discount": 0, "amount_tax": 0,
+                "discounts": [], "taxes": []}))
         return listing
+
+    def _export(self, expand=None):
+        # line_items and total_details are not stored objects, so localstripe's expansion cannot reach them.
+        expand = list(expand or [])
+        line_items = any(path.split(".")[0] == "line_items" for path in expand)
+        breakdown = "total_details.breakdown" in expand
+        exported = super()._export(expand=[path for path in expand
+                                           if path.split(".")[0] not in ("line_items", "total_details")])
+        exported["total_details"] = {"amount_discount": 0, "amount_shipping": 0, "amount_tax": 0}
+        if breakdown:
+            exported["total_details"]["breakdown"] = {"discounts": [], "taxes": []}
+        if line_items:
+            exported["line_items"] = CheckoutSession._api_list_line_items(self.id, limit=100)._export()
+        return exported
 
     @classmethod
     def _api_expire(cls, id, **kwargs):

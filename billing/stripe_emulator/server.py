@@ -19,6 +19,7 @@ from billing.stripe_emulator.resources import (
     Subscription,
     SubscriptionItem,
     WebhookEndpoint,
+    product_features,
 )
 
 DEFAULT_STATE_PATH = "/tmp/localstripe.pickle"
@@ -45,6 +46,21 @@ def use_state_path(path):
     # plain dict so that these functions are not pickled with the store.
     store.try_load_from_disk = load
     store.dump_to_disk = dump
+
+
+@web.middleware
+async def unknown_url_middleware(request, handler):
+    """An unknown URL answers in Stripe's JSON, so the SDK raises InvalidRequestError and not a parse error."""
+    try:
+        return await handler(request)
+    except (web.HTTPNotFound, web.HTTPMethodNotAllowed) as missing:
+        if request.path.startswith("/_emulator/"):
+            raise
+        return ls_server.json_response(
+            {"error": {"type": "invalid_request_error",
+                       "message": f"Unrecognized request URL ({request.method}: {request.path}). "
+                                  "The offline Stripe does not emulate it."}},
+            status=missing.status)
 
 
 @web.middleware
@@ -164,13 +180,14 @@ def crud_routes(cls, base, verbs=("create", "retrieve", "update", "delete", "lis
 
 
 def build_app():
-    app = web.Application(middlewares=[ls_server.error_middleware, auth_middleware, idempotency_middleware,
-                                       ls_server.save_store_middleware])
+    app = web.Application(middlewares=[unknown_url_middleware, ls_server.error_middleware, auth_middleware,
+                                       idempotency_middleware, ls_server.save_store_middleware])
     app.on_response_prepare.append(ls_server.add_cors_headers)
     routes = [
         ("GET", "/v1/account", ls_server.api_extra(Account._api_retrieve_own, "/v1/account")),
         *crud_routes(Account, "/v1/accounts", ("retrieve",)),
         *crud_routes(Price, "/v1/prices", ("create", "retrieve", "update", "list")),
+        ("GET", "/v1/products/{id}/features", ls_server.api_extra(product_features, "/v1/products/{id}/features")),
         *crud_routes(Subscription, "/v1/subscriptions"),
         *crud_routes(SubscriptionItem, "/v1/subscription_items"),
         ("POST", "/v1/checkout/sessions", with_origin(CheckoutSession)),

@@ -349,3 +349,8 @@ def test_state_survives_a_restart(tmp_path):
     finally:
         process.terminate()
         process.wait(timeout=10)
+
+
+def test_an_unemulated_url_answers_as_stripe_does(stripe_api):
+    with pytest.raises(stripe.InvalidRequestError, match="Unrecognized request URL"):
+        stripe_api.Quote.list()
