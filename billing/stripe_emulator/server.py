@@ -19,6 +19,7 @@ from billing.stripe_emulator.resources import (
     Subscription,
     SubscriptionItem,
     WebhookEndpoint,
+    invoice_preview,
     product_features,
 )
 
@@ -187,6 +188,8 @@ def build_app():
         ("GET", "/v1/account", ls_server.api_extra(Account._api_retrieve_own, "/v1/account")),
         *crud_routes(Account, "/v1/accounts", ("retrieve",)),
         *crud_routes(Price, "/v1/prices", ("create", "retrieve", "update", "list")),
+        ("POST", "/v1/invoices/create_preview",
+         ls_server.api_extra(invoice_preview, "/v1/invoices/create_preview")),
         ("GET", "/v1/products/{id}/features", ls_server.api_extra(product_features, "/v1/products/{id}/features")),
         *crud_routes(Subscription, "/v1/subscriptions"),
         *crud_routes(SubscriptionItem, "/v1/subscription_items"),

@@ -31,6 +31,8 @@ def test_djstripe_syncs_a_paid_subscription(stripe_api, stripe_emulator, plans, 
     assert sorted((item.price.id, item.quantity) for item in subscription.items.all()) == sorted(
         [(plans["base"].id, 2), (plans["overage"].id, None)])
     assert subscription.current_period_end > subscription.current_period_start
+    invoice = djstripe_models.Invoice.sync_from_stripe_data(stripe_api.Invoice.retrieve(completed["invoice"]))
+    assert invoice.customer == customer and invoice.stripe_data["amount_paid"] == 4000
 
 
 def test_djstripe_processes_the_webhooks_of_a_checkout(stripe_api, stripe_emulator, plans, webhooks,  # noqa: F811

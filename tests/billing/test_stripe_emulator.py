@@ -298,6 +298,24 @@ def test_a_renewal_invoices_the_metered_usage_of_the_ended_period(stripe_api, st
     assert sorted(line.amount for line in invoice.lines.data) == [42 * 12, 2000]
 
 
+def test_the_next_invoice_is_previewed_with_usage_and_prorations(stripe_api, stripe_emulator, plans):
+    _, completed, subscription = subscribe(stripe_api, stripe_emulator, plans, customer_email="peek@acme.test")
+    stripe_api.billing.MeterEvent.create(event_name=plans["meter"].event_name,
+                                         payload={"stripe_customer_id": completed["customer"], "value": "10"})
+    base_item = next(i for i in subscription["items"].data if i.price.id == plans["base"].id)
+    stripe_api.SubscriptionItem.modify(base_item.id, quantity=2)
+
+    preview = stripe_api.Invoice.create_preview(customer=completed["customer"], subscription=subscription.id)
+
+    prorations = [line.amount for line in preview.lines.data if line.proration]
+    assert len(prorations) == 2 and 1900 <= sum(prorations) <= 2000
+    assert 2 * 2000 in [line.amount for line in preview.lines.data if not line.proration]
+    assert 10 * 12 in [line.amount for line in preview.lines.data]
+    assert preview.amount_due == 4000 + 120 + sum(prorations)
+    # A preview invoices nothing: the prorations are still pending.
+    assert len(stripe_api.InvoiceItem.list(customer=completed["customer"]).data) == 2
+
+
 def test_a_portal_session_gives_a_url(stripe_api, stripe_emulator):
     customer = stripe_api.Customer.create(email="portal@acme.test")
 
