@@ -1,5 +1,7 @@
 """The offline Stripe over real HTTP, driven with the stripe SDK as Hearth drives Stripe."""
+import http.client
 import time
+import urllib.parse
 import urllib.request
 import uuid
 
@@ -132,6 +134,21 @@ def test_checkout_session_is_retrieved_with_its_line_items(stripe_api, stripe_em
     assert [(i.price.id, i.quantity) for i in items.data] == [(plans["base"].id, 3)]
     with urllib.request.urlopen(session.url, timeout=5) as page:
         assert b"Pay" in page.read()
+
+
+def test_the_checkout_page_pays_and_returns_to_success_url(stripe_api, stripe_emulator, plans):
+    session = stripe_api.checkout.Session.create(
+        mode="subscription", customer_email="browser@acme.test", line_items=[{"price": plans["base"].id}],
+        success_url="https://hearth.test/billing/done?session={CHECKOUT_SESSION_ID}")
+    connection = http.client.HTTPConnection(urllib.parse.urlsplit(session.url).netloc, timeout=5)
+
+    connection.request("POST", urllib.parse.urlsplit(session.url).path, body="card_number=4242424242424242",
+                       headers={"Content-Type": "application/x-www-form-urlencoded"})
+    response = connection.getresponse()
+
+    assert response.status == 303
+    assert response.getheader("Location") == f"https://hearth.test/billing/done?session={session.id}"
+    assert stripe_api.checkout.Session.retrieve(session.id).status == "complete"
 
 
 def test_checkout_refuses_quantities_on_metered_prices(stripe_api, plans):
