@@ -274,7 +274,7 @@ class SubscriptionItem(ls.SubscriptionItem):
     def __init__(self, subscription=None, price=None, quantity=None, metadata=None, **kwargs):
         plan = Plan._api_retrieve(price)
         super().__init__(subscription=subscription, plan=price,
-                         quantity=1 if plan.usage_type == "metered" else (quantity or 1),
+                         quantity=1 if plan.usage_type == "metered" else quantity,
                          metadata=metadata, **kwargs)
         if plan.usage_type == "metered":
             # Stripe omits the quantity of a metered item.
@@ -376,8 +376,9 @@ def item_input(raw, param):
             raise invalid("Quantity should not be specified where usage_type is `metered`.", f"{param}[quantity]")
     elif quantity is None:
         quantity = 1
-    elif not isinstance(quantity, int) or quantity < 0:
-        raise invalid(f"Invalid integer: {param}[quantity]", f"{param}[quantity]")
+    elif not isinstance(quantity, int) or quantity < 1:
+        raise invalid(f"{param}[quantity] must be a whole number of at least 1 (0 is not emulated).",
+                      f"{param}[quantity]")
     return {"price": price_id, "quantity": quantity, "metadata": raw.get("metadata"), "plan": plan}
 
 
@@ -532,10 +533,9 @@ class Subscription(ls.Subscription):
         self.quantity = self.items._list[0].quantity if self.items._list else None
         if cancel_at_period_end is not None:
             self.cancel_at_period_end = try_convert_to_bool(cancel_at_period_end)
-            if not self.cancel_at_period_end:
-                self.canceled_at = None
-            else:
-                self.canceled_at = int(time.time())
+            # Stripe records when the cancellation was asked for and when it will happen.
+            self.canceled_at = int(time.time()) if self.cancel_at_period_end else None
+            self.cancel_at = self._period_end if self.cancel_at_period_end else None
         if cancel_at is not None:
             self.cancel_at = cancel_at or None
         if metadata:

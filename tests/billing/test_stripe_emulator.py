@@ -263,6 +263,7 @@ def test_cancel_at_period_end_ends_the_subscription_when_the_period_is_advanced(
 
     pending = stripe_api.Subscription.modify(subscription.id, cancel_at_period_end=True)
     assert pending.status == "active" and pending.cancel_at_period_end is True
+    assert pending.cancel_at == subscription.current_period_end
     ended = subscription_advance(api_base=stripe_emulator, subscription_id=subscription.id)
 
     assert ended["status"] == "canceled" and ended["ended_at"]
