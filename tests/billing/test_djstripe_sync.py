@@ -58,3 +58,41 @@ def test_djstripe_processes_the_webhooks_of_a_checkout(stripe_api, stripe_emulat
     synced = djstripe_models.Subscription.objects.get(id=completed["subscription"])
     assert synced.status == "active" and synced.customer.id == completed["customer"]
     assert djstripe_models.Session.objects.filter(id=session.id).exists()
+
+
+def test_djstripe_verifies_and_processes_a_delivered_webhook(stripe_api, stripe_emulator, plans, settings,  # noqa: F811
+                                                             rf):
+    import uuid
+
+    from djstripe import models as djstripe_models
+
+    from tests.billing.conftest import WebhookReceiver
+
+    djstripe_models.Account.get_or_retrieve_for_api_key(settings.STRIPE_TEST_SECRET_KEY)
+    receiver = WebhookReceiver()
+    created = stripe_api.WebhookEndpoint.create(url=receiver.url, enabled_events=["customer.subscription.created"],
+                                                metadata={"djstripe_uuid": str(uuid.uuid4())})
+    try:
+        endpoint = djstripe_models.WebhookEndpoint.sync_from_stripe_data(created)
+        session = stripe_api.checkout.Session.create(
+            mode="subscription", customer_email=f"{unique('hook')}@acme.test",
+            success_url="https://hearth.test/done", line_items=[{"price": plans["base"].id}])
+        completed = checkout_complete(api_base=stripe_emulator, session_id=session.id)
+        body, signature = receiver.wait_for("customer.subscription.created",
+                                            lambda e: e["data"]["object"]["id"] == completed["subscription"])
+    finally:
+        stripe_api.WebhookEndpoint.delete(created.id)
+        receiver.close()
+
+    def deliver(payload):
+        request = rf.post("/stripe/webhook/", data=payload, content_type="application/json",
+                          HTTP_STRIPE_SIGNATURE=signature)
+        return djstripe_models.WebhookEventTrigger.from_request(request, webhook_endpoint=endpoint)
+
+    forged = deliver(body.replace(b'"active"', b'"canceled"'))
+    trigger = deliver(body)
+
+    assert endpoint.secret == created.secret
+    assert forged.valid is False and forged.processed is False
+    assert trigger.valid is True and trigger.processed is True
+    assert djstripe_models.Subscription.objects.get(id=completed["subscription"]).status == "active"
