@@ -49,6 +49,12 @@ def use_state_path(path):
     store.dump_to_disk = dump
 
 
+def keep_in_memory():
+    """Save nothing: the store lives as long as the process, and writes do not slow down as it grows."""
+    store.try_load_from_disk = lambda: None
+    store.dump_to_disk = lambda: None
+
+
 @web.middleware
 async def unknown_url_middleware(request, handler):
     """An unknown URL answers in Stripe's JSON, so the SDK raises InvalidRequestError and not a parse error."""

@@ -25,11 +25,11 @@ def free_port():
         return s.getsockname()[1]
 
 
-def start_emulator(port, state, log_path, *extra):
+def start_emulator(port, log_path, *options):
     """`python -m billing.stripe_emulator` as make run starts it; its output goes to a file nobody has to drain."""
     with open(log_path, "a") as log:
         return subprocess.Popen(
-            [sys.executable, "-m", "billing.stripe_emulator", "--port", str(port), "--state", str(state), *extra],
+            [sys.executable, "-m", "billing.stripe_emulator", "--port", str(port), *options],
             cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT)
 
 
@@ -51,10 +51,9 @@ def wait_until_answering(url, process, timeout=15):
 
 @pytest.fixture(scope="session")
 def stripe_emulator(tmp_path_factory):
-    """The base URL of a fresh emulator (`python -m billing.stripe_emulator`) with its own state file."""
+    """The base URL of a fresh emulator (`python -m billing.stripe_emulator`) that saves nothing."""
     port = free_port()
-    directory = tmp_path_factory.mktemp("stripe-emulator")
-    process = start_emulator(port, directory / "state.pickle", directory / "emulator.log", "--from-scratch")
+    process = start_emulator(port, tmp_path_factory.mktemp("stripe-emulator") / "emulator.log", "--in-memory")
     url = f"http://127.0.0.1:{port}"
     try:
         require_service("The Stripe emulator", lambda: wait_until_answering(url, process))

@@ -365,7 +365,7 @@ def test_unknown_parameters_are_refused_as_stripe_refuses_them(stripe_api):
 def test_state_survives_a_restart(tmp_path):
     def run():
         port = free_port()
-        process = start_emulator(port, tmp_path / "state.pickle", tmp_path / "emulator.log")
+        process = start_emulator(port, tmp_path / "emulator.log", "--state", str(tmp_path / "state.pickle"))
         wait_until_answering(f"http://127.0.0.1:{port}", process)
         return process, f"http://127.0.0.1:{port}"
 
