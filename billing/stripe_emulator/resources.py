@@ -460,7 +460,9 @@ class Subscription(ls.Subscription):
                 for item in self.items._list:
                     del store["subscription_item:" + item.id]
                 del store["subscription:" + self.id]
-                raise UserError(402, "Your card was declined.", {"type": "card_error", "code": "card_declined"})
+                declined = UserError(402, "Your card was declined.", {"code": "card_declined"})
+                declined.body["error"]["type"] = "card_error"
+                raise declined
             emit("invoice.payment_failed", invoice)
         if invoice.status == "paid":
             self.status = "active"

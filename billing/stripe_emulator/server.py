@@ -50,7 +50,7 @@ def use_state_path(path):
 
 
 def keep_in_memory():
-    """Save nothing: the store lives as long as the process, and writes do not slow down as it grows."""
+    """Save nothing: the store lives as long as the process, and no write pickles it."""
     store.try_load_from_disk = lambda: None
     store.dump_to_disk = lambda: None
 

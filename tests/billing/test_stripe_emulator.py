@@ -1,5 +1,6 @@
 """The offline Stripe over real HTTP, driven with the stripe SDK as Hearth drives Stripe."""
 import http.client
+import json
 import time
 import urllib.parse
 import urllib.request
@@ -166,6 +167,7 @@ def test_a_declined_card_leaves_the_session_open(stripe_api, stripe_emulator, pl
         checkout_complete(api_base=stripe_emulator, session_id=session.id, card_number="4000000000000341")
 
     assert declined.value.status == 402
+    assert json.loads(declined.value.body)["error"]["type"] == "card_error"
     assert stripe_api.checkout.Session.retrieve(session.id).status == "open"
 
 
