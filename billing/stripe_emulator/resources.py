@@ -1,4 +1,4 @@
-"""The Stripe objects Hearth uses that localstripe lacks, kept in localstripe's store beside its own objects."""
+"""The Stripe objects Hearth uses that localstripe lacks or gets wrong, kept in localstripe's store beside its own."""
 import secrets
 import time
 from datetime import UTC, datetime

@@ -1,4 +1,4 @@
-"""Fixtures for billing: the offline Stripe emulator as a subprocess over real HTTP, and a webhook receiver."""
+"""Fixtures for billing: the offline Stripe as a subprocess over real HTTP, a webhook receiver, priced plans."""
 import json
 import queue
 import socket
@@ -7,6 +7,7 @@ import sys
 import threading
 import time
 import urllib.request
+import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -131,3 +132,23 @@ def webhooks(stripe_api):
     yield receiver, endpoint.secret
     stripe_api.WebhookEndpoint.delete(endpoint.id)
     receiver.close()
+
+
+def unique(prefix):
+    return f"{prefix}_{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+def plans(stripe_api):
+    """A Pro product with a licensed monthly price and a metered overage price backed by a meter."""
+    product = stripe_api.Product.create(name=unique("Pro"))
+    meter = stripe_api.billing.Meter.create(display_name="Workspace hours", event_name=unique("workspace_hours"),
+                                            default_aggregation={"formula": "sum"})
+    base = stripe_api.Price.create(product=product.id, currency="usd", unit_amount=2000,
+                                   recurring={"interval": "month"}, lookup_key=unique("pro_monthly"))
+    overage = stripe_api.Price.create(product=product.id, currency="usd", unit_amount=12,
+                                      recurring={"interval": "month", "usage_type": "metered", "meter": meter.id},
+                                      lookup_key=unique("pro_overage"))
+    team = stripe_api.Price.create(product_data={"name": unique("Team")}, currency="usd", unit_amount=5000,
+                                   recurring={"interval": "month"}, lookup_key=unique("team_monthly"))
+    return {"product": product, "meter": meter, "base": base, "overage": overage, "team": team}

@@ -6,12 +6,12 @@ import pytest
 import stripe
 
 from billing.stripe_emulator.paying_customer import checkout_complete
-from tests.billing.test_stripe_emulator import plans, unique  # noqa: F401  (a fixture and a helper shared)
+from tests.billing.conftest import unique
 
 pytestmark = pytest.mark.django_db
 
 
-def test_djstripe_syncs_a_paid_subscription(stripe_api, stripe_emulator, plans, settings):  # noqa: F811
+def test_djstripe_syncs_a_paid_subscription(stripe_api, stripe_emulator, plans, settings):
     from djstripe import models as djstripe_models
 
     account = djstripe_models.Account.get_or_retrieve_for_api_key(settings.STRIPE_TEST_SECRET_KEY)
@@ -35,7 +35,7 @@ def test_djstripe_syncs_a_paid_subscription(stripe_api, stripe_emulator, plans, 
     assert invoice.customer == customer and invoice.stripe_data["amount_paid"] == 4000
 
 
-def test_djstripe_processes_the_webhooks_of_a_checkout(stripe_api, stripe_emulator, plans, webhooks,  # noqa: F811
+def test_djstripe_processes_the_webhooks_of_a_checkout(stripe_api, stripe_emulator, plans, webhooks,
                                                        settings):
     from djstripe import models as djstripe_models
 
@@ -60,7 +60,7 @@ def test_djstripe_processes_the_webhooks_of_a_checkout(stripe_api, stripe_emulat
     assert djstripe_models.Session.objects.filter(id=session.id).exists()
 
 
-def test_djstripe_verifies_and_processes_a_delivered_webhook(stripe_api, stripe_emulator, plans, settings,  # noqa: F811
+def test_djstripe_verifies_and_processes_a_delivered_webhook(stripe_api, stripe_emulator, plans, settings,
                                                              rf):
     import uuid
 

@@ -4,7 +4,6 @@ import json
 import time
 import urllib.parse
 import urllib.request
-import uuid
 
 import pytest
 import stripe
@@ -15,27 +14,7 @@ from billing.stripe_emulator.paying_customer import (
     subscription_advance,
     subscription_make_past_due,
 )
-from tests.billing.conftest import TEST_SECRET_KEY, free_port, start_emulator, wait_until_answering
-
-
-def unique(prefix):
-    return f"{prefix}_{uuid.uuid4().hex[:8]}"
-
-
-@pytest.fixture
-def plans(stripe_api):
-    """A Pro product with a licensed monthly price and a metered overage price backed by a meter."""
-    product = stripe_api.Product.create(name=unique("Pro"))
-    meter = stripe_api.billing.Meter.create(display_name="Workspace hours", event_name=unique("workspace_hours"),
-                                            default_aggregation={"formula": "sum"})
-    base = stripe_api.Price.create(product=product.id, currency="usd", unit_amount=2000,
-                                   recurring={"interval": "month"}, lookup_key=unique("pro_monthly"))
-    overage = stripe_api.Price.create(product=product.id, currency="usd", unit_amount=12,
-                                      recurring={"interval": "month", "usage_type": "metered", "meter": meter.id},
-                                      lookup_key=unique("pro_overage"))
-    team = stripe_api.Price.create(product_data={"name": unique("Team")}, currency="usd", unit_amount=5000,
-                                   recurring={"interval": "month"}, lookup_key=unique("team_monthly"))
-    return {"product": product, "meter": meter, "base": base, "overage": overage, "team": team}
+from tests.billing.conftest import TEST_SECRET_KEY, free_port, start_emulator, unique, wait_until_answering
 
 
 def subscribe(stripe_api, emulator, plans, **session_fields):
@@ -372,6 +351,7 @@ def test_state_survives_a_restart(tmp_path):
         return process, f"http://127.0.0.1:{port}"
 
     process, url = run()
+    assert f"Stripe emulator listening on {url}" in (tmp_path / "emulator.log").read_text()
     try:
         client = stripe.StripeClient(TEST_SECRET_KEY, base_addresses={"api": url})
         price = client.v1.prices.create(params={"currency": "usd", "unit_amount": 100,
