@@ -911,8 +911,10 @@ class MeterEvent:
         for meter in self._meters(event_name):
             value = payload.get(meter.value_settings["event_payload_key"])
             try:
-                Decimal(str(value))
+                finite = Decimal(str(value)).is_finite()
             except InvalidOperation:
+                finite = False
+            if not finite:
                 raise invalid(f"payload[{meter.value_settings['event_payload_key']}] must be a number.",
                               f"payload[{meter.value_settings['event_payload_key']}]")
             if not payload.get(meter.customer_mapping["event_payload_key"]):

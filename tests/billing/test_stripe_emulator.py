@@ -191,6 +191,10 @@ def test_a_meter_event_identifier_is_accepted_once(stripe_api, plans):
     summaries = stripe_api.billing.Meter.list_event_summaries(meter.id, customer=customer.id, start_time=start,
                                                               end_time=start + 120)
     assert [s.aggregated_value for s in summaries.data] == [12]
+    for bad in ("seven", "NaN"):
+        with pytest.raises(stripe.InvalidRequestError, match="must be a number"):
+            stripe_api.billing.MeterEvent.create(event_name=meter.event_name,
+                                                 payload={"stripe_customer_id": customer.id, "value": bad})
     with pytest.raises(stripe.InvalidRequestError, match="minute"):
         stripe_api.billing.Meter.list_event_summaries(meter.id, customer=customer.id, start_time=start + 1,
                                                       end_time=start + 120)
