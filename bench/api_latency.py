@@ -5,8 +5,8 @@ with the server's time next to the client's.
                                                                                      [--opens 20] [--no-open]
     .venv/bin/python bench/api_latency.py --url http://host:8000 --token hth_…   (a running Hearth: client time only)
 
-Without --url it sets up its own synthetic tenant (an owner, an API token, five workspaces) in DATABASE_URL
-(migrated on the first run), starts gunicorn in the shape of scripts/serve-web.sh (2 × cores + 1 workers × 4
+Without --url it sets up two synthetic tenants (an owner and an API token each; five workspaces to list in one,
+the ones to open in the other) in DATABASE_URL (migrated on the first run), starts gunicorn in the shape of scripts/serve-web.sh (2 × cores + 1 workers × 4
 threads) from `--code` (default: this checkout; point it at an exported older commit to compare), and drives it
 with wrk (C, one thread: the client costs little of the shared CPU):
   GET /api/v1/tenant and GET /api/v1/workspaces — a warm-up, then one connection (latency) and eight (throughput);
@@ -169,20 +169,22 @@ class Measure:
     def __enter__(self):
         if self.server:
             self.server.new_log_lines()
-            self.backends = backend_pids(self.db_name)
-            self.cpu = cpu_seconds(self.server.worker_pids()), cpu_seconds(self.backends)
+            self.backends = {pid: cpu_seconds([pid]) for pid in backend_pids(self.db_name)}
+            self.cpu_web = cpu_seconds(self.server.worker_pids())
         return self
 
     def finish(self, result, path_pattern):
         if not self.server:
             return result
-        cpu_web, cpu_db = cpu_seconds(self.server.worker_pids()), cpu_seconds(self.backends)
+        cpu_web = cpu_seconds(self.server.worker_pids()) - self.cpu_web
+        # A backend that connected during the phase (a worker thread's first query) counts from zero.
+        cpu_db = sum(cpu_seconds([pid]) - self.backends.get(pid, 0.0) for pid in backend_pids(self.db_name))
         lines = [line for line in self.server.new_log_lines() if re.fullmatch(path_pattern, line[1])]
         server_ms = [int(line[3]) / 1000 for line in lines]
         n = max(len(lines), 1)
         result.update({"server_p50_ms": pct(server_ms, 50), "server_p99_ms": pct(server_ms, 99),
-                       "web_cpu_ms_per_request": round((cpu_web - self.cpu[0]) * 1000 / n, 2),
-                       "db_cpu_ms_per_request": round((cpu_db - self.cpu[1]) * 1000 / n, 2)})
+                       "web_cpu_ms_per_request": round(cpu_web * 1000 / n, 2),
+                       "db_cpu_ms_per_request": round(cpu_db * 1000 / n, 2)})
         return result
 
     def __exit__(self, *exc):
@@ -228,7 +230,8 @@ def django_setup():
 
 
 def setup(opens):
-    """The synthetic tenant, its owner and a fresh token; five workspaces to list and `opens` to open."""
+    """Two synthetic tenants, each with an owner and a fresh token: `apibench` with five workspaces to list, and
+    `apibench-open` with `opens` workspaces to open (apart, so the list stays five rows)."""
     from tenants.models import ApiToken, Membership, Plan, Role, Tenant, User
     from tenants.services import api_token_create
     from workspaces import services
@@ -239,26 +242,27 @@ def setup(opens):
                                             memory_mb=64, pids_limit=64, warm_target=0, max_containers=400,
                                             enabled=True, pool_paused=False))
     plan = Plan.objects.filter(max_concurrent_workspaces__isnull=True).order_by("sort_order").first()
-    tenant, _ = Tenant.objects.get_or_create(slug="apibench", defaults=dict(name="API bench", plan=plan,
-                                                                            synthetic=True))
-    user, _ = User.objects.get_or_create(email="owner@apibench.test")
-    membership, _ = Membership.objects.get_or_create(tenant=tenant, user=user, defaults={"role": Role.OWNER})
-    ApiToken.objects.filter(membership=membership).delete()
-    _, token = api_token_create(membership=membership, name="bench", actor=user)
-    workspaces = []
-    for i in range(5 + opens):
-        name = f"list-{i}" if i < 5 else f"open-{i - 5}"
-        workspace = Workspace.objects.filter(tenant=tenant, owner=user, name=name, deleted_at__isnull=True).first()
-        workspaces.append(workspace or services.workspace_create(tenant=tenant, owner=user, name=name,
-                                                                 template=template))
-    return template, token, workspaces[5:]
+    tokens, to_open = [], []
+    for slug, count in (("apibench", 5), ("apibench-open", opens)):
+        tenant, _ = Tenant.objects.get_or_create(slug=slug, defaults=dict(name=slug, plan=plan, synthetic=True))
+        user, _ = User.objects.get_or_create(email=f"owner@{slug}.test")
+        membership, _ = Membership.objects.get_or_create(tenant=tenant, user=user, defaults={"role": Role.OWNER})
+        ApiToken.objects.filter(membership=membership).delete()
+        tokens.append(api_token_create(membership=membership, name="bench", actor=user)[1])
+        for i in range(count):
+            name = f"bench-{i}"
+            workspace = Workspace.objects.filter(tenant=tenant, owner=user, name=name, deleted_at__isnull=True).first()
+            workspace = workspace or services.workspace_create(tenant=tenant, owner=user, name=name, template=template)
+            if slug == "apibench-open":
+                to_open.append(workspace)
+    return template, tokens[0], tokens[1], to_open
 
 
 def close_all():
     from workspaces import services
     from workspaces.models import Session
 
-    for session in Session.objects.filter(ended_at__isnull=True, workspace__tenant__slug="apibench"):
+    for session in Session.objects.filter(ended_at__isnull=True, workspace__tenant__slug__startswith="apibench"):
         services.session_end(session=session, reason=Session.EndReason.CLOSED)
 
 
@@ -372,7 +376,7 @@ def main():
         django_setup()
         from django.db import connection
 
-        template, token, open_workspaces = setup(0 if args.no_open else args.opens)
+        template, token, open_token, open_workspaces = setup(0 if args.no_open else args.opens)
         db_name = connection.settings_dict["NAME"]
         gateway = None
         if not args.no_open:
@@ -392,7 +396,7 @@ def main():
             results.update(code=args.code, workers=args.workers, threads=args.threads, gateway=gateway is not None)
             results["reads"] = reads(server.url, token, server, db_name, args.seconds)
             if not args.no_open:
-                results["warm_open"] = warm_open(server, db_name, token, template, open_workspaces)
+                results["warm_open"] = warm_open(server, db_name, open_token, template, open_workspaces)
         finally:
             server.stop()
             if not args.no_open:
