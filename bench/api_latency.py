@@ -6,9 +6,10 @@ with the server's time next to the client's.
     .venv/bin/python bench/api_latency.py --url http://host:8000 --token hth_…   (a running Hearth: client time only)
 
 Without --url it sets up two synthetic tenants (an owner and an API token each; five workspaces to list in one,
-the ones to open in the other) in DATABASE_URL (migrated on the first run), starts gunicorn in the shape of scripts/serve-web.sh (2 × cores + 1 workers × 4
-threads) from `--code` (default: this checkout; point it at an exported older commit to compare), and drives it
-with wrk (C, one thread: the client costs little of the shared CPU):
+the ones to open in the other) in DATABASE_URL (migrated on the first run), starts gunicorn in the shape of
+scripts/serve-web.sh (2 × cores + 1 workers × 4 threads) from `--code` (default: this checkout; point it at an
+exported older commit to compare), and drives it with wrk (C, one thread: the client costs little of the shared
+CPU):
   GET /api/v1/tenant and GET /api/v1/workspaces — a warm-up, then one connection (latency) and eight (throughput);
   warm open — POST /api/v1/workspaces/<id>/open, one after another, each against a warm container of the tiny
               image (needs dockerd and root, like bench/claim.py; its containers carry `<HEARTH_INSTANCE>-apibench`
