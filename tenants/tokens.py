@@ -22,7 +22,8 @@ def _lookup_statement():
     for alias, model in models:
         fields = model._meta.concrete_fields
         columns += [f'{alias}."{field.column}"' for field in fields]
-        layout.append((model, fields))
+        converted = [(i, field) for i, field in enumerate(fields) if hasattr(field, "from_db_value")]
+        layout.append((model, len(fields), [field.attname for field in fields], converted))
     user_table = get_user_model()._meta.db_table
     sql = (
         f"SELECT {', '.join(columns)} FROM {ApiToken._meta.db_table} t"
@@ -37,15 +38,14 @@ def _lookup_statement():
 
 def _instances(row, layout):
     """Model instances from consecutive slices of `row`, as the ORM builds them (Model.from_db, field converters)."""
-    connection = connections[DEFAULT_DB_ALIAS]
     start = 0
-    for model, fields in layout:
-        values = list(row[start:start + len(fields)])
-        for i, field in enumerate(fields):
-            if hasattr(field, "from_db_value") and values[i] is not None:
-                values[i] = field.from_db_value(values[i], None, connection)
-        start += len(fields)
-        yield model.from_db(DEFAULT_DB_ALIAS, [field.attname for field in fields], values)
+    for model, count, attnames, converted in layout:
+        values = list(row[start:start + count])
+        for i, field in converted:
+            if values[i] is not None:
+                values[i] = field.from_db_value(values[i], None, connections[DEFAULT_DB_ALIAS])
+        start += count
+        yield model.from_db(DEFAULT_DB_ALIAS, attnames, values)
 
 
 def _token_with_membership(digest):
