@@ -18,12 +18,18 @@ def _lookup_statement():
     """The SQL and, per model, its fields in the row. Columns come from the models' _meta, so a new column is
     loaded without touching this; built on first use, when the models are ready."""
     models = [("t", ApiToken), ("m", Membership), ("te", Tenant), ("p", Plan), ("u", get_user_model())]
+    connection = connections[DEFAULT_DB_ALIAS]
     columns, layout = [], []
     for alias, model in models:
         fields = model._meta.concrete_fields
         columns += [f'{alias}."{field.column}"' for field in fields]
-        converted = [(i, field) for i, field in enumerate(fields) if hasattr(field, "from_db_value")]
-        layout.append((model, len(fields), [field.attname for field in fields], converted))
+        converters = []  # what the ORM would run on each value (JSONField and the like); none on today's models
+        for i, field in enumerate(fields):
+            column = field.get_col(alias)
+            found = [*field.get_db_converters(connection), *connection.ops.get_db_converters(column)]
+            if found:
+                converters.append((i, column, found))
+        layout.append((model, len(fields), [field.attname for field in fields], converters))
     user_table = get_user_model()._meta.db_table
     sql = (
         f"SELECT {', '.join(columns)} FROM {ApiToken._meta.db_table} t"
@@ -37,13 +43,15 @@ def _lookup_statement():
 
 
 def _instances(row, layout):
-    """Model instances from consecutive slices of `row`, as the ORM builds them (Model.from_db, field converters)."""
+    """Model instances from consecutive slices of `row`, as the ORM builds them (field converters, Model.from_db).
+    workspaces/sql.py does the same for the open; tenants cannot import it (dependencies point the other way)."""
+    connection = connections[DEFAULT_DB_ALIAS]
     start = 0
-    for model, count, attnames, converted in layout:
+    for model, count, attnames, converters in layout:
         values = list(row[start:start + count])
-        for i, field in converted:
-            if values[i] is not None:
-                values[i] = field.from_db_value(values[i], None, connections[DEFAULT_DB_ALIAS])
+        for i, column, found in converters:
+            for convert in found:
+                values[i] = convert(values[i], column, connection)
         start += count
         yield model.from_db(DEFAULT_DB_ALIAS, attnames, values)
 
