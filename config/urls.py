@@ -11,6 +11,7 @@ urlpatterns = [
     path("accounts/", include("allauth.urls")),
     path("api/", include("core.api_urls")),
     path("healthz", health.healthz, name="healthz"),
+    path("readyz", health.readyz, name="readyz"),
     path("workspaces/", include("workspaces.urls")),
     path("usage/", include("metering.urls")),
     path("", include("tenants.urls")),
