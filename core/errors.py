@@ -1,5 +1,6 @@
 """Every API error is JSON: the DRF exception handler (settings: EXCEPTION_HANDLER) and the 404 for unknown /api/."""
 from django.http import Http404, JsonResponse
+from django.views.decorators.csrf import csrf_exempt
 from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
@@ -7,8 +8,9 @@ from rest_framework.views import exception_handler as drf_exception_handler
 from tenants.exceptions import ServiceError
 
 
+@csrf_exempt  # it changes nothing; a CSRF check would answer an unknown path's POST with the HTML 403 page
 def endpoint_not_found(request, *args, **kwargs):
-    """Unknown URLs under /api/ answer JSON like every other API error, not the HTML 404 page."""
+    """Unknown URLs under /api/ answer JSON like every other API error, whatever the method, not an HTML page."""
     return JsonResponse({"code": "not_found", "detail": f"No API endpoint at {request.path}."}, status=404)
 
 

@@ -9,6 +9,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from core.api import TenantScopedView
+from core.request_limits import read_limited
 from metering import selectors, services
 from metering.authentication import IsServiceToken, ServiceTokenAuthentication
 from metering.models import UsageRollup
@@ -22,7 +23,7 @@ class RawJSONParser(BaseParser):
     media_type = "application/json"
 
     def parse(self, stream, media_type=None, parser_context=None):
-        return stream.read() if stream is not None else b""
+        return read_limited(stream)
 
 
 class UsageEventsIngestApi(APIView):
