@@ -52,6 +52,7 @@ INSTALLED_APPS = [
 # Session, CSRF, login and messages: Django's own, skipped on the token-only API (/api/v1/; core/middleware.py).
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "core.request_limits.BodySizeLimitMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "core.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
