@@ -439,11 +439,13 @@ def _provision(container, *, template, node, for_warm):
     except rt.RuntimeUnavailable as exc:
         _provision_failed(container, exc)
         Node.objects.filter(pk=node.pk).update(last_error=f"{timezone.now():%Y-%m-%d %H:%M:%S} {exc}"[:2000])
-        raise NodeUnavailable(f"The Docker engine of node '{node.name}' does not answer ({node.engine_url}): {exc}",
+        # The engine's URL and error stay in the log and on the node (admin): an answer carries neither.
+        raise NodeUnavailable(f"The Docker engine of node '{node.name}' does not answer; try again shortly.",
                               extra={"node": node.name}) from exc
     except Exception as exc:
         _provision_failed(container, exc)
-        raise ProvisionFailed(f"Could not start a '{template.slug}' container on node '{node.name}': {exc}") from exc
+        raise ProvisionFailed(f"Could not start a '{template.slug}' container on node '{node.name}'; "
+                              "try again shortly.") from exc
     failpoint("provision.started")
     if not for_warm:
         # Started: the row is the cold start's to claim now, so the reconciler must not take it for abandoned

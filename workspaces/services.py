@@ -426,7 +426,8 @@ def workspace_open(*, workspace, user):
         session_end(session=session, reason=EndReason.FAILED)
         if isinstance(exc, ServiceError):
             raise
-        raise ServiceError(f"The workspace could not be started: {exc}", code="open_failed") from exc
+        # The exception (host paths, engine addresses) is in the log above, not in the answer.
+        raise ServiceError("The workspace could not be started; try again shortly.", code="open_failed") from exc
     return Opened(session=session, url=url, token=token, expires_at=expires_at)
 
 

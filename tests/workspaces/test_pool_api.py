@@ -1,5 +1,7 @@
 """REST API of workspaces and sessions: every verb, other tenants (404), roles, bad input."""
+import json
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -128,3 +130,33 @@ def test_concurrency_limit_of_the_plan(make_api_client, tenant_e, node, tiny_tem
     r = client.post(f"/api/v1/workspaces/{w2.pk}/open")
     assert r.status_code == 409 and r.json()["code"] == "concurrency_limit"
     assert Container.objects.filter(state=Container.State.WARM).count() == 1  # the refused claim rolled back
+
+
+def test_a_failed_open_answers_without_exception_text_or_paths(api, workspace, node, tiny_template, caplog):
+    # The user's storage path is a file, not a directory: binding it fails with an OSError naming host paths.
+    pool.pool_fill()
+    source = Path(workspace.storage_path)
+    source.parent.mkdir(parents=True, exist_ok=True)
+    source.write_text("not a directory")
+    try:
+        response = api.post(f"/api/v1/workspaces/{workspace.pk}/open")
+    finally:
+        source.unlink()
+    body = response.json()
+    assert body["code"] == "open_failed", body
+    assert str(source) not in body["detail"] and "Errno" not in body["detail"], body
+    assert str(source) in caplog.text  # the details are in the server's log
+    assert not Session.objects.filter(ended_at__isnull=True).exists()
+
+
+def test_an_unreachable_engine_answers_503_without_its_url(api, workspace, pool_env, tiny_template, tmp_path):
+    from workspaces.models import Node
+
+    engine_url = f"unix://{tmp_path}/no-such-docker.sock"
+    Node.objects.create(name="dead", engine_url=engine_url, cpus=8, memory_mb=8192)
+    response = api.post(f"/api/v1/workspaces/{workspace.pk}/open")
+    assert response.status_code == 503
+    body = response.json()
+    assert body["code"] == "node_unavailable", body
+    assert str(tmp_path) not in json.dumps(body) and "unix://" not in json.dumps(body), body
+    assert "cannot talk to the Docker engine" in Node.objects.get(name="dead").last_error  # staff see it in admin

@@ -214,11 +214,13 @@ def test_delete_needs_confirmation_then_removes_files(node, tiny_template, works
 def test_a_missing_image_is_a_clear_error_and_leaves_nothing(node, tiny_template, workspace, member):
     tiny_template.image = "hearth/no-such-image:0"
     tiny_template.save()
-    with pytest.raises(pool.ProvisionFailed, match="image not found") as exc:
+    with pytest.raises(pool.ProvisionFailed, match="Could not start a 'tiny' container") as exc:
         services.workspace_open(workspace=workspace, user=member.user)
     assert exc.value.status_code == 503
+    assert "image not found" not in exc.value.message  # the engine's words are for staff, on the container row
     assert not Container.objects.filter(state__in=Container.ACTIVE_STATES).exists()
     assert Container.objects.get().state == State.FAILED
+    assert "image not found" in Container.objects.get().last_error
     assert not Session.objects.exists()
     assert _engine_names(node) == set()
     assert list(storage.slot_root().iterdir()) == []
