@@ -138,13 +138,11 @@ def placement_candidates(template):
 # An engine starts containers at a fixed rate (here about 4-8 per second on 2 cores, bench/cold_phases.py); starting
 # 47 at once gets them all late, at once, while the same number in a stream of a few at a time hands the first ones
 # out within a second and uses the engine as fully. So every start on a node (pool fill, cold open, any process)
-# holds one of the node's WORKSPACES_PROVISION_CONCURRENCY slots. On PostgreSQL a slot is a session advisory lock
-# (released by the server if the process dies); elsewhere a semaphore per process.
+# holds one of the node's WORKSPACES_PROVISION_CONCURRENCY slots: a session advisory lock, released by the server if
+# the process dies.
 
 _SLOT_LOCK_CLASS = 0x4845  # advisory lock key space of Hearth's provisioning slots: (class, node pk * 1024 + slot)
 _LINE_LOCK_CLASS = 0x4846  # (class, template pk): the head of the line of cold opens of a template
-_local_slots: dict[int, threading.BoundedSemaphore] = {}
-_local_slots_lock = threading.Lock()
 # Wakes cold opens waiting in this process: a slot was released or a container became WARM here.
 _pool_changed = threading.Condition()
 
@@ -155,18 +153,13 @@ def provision_concurrency():
 
 def provision_slot_try(node):
     """Take a free provisioning slot of `node` without waiting: its number, or None when all are busy."""
-    n = provision_concurrency()
-    if connection.vendor == "postgresql":
-        with connection.cursor() as cursor:
-            # Rows are pulled one at a time through the LIMIT: the first lock that is free is the only one taken.
-            cursor.execute(
-                "SELECT s FROM generate_series(0, %s) AS s WHERE pg_try_advisory_lock(%s, %s * 1024 + s) LIMIT 1",
-                [n - 1, _SLOT_LOCK_CLASS, node.pk])
-            row = cursor.fetchone()
-        return None if row is None else row[0]
-    with _local_slots_lock:
-        semaphore = _local_slots.setdefault(node.pk, threading.BoundedSemaphore(n))
-    return 0 if semaphore.acquire(blocking=False) else None
+    with connection.cursor() as cursor:
+        # Rows are pulled one at a time through the LIMIT: the first lock that is free is the only one taken.
+        cursor.execute(
+            "SELECT s FROM generate_series(0, %s) AS s WHERE pg_try_advisory_lock(%s, %s * 1024 + s) LIMIT 1",
+            [provision_concurrency() - 1, _SLOT_LOCK_CLASS, node.pk])
+        row = cursor.fetchone()
+    return None if row is None else row[0]
 
 
 def _session_locks_drop(what, exc):
@@ -177,14 +170,11 @@ def _session_locks_drop(what, exc):
 
 
 def provision_slot_release(node, slot):
-    if connection.vendor == "postgresql":
-        try:
-            with connection.cursor() as cursor:
-                cursor.execute("SELECT pg_advisory_unlock(%s, %s * 1024 + %s)", [_SLOT_LOCK_CLASS, node.pk, slot])
-        except DatabaseError as exc:
-            _session_locks_drop(f"releasing provisioning slot {slot} of {node}", exc)
-    else:
-        _local_slots[node.pk].release()
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_unlock(%s, %s * 1024 + %s)", [_SLOT_LOCK_CLASS, node.pk, slot])
+    except DatabaseError as exc:
+        _session_locks_drop(f"releasing provisioning slot {slot} of {node}", exc)
     pool_changed_notify()
 
 
@@ -232,10 +222,8 @@ class ColdOpenLine:
 
     Only the open at the head looks for a free slot or a WARM container (every WORKSPACES_POOL_POLL_INTERVAL); the
     rest wait inside PostgreSQL on the template's line lock, costing nothing. The head leaves the line as soon as it
-    has a slot or a container, so the next open moves up while it starts. Other databases: a lock per process.
+    has a slot or a container, so the next open moves up while it starts.
     """
-
-    _local: dict[int, threading.Lock] = {}
 
     def __init__(self, template):
         self.template = template
@@ -245,26 +233,18 @@ class ColdOpenLine:
         """Wait up to `timeout` s to be the head of the line; False when the time ran out."""
         if timeout <= 0:
             return False
-        if connection.vendor == "postgresql":
-            self.entered = _advisory_lock_wait(_LINE_LOCK_CLASS, self.template.pk, timeout)
-        else:
-            with _local_slots_lock:
-                lock = self._local.setdefault(self.template.pk, threading.Lock())
-            self.entered = lock.acquire(timeout=timeout)
+        self.entered = _advisory_lock_wait(_LINE_LOCK_CLASS, self.template.pk, timeout)
         return self.entered
 
     def leave(self):
         if not self.entered:
             return
         self.entered = False
-        if connection.vendor == "postgresql":
-            try:
-                with connection.cursor() as cursor:
-                    cursor.execute("SELECT pg_advisory_unlock(%s, %s)", [_LINE_LOCK_CLASS, self.template.pk])
-            except DatabaseError as exc:
-                _session_locks_drop(f"leaving the cold-open line of {self.template}", exc)
-        else:
-            self._local[self.template.pk].release()
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT pg_advisory_unlock(%s, %s)", [_LINE_LOCK_CLASS, self.template.pk])
+        except DatabaseError as exc:
+            _session_locks_drop(f"leaving the cold-open line of {self.template}", exc)
 
 
 # --- provisioning --------------------------------------------------------------------------------
@@ -302,7 +282,7 @@ def _reserve(*, template, node, for_warm):
 # A provisioning holds a PostgreSQL advisory lock (session level, keyed by the row) from the commit of its
 # PROVISIONING row until the row is WARM, FAILED or handed to the cold start. PostgreSQL drops it the moment the
 # provisioning process dies (SIGKILL, OOM), so the reconciler tells a dead provisioning from a slow one at its next
-# tick instead of after WORKSPACES_PROVISION_TIMEOUT (which stays the rule elsewhere, and a fallback).
+# tick instead of after WORKSPACES_PROVISION_TIMEOUT (which stays a fallback).
 _PROVISIONER_LOCK = 0x48454152  # advisory lock class of this module ("HEAR")
 _PROVISIONER_DIED = "its provisioning process died"
 # A PROVISIONING row with ready_at was started for a cold start and is claimed right after; unclaimed this long,
@@ -315,15 +295,12 @@ def _provisioner_key(pk):
 
 
 def _provisioner_lock(pk):
-    if connection.vendor == "postgresql":
-        # Never waits: if another session held this key (2**31 rows later), the row would only look alive.
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT pg_try_advisory_lock(%s, %s)", _provisioner_key(pk))
+    # Never waits: if another session held this key (2**31 rows later), the row would only look alive.
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_try_advisory_lock(%s, %s)", _provisioner_key(pk))
 
 
 def _provisioner_unlock(pk):
-    if connection.vendor != "postgresql":
-        return
     try:
         with connection.cursor() as cursor:
             cursor.execute("SELECT pg_advisory_unlock(%s, %s)", _provisioner_key(pk))
@@ -332,12 +309,10 @@ def _provisioner_unlock(pk):
 
 
 def _provisioners_alive():
-    """Lock keys of provisionings whose process is alive (None: not known on this database, rely on the time-out).
+    """Lock keys of provisionings whose process is alive.
 
     Read after the rows: a row in the caller's snapshot committed with its lock already held.
     """
-    if connection.vendor != "postgresql":
-        return None
     with connection.cursor() as cursor:
         cursor.execute("SELECT objid FROM pg_locks WHERE locktype = 'advisory' AND granted AND classid = %s "
                        "AND objsubid = 2 AND database = (SELECT oid FROM pg_database WHERE datname = "
@@ -515,9 +490,8 @@ def pool_fill(*, template_id=None):
             if missing <= 0:
                 continue
             workers = min(missing, provision_concurrency())
-            # Side by side only on PostgreSQL outside a transaction: threads there see each other's rows and share
-            # the node's slots through the server; SQLite's writers would fail each other ("database is locked").
-            if workers == 1 or connection.vendor != "postgresql" or transaction.get_connection().in_atomic_block:
+            # Side by side only outside a transaction: the threads must see each other's rows.
+            if workers == 1 or transaction.get_connection().in_atomic_block:
                 started += _fill_worker(template, node, missing, threading.Event())
                 continue
             stop = threading.Event()
@@ -564,12 +538,6 @@ def _failing_recently(template, node):
 # --- the claim -----------------------------------------------------------------------------------
 
 
-def _warm_candidates(template):
-    return Container.objects.filter(
-        template=template, state=State.WARM, node__enabled=True, node__draining=False
-    ).order_by("pk")
-
-
 # The states are literals, not parameters: a prepared statement then still uses the partial index on WARM rows.
 _CLAIM_SQL = f"""UPDATE {Container._meta.db_table} SET state = '{State.CLAIMED.value}', claimed_at = %s, updated_at = %s
     WHERE id = (
@@ -582,8 +550,8 @@ _CLAIM_SQL = f"""UPDATE {Container._meta.db_table} SET state = '{State.CLAIMED.v
 
 
 def single_statement_claims():
-    """PostgreSQL outside a transaction: the claim and its session can be one statement (see below)."""
-    return connection.vendor == "postgresql" and not transaction.get_connection().in_atomic_block
+    """Outside a transaction the claim and its session can be one statement (see below)."""
+    return not transaction.get_connection().in_atomic_block
 
 
 def container_claim_for_session(*, template, session, now):
@@ -624,27 +592,12 @@ def _claimed_container(row, template, now):
 def container_claim(*, template, now):
     """Inside the caller's transaction: take one WARM container of `template` (CLAIMED), or None.
 
-    PostgreSQL: SELECT ... FOR UPDATE SKIP LOCKED, so concurrent claims take different rows without waiting.
-    Other databases (SQLite): a compare-and-set UPDATE, retried when another claim won the row.
+    One statement: lock the oldest WARM row of a usable node with FOR UPDATE SKIP LOCKED (so concurrent claims
+    take different rows without waiting), mark it CLAIMED, return it.
     """
     if not transaction.get_connection().in_atomic_block:
         raise RuntimeError("container_claim must run inside the transaction that creates the session")
-    if connection.vendor == "postgresql":
-        # One statement: lock the oldest unlocked WARM row of a usable node, mark it CLAIMED, return it.
-        return _claimed_container(db.fetchone(_CLAIM_SQL, [now, now, template.pk]), template, now)
-    else:
-        for _ in range(20):
-            container = _warm_candidates(template).first()
-            if container is None:
-                return None
-            if Container.objects.filter(pk=container.pk, state=State.WARM).update(
-                state=State.CLAIMED, claimed_at=now
-            ):
-                break
-        else:
-            return None
-    container.state, container.claimed_at = State.CLAIMED, now
-    return container
+    return _claimed_container(db.fetchone(_CLAIM_SQL, [now, now, template.pk]), template, now)
 
 
 # --- release -------------------------------------------------------------------------------------

@@ -80,9 +80,7 @@ def _route_set(session):
     """
     host_key, session_id = session.workspace.host_key, str(session.pk)
     _route_set_locked(host_key=host_key, session_id=session.pk, address=session.container.address)
-    live = (db.fetchone(_SESSION_LIVE_SQL, [session.pk]) if db.supported()
-            else Session.objects.filter(pk=session.pk, ended_at__isnull=True).values_list("pk").first())
-    if live is None:
+    if db.fetchone(_SESSION_LIVE_SQL, [session.pk]) is None:
         try:
             route = gateway_routes.route_get(host_key)
             if route is not None and route.session_id == session_id:
@@ -99,9 +97,7 @@ _LIVE_SESSION_LOCK_SQL = f"SELECT 1 FROM {Session._meta.db_table} WHERE id = %s 
 
 def _session_lock_if_live(session_id) -> bool:
     """In a transaction: lock the session's row; False if it has ended."""
-    if db.supported():
-        return db.fetchone(_LIVE_SESSION_LOCK_SQL, [session_id]) is not None
-    return Session.objects.select_for_update().filter(pk=session_id, ended_at__isnull=True).exists()
+    return db.fetchone(_LIVE_SESSION_LOCK_SQL, [session_id]) is not None
 
 
 def _route_set_while_live(*, host_key, session_id, address):
