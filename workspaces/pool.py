@@ -19,6 +19,7 @@ from django.db.models import Count, Q, Sum
 from django.utils import timezone
 
 from config import db
+from core import sql
 from tenants.exceptions import Conflict, ServiceError
 from workspaces import runtime as rt
 from workspaces import storage
@@ -585,8 +586,7 @@ def _claimed_container(row, template, now):
     container = Container(pk=row[0], node_id=row[1], template_id=template.pk, slot_path=row[2], address=row[3],
                           name=row[4], engine_id=row[5], state=State.CLAIMED, claimed_at=now)
     container.template = template
-    container._state.adding, container._state.db = False, "default"
-    return container
+    return sql.loaded(container)
 
 
 def container_claim(*, template, now):

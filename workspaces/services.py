@@ -18,13 +18,14 @@ from django.db.models import Exists, OuterRef
 from django.utils import timezone
 
 from config import db
+from core import sql
 from metering import selectors as metering_selectors
 from metering import services as metering_services
 from tenants import offboarding
 from tenants.audit import audit_record
 from tenants.exceptions import Conflict, Forbidden, NotFound, ServiceError
 from tenants.models import Membership, Plan, Role, Tenant
-from workspaces import pool, selectors, sql, storage
+from workspaces import pool, selectors, storage
 from workspaces.failpoints import failpoint
 from workspaces.gateway import routes as gateway_routes
 from workspaces.gateway.runtime_api import GatewayUnavailable
@@ -490,7 +491,7 @@ def _claim_one_statement(*, workspace, user, now, cold=False):
     if container is None:
         return None
     session.container = container
-    session._state.adding, session._state.db = False, "default"
+    sql.loaded(session)
     _enqueue_pool_fill(workspace.template_id)  # autocommit: runs at once, the statement has committed
     return session
 
