@@ -126,11 +126,11 @@ def test_a_fresh_session_closed_while_it_is_opened_keeps_no_route(gateway, works
     """A new session (warm claim) closed by another request while its open is still binding or routing: whichever
     comes first, the open answers 409 session_ended and no route to the ended session is left behind."""
     from tenants.exceptions import Conflict
-    from workspaces import pool, services
+    from workspaces import opening, pool, routing, services
     from workspaces.models import Session
 
     pool.pool_fill()
-    real_bind, real_route = services._bind, services._route_set_locked
+    real_bind, real_route = opening._bind, routing.route_set_locked
     closed = []
 
     def close(session):
@@ -147,8 +147,8 @@ def test_a_fresh_session_closed_while_it_is_opened_keeps_no_route(gateway, works
         if close_when == "after_route" and not closed:
             close(Session.objects.get(pk=session_id))
 
-    monkeypatch.setattr(services, "_bind", bind_then_close)
-    monkeypatch.setattr(services, "_route_set_locked", route_then_close)
+    monkeypatch.setattr(opening, "_bind", bind_then_close)
+    monkeypatch.setattr(routing, "route_set_locked", route_then_close)
     with pytest.raises(Conflict) as failed:
         services.workspace_open(workspace=workspace, user=member.user)
     assert failed.value.code == "session_ended"
@@ -172,14 +172,14 @@ def test_a_session_closed_while_it_is_reopened_leaves_no_route(gateway, workspac
 
     from django.db import connection
 
-    from workspaces import pool, services
+    from workspaces import opening, pool, services
     from workspaces.models import Session
 
     pool.pool_fill()
     first = services.workspace_open(workspace=workspace, user=member.user)
     assert gateway.get(workspace.host_key, "/", token=first.token).status_code == 200
 
-    real_bind = services._bind
+    real_bind = opening._bind
     closer, events = None, []
 
     def close_in_another_request():
@@ -198,10 +198,10 @@ def test_a_session_closed_while_it_is_reopened_leaves_no_route(gateway, workspac
             assert closer.is_alive(), "the close did not wait for the open holding the session"
         real_bind(session, resumed=resumed)
 
-    monkeypatch.setattr(services, "_bind", bind_while_a_close_starts)
+    monkeypatch.setattr(opening, "_bind", bind_while_a_close_starts)
     again = services.workspace_open(workspace=workspace, user=member.user)
     events.append("opened")
-    monkeypatch.setattr(services, "_bind", real_bind)
+    monkeypatch.setattr(opening, "_bind", real_bind)
     closer.join(timeout=30)
     assert events == ["opened", "closed"]
     assert again.session.pk == first.session.pk
@@ -223,7 +223,7 @@ def test_a_failed_route_delete_does_not_hand_the_route_to_the_next_container(gat
     container anyway; the refill it nudges gets the freed address from Docker, and the ended session's route,
     still in the map until the reconciler's next pass, leads its tokens into that new container. The failure is
     staged (route_delete raising as it does on a socket timeout); everything else is real."""
-    from workspaces import pool, services
+    from workspaces import pool, reconciler, services
     from workspaces.gateway.runtime_api import GatewayUnavailable
     from workspaces.models import Container
 
@@ -234,7 +234,7 @@ def test_a_failed_route_delete_does_not_hand_the_route_to_the_next_container(gat
     def admin_socket_timed_out(**kwargs):
         raise GatewayUnavailable(f"{gateway.cfg.admin_socket}: timed out")
 
-    monkeypatch.setattr(services.gateway_routes, "route_delete", admin_socket_timed_out)
+    monkeypatch.setattr(routes, "route_delete", admin_socket_timed_out)
     services.session_close(session=opened.session, actor=member.user)
     monkeypatch.undo()
     pool.pool_fill()  # the refill the close nudged
@@ -244,7 +244,7 @@ def test_a_failed_route_delete_does_not_hand_the_route_to_the_next_container(gat
         others = Container.objects.filter(address=route.address).exclude(pk=own.pk).exclude(
             state__in=(Container.State.REMOVED, Container.State.FAILED, Container.State.LOST))
         assert not others.exists(), "the ended session's route leads to another container"
-    services.reconcile()
+    reconciler.reconcile()
     assert routes.route_get(workspace.host_key) is None
     assert gateway.get(workspace.host_key, "/", token=opened.token).status_code == 410
     assert Container.objects.get(pk=own.pk).state == Container.State.REMOVED

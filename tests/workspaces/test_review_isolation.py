@@ -11,7 +11,7 @@ import pytest
 
 from tests.workspaces.fixtures_pool import *  # noqa: F403
 from tests.workspaces.fixtures_runtime import docker_exec
-from workspaces import pool, services, storage
+from workspaces import opening, pool, reconciler, services, sessions, storage
 from workspaces.models import Container, Session
 from workspaces.runtime import runtime_for
 
@@ -97,7 +97,7 @@ def test_a_deep_tree_in_the_hidden_slot_does_not_wedge_release_or_the_reconciler
     container.refresh_from_db()
     assert container.state == State.REMOVED, container.last_error
     assert not Path(container.slot_path).exists()
-    services.reconcile()  # raised RecursionError on every tick before the fix
+    reconciler.reconcile()  # raised RecursionError on every tick before the fix
 
 
 def test_remove_tree_never_follows_a_symlink_out_of_the_tree(pool_env, tmp_path):
@@ -203,14 +203,14 @@ def test_a_resume_racing_a_close_never_binds_onto_the_released_container(node, t
     first = services.workspace_open(workspace=workspace, user=member.user).session
     old = Container.objects.get(pk=first.container_id)
 
-    real_resume = services._resume
+    real_resume = opening._resume
 
     def close_then_resume(session):
         # The open has read the session as live; the close commits and releases before the resume goes on.
         services.session_close(session=first, actor=member.user)
         return real_resume(session)
 
-    monkeypatch.setattr(services, "_resume", close_then_resume)
+    monkeypatch.setattr(opening, "_resume", close_then_resume)
     opened = services.workspace_open(workspace=workspace, user=member.user)
     monkeypatch.undo()
 
@@ -249,7 +249,7 @@ def test_an_open_racing_a_delete_leaves_no_session_on_the_deleted_workspace(node
     metered session and a gateway route on a deleted workspace until idle reclaim."""
     pool.pool_fill()
     services.workspace_open(workspace=workspace, user=member.user)
-    real_end, raced = services.session_end, []
+    real_end, raced = sessions.session_end, []
 
     def end_then_open(*, session, reason, **kwargs):
         ended = real_end(session=session, reason=reason, **kwargs)
@@ -261,11 +261,11 @@ def test_an_open_racing_a_delete_leaves_no_session_on_the_deleted_workspace(node
                 raced.append(exc)
         return ended
 
-    monkeypatch.setattr(services, "session_end", end_then_open)
+    monkeypatch.setattr(sessions, "session_end", end_then_open)
     services.workspace_delete(workspace=workspace, actor=member.user, confirm=workspace.name)
     monkeypatch.undo()
     assert raced
-    services.reconcile()  # a session that slipped past the delete ends at the next tick at the latest
+    reconciler.reconcile()  # a session that slipped past the delete ends at the next tick at the latest
     live = Session.objects.filter(workspace=workspace, ended_at__isnull=True)
     assert not live.exists(), "a live session on a deleted workspace"
     assert not Path(workspace.storage_path).exists()
@@ -280,7 +280,7 @@ def test_a_session_claimed_past_a_delete_is_ended_by_the_next_reconcile(node, ti
 
     session = services.workspace_open(workspace=workspace, user=member.user).session
     Workspace.objects.filter(pk=workspace.pk).update(deleted_at=timezone.now())
-    services.reconcile()
+    reconciler.reconcile()
     session.refresh_from_db()
     assert session.ended_at is not None and session.end_reason == Session.EndReason.DELETED
 
