@@ -5,10 +5,9 @@ import logging
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from tenants import offboarding
+from tenants import offboarding, policy
 from tenants.audit import audit_record
-from tenants.exceptions import Conflict, Forbidden, NotFound, ServiceError
-from tenants.models import Role, Tenant
+from tenants.exceptions import Conflict, NotFound, ServiceError
 from workspaces import selectors, sessions, storage
 from workspaces.models import Session, Workspace, WorkspaceTemplate
 
@@ -33,8 +32,7 @@ def workspace_create(*, tenant, owner, name, template, actor=None):
     if not template_obj.enabled:
         raise ServiceError(f"The template '{template_obj.slug}' is disabled.", code="template_disabled",
                            field="template")
-    if tenant.status != Tenant.Status.ACTIVE:
-        raise Forbidden(f"The tenant is {tenant.status}.", code=f"tenant_{tenant.status}")
+    policy.require_active(tenant)
     try:
         with transaction.atomic():
             workspace = Workspace.objects.create(tenant=tenant, owner=owner, template=template_obj, name=name)
@@ -51,7 +49,7 @@ def workspace_create(*, tenant, owner, name, template, actor=None):
 def workspace_delete(*, workspace, actor, confirm):
     """Delete a workspace and its files. `confirm` must repeat the workspace's name."""
     membership = selectors.membership_of(tenant=workspace.tenant, user=actor)
-    if not (workspace.owner_id == membership.user_id or membership.role in (Role.OWNER, Role.ADMIN)):
+    if not policy.can_manage_workspace(membership, workspace):
         raise NotFound("No such workspace.")
     if (confirm or "").strip() != workspace.name:
         raise ServiceError(f"To delete '{workspace.name}' and all its files, confirm with its name.",

@@ -12,8 +12,9 @@ from django.utils import timezone
 from config import db
 from core import sql
 from metering import services as metering_services
+from tenants import policy
 from tenants.exceptions import Conflict, Forbidden, NotFound, ServiceError
-from tenants.models import Membership, Plan, Role, Tenant
+from tenants.models import Membership, Plan, Tenant
 from workspaces import routing, sessions, storage
 from workspaces.failpoints import failpoint
 from workspaces.gateway.tokens import session_token_issue
@@ -92,13 +93,13 @@ def workspace_open(*, workspace, user):
     if workspace is None or workspace.user_role is None:
         raise NotFound("No such workspace.")
     if workspace.owner_id != user.pk:
-        if workspace.user_role in (Role.OWNER, Role.ADMIN):
+        # Those who see every workspace of the tenant learn why they cannot open this one; others, that it is not there.
+        viewer = Membership(tenant_id=workspace.tenant_id, user_id=user.pk, role=workspace.user_role)
+        if policy.sees_all_workspaces(viewer):
             raise Forbidden("Only the workspace's owner can open it: its files are theirs.", code="not_owner")
         raise NotFound("No such workspace.")
     tenant, template = workspace.tenant, workspace.template
-    if tenant.status != Tenant.Status.ACTIVE:
-        raise Forbidden(f"The tenant is {tenant.status}: workspaces cannot be opened.",
-                        code=f"tenant_{tenant.status}")
+    policy.require_active(tenant, doing="workspaces cannot be opened.")
     if not template.enabled:
         raise Conflict(f"The template '{template.slug}' is disabled.", code="template_disabled")
     if template.pool_paused:
@@ -174,11 +175,7 @@ def _check_concurrency(tenant, now):
     # Serialise this tenant's opens so two cannot both take the last slot.
     Tenant.objects.select_for_update().filter(pk=tenant.pk).first()
     running = Session.objects.filter(tenant=tenant, ended_at__isnull=True).count()
-    if running >= limit:
-        raise Conflict(
-            f"The {tenant.plan.name} plan runs {limit} workspace{'s' if limit != 1 else ''} at a time and "
-            f"{running} {'are' if running != 1 else 'is'} open: close one or upgrade the plan.",
-            code="concurrency_limit")
+    policy.concurrent_workspaces_check(tenant=tenant, running=running)
 
 
 def _new_session(*, workspace, user, container, now, cold):

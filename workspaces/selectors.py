@@ -10,13 +10,10 @@ from django.core.exceptions import ValidationError
 from django.db.models import Count, Q
 from django.utils import timezone
 
+from tenants import policy
 from tenants.exceptions import NotFound
-from tenants.models import Membership, Role
+from tenants.models import Membership
 from workspaces.models import Container, Node, Session, Workspace, WorkspaceTemplate
-
-
-def _sees_all(membership):
-    return membership.role in (Role.OWNER, Role.ADMIN)
 
 
 def membership_of(*, tenant, user):
@@ -37,7 +34,7 @@ def template_list(*, enabled_only=True):
 
 def workspace_list(*, tenant, membership):
     workspaces = Workspace.objects.filter(tenant=tenant, deleted_at__isnull=True).select_related("template", "owner")
-    if not _sees_all(membership):
+    if not policy.sees_all_workspaces(membership):
         workspaces = workspaces.filter(owner_id=membership.user_id)
     return workspaces.order_by("-created_at", "-pk")
 
@@ -51,7 +48,7 @@ def workspace_get(*, tenant, membership, workspace_id):
 
 def session_list(*, tenant, membership):
     sessions = Session.objects.filter(tenant=tenant).select_related("container__node", "workspace", "user")
-    if not _sees_all(membership):
+    if not policy.sees_all_workspaces(membership):
         sessions = sessions.filter(user_id=membership.user_id)
     return sessions.order_by("-started_at")
 

@@ -11,10 +11,10 @@ from django.utils import timezone
 
 from metering import selectors as metering_selectors
 from metering import services as metering_services
-from tenants import offboarding
+from tenants import offboarding, policy
 from tenants.audit import audit_record
 from tenants.exceptions import Conflict, NotFound
-from tenants.models import Membership, Role
+from tenants.models import Membership
 from workspaces import routing, selectors
 from workspaces.failpoints import failpoint
 from workspaces.gateway import routes as gateway_routes
@@ -42,7 +42,7 @@ def session_touch(*, session, user, now=None):
 def session_close(*, session, actor):
     """The user (or a tenant manager) closes a session."""
     membership = selectors.membership_of(tenant=session.tenant, user=actor)
-    if session.user_id != actor.pk and membership.role not in (Role.OWNER, Role.ADMIN):
+    if not policy.can_end_session(membership, session):
         raise NotFound("No such session.")
     return session_end(session=session, reason=EndReason.CLOSED, actor=actor)
 
