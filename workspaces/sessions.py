@@ -1,5 +1,6 @@
 """Sessions after the open: activity (the gateway's counters, the API's heartbeat), metering of seconds and egress,
-close and end (which frees the container), and reclaim of idle, over-quota and orphaned sessions."""
+close and end (which frees the container), a suspended tenant's sessions ended, and reclaim of idle, over-quota and
+removed members' sessions."""
 import logging
 import uuid
 from datetime import timedelta

@@ -1,4 +1,5 @@
-"""Celery tasks of the workspaces app: the pool, reclaim and reconciler ticks (thin wrappers around services)."""
+"""Celery tasks of the workspaces app: the pool, reclaim and reconciler ticks (thin wrappers around the pool, the
+services and the reconciler)."""
 from celery import shared_task
 
 from workspaces import pool, reconciler, services
