@@ -1,4 +1,4 @@
-# Hearth: `make run` starts everything on embedded defaults; `make test` runs the whole suite on PostgreSQL.
+# Hearth: `make run` starts everything on embedded defaults (a local PostgreSQL it creates); `make test` runs the suite.
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv

@@ -5,7 +5,7 @@ from django.shortcuts import redirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 
-from metering import selectors, services, tokens
+from metering import meters, selectors, services, tokens
 from metering.models import (
     Meter,
     ServiceToken,
@@ -35,7 +35,7 @@ class ReadOnlyAdmin(admin.ModelAdmin):
 class MeterAdmin(admin.ModelAdmin):
     def save_model(self, request, obj, form, change):
         super().save_model(request, obj, form, change)
-        services.meter_cache.reload()
+        meters.meter_cache.reload()
 
     list_display = ("slug", "name", "unit", "aggregation", "billable", "declared_by", "active")
     list_filter = ("declared_by", "aggregation", "billable", "active")

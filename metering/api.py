@@ -8,10 +8,10 @@ from rest_framework.parsers import BaseParser
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from core.api import TenantScopedView
 from metering import selectors, services
 from metering.authentication import IsServiceToken, ServiceTokenAuthentication
 from metering.models import UsageRollup
-from tenants.api_base import TenantScopedView
 from tenants.authentication import ApiTokenAuthentication
 from tenants.exceptions import ServiceError
 

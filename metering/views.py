@@ -1,10 +1,9 @@
 """The portal's usage page: this billing month per meter, as server-rendered SVG charts (no JavaScript)."""
-from django.contrib.auth.decorators import login_required
 from django.shortcuts import render
 from django.utils import timezone
 
 from metering import selectors
-from tenants.portal import current_membership, dashboard_card
+from tenants.portal import dashboard_card, tenant_view
 
 CHART_WIDTH, CHART_HEIGHT, PAD = 620, 160, 28
 
@@ -27,11 +26,8 @@ def _chart(days, *, unit, allowance=None):
             "top_label": selectors._format(top, unit) if top else "nothing used yet", "axis_y": usable + 4}
 
 
-@login_required
-def usage(request):
-    membership = current_membership(request)
-    if membership is None:
-        return render(request, "metering/usage.html", {"usage": None})
+@tenant_view
+def usage(request, membership):
     tenant = membership.tenant
     now = timezone.now()
     current = selectors.usage_current(tenant=tenant, now=now)

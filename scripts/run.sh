@@ -1,15 +1,21 @@
 #!/usr/bin/env bash
-# `make run`: prepare the embedded defaults (SQLite under var/, local Redis and Docker) and run every process.
+# `make run`: prepare the embedded defaults (local PostgreSQL, Redis and Docker) and run every process.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mkdir -p var
 
 say() { printf '\033[1m[hearth]\033[0m %s\n' "$*"; }
 
+# DATABASE_URL set: that database is the operator's; unset: the local one, created here (config/settings/base.py).
+database=(); [ -n "${DATABASE_URL:-}" ] || database=(postgres database)
+
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-  scripts/services.sh redis docker haproxy
+  scripts/services.sh "${database[@]}" redis docker haproxy
 else
   missing=()
+  if [ ${#database[@]} -gt 0 ]; then
+    pg_isready -q -h 127.0.0.1 2>/dev/null || missing+=("PostgreSQL on 127.0.0.1:5432 (apt-get install postgresql), or set DATABASE_URL")
+  fi
   redis-cli ping >/dev/null 2>&1 || missing+=("Redis (apt-get install redis-server; redis-server --daemonize yes)")
   docker info >/dev/null 2>&1 || missing+=("the Docker engine (apt-get install docker.io; dockerd)")
   command -v haproxy >/dev/null || missing+=("HAProxy (apt-get install haproxy)")
@@ -18,9 +24,10 @@ else
     printf '  - %s\n' "${missing[@]}"
     exit 1
   fi
+  [ ${#database[@]} -eq 0 ] || scripts/services.sh database
 fi
 
-say "migrating the database (${DATABASE_URL:-SQLite var/hearth.sqlite3}); the first time takes about a minute"
+say "migrating the database (${DATABASE_URL:-postgres://hearth@127.0.0.1:5432/hearth}); the first time takes about a minute"
 .venv/bin/python manage.py migrate --no-input -v0
 .venv/bin/python manage.py collectstatic --no-input -v0
 .venv/bin/python manage.py seed_demo

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Installs (as root on Debian/Ubuntu) and starts the services Hearth needs: PostgreSQL, Redis, dockerd, HAProxy.
-# Usage: scripts/services.sh [postgres] [redis] [docker] [haproxy] [chromium]   (no argument: all but chromium)
+# Installs (as root on Debian/Ubuntu) and starts the services Hearth needs: PostgreSQL, Redis, dockerd, HAProxy;
+# `database` creates `make run`'s own role and database (hearth, the default DATABASE_URL of config/settings/base.py).
+# Usage: scripts/services.sh [postgres] [database] [redis] [docker] [haproxy] [chromium] [imagetools]
+#        (no argument: postgres redis docker haproxy)
 set -euo pipefail
 
 want=("$@")
@@ -45,6 +47,26 @@ start_postgres() {
   su postgres -c "psql -qtAc \"ALTER ROLE postgres WITH PASSWORD NULL\"" >/dev/null 2>&1 || true
 }
 
+# psql as PostgreSQL's superuser: through the socket as the postgres OS user when root, else over the trusted loopback.
+psql_admin() {
+  if [ "$(id -u)" = 0 ]; then
+    (cd / && runuser -u postgres -- psql -X -q -t -A "$@")
+  else
+    psql -X -q -t -A -h 127.0.0.1 -U postgres "$@"
+  fi
+}
+
+create_database() {
+  if [ -z "$(psql_admin -c "SELECT 1 FROM pg_roles WHERE rolname = 'hearth'")" ]; then
+    log "creating PostgreSQL role hearth"
+    psql_admin -c "CREATE ROLE hearth LOGIN"
+  fi
+  if [ -z "$(psql_admin -c "SELECT 1 FROM pg_database WHERE datname = 'hearth'")" ]; then
+    log "creating PostgreSQL database hearth"
+    psql_admin -c "CREATE DATABASE hearth OWNER hearth"
+  fi
+}
+
 start_redis() {
   command -v redis-server >/dev/null || apt_install redis-server
   if ! redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; then
@@ -79,6 +101,7 @@ install_chromium() { command -v chromium >/dev/null || apt_install chromium chro
 for s in "${want[@]}"; do
   case "$s" in
     postgres) start_postgres ;;
+    database) create_database ;;
     redis) start_redis ;;
     docker) start_docker ;;
     haproxy) install_haproxy ;;

@@ -8,8 +8,9 @@ from drf_spectacular.utils import OpenApiResponse, extend_schema, inline_seriali
 from rest_framework import serializers, status
 from rest_framework.response import Response
 
-from tenants import selectors, services
-from tenants.api_base import PAGE_PARAMETERS, StrictInputSerializer, TenantScopedView, paged_response
+from core.api import StrictInputSerializer, TenantScopedView
+from core.pagination import PAGE_PARAMETERS, paged_response
+from tenants import policy, selectors, services
 from tenants.exceptions import NotFound
 from tenants.models import ApiToken, Invitation, Membership, Plan, Role
 from tenants.models import Tenant as TenantModel
@@ -118,8 +119,7 @@ class TenantUpdateApi(TenantScopedView):
 class TenantChangePlanApi(TenantScopedView):
     """Move the tenant to another public plan (owners only); the seat limit of the new plan applies."""
 
-    write_roles = (Role.OWNER,)
-    write_denied_message = "Only the tenant's owners can change its plan."
+    write_roles = None  # owners only: the service asks tenants.policy
 
     class InputSerializer(StrictInputSerializer):
         plan = serializers.SlugField(help_text="The slug of a public plan, as listed by GET /api/v1/plans.")
@@ -267,7 +267,7 @@ class InvitationListApi(TenantScopedView):
 
     def check_permissions(self, request):
         super().check_permissions(request)
-        if not self.membership.can_manage_members:
+        if not policy.can_manage_members(self.membership):
             self.permission_denied(request, message="Only the tenant's owners and admins can see invitations.")
 
     @extend_schema(parameters=PAGE_PARAMETERS, responses={200: InvitationOutputSerializer(many=True),

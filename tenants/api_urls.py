@@ -1,8 +1,8 @@
-"""REST API v1 routes (every app's API lives under /api/v1/)."""
-from django.urls import include, path
+"""The tenants app's REST API v1 routes (mounted under /api/v1/ by core.api_urls)."""
+from django.urls import path
 
+from core.schema import route_by_method
 from tenants import api
-from tenants.api_base import route_by_method
 
 urlpatterns = [
     path("tenant", route_by_method(get=api.TenantGetApi, patch=api.TenantUpdateApi), name="api-tenant"),
@@ -18,5 +18,3 @@ urlpatterns = [
     path("tokens", route_by_method(get=api.TokenListApi, post=api.TokenCreateApi), name="api-tokens"),
     path("tokens/<int:pk>", api.TokenRevokeApi.as_view(), name="api-token"),
 ]
-urlpatterns += [path("", include("workspaces.api_urls"))]
-urlpatterns += [path("", include("metering.api_urls"))]

@@ -1,6 +1,8 @@
-"""The portal's current tenant, chosen per browser session among the user's memberships, and the pending invitation."""
+"""The portal's current tenant, chosen per browser session among the user's memberships, what the user may do in it
+(tenants.policy's answers, for the templates), and the pending invitation."""
 import functools
 
+from tenants import policy
 from tenants.accounts import pending_invitation
 from tenants.portal import current_membership, user_memberships
 
@@ -13,6 +15,8 @@ def current_tenant(request):
         "membership": membership,
         "tenant": membership.tenant if membership else None,
         "memberships": user_memberships(request),
+        "can_manage_members": policy.can_manage_members(membership),
+        "can_change_plan": policy.can_change_plan(membership),
         # Looked up only by the pages that show it (sign-up, sign-in, verification sent).
         "pending_invitation": functools.cache(lambda: pending_invitation(request)),
     }

@@ -94,10 +94,6 @@ class Tenant(models.Model):
     def __str__(self):
         return self.slug
 
-    @property
-    def is_active(self):
-        return self.status == self.Status.ACTIVE
-
 
 class Role(models.TextChoices):
     OWNER = "owner"
@@ -117,10 +113,6 @@ class Membership(models.Model):
 
     def __str__(self):
         return f"{self.user} in {self.tenant} ({self.role})"
-
-    @property
-    def can_manage_members(self):
-        return self.role in (Role.OWNER, Role.ADMIN)
 
 
 class Invitation(models.Model):

@@ -4,8 +4,8 @@ The API's permission classes, the portal's views, admin actions and the services
 module compares roles or statuses itself. Predicates (`can_*`, `sees_*`) answer a yes or no; `require_*` and
 `*_check` raise the ServiceError that the API and the portal turn into a clear 4xx.
 """
-from tenants.exceptions import Conflict, Forbidden
-from tenants.models import Role, Tenant
+from tenants.exceptions import Conflict, Forbidden, NotFound
+from tenants.models import Membership, Role, Tenant
 
 # Owners and admins manage the tenant's members, see all its workspaces and sessions, and help or clean up.
 MANAGER_ROLES = (Role.OWNER, Role.ADMIN)
@@ -13,9 +13,15 @@ OWNER_ROLES = (Role.OWNER,)
 
 MANAGERS_ONLY = "Only the tenant's owners and admins can do this."
 OWNERS_ONLY = "Only the tenant's owners can do this."
+MANAGE_MEMBERS = "Only the tenant's owners and admins can manage members."
+GRANT_OWNER = "Only owners can make or unmake owners."
 
 
 # --- roles -------------------------------------------------------------------------------------------------------
+
+
+def has_role(membership, roles) -> bool:
+    return membership is not None and membership.role in roles
 
 
 def is_owner(membership) -> bool:
@@ -42,6 +48,11 @@ def can_grant_role(membership, role) -> bool:
     return can_manage_members(membership) and (role != Role.OWNER or is_owner(membership))
 
 
+def is_last_owner(membership, *, owners) -> bool:
+    """`owners`: how many owners the tenant has now. A tenant always keeps one."""
+    return is_owner(membership) and owners <= 1
+
+
 def sees_all_workspaces(membership) -> bool:
     """Managers see every workspace and session of the tenant; a member sees their own."""
     return can_manage_members(membership)
@@ -55,6 +66,49 @@ def can_manage_workspace(membership, workspace) -> bool:
 def can_end_session(membership, session) -> bool:
     """Close a session: the user it belongs to, or a manager of the tenant."""
     return session.user_id == membership.user_id or can_manage_members(membership)
+
+
+# --- who acts: a member, or staff from the control plane --------------------------------------------------------
+
+
+def actor_membership(*, tenant, actor):
+    """How `actor` acts in `tenant`: their membership, or None for staff who are not members (the control plane acts
+    on any tenant; staff who are members act under their role). Anyone else gets NotFound: not yours is not found."""
+    membership = None
+    if actor is not None and getattr(actor, "pk", None):
+        membership = Membership.objects.filter(tenant=tenant, user=actor).first()
+    if membership is None and not getattr(actor, "is_staff", False):
+        raise NotFound("No such tenant.")
+    return membership
+
+
+def require_manager(*, tenant, actor, message=MANAGE_MEMBERS):
+    """The acting membership (None: staff) if it may manage the tenant's members, else Forbidden."""
+    membership = actor_membership(tenant=tenant, actor=actor)
+    if membership is not None and not can_manage_members(membership):
+        raise Forbidden(message)
+    return membership
+
+
+def require_owner(*, tenant, actor, message=OWNERS_ONLY):
+    """The acting membership (None: staff) if it is an owner's, else Forbidden."""
+    membership = actor_membership(tenant=tenant, actor=actor)
+    if membership is not None and not is_owner(membership):
+        raise Forbidden(message)
+    return membership
+
+
+def require_grant(membership, *roles, message=GRANT_OWNER):
+    """Forbidden unless `membership` may give or take away each of `roles`; None (staff) may."""
+    if membership is not None and not all(can_grant_role(membership, role) for role in roles):
+        raise Forbidden(message)
+
+
+def last_owner_check(membership, *, owners, message="A tenant needs at least one owner: make someone else an owner "
+                                                    "first."):
+    """Conflict(last_owner) when `membership`, about to stop being an owner, is the tenant's only one."""
+    if is_last_owner(membership, owners=owners):
+        raise Conflict(message, code="last_owner")
 
 
 # --- the tenant's status -----------------------------------------------------------------------------------------
@@ -71,9 +125,13 @@ def require_active(tenant, *, doing=""):
         raise Forbidden(f"The tenant is {tenant.status}{suffix}", code=f"tenant_{tenant.status}")
 
 
+def is_offboarded(tenant) -> bool:
+    return tenant.status == Tenant.Status.OFFBOARDED
+
+
 def require_not_offboarded(tenant):
     """An offboarded tenant is gone for good; a suspended one can still be managed (and resumed)."""
-    if tenant.status == Tenant.Status.OFFBOARDED:
+    if is_offboarded(tenant):
         raise Forbidden("The tenant is offboarded.", code="tenant_offboarded")
 
 
@@ -87,6 +145,16 @@ def seats_check(*, tenant, used):
         raise Conflict(
             f"The {tenant.plan.name} plan includes {limit} seat{'s' if limit != 1 else ''} and all are taken "
             f"(members and pending invitations). Remove a member, revoke an invitation or upgrade the plan.",
+            code="seat_limit",
+        )
+
+
+def plan_seats_check(*, tenant, plan, members):
+    """Raise Conflict(seat_limit) when `plan` has fewer seats than the tenant's `members` (a downgrade)."""
+    if plan.seats is not None and members > plan.seats:
+        raise Conflict(
+            f"The {plan.name} plan includes {plan.seats} seats and {tenant.name} has {members} members: "
+            f"remove members first.",
             code="seat_limit",
         )
 

@@ -19,7 +19,7 @@ from django.template.loader import render_to_string
 from django.utils import timezone
 from django.utils.text import slugify
 
-from tenants import files, offboarding
+from tenants import files, offboarding, policy
 from tenants.audit import audit_record
 from tenants.events import event_emit
 from tenants.exceptions import Conflict, Forbidden, NotFound, ServiceError
@@ -102,42 +102,8 @@ def user_get_or_create(*, email, password=None):
     return user
 
 
-# --- permissions ---------------------------------------------------------------------------------
-
-
-def membership_for(*, tenant, user):
-    if user is None or not getattr(user, "pk", None):
-        return None
-    return Membership.objects.filter(tenant=tenant, user=user).first()
-
-
-def _require_role(*, tenant, actor, roles, message):
-    """The actor's membership if its role is in `roles`; None for staff acting from the control plane
-    (staff who are members of the tenant act under their role). Outsiders get NotFound."""
-    membership = membership_for(tenant=tenant, user=actor)
-    if membership is None:
-        if getattr(actor, "is_staff", False):
-            return None
-        raise NotFound("No such tenant.")
-    if membership.role not in roles:
-        raise Forbidden(message)
-    return membership
-
-
-def _require_manager(*, tenant, actor):
-    """Owners and admins manage members."""
-    return _require_role(tenant=tenant, actor=actor, roles=(Role.OWNER, Role.ADMIN),
-                         message="Only the tenant's owners and admins can manage members.")
-
-
-def _require_owner(*, tenant, actor):
-    return _require_role(tenant=tenant, actor=actor, roles=(Role.OWNER,),
-                         message="Only the tenant's owners can do this.")
-
-
-def _require_active(tenant):
-    if tenant.status != Tenant.Status.ACTIVE:
-        raise Forbidden(f"The tenant is {tenant.status}.", code=f"tenant_{tenant.status}")
+# Who may do what is tenants.policy's; this is the name api_token_revoke calls.
+_require_manager = policy.require_manager
 
 
 # --- seats ---------------------------------------------------------------------------------------
@@ -150,33 +116,19 @@ def seats_used(tenant):
     return tenant.memberships.count() + pending
 
 
-def _check_seat_available(tenant, *, counting_pending=True):
-    limit = tenant.plan.seats
-    if limit is None:
-        return
-    used = seats_used(tenant) if counting_pending else tenant.memberships.count()
-    if used >= limit:
-        raise Conflict(
-            f"The {tenant.plan.name} plan includes {limit} seat{'s' if limit != 1 else ''} and all are taken "
-            f"(members and pending invitations). Remove a member, revoke an invitation or upgrade the plan.",
-            code="seat_limit",
-        )
-
-
 # --- invitations and members ---------------------------------------------------------------------
 
 
 def member_invite(*, tenant, email, role=Role.MEMBER, actor):
     """Invite an address; returns (invitation, token). The token is shown once and stored hashed."""
-    inviter = _require_manager(tenant=tenant, actor=actor)
-    _require_active(tenant)
+    inviter = policy.require_manager(tenant=tenant, actor=actor)
+    policy.require_active(tenant)
     email = (email or "").strip().lower()
     if "@" not in email or len(email) > 254:
         raise ServiceError(f"'{email}' is not an email address.", field="email")
     if role not in Role.values:
         raise ServiceError(f"Unknown role '{role}'. Roles: {', '.join(Role.values)}.", field="role")
-    if role == Role.OWNER and inviter is not None and inviter.role != Role.OWNER:
-        raise Forbidden("Only owners can invite owners.")
+    policy.require_grant(inviter, role, message="Only owners can invite owners.")
     token = secrets.token_urlsafe(32)
     with transaction.atomic():
         Tenant.objects.select_for_update().get(pk=tenant.pk)  # serialise seat counting per tenant
@@ -189,7 +141,7 @@ def member_invite(*, tenant, email, role=Role.MEMBER, actor):
             raise Conflict(f"{email} already has a pending invitation.", code="already_invited", field="email")
         # An expired invitation still holds the one-open-invitation-per-address constraint: close it.
         open_invitations.update(revoked_at=timezone.now())
-        _check_seat_available(tenant)
+        policy.seats_check(tenant=tenant, used=seats_used(tenant))
         invitation = Invitation.objects.create(
             tenant=tenant,
             email=email,
@@ -205,7 +157,7 @@ def member_invite(*, tenant, email, role=Role.MEMBER, actor):
 
 
 def invitation_revoke(*, invitation, actor):
-    _require_manager(tenant=invitation.tenant, actor=actor)
+    policy.require_manager(tenant=invitation.tenant, actor=actor)
     with transaction.atomic():
         invitation = Invitation.objects.select_for_update().get(pk=invitation.pk)
         if not invitation.is_pending:
@@ -240,11 +192,11 @@ def invitation_accept(*, token, user):
         if user.email.lower() != invitation.email.lower():
             raise Forbidden(f"This invitation is for {invitation.email}; you are signed in as {user.email}.",
                             code="invitation_other_email")
-        _require_active(tenant)
+        policy.require_active(tenant)
         if Membership.objects.filter(tenant=tenant, user=user).exists():
             raise Conflict(f"You are already a member of {tenant.name}.", code="already_member")
         # The plan may have shrunk since the invitation was sent.
-        _check_seat_available(tenant, counting_pending=False)
+        policy.seats_check(tenant=tenant, used=tenant.memberships.count())
         membership = Membership.objects.create(tenant=tenant, user=user, role=invitation.role)
         invitation.accepted_at = timezone.now()
         invitation.accepted_by = user
@@ -286,14 +238,18 @@ def _recheck_acting(acting, locked):
     if acting is None:
         return None
     current = locked.get(acting.pk)
-    if current is None or not current.can_manage_members:
-        raise Forbidden("Only the tenant's owners and admins can manage members.")
+    if not policy.can_manage_members(current):
+        raise Forbidden(policy.MANAGE_MEMBERS)
     return current
+
+
+def _owners(locked):
+    return sum(policy.is_owner(m) for m in locked.values())
 
 
 def member_set_role(*, membership, role, actor):
     tenant = membership.tenant
-    acting = _require_manager(tenant=tenant, actor=actor)
+    acting = policy.require_manager(tenant=tenant, actor=actor)
     if role not in Role.values:
         raise ServiceError(f"Unknown role '{role}'. Roles: {', '.join(Role.values)}.", field="role")
     with transaction.atomic():
@@ -302,12 +258,10 @@ def member_set_role(*, membership, role, actor):
         target = locked.get(membership.pk)
         if target is None:
             raise NotFound("No such member.")
-        if acting is not None and acting.role != Role.OWNER and Role.OWNER in (role, target.role):
-            raise Forbidden("Only owners can make or unmake owners.")
+        policy.require_grant(acting, role, target.role)
         if target.role == role:
             return target
-        if target.role == Role.OWNER and sum(m.role == Role.OWNER for m in locked.values()) == 1:
-            raise Conflict("A tenant needs at least one owner: make someone else an owner first.", code="last_owner")
+        policy.last_owner_check(target, owners=_owners(locked))
         old = target.role
         target.role = role
         target.save(update_fields=["role"])
@@ -319,17 +273,16 @@ def member_set_role(*, membership, role, actor):
 def member_remove(*, membership, actor):
     tenant = membership.tenant
     leaving_self = getattr(actor, "pk", None) == membership.user_id
-    acting = None if leaving_self else _require_manager(tenant=tenant, actor=actor)
+    acting = None if leaving_self else policy.require_manager(tenant=tenant, actor=actor)
     with transaction.atomic():
         locked = {m.pk: m for m in _lock_memberships(tenant)}
         acting = _recheck_acting(acting, locked)
         target = locked.get(membership.pk)
         if target is None:
             raise NotFound("No such member.")
-        if acting is not None and acting.role != Role.OWNER and target.role == Role.OWNER:
-            raise Forbidden("Only owners can remove owners.")
-        if target.role == Role.OWNER and sum(m.role == Role.OWNER for m in locked.values()) == 1:
-            raise Conflict("The last owner cannot be removed: make someone else an owner first.", code="last_owner")
+        policy.require_grant(acting, target.role, message="Only owners can remove owners.")
+        policy.last_owner_check(target, owners=_owners(locked),
+                                message="The last owner cannot be removed: make someone else an owner first.")
         email = target.user.email
         target.delete()
         audit_record(tenant=tenant, actor=actor, action="member.removed", target=email, data={"role": target.role})
@@ -342,13 +295,12 @@ def member_remove(*, membership, actor):
 def _lock_live_tenant(tenant):
     """The tenant's row, locked for the caller's transaction; an offboarded tenant cannot change."""
     tenant = Tenant.objects.select_for_update().get(pk=tenant.pk)
-    if tenant.status == Tenant.Status.OFFBOARDED:
-        raise Forbidden("The tenant is offboarded.", code="tenant_offboarded")
+    policy.require_not_offboarded(tenant)
     return tenant
 
 
 def tenant_change_plan(*, tenant, plan, actor):
-    acting = _require_owner(tenant=tenant, actor=actor)
+    acting = policy.require_owner(tenant=tenant, actor=actor, message="Only the tenant's owners can change its plan.")
     plan_obj = plan if isinstance(plan, Plan) else _plan_by_slug(plan)
     if acting is not None and not plan_obj.public:
         # Non-public plans (enterprise, custom deals) are set by staff in the control plane.
@@ -358,12 +310,7 @@ def tenant_change_plan(*, tenant, plan, actor):
         tenant = _lock_live_tenant(tenant)
         if tenant.plan_id == plan_obj.pk:
             return tenant
-        if plan_obj.seats is not None and tenant.memberships.count() > plan_obj.seats:
-            raise Conflict(
-                f"The {plan_obj.name} plan includes {plan_obj.seats} seats and {tenant.name} has "
-                f"{tenant.memberships.count()} members: remove members first.",
-                code="seat_limit",
-            )
+        policy.plan_seats_check(tenant=tenant, plan=plan_obj, members=tenant.memberships.count())
         old = tenant.plan
         tenant.plan = plan_obj
         tenant.save(update_fields=["plan"])
@@ -375,7 +322,7 @@ def tenant_change_plan(*, tenant, plan, actor):
 
 def tenant_rename(*, tenant, name, actor):
     """Change the display name (owners and admins). The slug never changes: URLs and storage use it."""
-    _require_manager(tenant=tenant, actor=actor)
+    policy.require_manager(tenant=tenant, actor=actor, message=policy.MANAGERS_ONLY)
     name = (name or "").strip()
     if not name:
         raise ServiceError("A tenant needs a name.", field="name")
@@ -424,7 +371,7 @@ def tenant_offboard(*, tenant, actor):
 
     The audit trail stays (its rows keep the tenant's slug). Returns the TenantExport.
     """
-    _require_owner(tenant=tenant, actor=actor)
+    policy.require_owner(tenant=tenant, actor=actor)
     tenant = _set_status(tenant=tenant, status=Tenant.Status.SUSPENDED, actor=actor, action="tenant.suspended",
                          reason="offboarding")
     offboarding.run_suspend_hooks(tenant)

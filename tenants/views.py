@@ -14,7 +14,7 @@ from django.utils import timezone
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_http_methods, require_POST
 
-from tenants import selectors, services
+from tenants import policy, selectors, services
 from tenants.exceptions import NotFound, ServiceError
 from tenants.forms import (
     ApiTokenForm,
@@ -103,12 +103,10 @@ def _members_page(request, membership, *, invite_form=None, status=200, invitati
     members = list(selectors.member_list(tenant=tenant))
     context = {
         "members": members,
-        "owner_count": sum(m.role == Role.OWNER for m in members),
         "invitations": selectors.invitation_list(tenant=tenant),
         "invite_form": invite_form or InviteForm(),
         "roles": Role.choices,
-        "can_manage": membership.can_manage_members,
-        "is_owner": membership.role == Role.OWNER,
+        "can_leave": not policy.is_last_owner(membership, owners=sum(policy.is_owner(m) for m in members)),
         "seats_used": services.seats_used(tenant),
         "invitation_link": invitation_link,
         "now": timezone.now(),
@@ -136,7 +134,7 @@ def members(request, membership):
     except ServiceError as exc:
         if exc.status_code == 404:
             raise Http404(exc.message) from None
-        if membership.can_manage_members:
+        if policy.can_manage_members(membership):
             add_service_error(form, exc)
         else:  # the invite form is not on their page
             messages.error(request, exc.message)
@@ -266,7 +264,7 @@ def plans(request):
     plans = list(selectors.plan_list())
     if membership is not None and membership.tenant.plan not in plans:
         plans.insert(0, membership.tenant.plan)  # a custom plan staff gave this tenant
-    context = {"plans": plans, "is_owner": bool(membership and membership.role == Role.OWNER)}
+    context = {"plans": plans}
     return render(request, "portal/plans.html", context, status=status)
 
 
@@ -353,5 +351,5 @@ def tenant_settings(request, membership):
             else:
                 messages.success(request, f"The organisation is now called {tenant.name}.")
                 return redirect("portal:tenant_settings")
-    context = {"form": form, "can_manage": membership.can_manage_members}
+    context = {"form": form}
     return render(request, "portal/tenant_settings.html", context, status=status)

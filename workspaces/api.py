@@ -7,7 +7,8 @@ from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_sche
 from rest_framework import serializers, status
 from rest_framework.response import Response
 
-from tenants.api_base import PAGE_PARAMETERS, StrictInputSerializer, TenantScopedView, paged_response
+from core.api import StrictInputSerializer, TenantScopedView
+from core.pagination import PAGE_PARAMETERS, paged_response
 from workspaces import selectors, services
 
 ErrorSerializer = inline_serializer("WorkspacesError", fields={

@@ -1,7 +1,7 @@
 """REST routes of the workspaces app (included under /api/v1/)."""
 from django.urls import path
 
-from tenants.api_base import route_by_method
+from core.schema import route_by_method
 from workspaces import api
 
 urlpatterns = [

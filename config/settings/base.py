@@ -1,4 +1,6 @@
-"""Settings, all from the environment (django-environ); embedded defaults make `make run` work on a bare machine."""
+"""Settings every environment shares, all from the environment (django-environ), with embedded defaults so that
+`make run` works on a bare machine. The default module of manage.py, WSGI, ASGI and Celery (development);
+production runs `config.settings.production`, the tests `config.settings.test`."""
 from datetime import timedelta
 from pathlib import Path
 
@@ -12,7 +14,7 @@ env = environ.Env()
 environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
 
 DEBUG = env.bool("DEBUG", default=False)
-# The default key exists only so `make run` starts on a bare machine; production sets SECRET_KEY.
+# The default key exists only so `make run` starts on a bare machine; production refuses to start without one.
 SECRET_KEY = env.str("SECRET_KEY", default="insecure-dev-only-set-SECRET_KEY-in-production")
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]", ".localhost", "testserver"])
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
@@ -37,6 +39,7 @@ INSTALLED_APPS = [
     "django.contrib.sites",
     "rest_framework",
     "drf_spectacular",
+    "drf_spectacular_sidecar",
     "allauth",
     "allauth.account",
     "djstripe",
@@ -78,15 +81,21 @@ TEMPLATES = [
     },
 ]
 
-DATABASES = {"default": env.db("DATABASE_URL", default=f"sqlite:///{VAR_DIR / 'hearth.sqlite3'}")}
+# --- the database: PostgreSQL only -------------------------------------------------------------------------------
+# The default is the local database `make run` creates (scripts/run.sh: role and database `hearth`, trusted on the
+# loopback); DATABASE_URL points anywhere else.
+DATABASES = {"default": env.db("DATABASE_URL", default="postgres://hearth@127.0.0.1:5432/hearth")}
 DATABASES["default"].setdefault("ATOMIC_REQUESTS", False)
-if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
-    # WAL and a busy timeout let the web process and the worker share the embedded database.
-    DATABASES["default"].setdefault("OPTIONS", {}).update(
-        {"timeout": 20, "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;"}
-    )
+# Persistent database connections: opening a PostgreSQL connection per request was about 35 ms of a
+# 60 ms API call on this machine (bench/api_latency.py). DB_CONN_MAX_AGE=0 turns it off.
+DATABASES["default"].setdefault("CONN_MAX_AGE", env.int("DB_CONN_MAX_AGE", default=60))
+DATABASES["default"].setdefault("CONN_HEALTH_CHECKS", True)
+# The open's and the ingestion's hot-path statements are prepared (planned once per connection, config/db.py); turn
+# off behind a transaction-pooling PgBouncer older than 1.21.
+DATABASE_PREPARED_STATEMENTS = env.bool("DATABASE_PREPARED_STATEMENTS", default=True)
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
+# --- accounts ----------------------------------------------------------------------------------------------------
 AUTH_USER_MODEL = "tenants.User"
 AUTHENTICATION_BACKENDS = [
     "django.contrib.auth.backends.ModelBackend",
@@ -116,11 +125,17 @@ ACCOUNT_UNIQUE_EMAIL = True
 ACCOUNT_ADAPTER = "tenants.accounts.AccountAdapter"
 ACCOUNT_SIGNUP_FORM_CLASS = "tenants.accounts.SignupForm"
 ACCOUNT_DEFAULT_HTTP_PROTOCOL = env.str("ACCOUNT_DEFAULT_HTTP_PROTOCOL", default="http")
+# Portal: account mails say where they come from.
+ACCOUNT_EMAIL_SUBJECT_PREFIX = env.str("ACCOUNT_EMAIL_SUBJECT_PREFIX", default="[Hearth] ")
+# Invitations stay valid this long.
+INVITATION_TTL = timedelta(days=env.int("INVITATION_TTL_DAYS", default=7))
 
 EMAIL_BACKEND = env.str("EMAIL_BACKEND", default="django.core.mail.backends.console.EmailBackend")
 EMAIL_HOST = env.str("EMAIL_HOST", default="127.0.0.1")
 EMAIL_PORT = env.int("EMAIL_PORT", default=25)
 DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="Hearth <noreply@hearth.localhost>")
+# A slow mail server must not hold a portal request (invitations are mailed while the inviter waits).
+EMAIL_TIMEOUT = env.int("EMAIL_TIMEOUT", default=10)
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
@@ -134,13 +149,14 @@ MEDIA_ROOT = VAR_DIR / "media"
 # Offboarding archives: downloadable by the tenant's owner only, never served as static files.
 EXPORT_ROOT = Path(env.str("EXPORT_ROOT", default=str(VAR_DIR / "exports")))
 
+# --- the API (core/) ---------------------------------------------------------------------------------------------
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": ["tenants.authentication.ApiTokenAuthentication"],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
-    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_SCHEMA_CLASS": "core.schema.AutoSchema",
     "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
-    "EXCEPTION_HANDLER": "tenants.api_base.exception_handler",
+    "EXCEPTION_HANDLER": "core.errors.exception_handler",
     "UNAUTHENTICATED_USER": None,
 }
 SPECTACULAR_SETTINGS = {
@@ -148,8 +164,16 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": "Workspaces in the browser: tenants, members, workspaces, sessions and usage.",
     "VERSION": "1",
     "SERVE_INCLUDE_SCHEMA": False,
+    # One view per operation; URLs with several methods are expanded for the schema.
+    "PREPROCESSING_HOOKS": ["core.schema.expand_method_routes"],
+    "COMPONENT_SPLIT_REQUEST": True,
+    # The API docs page serves Redoc from the sidecar package, not a CDN: it works offline.
+    "REDOC_DIST": "SIDECAR",
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
 }
 
+# --- billing -----------------------------------------------------------------------------------------------------
 # dj-stripe: wired now so billing can plug in; keys come from the environment.
 STRIPE_LIVE_MODE = False
 STRIPE_TEST_SECRET_KEY = env.str("STRIPE_TEST_SECRET_KEY", default="sk_test_" + "0" * 24)
@@ -157,6 +181,7 @@ DJSTRIPE_FOREIGN_KEY_TO_FIELD = "id"
 DJSTRIPE_WEBHOOK_SECRET = env.str("DJSTRIPE_WEBHOOK_SECRET", default="whsec_dev")
 DJSTRIPE_USE_NATIVE_JSONFIELD = True
 
+# --- Celery ------------------------------------------------------------------------------------------------------
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default=REDIS_URL)
 CELERY_RESULT_BACKEND = None
 CELERY_TASK_IGNORE_RESULT = True
@@ -173,9 +198,15 @@ CELERY_TASK_PUBLISH_RETRY_POLICY = {"max_retries": 2, "interval_start": 0, "inte
 CELERY_BROKER_CONNECTION_TIMEOUT = 2
 # Installs sharing one Redis (and test runs beside `make run`) never take each other's tasks.
 CELERY_BROKER_TRANSPORT_OPTIONS = {"global_keyprefix": f"{HEARTH_INSTANCE}:"}
-# The periodic ticks that drive Hearth's loops; each task is idempotent and safe to run late or twice.
+# The periodic ticks that drive Hearth's loops, all of them; each task is idempotent and safe to run late or twice.
 CELERY_BEAT_SCHEDULE = {
     "outbox-drain": {"task": "tenants.tasks.outbox_drain", "schedule": schedule(timedelta(seconds=10))},
+    "workspaces-pool-fill": {"task": "workspaces.tasks.pool_fill", "schedule": schedule(timedelta(seconds=15))},
+    "workspaces-reclaim": {"task": "workspaces.tasks.sessions_reclaim", "schedule": schedule(timedelta(seconds=30))},
+    "workspaces-reconcile": {"task": "workspaces.tasks.reconcile", "schedule": schedule(timedelta(seconds=20))},
+    "metering-thresholds": {"task": "metering.tasks.usage_thresholds_scan", "schedule": schedule(timedelta(minutes=1))},
+    "metering-storage": {"task": "metering.tasks.storage_sample_all", "schedule": schedule(timedelta(hours=1))},
+    "metering-seats": {"task": "metering.tasks.seats_sample_all", "schedule": schedule(timedelta(hours=1))},
 }
 
 LOGGING = {
@@ -187,9 +218,6 @@ LOGGING = {
     "loggers": {"django.db.backends": {"level": "WARNING"}},
 }
 
-# Invitations stay valid this long.
-INVITATION_TTL = timedelta(days=env.int("INVITATION_TTL_DAYS", default=7))
-
 # --- workspaces: the pool, reclaim and the reconciler ----------------------------------------------
 # A PROVISIONING row older than this is given up by the reconciler (its worker died); keep it under 60 s.
 WORKSPACES_PROVISION_TIMEOUT = env.int("WORKSPACES_PROVISION_TIMEOUT", default=40)
@@ -200,36 +228,23 @@ WORKSPACES_FAILURE_BACKOFF = env.int("WORKSPACES_FAILURE_BACKOFF", default=30)
 # The auto-registered local node's capacity: workspaces idle most of the time, so CPU is overcommitted.
 WORKSPACES_LOCAL_CPU_OVERCOMMIT = env.float("WORKSPACES_LOCAL_CPU_OVERCOMMIT", default=8.0)
 WORKSPACES_LOCAL_MEMORY_OVERCOMMIT = env.float("WORKSPACES_LOCAL_MEMORY_OVERCOMMIT", default=2.0)
-CELERY_BEAT_SCHEDULE.update({
-    "workspaces-pool-fill": {"task": "workspaces.tasks.pool_fill", "schedule": schedule(timedelta(seconds=15))},
-    "workspaces-reclaim": {"task": "workspaces.tasks.sessions_reclaim", "schedule": schedule(timedelta(seconds=30))},
-    "workspaces-reconcile": {"task": "workspaces.tasks.reconcile", "schedule": schedule(timedelta(seconds=20))},
-})
-# The API: one view per operation; URLs with several methods are expanded for the schema.
-SPECTACULAR_SETTINGS["PREPROCESSING_HOOKS"] = ["tenants.api_base.expand_method_routes"]
-SPECTACULAR_SETTINGS["COMPONENT_SPLIT_REQUEST"] = True
-REST_FRAMEWORK["DEFAULT_SCHEMA_CLASS"] = "tenants.api_base.AutoSchema"
-# Portal: account mails say where they come from.
-ACCOUNT_EMAIL_SUBJECT_PREFIX = env.str("ACCOUNT_EMAIL_SUBJECT_PREFIX", default="[Hearth] ")
-# A slow mail server must not hold a portal request (invitations are mailed while the inviter waits).
-EMAIL_TIMEOUT = env.int("EMAIL_TIMEOUT", default=10)
-# The API docs page serves Redoc from the sidecar package, not a CDN: it works offline.
-INSTALLED_APPS += ["drf_spectacular_sidecar"]
-SPECTACULAR_SETTINGS["REDOC_DIST"] = "SIDECAR"
-SPECTACULAR_SETTINGS["SWAGGER_UI_DIST"] = "SIDECAR"
-SPECTACULAR_SETTINGS["SWAGGER_UI_FAVICON_HREF"] = "SIDECAR"
-# Persistent database connections: opening a PostgreSQL connection per request was about 35 ms of a
-# 60 ms API call on this machine (bench/api_latency.py). DB_CONN_MAX_AGE=0 turns it off.
-DATABASES["default"].setdefault("CONN_MAX_AGE", env.int("DB_CONN_MAX_AGE", default=60))
-DATABASES["default"].setdefault("CONN_HEALTH_CHECKS", True)
-# The open's and the ingestion's hot-path statements are prepared (planned once per connection, config/db.py); turn
-# off behind a transaction-pooling PgBouncer older than 1.21.
-DATABASE_PREPARED_STATEMENTS = env.bool("DATABASE_PREPARED_STATEMENTS", default=True)
+# The pool asks a new container for this page once before it counts as warm (code-server starts its IDE server on
+# the first page request); "" turns it off.
+WORKSPACES_WARMUP_PATH = env.str("WORKSPACES_WARMUP_PATH", default="/")
+# workspaces (burst): containers a node starts at the same time (pool fills and cold opens of every process together;
+# an engine starts them at a fixed rate, so more at once only makes every one of them later: bench/cold_phases.py).
+WORKSPACES_PROVISION_CONCURRENCY = env.int("WORKSPACES_PROVISION_CONCURRENCY", default=16)
+# A cold open waits this long for a container (its own, or one warming up in the pool) before answering 503.
+WORKSPACES_COLD_START_WAIT = env.float("WORKSPACES_COLD_START_WAIT", default=60.0)
+# How often the cold open at the head of its template's line looks for a free slot or a warm container (the rest wait
+# in PostgreSQL at no cost; this process's own releases wake it at once).
+WORKSPACES_POOL_POLL_INTERVAL = env.float("WORKSPACES_POOL_POLL_INTERVAL", default=0.05)
 # workspaces.runtime: seconds before a Docker engine that does not answer counts as unavailable.
 HEARTH_DOCKER_TIMEOUT = env.float("HEARTH_DOCKER_TIMEOUT", default=15.0)
 # Only when several engines share one host: engine URL -> subnet of its Hearth network ("url=cidr,url=cidr").
 HEARTH_NETWORK_SUBNETS = env.dict("HEARTH_NETWORK_SUBNETS", default={})
-# Gateway (HAProxy, issue 4): workspaces answer at <host_key>.<GATEWAY_HOST>:<HEARTH_GATEWAY_PORT>.
+
+# --- the gateway (HAProxy): workspaces answer at <host_key>.<GATEWAY_HOST>:<HEARTH_GATEWAY_PORT> ----------------
 GATEWAY_HOST = env.str("GATEWAY_HOST", default="localhost")
 GATEWAY_SCHEME = env.str("GATEWAY_SCHEME", default="http")
 # "kid1:secret1,kid2:secret2": the first signs, all are accepted. Unset: a per-install key under GATEWAY_RUN_DIR.
@@ -248,27 +263,11 @@ GATEWAY_TLS_CERT = env.str("GATEWAY_TLS_CERT", default="")
 GATEWAY_NBTHREAD = env.int("GATEWAY_NBTHREAD", default=1)
 # Dotted path to a callable listing every live route as (host_key, session_id, address): restored at start.
 GATEWAY_ROUTES_SOURCE = env.str("GATEWAY_ROUTES_SOURCE", default="workspaces.selectors.live_routes")
-# Metering (issue 5): ingestion limits and where "upgrade" points.
+
+# --- metering: ingestion limits and where "upgrade" points ------------------------------------------------------
 METERING_MAX_BATCH = env.int("METERING_MAX_BATCH", default=1000)
 # Events more than this far in the future are rejected (clock skew of the reporting service).
 METERING_FUTURE_SKEW = timedelta(seconds=env.int("METERING_FUTURE_SKEW_SECONDS", default=300))
 # The previous billing month accepts late events for this long after it ends; then it is closed.
 METERING_LATE_EVENT_GRACE = timedelta(hours=env.int("METERING_LATE_EVENT_GRACE_HOURS", default=48))
 METERING_UPGRADE_URL = env.str("METERING_UPGRADE_URL", default=f"{HEARTH_BASE_URL}/billing/plans/")
-CELERY_BEAT_SCHEDULE.update({
-    "metering-thresholds": {"task": "metering.tasks.usage_thresholds_scan", "schedule": schedule(timedelta(minutes=1))},
-    "metering-storage": {"task": "metering.tasks.storage_sample_all", "schedule": schedule(timedelta(hours=1))},
-    "metering-seats": {"task": "metering.tasks.seats_sample_all", "schedule": schedule(timedelta(hours=1))},
-})
-
-# The pool asks a new container for this page once before it counts as warm (code-server starts its IDE server on
-# the first page request); "" turns it off.
-WORKSPACES_WARMUP_PATH = env.str("WORKSPACES_WARMUP_PATH", default="/")
-# workspaces (burst): containers a node starts at the same time (pool fills and cold opens of every process together;
-# an engine starts them at a fixed rate, so more at once only makes every one of them later: bench/cold_phases.py).
-WORKSPACES_PROVISION_CONCURRENCY = env.int("WORKSPACES_PROVISION_CONCURRENCY", default=16)
-# A cold open waits this long for a container (its own, or one warming up in the pool) before answering 503.
-WORKSPACES_COLD_START_WAIT = env.float("WORKSPACES_COLD_START_WAIT", default=60.0)
-# How often the cold open at the head of its template's line looks for a free slot or a warm container (the rest wait
-# in PostgreSQL at no cost; this process's own releases wake it at once).
-WORKSPACES_POOL_POLL_INTERVAL = env.float("WORKSPACES_POOL_POLL_INTERVAL", default=0.05)

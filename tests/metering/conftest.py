@@ -1,4 +1,4 @@
-"""Fixtures of the metering tests: tenants on each plan, service tokens, an ingestion client."""
+"""Fixtures of the metering tests: tenants on each plan, service tokens, ingestion clients."""
 import pytest
 from rest_framework.test import APIClient
 
@@ -30,7 +30,7 @@ def _load_reference_data(snapshot=None):
     which the flush recreates with new keys), so that a later test restoring a serialized database
     (serialized_rollback) finds the same rows instead of colliding with new ones.
     """
-    from metering.services import meter_cache
+    from metering.meters import meter_cache
 
     if snapshot:
         changed = [model for model, rows in snapshot.items()
@@ -68,7 +68,7 @@ def _reference_data(request):
     request.getfixturevalue("transactional_db" if transactional else "db")
     from metering.periods import zone_forget
 
-    zone_forget()  # SQLite reuses rolled-back ids: a cached zone could belong to an earlier test's tenant
+    zone_forget()  # the zone cache outlives a test's rollback: an earlier test's zone must not leak
     _load_reference_data()
     if transactional:
         request.node._reference_snapshot = _reference_snapshot()
@@ -96,5 +96,13 @@ def service_token(db):
 @pytest.fixture
 def service_client(service_token):
     client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {service_token}")
+    return client
+
+
+@pytest.fixture
+def raw_service_client(service_token):
+    """An ingestion client that shows a server error as a 500 response rather than raising it in the test."""
+    client = APIClient(raise_request_exception=False)
     client.credentials(HTTP_AUTHORIZATION=f"Bearer {service_token}")
     return client

@@ -8,9 +8,11 @@ runs the threshold scan and the outbox drain, which must still emit each notice 
 import json
 import os
 import random
+import shutil
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections import defaultdict
@@ -28,7 +30,7 @@ from tenants.models import OutboxEvent
 from tests.metering.conftest import tenant_on
 
 ROOT = Path(__file__).resolve().parents[2]
-BROKER = "redis://127.0.0.1:6379/13"  # a Redis database of its own: no other worker on this machine takes these
+BIN = Path(sys.executable).parent  # the virtualenv running the tests, wherever the checkout is
 
 
 def free_port():
@@ -37,27 +39,58 @@ def free_port():
         return s.getsockname()[1]
 
 
-def subprocess_env():
+def subprocess_env(redis_url):
     db = connection.settings_dict
     return {
         **os.environ,
         "DJANGO_SETTINGS_MODULE": "config.settings.test",
         "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}?conn_max_age=60",
-        "CELERY_BROKER_URL": BROKER,
+        "REDIS_URL": redis_url,
+        "CELERY_BROKER_URL": redis_url,
         "LOG_LEVEL": "WARNING",
         "PYTHONPATH": str(ROOT),
     }
 
 
-class Web:
+class Redis:
+    """A Redis server of the test's own (on a free port), so that restarting it never touches the shared one."""
+
     def __init__(self, port):
         self.port, self.proc = port, None
+        self.url = f"redis://127.0.0.1:{port}/0"
 
     def start(self):
         self.proc = subprocess.Popen(
-            [str(ROOT / ".venv/bin/gunicorn"), "config.wsgi:application", "--bind", f"127.0.0.1:{self.port}",
+            [shutil.which("redis-server") or "redis-server", "--bind", "127.0.0.1", "--port", str(self.port),
+             "--save", "", "--appendonly", "no"],
+            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        for _ in range(100):
+            ping = subprocess.run(["redis-cli", "-h", "127.0.0.1", "-p", str(self.port), "ping"], capture_output=True)
+            if ping.returncode == 0 and b"PONG" in ping.stdout:
+                return
+            time.sleep(0.05)
+        raise RuntimeError("the test's Redis did not start")
+
+    def kill(self):
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+    def restart(self):
+        self.kill()
+        self.start()
+
+
+class Web:
+    def __init__(self, port, env):
+        self.port, self.env, self.proc = port, env, None
+
+    def start(self):
+        self.proc = subprocess.Popen(
+            [str(BIN / "gunicorn"), "config.wsgi:application", "--bind", f"127.0.0.1:{self.port}",
              "--workers", "2", "--log-level", "warning", "--graceful-timeout", "1"],
-            cwd=ROOT, env=subprocess_env(), start_new_session=True,
+            cwd=ROOT, env=self.env, start_new_session=True,
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
 
@@ -80,14 +113,14 @@ class Web:
 
 
 class Worker:
-    def __init__(self):
-        self.proc = None
+    def __init__(self, env):
+        self.env, self.proc = env, None
 
     def start(self):
         self.proc = subprocess.Popen(
-            [str(ROOT / ".venv/bin/celery"), "-A", "config", "worker", "-P", "solo", "--without-heartbeat",
+            [str(BIN / "celery"), "-A", "config", "worker", "-P", "solo", "--without-heartbeat",
              "--without-gossip", "--without-mingle", "-l", "WARNING"],
-            cwd=ROOT, env=subprocess_env(), start_new_session=True,
+            cwd=ROOT, env=self.env, start_new_session=True,
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
 
@@ -99,21 +132,18 @@ class Worker:
         self.proc.wait(timeout=10)
 
 
-def redis_restart():
-    """Like scripts/services.sh: Redis is shared, so the outage is kept to well under a second."""
-    subprocess.run(["redis-cli", "-h", "127.0.0.1", "-p", "6379", "shutdown", "nosave"], capture_output=True)
-    subprocess.run(["redis-server", "--daemonize", "yes", "--bind", "127.0.0.1", "--port", "6379", "--save", "",
-                    "--appendonly", "no"], check=True, capture_output=True)
-    for _ in range(50):
-        if subprocess.run(["redis-cli", "-h", "127.0.0.1", "ping"], capture_output=True).returncode == 0:
-            return
-        time.sleep(0.05)
+@pytest.fixture
+def own_redis():
+    redis = Redis(free_port())
+    redis.start()
+    yield redis
+    redis.kill()
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 @pytest.mark.django_db(transaction=True)
-def test_sigkill_web_and_worker_and_redis_restart_lose_nothing_and_count_nothing_twice(redis_url):
+def test_sigkill_web_and_worker_and_redis_restart_lose_nothing_and_count_nothing_twice(own_redis):
     import celery
 
     rng = random.Random(5)
@@ -137,11 +167,13 @@ def test_sigkill_web_and_worker_and_redis_restart_lose_nothing_and_count_nothing
         batches.append(batch)
         previous = fresh
 
-    web, worker = Web(free_port()), Worker()
+    redis = own_redis
+    env = subprocess_env(redis.url)
+    web, worker = Web(free_port(), env), Worker(env)
     web.start()
     worker.start()
     assert web.wait_ready(), "gunicorn did not start"
-    broker = celery.Celery(broker=BROKER)
+    broker = celery.Celery(broker=redis.url, set_as_current=False)  # the tests keep their own app for .delay()
     url = f"http://127.0.0.1:{web.port}/api/v1/usage/events"
     stats = defaultdict(int)
     done, stop, lock = threading.Event(), threading.Event(), threading.Lock()
@@ -199,7 +231,7 @@ def test_sigkill_web_and_worker_and_redis_restart_lose_nothing_and_count_nothing
                 stats["worker_killed"] += 1
                 worker.start()
             if rounds == 3:
-                redis_restart()
+                redis.restart()
                 stats["redis_restarted"] += 1
             try:
                 for _ in range(3):

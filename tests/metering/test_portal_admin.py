@@ -1,14 +1,17 @@
-"""The portal's usage page, the banner tag, and the admin's correction form, limits view and token creation."""
+"""The portal's usage page, the banner tag, and the admin's correction form, limits view and token creation, with
+who may see and use each."""
 from datetime import UTC, datetime, timedelta
 
 import pytest
 from django.db import transaction
 from django.template import Context, Template
+from django.urls import reverse
 from django.utils import timezone
 
-from metering import services
+from metering import meters, services
 from metering.models import ServiceToken, UsageEvent
 from tenants.models import AuditLog
+from tenants.portal import SESSION_KEY
 from tests.factories import MembershipFactory, UserFactory
 from tests.metering.conftest import tenant_on
 
@@ -52,6 +55,27 @@ def test_usage_page_needs_login(client):
     assert client.get("/usage/").status_code == 302
 
 
+def test_usage_page_sends_a_user_of_no_tenant_to_create_one(client, free_tenant):
+    use_seconds(free_tenant, 25 * 60, at=timezone.now() - timedelta(minutes=26))
+    client.force_login(UserFactory())
+    response = client.get("/usage/")
+    assert response.status_code == 302 and response["Location"] == reverse("portal:tenant_create")
+
+
+def test_usage_page_cannot_be_pointed_at_another_tenant(client):
+    """The tenant comes from the user's own memberships: another tenant's slug, chosen or forged, is never shown."""
+    mine, theirs = tenant_on("free"), tenant_on("free")
+    me = MembershipFactory(tenant=mine).user
+    use_seconds(theirs, 25 * 60, at=timezone.now() - timedelta(minutes=26))
+    client.force_login(me)
+    assert client.post(reverse("portal:tenant_switch"), {"tenant": theirs.slug}).status_code == 404
+    session = client.session
+    session[SESSION_KEY] = theirs.slug  # as if the switch had let it through
+    session.save()
+    html = client.get("/usage/").content.decode()
+    assert f"Usage of {mine.name}" in html and theirs.name not in html and "25 min" not in html
+
+
 def test_banner_tag_renders_for_a_tenant_over_its_allowance(free_tenant):
     use_seconds(free_tenant, 1800, at=timezone.now() - timedelta(minutes=31))
     html = Template("{% load metering %}{% usage_banner tenant %}").render(Context({"tenant": free_tenant}))
@@ -71,7 +95,7 @@ def test_admin_correction_form_records_a_credit_with_audit(staff_client):
     use_seconds(tenant, 600, at=timezone.now() - timedelta(minutes=11))
     page = staff_client.get("/admin/metering/usageevent/correct/")
     assert page.status_code == 200
-    meter_id = services.meter_get("workspace_seconds").pk
+    meter_id = meters.meter_get("workspace_seconds").pk
     response = staff_client.post("/admin/metering/usageevent/correct/", {
         "tenant": tenant.pk, "meter": meter_id, "quantity": -60, "reason": "Outage on the 3rd"})
     assert response.status_code == 302
@@ -159,3 +183,32 @@ def test_every_portal_page_warns_and_the_dashboard_shows_usage(client, free_tena
         assert html.count("usage-banner-warning") == 1, path
     dashboard = client.get("/").content.decode()
     assert "83% used" in dashboard  # 25 of 30 minutes today
+
+
+def _staff_with(client, *codenames):
+    from django.contrib.auth.models import Permission
+
+    staff = UserFactory(is_staff=True, is_superuser=False)
+    staff.user_permissions.set(Permission.objects.filter(content_type__app_label="metering", codename__in=codenames))
+    client.force_login(staff)
+    return staff
+
+
+def test_view_only_staff_cannot_record_a_credit(client):
+    """A correction changes what a tenant pays: reading events (support) does not allow recording one."""
+    tenant = tenant_on("pro")
+    _staff_with(client, "view_usageevent", "view_usagerollup")
+    assert client.get("/admin/metering/usageevent/").status_code == 200  # they may read events
+    client.post("/admin/metering/usageevent/correct/", {
+        "tenant": tenant.pk, "meter": meters.meter_get("workspace_seconds").pk, "quantity": -36000,
+        "reason": "because"})
+    assert not UsageEvent.objects.filter(source="correction").exists()
+
+
+def test_staff_without_metering_permissions_cannot_see_every_tenants_usage(client):
+    """The limits view lists every tenant's usage against its plan: being staff is not enough to see it."""
+    tenant = tenant_on("free")
+    services.usage_record(tenant=tenant, meter="workspace_seconds", quantity=29 * 60)
+    _staff_with(client)  # staff, but no permission on metering at all
+    response = client.get("/admin/metering/usagerollup/limits/")
+    assert response.status_code in (302, 403) or tenant.slug.encode() not in response.content

@@ -1,0 +1,95 @@
+"""The API's base view: the one place that resolves the tenant from the credentials and scopes every queryset
+(STYLE habit 4), and decides who may write through tenants.policy.
+
+Subclasses of TenantScopedView get `self.tenant` and `self.membership` from the token and implement
+`scoped_queryset()`; overriding `get_queryset` is refused at class creation, so no view can forget the
+tenant filter. The escape hatch is named `dangerously_get_queryset` and must be justified where used.
+"""
+from rest_framework import exceptions, serializers
+from rest_framework.generics import GenericAPIView
+from rest_framework.permissions import BasePermission, IsAuthenticated
+
+from tenants import policy
+
+
+class IsTenantMember(BasePermission):
+    """The credentials carry a membership, and the tenant is not offboarded."""
+
+    message = "This endpoint needs a tenant member's API token."
+
+    def has_permission(self, request, view):
+        membership = getattr(request.auth, "membership", None)
+        return membership is not None and not policy.is_offboarded(membership.tenant)
+
+
+class IsTenantManager(BasePermission):
+    message = policy.MANAGERS_ONLY
+
+    def has_permission(self, request, view):
+        return policy.can_manage_members(request.auth.membership)
+
+
+class TenantScopedView(GenericAPIView):
+    permission_classes = [IsAuthenticated, IsTenantMember]
+    # Roles allowed to write (POST/PATCH/PUT/DELETE), named by tenants.policy; None: every member (the service
+    # checks the rest).
+    write_roles = policy.MANAGER_ROLES
+    write_denied_message = policy.MANAGERS_ONLY
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "get_queryset" in cls.__dict__:
+            raise TypeError(
+                f"{cls.__name__} overrides get_queryset; implement scoped_queryset() instead "
+                "(or dangerously_get_queryset with a comment saying why)"
+            )
+
+    @property
+    def membership(self):
+        return self.request.auth.membership
+
+    @property
+    def tenant(self):
+        return self.request.auth.membership.tenant
+
+    def check_permissions(self, request):
+        super().check_permissions(request)
+        if (
+            request.method not in ("GET", "HEAD", "OPTIONS")
+            and self.write_roles is not None
+            and not policy.has_role(self.membership, self.write_roles)
+        ):
+            self.permission_denied(request, message=self.write_denied_message)
+
+    def scoped_queryset(self):
+        raise NotImplementedError
+
+    def dangerously_get_queryset(self):
+        raise NotImplementedError
+
+    def get_queryset(self):
+        try:
+            return self.dangerously_get_queryset()
+        except NotImplementedError:
+            pass
+        return self.scoped_queryset()
+
+
+class StrictInputSerializer(serializers.Serializer):
+    """An input serializer that rejects fields it does not know instead of silently dropping them.
+
+    `refused_fields` maps a field name to the message that says why (and where to change it instead).
+    """
+
+    refused_fields = {}
+
+    def to_internal_value(self, data):
+        if hasattr(data, "keys"):
+            unknown = [key for key in data.keys() if key not in self.fields]
+            if unknown:
+                raise exceptions.ValidationError({
+                    key: [self.refused_fields.get(key, f"'{key}' is not a field of this request; "
+                                                       f"accepted: {', '.join(self.fields) or 'none'}.")]
+                    for key in unknown
+                })
+        return super().to_internal_value(data)

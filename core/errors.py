@@ -1,0 +1,42 @@
+"""Every API error is JSON: the DRF exception handler (settings: EXCEPTION_HANDLER) and the 404 for unknown /api/."""
+from django.http import Http404, JsonResponse
+from rest_framework import exceptions, status
+from rest_framework.response import Response
+from rest_framework.views import exception_handler as drf_exception_handler
+
+from tenants.exceptions import ServiceError
+
+
+def endpoint_not_found(request, *args, **kwargs):
+    """Unknown URLs under /api/ answer JSON like every other API error, not the HTML 404 page."""
+    return JsonResponse({"code": "not_found", "detail": f"No API endpoint at {request.path}."}, status=404)
+
+
+def exception_handler(exc, context):
+    """Every API error is JSON: {"code", "detail"} (+ "field") with a 4xx status."""
+    if isinstance(exc, ServiceError):
+        body = {"code": exc.code, "detail": exc.message, **exc.extra}
+        if exc.field:
+            body["field"] = exc.field
+        return Response(body, status=exc.status_code)
+    if isinstance(exc, Http404):
+        exc = exceptions.NotFound("Not found.")
+    response = drf_exception_handler(exc, context)
+    if response is None:
+        return None
+    if isinstance(exc, exceptions.ValidationError):
+        response.data = {"code": "invalid", "detail": _flatten(exc.detail), "errors": exc.detail}
+    elif isinstance(exc, exceptions.APIException):
+        codes = exc.get_codes()
+        response.data = {"code": codes if isinstance(codes, str) else "error", "detail": str(exc.detail)}
+    if response.status_code == status.HTTP_401_UNAUTHORIZED and "WWW-Authenticate" not in response:
+        response["WWW-Authenticate"] = 'Bearer realm="api"'
+    return response
+
+
+def _flatten(detail):
+    if isinstance(detail, dict):
+        return "; ".join(f"{k}: {_flatten(v)}" if k != "non_field_errors" else _flatten(v) for k, v in detail.items())
+    if isinstance(detail, list):
+        return " ".join(_flatten(d) for d in detail)
+    return str(detail)

@@ -1,0 +1,44 @@
+"""Samplers of gauges: a tenant's storage bytes and its seats, recorded as usage events (hourly, and on changes)."""
+from datetime import UTC
+
+from django.utils import timezone
+
+from metering.ingestion import usage_record
+from metering.meters import SEATS, STORAGE_BYTES
+from tenants import files
+
+
+def _directory_bytes(path):
+    """Regular files' bytes below `path`, at any depth and path length, never following a symlink."""
+    for _ in range(2):
+        try:
+            return files.tree_bytes(path)
+        except files.TreeChanged:  # a directory moved under the walk: measure again
+            continue
+    return files.tree_bytes(path)
+
+
+def storage_sample(*, tenant, now=None):
+    """Measure the tenant's storage directory and record it as a storage_bytes sample (one per tenant and hour)."""
+    from tenants.services import tenant_storage_path
+
+    now = now or timezone.now()
+    size = _directory_bytes(tenant_storage_path(tenant.slug))
+    hour = now.astimezone(UTC).strftime("%Y%m%dT%H")
+    usage_record(tenant=tenant, meter=STORAGE_BYTES, quantity=size, timestamp=now,
+                 event_id=f"storage:{tenant.slug}:{hour}", subject={"path": "tenant"})
+    return size
+
+
+def seats_sample(*, tenant, now=None):
+    """Record the tenant's member count as a seats sample; the day's and the month's figure is the peak.
+
+    One sample per tenant, hour and count: the hourly task repeats harmlessly, and a member joining mid-hour
+    (sampled at once by the outbox consumer in `metering.consumers`) still raises the peak.
+    """
+    now = now or timezone.now()
+    members = tenant.memberships.count()
+    hour = now.astimezone(UTC).strftime("%Y%m%dT%H")
+    usage_record(tenant=tenant, meter=SEATS, quantity=members, timestamp=now,
+                 event_id=f"seats:{tenant.slug}:{hour}:{members}")
+    return members
