@@ -3,9 +3,9 @@ membership, tenant, plan and user in one prepared statement."""
 from functools import cache
 
 from django.contrib.auth import get_user_model
-from django.db import DEFAULT_DB_ALIAS, connections
 
 from config.db import fetchone
+from core.sql import Columns
 from core.tokens import TokenKind
 from tenants.audit import audit_record
 from tenants.models import ApiToken, Membership, Plan, Tenant
@@ -15,24 +15,13 @@ TOKEN_PREFIX = "hth_"
 
 @cache
 def _lookup_statement():
-    """The SQL and, per model, its fields in the row. Columns come from the models' _meta, so a new column is
-    loaded without touching this; built on first use, when the models are ready."""
-    models = [("t", ApiToken), ("m", Membership), ("te", Tenant), ("p", Plan), ("u", get_user_model())]
-    connection = connections[DEFAULT_DB_ALIAS]
-    columns, layout = [], []
-    for alias, model in models:
-        fields = model._meta.concrete_fields
-        columns += [f'{alias}."{field.column}"' for field in fields]
-        converters = []  # what the ORM would run on each value (JSONField and the like); none on today's models
-        for i, field in enumerate(fields):
-            column = field.get_col(alias)
-            found = [*field.get_db_converters(connection), *connection.ops.get_db_converters(column)]
-            if found:
-                converters.append((i, column, found))
-        layout.append((model, len(fields), [field.attname for field in fields], converters))
+    """The SQL and each model's columns in the row. Columns come from the models' _meta (core.sql), so a new column
+    is loaded without touching this; built on first use, when the models are ready."""
+    layout = [Columns(model, alias) for alias, model in
+              [("t", ApiToken), ("m", Membership), ("te", Tenant), ("p", Plan), ("u", get_user_model())]]
     user_table = get_user_model()._meta.db_table
     sql = (
-        f"SELECT {', '.join(columns)} FROM {ApiToken._meta.db_table} t"
+        f"SELECT {', '.join(columns.sql for columns in layout)} FROM {ApiToken._meta.db_table} t"
         f" JOIN {Membership._meta.db_table} m ON m.id = t.membership_id"
         f" JOIN {Tenant._meta.db_table} te ON te.id = m.tenant_id"
         f" JOIN {Plan._meta.db_table} p ON p.id = te.plan_id"
@@ -43,17 +32,11 @@ def _lookup_statement():
 
 
 def _instances(row, layout):
-    """Model instances from consecutive slices of `row`, as the ORM builds them (field converters, Model.from_db).
-    workspaces/sql.py does the same for the open; tenants cannot import it (dependencies point the other way)."""
-    connection = connections[DEFAULT_DB_ALIAS]
+    """Model instances from consecutive slices of `row`, as the ORM builds them (field converters included)."""
     start = 0
-    for model, count, attnames, converters in layout:
-        values = list(row[start:start + count])
-        for i, column, found in converters:
-            for convert in found:
-                values[i] = convert(values[i], column, connection)
-        start += count
-        yield model.from_db(DEFAULT_DB_ALIAS, attnames, values)
+    for columns in layout:
+        yield columns.build(row[start:start + len(columns)])
+        start += len(columns)
 
 
 def _token_with_membership(digest):
