@@ -188,7 +188,7 @@ def start_server(port, workers):
 def bench_rest(tenants, *, batches, size, clients, workers):
     from metering.tokens import service_token_create
 
-    _, token = service_token_create(name="bench")
+    _, token = service_token_create(name="bench", meters=["ai_builder_tokens"])
     data = make_batches(tenants, batches=batches, size=size, duplicate_ratio=0.1, meter="ai_builder_tokens",
                         prefix=f"rest-{uuid.uuid4().hex[:6]}")
     bodies = [json.dumps({"events": batch}).encode() for batch in data]

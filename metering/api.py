@@ -14,7 +14,7 @@ from metering import selectors, services
 from metering.authentication import IsServiceToken, ServiceTokenAuthentication
 from metering.models import UsageRollup
 from tenants.authentication import ApiTokenAuthentication
-from tenants.exceptions import ServiceError
+from tenants.exceptions import Forbidden, ServiceError
 
 
 class RawJSONParser(BaseParser):
@@ -68,7 +68,7 @@ class UsageEventsIngestApi(APIView):
             raise ServiceError(
                 f"A batch holds at most {settings.METERING_MAX_BATCH} events; this one has {len(events)}. "
                 "Split it.", code="batch_too_large")
-        result = services.usage_ingest(events)
+        result = services.usage_ingest(events, token=request.auth)
         return Response(result.as_dict(), status=status.HTTP_200_OK)
 
 
@@ -160,6 +160,9 @@ class MeterDeclareApi(APIView):
     def post(self, request):
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
+        if data.validated_data["slug"] not in request.auth.meters:
+            raise Forbidden(f"This service token may not declare meter '{data.validated_data['slug']}': only the "
+                            "meters of its scope.", code="meter_not_allowed")
         meter = services.meter_declare(**data.validated_data, declared_by="api",
                                        actor=f"service token {request.auth.name}")
         return Response(self.OutputSerializer(meter).data, status=status.HTTP_201_CREATED)

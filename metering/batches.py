@@ -101,7 +101,7 @@ def _subject_json(subject):
     return "{" + ",".join(parts) + "}"
 
 
-def usage_events_prepare(events, *, source, now=None, check_window=True):
+def usage_events_prepare(events, *, source, now=None, check_window=True, scope=None):
     """Validate raw events (dicts) with plain Python; return (rows for the ingestion statement, rejected).
 
     A row is (event_id, tenant_id, tenant_slug, meter_id, quantity, subject JSON, timestamp, source, reason,
@@ -109,12 +109,17 @@ def usage_events_prepare(events, *, source, now=None, check_window=True):
 
     Each event: {"id", "tenant": slug or Tenant, "meter": slug or Meter, "quantity", "timestamp", "subject"}.
     A bad event is rejected alone with a reason; the others go on (see docs/metering.md).
+
+    `scope` (a service token's): (meter slugs allowed, tenant slugs allowed or None for every tenant); an event
+    outside it is rejected alone (`meter_not_allowed`, `tenant_not_allowed`) before its tenant or meter is looked
+    up, so a token learns nothing about tenants or meters outside its scope.
     """
     now = now or timezone.now()
     oldest = periods.open_since(now) if check_window else None
     newest = now + settings.METERING_FUTURE_SKEW
     correction = source == UsageEvent.Source.CORRECTION
     api = source == UsageEvent.Source.API
+    allowed_meters, allowed_tenants = scope if scope is not None else (None, None)
     rejected = []
     slugs = set()
     for event in events:
@@ -147,6 +152,15 @@ def usage_events_prepare(events, *, source, now=None, check_window=True):
                                        "prefix yours with your service's name, or use a UUID."})
             continue
         tenant = get("tenant")
+        if allowed_tenants is not None and isinstance(tenant, str) and tenant not in allowed_tenants:
+            rejected.append({"id": event_id, "code": "tenant_not_allowed",
+                             "reason": f"This service token may not record usage for tenant '{_echo(tenant)}'."})
+            continue
+        meter = get("meter")
+        if allowed_meters is not None and isinstance(meter, str) and meter not in allowed_meters:
+            rejected.append({"id": event_id, "code": "meter_not_allowed",
+                             "reason": f"This service token may not record meter '{_echo(meter)}'."})
+            continue
         if isinstance(tenant, Tenant):
             tenant_id, tenant_slug = tenant.pk, tenant.slug
         else:
@@ -155,7 +169,6 @@ def usage_events_prepare(events, *, source, now=None, check_window=True):
                 shown = _echo(tenant) if isinstance(tenant, str) else tenant
                 rejected.append({"id": event_id, "code": "unknown_tenant", "reason": f"There is no tenant '{shown}'."})
                 continue
-        meter = get("meter")
         if isinstance(meter, str):
             meter_info = meters.get(meter, _UNSEEN)
             if meter_info is _UNSEEN:  # an unknown slug reloads the cache once per batch, not once per event

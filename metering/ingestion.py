@@ -18,7 +18,7 @@ from config import db
 from metering import periods
 from metering.batches import usage_events_prepare
 from metering.entitlements import usage_thresholds_check
-from metering.meters import EGRESS_BYTES, WORKSPACE_SECONDS, meter_get
+from metering.meters import EGRESS_BYTES, PLATFORM_METERS, WORKSPACE_SECONDS, meter_get
 from metering.models import Meter, UsageEvent, UsageRollup
 from tenants.audit import audit_record
 from tenants.exceptions import Forbidden, ServiceError
@@ -178,9 +178,13 @@ def _without_overflow(rows):
     return kept, rejected
 
 
-def usage_ingest(events, *, now=None):
-    """The ingestion API's path: bad events are rejected one by one, the rest recorded exactly once."""
-    rows, rejected = usage_events_prepare(events, source=UsageEvent.Source.API, now=now, check_window=True)
+def usage_ingest(events, *, token, now=None):
+    """The ingestion API's path for a service token: bad events, and events outside the token's scope, are rejected
+    one by one, the rest recorded exactly once."""
+    # The platform's meters are taken out here too, whatever a token row says (it may predate the rule).
+    scope = (frozenset(token.meters) - PLATFORM_METERS, frozenset(token.tenant_slugs) or None)
+    rows, rejected = usage_events_prepare(events, source=UsageEvent.Source.API, now=now, check_window=True,
+                                          scope=scope)
     try:
         inserted, _ = _ingest_rows(rows)
     except DataError as exc:

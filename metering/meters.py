@@ -12,6 +12,8 @@ WORKSPACE_SECONDS = "workspace_seconds"
 STORAGE_BYTES = "storage_bytes"
 EGRESS_BYTES = "egress_bytes"
 SEATS = "seats"
+# Written by Hearth itself only (sessions, the gateway's counters, the samplers): never by a service token.
+PLATFORM_METERS = frozenset({WORKSPACE_SECONDS, STORAGE_BYTES, EGRESS_BYTES, SEATS})
 
 
 class _MeterCache:

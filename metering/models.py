@@ -1,5 +1,6 @@
 """Metering's records: meters, append-only usage events, their roll-ups per period, notices sent, service tokens."""
 from django.conf import settings
+from django.contrib.postgres.fields import ArrayField
 from django.db import models
 from django.db.models.functions import Now
 
@@ -154,7 +155,15 @@ class TenantMeteringSettings(models.Model):
 
 
 class ServiceToken(BearerToken):
-    """A credential for the platform's other services (e.g. the AI builder's gateway) to send usage events."""
+    """A credential for the platform's other services (e.g. the AI builder's gateway) to send usage events.
+
+    Scoped: it writes only the meters it lists (none until scoped; never the platform's own) and, if it lists
+    tenants, only for those.
+    """
 
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True,
                                    related_name="+")
+    meters = ArrayField(models.SlugField(max_length=64), default=list, blank=True,
+                        help_text="Meter slugs this token may write (and declare). Empty: none.")
+    tenant_slugs = ArrayField(models.SlugField(max_length=50), default=list, blank=True, verbose_name="tenants",
+                              help_text="Tenant slugs it may write for. Empty: every tenant.")

@@ -43,7 +43,7 @@ def test_an_api_body_past_the_limit_is_413_json(settings):
 def test_usage_ingestion_body_past_the_limit_is_413_and_records_nothing(settings):
     # The ingestion's own parser reads the raw body: the limit holds there too, before anything is decoded.
     settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 5000
-    _, plaintext = service_token_create(name="limit test")
+    _, plaintext = service_token_create(name="limit test", meters=["ai_builder_tokens"])
     client = APIClient()
     client.credentials(HTTP_AUTHORIZATION=f"Bearer {plaintext}")
     tenant = TenantFactory()

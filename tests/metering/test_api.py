@@ -7,6 +7,7 @@ from django.core.management import call_command
 from django.utils import timezone
 from rest_framework.test import APIClient
 
+from metering import services
 from metering.models import ServiceToken, UsageEvent, UsageRollup
 from metering.tokens import service_token_revoke
 from tests.factories import MembershipFactory
@@ -99,7 +100,7 @@ def test_no_token_401_and_revoked_token_401(service_token):
 
 
 def test_create_service_token_command_prints_a_working_token(capsys):
-    call_command("create_service_token", "--name", "ai-builder-gateway", "--json")
+    call_command("create_service_token", "--name", "ai-builder-gateway", "--meters", "ai_builder_tokens", "--json")
     token = json.loads(capsys.readouterr().out)["token"]
     assert token.startswith("hsv_")
     client = APIClient()
@@ -109,8 +110,8 @@ def test_create_service_token_command_prints_a_working_token(capsys):
 
 def test_usage_of_own_tenant_only(make_api_client, service_client):
     mine, theirs = tenant_on("free"), tenant_on("team")
-    service_client.post(URL, [event(1, theirs, meter="workspace_seconds", quantity=600)], format="json")
-    service_client.post(URL, [event(2, mine, meter="workspace_seconds", quantity=60)], format="json")
+    services.usage_record(tenant=theirs, meter="workspace_seconds", quantity=600)
+    services.usage_record(tenant=mine, meter="workspace_seconds", quantity=60)
     member = MembershipFactory(tenant=mine, role="member")
     client = make_api_client(member)
     response = client.get("/api/v1/usage")
@@ -165,3 +166,89 @@ def test_odd_json_shapes_are_rejected_per_event(service_client):
     assert body["accepted"] == 1
     assert [r["code"] for r in body["rejected"]] == ["invalid", "invalid", "unknown_tenant", "unknown_meter",
                                                     "invalid_quantity", "invalid_quantity"]
+
+
+# --- scoped service tokens ---------------------------------------------------------------------------------------
+
+
+def scoped_client(**scope):
+    from metering.tokens import service_token_create
+
+    _, plaintext = service_token_create(name="scoped", **scope)
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {plaintext}")
+    return client
+
+
+@pytest.mark.parametrize("meter", ["workspace_seconds", "egress_bytes", "seats", "storage_bytes"])
+def test_no_service_token_writes_a_platform_meter(meter):
+    tenant = tenant_on("pro")
+    client = scoped_client(meters=["ai_builder_tokens"])
+    body = client.post(URL, [event(1, tenant, meter=meter), event(2, tenant)], format="json").json()
+    assert body["accepted"] == 1
+    assert body["rejected"] == [{"id": "evt-1", "code": "meter_not_allowed",
+                                 "reason": f"This service token may not record meter '{meter}'."}]
+    assert not UsageEvent.objects.filter(meter__slug=meter).exists()
+    # Not even a token row that lists it (made before the rule, or edited in the database) writes it.
+    ServiceToken.objects.update(meters=["ai_builder_tokens", meter])
+    from metering import tokens
+
+    tokens._token_cache.clear()
+    body = client.post(URL, [event(3, tenant, meter=meter)], format="json").json()
+    assert [r["code"] for r in body["rejected"]] == ["meter_not_allowed"]
+    assert not UsageEvent.objects.filter(meter__slug=meter).exists()
+
+
+def test_a_platform_meter_cannot_be_put_in_a_scope():
+    from metering.tokens import service_token_create
+    from tenants.exceptions import ServiceError
+
+    with pytest.raises(ServiceError, match="platform's own meters") as exc:
+        service_token_create(name="greedy", meters=["ai_builder_tokens", "storage_bytes"])
+    assert exc.value.code == "platform_meter"
+    assert not ServiceToken.objects.exists()
+
+
+def test_an_event_outside_the_tokens_meters_or_tenants_is_rejected_alone():
+    mine, other = tenant_on("pro"), tenant_on("pro")
+    services.meter_declare(slug="web_builder_deploys", name="Deploys", unit="deploys", declared_by="template")
+    client = scoped_client(meters=["ai_builder_tokens"], tenants=[mine.slug])
+    batch = [event(1, mine), event(2, other), event(3, mine, meter="web_builder_deploys"),
+             {**event(4, mine), "tenant": "no-such-tenant"}, event(5, mine)]
+    body = client.post(URL, batch, format="json").json()
+    assert body["accepted"] == 2
+    assert [(r["id"], r["code"]) for r in body["rejected"]] == [
+        ("evt-2", "tenant_not_allowed"), ("evt-3", "meter_not_allowed"),
+        ("evt-4", "tenant_not_allowed")]  # a tenant outside the scope is not told apart from one that does not exist
+    assert set(UsageEvent.objects.values_list("event_id", flat=True)) == {"evt-1", "evt-5"}
+    assert not UsageEvent.objects.filter(tenant=other).exists()
+
+
+def test_a_token_without_meters_writes_nothing():
+    tenant = tenant_on("pro")
+    body = scoped_client().post(URL, [event(1, tenant)], format="json").json()
+    assert body["accepted"] == 0 and body["rejected"][0]["code"] == "meter_not_allowed"
+
+
+def test_a_token_declares_only_meters_of_its_scope():
+    client = scoped_client(meters=["ai_builder_tokens", "web_builder_deploys"])
+    ok = {"slug": "web_builder_deploys", "name": "Deploys", "unit": "deploys"}
+    assert client.post("/api/v1/usage/meters", ok, format="json").status_code == 201
+    refused = client.post("/api/v1/usage/meters", {**ok, "slug": "gpu_seconds"}, format="json")
+    assert refused.status_code == 403 and refused.json()["code"] == "meter_not_allowed"
+
+
+def test_create_service_token_command_scopes_the_token(capsys):
+    one, two, other = tenant_on("pro"), tenant_on("pro"), tenant_on("pro")
+    call_command("create_service_token", "--name", "gw", "--meters", "ai_builder_tokens",
+                 "--tenants", f"{one.slug},{two.slug}", "--json")
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["meters"] == ["ai_builder_tokens"] and printed["tenants"] == [one.slug, two.slug]
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {printed['token']}")
+    body = client.post(URL, [event(1, one), event(2, two), event(3, other)], format="json").json()
+    assert body["accepted"] == 2 and [r["code"] for r in body["rejected"]] == ["tenant_not_allowed"]
+    from django.core.management.base import CommandError
+
+    with pytest.raises(CommandError, match="platform's own meters"):
+        call_command("create_service_token", "--name", "bad", "--meters", "seats")

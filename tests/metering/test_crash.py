@@ -29,6 +29,8 @@ from metering.tokens import service_token_create
 from tenants.models import OutboxEvent
 from tests.metering.conftest import tenant_on
 
+API_METER = "ai_builder_tokens"
+
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent  # the virtualenv running the tests, wherever the checkout is
 
@@ -148,8 +150,15 @@ def test_sigkill_web_and_worker_and_redis_restart_lose_nothing_and_count_nothing
 
     rng = random.Random(5)
     tenants = [tenant_on("starter"), tenant_on("free"), tenant_on("pro")]
-    _, token = service_token_create(name="crash test")
+    _, token = service_token_create(name="crash test", meters=["ai_builder_tokens"])
     now = timezone.now()
+    # Workspace time is Hearth's own meter (no service token writes it): recorded here so the worker's threshold
+    # scan has notices to emit while it is killed.
+    from metering.services import usage_record
+
+    for tenant in tenants:
+        usage_record(tenant=tenant, meter="workspace_seconds", quantity=10 * 3600,
+                     timestamp=now - timezone.timedelta(minutes=5))
     # 160 batches of 250; each repeats 10 % of the previous batch's events (a client's overlap on reconnect).
     distinct = {}
     batches, previous = [], []
@@ -157,7 +166,7 @@ def test_sigkill_web_and_worker_and_redis_restart_lose_nothing_and_count_nothing
         fresh = []
         for i in range(225):
             tenant = tenants[rng.randrange(3)]
-            event = {"id": f"crash-{b}-{i}", "tenant": tenant.slug, "meter": "workspace_seconds",
+            event = {"id": f"crash-{b}-{i}", "tenant": tenant.slug, "meter": "ai_builder_tokens",
                      "quantity": rng.randint(1, 20), "timestamp": (now - timezone.timedelta(seconds=i)).isoformat(),
                      "subject": {"session": b}}
             fresh.append(event)
@@ -271,11 +280,12 @@ def test_sigkill_web_and_worker_and_redis_restart_lose_nothing_and_count_nothing
     assert stats["replayed_accepted"] == 0
     for tenant in tenants:
         expected = sum(e["quantity"] for e in distinct.values() if e["tenant"] == tenant.slug)
-        stored = UsageEvent.objects.filter(tenant=tenant).aggregate(s=Sum("quantity"))["s"]
-        month = UsageRollup.objects.filter(tenant=tenant, period="month").aggregate(s=Sum("quantity"))["s"]
-        days = UsageRollup.objects.filter(tenant=tenant, period="day").aggregate(s=Sum("quantity"))["s"]
+        rollups = UsageRollup.objects.filter(tenant=tenant, meter__slug=API_METER)
+        stored = UsageEvent.objects.filter(tenant=tenant, meter__slug=API_METER).aggregate(s=Sum("quantity"))["s"]
+        month = rollups.filter(period="month").aggregate(s=Sum("quantity"))["s"]
+        days = rollups.filter(period="day").aggregate(s=Sum("quantity"))["s"]
         assert stored == month == days == expected, (tenant.slug, stored, month, days, expected)
-        counted = UsageRollup.objects.filter(tenant=tenant, period="month").aggregate(s=Sum("event_count"))["s"]
+        counted = rollups.filter(period="month").aggregate(s=Sum("event_count"))["s"]
         assert counted == sum(1 for e in distinct.values() if e["tenant"] == tenant.slug)
 
     # The worker's side: whatever it was doing when killed, each notice exists once with exactly one event.

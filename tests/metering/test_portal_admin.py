@@ -131,7 +131,9 @@ def test_admin_event_and_rollup_lists_are_read_only(staff_client):
 
 
 def test_admin_creates_service_token_and_shows_it_once(staff_client):
-    response = staff_client.post("/admin/metering/servicetoken/add/", {"name": "ai-gateway"}, follow=True)
+    response = staff_client.post("/admin/metering/servicetoken/add/",
+                                 {"name": "ai-gateway", "meters": "ai_builder_tokens", "tenant_slugs": ""},
+                                 follow=True)
     assert response.status_code == 200
     token = ServiceToken.objects.get(name="ai-gateway")
     shown = [str(m) for m in response.context["messages"]]
@@ -212,3 +214,22 @@ def test_staff_without_metering_permissions_cannot_see_every_tenants_usage(clien
     _staff_with(client)  # staff, but no permission on metering at all
     response = client.get("/admin/metering/usagerollup/limits/")
     assert response.status_code in (302, 403) or tenant.slug.encode() not in response.content
+
+
+def test_admin_shows_and_edits_a_service_tokens_scope_through_the_service(staff_client):
+    from metering.tokens import service_token_create
+
+    tenant = tenant_on("pro")
+    token, _ = service_token_create(name="gw", meters=["ai_builder_tokens"])
+    listing = staff_client.get("/admin/metering/servicetoken/")
+    assert b"ai_builder_tokens" in listing.content and b"every tenant" in listing.content
+    url = f"/admin/metering/servicetoken/{token.pk}/change/"
+    refused = staff_client.post(url, {"name": "gw", "meters": "ai_builder_tokens,egress_bytes", "tenant_slugs": ""})
+    assert refused.status_code == 200 and b"platform" in refused.content  # the form shows why
+    assert ServiceToken.objects.get(pk=token.pk).meters == ["ai_builder_tokens"]
+    saved = staff_client.post(url, {"name": "gw", "meters": "ai_builder_tokens,gpu_seconds",
+                                    "tenant_slugs": tenant.slug})
+    assert saved.status_code == 302, saved.content[:500]
+    token.refresh_from_db()
+    assert token.meters == ["ai_builder_tokens", "gpu_seconds"] and token.tenant_slugs == [tenant.slug]
+    assert AuditLog.objects.get(action="service_token.scoped").data["after"]["tenants"] == [tenant.slug]

@@ -10,6 +10,7 @@ from django.db.models import Sum
 from metering import batches, meters, selectors, services
 from metering.exceptions import QuotaExceeded
 from metering.models import Meter, TenantMeteringSettings, UsageEvent, UsageNotice, UsageRollup
+from metering.tokens import service_token_create
 from tenants.exceptions import Forbidden, ServiceError
 from tenants.models import AuditLog, OutboxEvent
 from tests.factories import MembershipFactory, UserFactory
@@ -588,6 +589,7 @@ def test_a_batch_naming_an_unknown_meter_reloads_the_meter_list_once(django_asse
     tenant = tenant_on("pro")
     events = [{"id": f"u-{i}", "tenant": tenant.slug, "meter": "nope", "quantity": 1, "timestamp": T0}
               for i in range(50)]
+    token, _ = service_token_create(name="unknown meter", meters=["nope"])
     with django_assert_max_num_queries(3):  # the tenants, the meters (once), nothing to insert
-        result = services.usage_ingest(events, now=T0)
+        result = services.usage_ingest(events, token=token, now=T0)
     assert [r["code"] for r in result.rejected] == ["unknown_meter"] * 50
