@@ -194,7 +194,7 @@ class ServiceTokenAdmin(admin.ModelAdmin):
     def has_delete_permission(self, request, obj=None):
         return False  # revoke instead: the audit trail names the token
 
-    @admin.action(description="Revoke the selected service tokens")
+    @admin.action(description="Revoke the selected service tokens", permissions=["change"])
     def revoke(self, request, queryset):
         for token in queryset.filter(revoked_at__isnull=True):
             tokens.service_token_revoke(token=token, actor=request.user)

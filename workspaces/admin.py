@@ -26,19 +26,19 @@ class WorkspaceTemplateAdmin(admin.ModelAdmin):
     def warm_now(self, obj):
         return obj._warm
 
-    @admin.action(description="Pause the pool (no opens, no refills)")
+    @admin.action(description="Pause the pool (no opens, no refills)", permissions=["change"])
     def pause_pools(self, request, queryset):
         for template in queryset:
             services.pool_pause(template=template, paused=True, actor=request.user)
         self.message_user(request, f"Paused {queryset.count()} pool(s).")
 
-    @admin.action(description="Resume the pool")
+    @admin.action(description="Resume the pool", permissions=["change"])
     def resume_pools(self, request, queryset):
         for template in queryset:
             services.pool_pause(template=template, paused=False, actor=request.user)
         self.message_user(request, f"Resumed {queryset.count()} pool(s).")
 
-    @admin.action(description="Fill the pool now")
+    @admin.action(description="Fill the pool now", permissions=["change"])
     def fill_pools(self, request, queryset):
         started = sum(pool.pool_fill(template_id=t.pk) for t in queryset)
         self.message_user(request, f"Started {started} container(s).")
@@ -77,19 +77,20 @@ class NodeAdmin(admin.ModelAdmin):
     def last_error_short(self, obj):
         return obj.last_error[:80]
 
-    @admin.action(description="Drain: end its sessions, remove its warm containers, place nothing new")
+    @admin.action(description="Drain: end its sessions, remove its warm containers, place nothing new",
+                  permissions=["change"])
     def drain(self, request, queryset):
         for node in queryset:
             services.node_drain(node=node, actor=request.user)
         self.message_user(request, f"Drained {queryset.count()} node(s).")
 
-    @admin.action(description="Undrain: place containers again")
+    @admin.action(description="Undrain: place containers again", permissions=["change"])
     def undrain(self, request, queryset):
         for node in queryset:
             services.node_undrain(node=node, actor=request.user)
         self.message_user(request, f"{queryset.count()} node(s) back in service.")
 
-    @admin.action(description="Reconcile all nodes now")
+    @admin.action(description="Reconcile all nodes now", permissions=["change"])
     def reconcile_now(self, request, queryset):
         report = reconciler.reconcile()
         self.message_user(request, f"Reconciled: {report}", level=messages.INFO)
@@ -123,7 +124,7 @@ class SessionAdmin(admin.ModelAdmin):
         url = reverse("admin:workspaces_container_change", args=[obj.container_id])
         return format_html('<a href="{}">{}</a>', url, obj.container)
 
-    @admin.action(description="End the selected sessions")
+    @admin.action(description="End the selected sessions", permissions=["change"])
     def end_sessions(self, request, queryset):
         for session in queryset.filter(ended_at__isnull=True):
             services.session_end(session=session, reason=Session.EndReason.CLOSED, actor=request.user)
