@@ -1,5 +1,6 @@
 """The API's hand-written read paths answer exactly what their serializers declare: the workspace list (prepared
-statement, written-out items) against the ORM's scoped queryset and WorkspaceOutputSerializer, page by page."""
+statement, written-out items) against the ORM's scoped queryset and WorkspaceOutputSerializer, page by page; and
+the open's own lookup keeps the token's tenant."""
 import re
 
 import pytest
@@ -88,3 +89,15 @@ def test_a_forged_cursor_beyond_any_id_is_a_first_page_not_an_error(make_api_cli
         assert response.status_code == 200, response.content
         assert len(response.json()) == (1 if not value.startswith("-") else 0)
 
+
+def test_opening_through_one_tenants_token_a_workspace_of_another_of_the_users_tenants_is_404(make_api_client,
+                                                                                             template):
+    """The open reads the workspace itself; the token's tenant still bounds it, as the scoped queryset did."""
+    here = MembershipFactory(role="owner")
+    there = MembershipFactory(user=here.user, role="owner")  # the same user, owner of a second tenant
+    theirs = make(there, "elsewhere", template)
+    response = make_api_client(here).post(f"/api/v1/workspaces/{theirs.pk}/open")
+    assert response.status_code == 404 and response.json()["code"] == "not_found"
+    for pk in (theirs.pk + 10_000, 99999999999999999999999):
+        response = make_api_client(here).post(f"/api/v1/workspaces/{pk}/open")
+        assert response.status_code == 404, (pk, response.content)
