@@ -3,6 +3,7 @@ with the server's time next to the client's.
 
     DATABASE_URL=postgres://…/hearth_api_bench .venv/bin/python bench/api_latency.py [--code DIR] [--seconds 5]
                                                                                      [--opens 20] [--no-open]
+                                                                                     [--no-floor]
     .venv/bin/python bench/api_latency.py --url http://host:8000 --token hth_…   (a running Hearth: client time only)
 
 Without --url it sets up two synthetic tenants (an owner and an API token each; five workspaces to list in one,
@@ -13,7 +14,11 @@ CPU):
   GET /api/v1/tenant and GET /api/v1/workspaces — a warm-up, then one connection (latency) and eight (throughput);
   warm open — POST /api/v1/workspaces/<id>/open, one after another, each against a warm container of the tiny
               image (needs dockerd and root, like bench/claim.py; its containers carry `<HEARTH_INSTANCE>-apibench`
-              and are removed at the end; a real HAProxy gateway gets the routes).
+              and are removed at the end; a real HAProxy gateway gets the routes);
+  the floor — the same gunicorn settings serving a bare WSGI app that answers GET /api/v1/tenant's body: what
+              this machine charges for any request, so each figure is also a ratio to it; and the p50 of one
+              commit on this PostgreSQL (its WAL flush), which every open's claim waits for: an open's floor is
+              one floor request plus one commit.
 Server time is gunicorn's own request time (access-log field %(D)s: from the parsed request to the last byte
 written), read from the access log of each phase. CPU per request: the gunicorn workers' CPU and their PostgreSQL
 backends' CPU (from /proc) over the phase, divided by the requests served.
@@ -62,17 +67,35 @@ def free_port():
         return s.getsockname()[1]
 
 
-class Gunicorn:
-    """gunicorn serving `code_dir`, its access log holding `<method> <path> <status> <µs>` per request."""
+# The floor arm's WSGI app: the same JSON body Hearth answered, with nothing behind it.
+FLOOR_APP = """
+BODY = open(__file__[:-3] + ".json", "rb").read()
+HEADERS = [("Content-Type", "application/json"), ("Content-Length", str(len(BODY)))]
 
-    def __init__(self, code_dir, env, *, workers, threads):
+
+def application(environ, start_response):
+    start_response("200 OK", HEADERS)
+    return [BODY]
+"""
+
+
+class Gunicorn:
+    """gunicorn serving `code_dir`, its access log holding `<method> <path> <status> <µs>` per request.
+    `floor_body`: serve a bare WSGI app answering that body instead of Hearth (the machine's floor)."""
+
+    def __init__(self, code_dir, env, *, workers, threads, floor_body=None):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_dir = Path(tempfile.mkdtemp(prefix="hapibench"))
         self.access_log = self.log_dir / "access.log"
         self.access_log.touch()
+        app = "config.wsgi:application"
+        if floor_body is not None:
+            (self.log_dir / "floor_app.py").write_text(FLOOR_APP)
+            (self.log_dir / "floor_app.json").write_bytes(floor_body)
+            code_dir, env, app = self.log_dir, dict(env, PYTHONPATH=str(self.log_dir)), "floor_app:application"
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "config.wsgi:application", "--bind", f"127.0.0.1:{self.port}",
+            [sys.executable, "-m", "gunicorn", app, "--bind", f"127.0.0.1:{self.port}",
              "--workers", str(workers), "--threads", str(threads), "--access-logfile", str(self.access_log),
              "--access-logformat", "%(m)s %(U)s %(s)s %(D)s", "--error-logfile", str(self.log_dir / "error.log")],
             cwd=code_dir, env=env)
@@ -192,9 +215,9 @@ class Measure:
         return False
 
 
-def reads(url, token, server, db_name, seconds):
+def reads(url, token, server, db_name, seconds, paths=READS):
     results = {}
-    for path in READS:
+    for path in paths:
         wrk(url, path, token, connections=8, seconds=1)  # every worker thread connected and warm
         phase = {}
         for label, connections in (("c1", 1), ("c8", 8)):
@@ -203,6 +226,29 @@ def reads(url, token, server, db_name, seconds):
                 phase[label] = measure.finish(got, re.escape(path))
         results[path] = phase
     return results
+
+
+def commit_floor(samples=100):
+    """p50 ms of committing one row INSERT on this PostgreSQL: the WAL flush every warm open's claim waits for."""
+    from django.db import connection
+
+    timings = []
+    with connection.cursor() as cursor:
+        cursor.execute("CREATE TABLE IF NOT EXISTS bench_commit_probe (id int)")
+        for _ in range(samples):
+            started = time.perf_counter()
+            cursor.execute("INSERT INTO bench_commit_probe VALUES (1)")  # autocommit: one commit each
+            timings.append((time.perf_counter() - started) * 1000)
+        cursor.execute("DROP TABLE bench_commit_probe")
+    return pct(timings, 50)
+
+
+def fetch(url, path, token):
+    import urllib.request
+
+    request = urllib.request.Request(url + path, headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return response.read()
 
 
 # --- our own Hearth: setup, warm open, cleanup ---------------------------------------------------------------
@@ -326,6 +372,21 @@ def cleanup(template):
 def report(results):
     print(json.dumps(results))
     rows = []
+    floor = results.get("floor")
+
+    def times_floor(value, key, phase):
+        """`value` as a multiple of the floor arm's figure (server time: × floor; req/s: floor's share)."""
+        base = floor and floor[phase].get(key)
+        return f" = {value / base:.1f}× floor" if base and value is not None else ""
+
+    if floor:
+        f1, f8 = floor["c1"], floor["c8"]
+        rows.append(("gunicorn floor, 1 connection", f"server p50 {f1['server_p50_ms']} ms (client {f1['p50_ms']} ms; "
+                     f"CPU/request {f1['web_cpu_ms_per_request']} ms): a bare WSGI app, {READS[0]}'s body", "-", None))
+        rows.append(("gunicorn floor, 8 connections", f"{f8['rps']} req/s (client p50 {f8['p50_ms']} ms, server p50 "
+                     f"{f8['server_p50_ms']} ms; {f8['errors']} errors)", "-", None))
+        rows.append(("PostgreSQL commit (WAL flush)", f"p50 {floor['commit_p50_ms']} ms: one row INSERT, autocommit",
+                     "-", None))
     for path in READS:
         r = results["reads"].get(path)
         if not r:
@@ -333,19 +394,28 @@ def report(results):
         c1, c8 = r["c1"], r["c8"]
         if c1.get("server_p50_ms") is not None:
             ok = c1["server_p50_ms"] <= TARGET_SERVER_P50_MS
-            rows.append((f"GET {path}, 1 connection", f"server p50 {c1['server_p50_ms']} ms (client "
+            rows.append((f"GET {path}, 1 connection", f"server p50 {c1['server_p50_ms']} ms"
+                         f"{times_floor(c1['server_p50_ms'], 'server_p50_ms', 'c1')} (client "
                          f"{c1['p50_ms']} ms; CPU/request web {c1['web_cpu_ms_per_request']} + PostgreSQL "
                          f"{c1['db_cpu_ms_per_request']} ms)", f"server p50 ≤ {TARGET_SERVER_P50_MS:g} ms", ok))
         else:
             rows.append((f"GET {path}, 1 connection", f"client p50 {c1['p50_ms']} ms", "-", None))
         server = f", server p50 {c8['server_p50_ms']} ms" if c8.get("server_p50_ms") is not None else ""
-        rows.append((f"GET {path}, 8 connections", f"{c8['rps']} req/s (client p50 {c8['p50_ms']} ms{server}; "
+        share = f" = {c8['rps'] / floor['c8']['rps']:.2f} of floor" if floor and floor["c8"]["rps"] else ""
+        rows.append((f"GET {path}, 8 connections", f"{c8['rps']} req/s{share} (client p50 {c8['p50_ms']} ms{server}; "
                      f"{c8['errors']} errors)", f"≥ {TARGET_RPS_C8} req/s", c8["rps"] >= TARGET_RPS_C8
                      and not c8["errors"]))
     o = results.get("warm_open")
+    if o and o.get("n") and floor:
+        # An open is at least one request and one commit (the claim): its floor here.
+        base = floor["c1"]["p50_ms"] + floor["commit_p50_ms"]
+        o["floor_ms"] = round(base, 2)
     if o and o.get("n"):
-        rows.append((f"warm open over HTTP × {o['n']}", f"client p50 {o['p50_ms']} ms, p99 {o['p99_ms']} ms (server "
-                     f"p50 {o.get('server_p50_ms')} ms; {o['errors']} errors, {o['cold_starts']} cold)",
+        ratio = f" = {o['p50_ms'] / o['floor_ms']:.1f}× floor {o['floor_ms']} ms" if o.get("floor_ms") else ""
+        rows.append((f"warm open over HTTP × {o['n']}", f"client p50 {o['p50_ms']} ms{ratio}, p99 {o['p99_ms']} ms "
+                     f"(server "
+                     f"p50 {o.get('server_p50_ms')} ms; CPU/request web {o.get('web_cpu_ms_per_request')} + "
+                     f"PostgreSQL {o.get('db_cpu_ms_per_request')} ms; {o['errors']} errors, {o['cold_starts']} cold)",
                      f"p50 ≤ {TARGET_OPEN_P50_MS:g} ms",
                      o["p50_ms"] <= TARGET_OPEN_P50_MS and not o["errors"] and not o["cold_starts"]))
     elif o:
@@ -354,7 +424,7 @@ def report(results):
     print(f"\nload average {results['load_avg_before']} → {results['load_avg_after']}")
     for scenario, figure, target, ok in rows:
         verdict = "" if ok is None else ("met" if ok else "MISSED")
-        print(f"{scenario:34} {figure:95} {target:22} {verdict}")
+        print(f"{scenario:37} {figure:110} {target:22} {verdict}")
 
 
 def main():
@@ -365,6 +435,7 @@ def main():
     parser.add_argument("--seconds", type=int, default=5, help="per read phase")
     parser.add_argument("--opens", type=int, default=20)
     parser.add_argument("--no-open", action="store_true")
+    parser.add_argument("--no-floor", action="store_true", help="skip the bare-WSGI floor arm")
     parser.add_argument("--workers", type=int, default=2 * (os.cpu_count() or 1) + 1)
     parser.add_argument("--threads", type=int, default=4)
     args = parser.parse_args()
@@ -398,8 +469,17 @@ def main():
             results["reads"] = reads(server.url, token, server, db_name, args.seconds)
             if not args.no_open:
                 results["warm_open"] = warm_open(server, db_name, open_token, template, open_workspaces)
+            floor_body = fetch(server.url, READS[0], token) if not args.no_floor else None
         finally:
             server.stop()
+        if floor_body is not None:
+            floor = Gunicorn(args.code, env, workers=args.workers, threads=args.threads, floor_body=floor_body)
+            try:
+                floor.wait_ready(token)
+                results["floor"] = reads(floor.url, token, floor, db_name, args.seconds, paths=READS[:1])[READS[0]]
+            finally:
+                floor.stop()
+            results["floor"]["commit_p50_ms"] = commit_floor()
             if not args.no_open:
                 cleanup(template)
             if gateway:

@@ -75,6 +75,14 @@ class TenantScopedView(GenericAPIView):
         return self.scoped_queryset()
 
 
+def shared_representation(serializer_class):
+    """`serializer_class(instance).data` for the hot read paths, without building the serializer's fields on every
+    call: one instance per process, shared by its threads (to_representation keeps no per-call state). A
+    ModelSerializer builds its fields from the model for every instance: 0.3–0.5 ms of a response. The instance has
+    no context, so not for a serializer that reads the request."""
+    return serializer_class().to_representation
+
+
 class StrictInputSerializer(serializers.Serializer):
     """An input serializer that rejects fields it does not know instead of silently dropping them.
 

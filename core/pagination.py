@@ -9,6 +9,8 @@ from drf_spectacular.utils import OpenApiParameter
 from rest_framework import exceptions
 from rest_framework.response import Response
 
+from core.api import shared_representation
+
 PAGE_SIZE_DEFAULT = 100
 PAGE_SIZE_MAX = 500
 PAGE_PARAMETERS = [
@@ -26,19 +28,43 @@ def paged_response(request, queryset, serializer_class, *, order=("-pk",)):
     skips an item when rows are added meanwhile, and page 1,000 costs what page 1 does. The cursor is the last
     item's values of `order`, opaque to clients.
     """
-    limit = _query_int(request, "limit", default=PAGE_SIZE_DEFAULT, low=1, high=PAGE_SIZE_MAX)
+    page = Page(request, queryset.model, order)
     rows = queryset.order_by(*order)
-    after = request.query_params.get("after")
-    if after:
-        rows = rows.filter(_after(order, _cursor_decode(after, queryset.model, order)))
-    rows = list(rows[: limit + 1])
-    response = Response(serializer_class(rows[:limit], many=True).data)
-    if len(rows) > limit:
-        query = request.query_params.copy()
-        query["after"] = _cursor_encode(rows[limit - 1], order)
-        query["limit"] = str(limit)
-        response["Link"] = f'<{request.build_absolute_uri(request.path)}?{query.urlencode()}>; rel="next"'
-    return response
+    if page.after is not None:
+        rows = rows.filter(_after(order, page.after))
+    rows = list(rows[: page.limit + 1])
+    fields = [field.lstrip("-") for field in order]
+    represent = _representations.get(serializer_class) or _representations.setdefault(
+        serializer_class, shared_representation(serializer_class))
+    return page.response([represent(row) for row in rows[: page.limit]], rows,
+                         lambda row: [getattr(row, field) for field in fields])
+
+
+_representations = {}  # serializer class -> its shared to_representation (core.api.shared_representation)
+
+
+class Page:
+    """One page of a list request, for lists read without the ORM: `limit`, and `after`, the decoded cursor (the
+    previous page's last values of `order`) or None on the first page. Fetch `limit + 1` rows after it in `order`,
+    then answer with `response()`: the same body, cursor and `Link` header as `paged_response`."""
+
+    def __init__(self, request, model, order=("-pk",)):
+        self.request, self.order = request, order
+        self.limit = _query_int(request, "limit", default=PAGE_SIZE_DEFAULT, low=1, high=PAGE_SIZE_MAX)
+        after = request.query_params.get("after")
+        self.after = _cursor_decode(after, model, order) if after else None
+
+    def response(self, items, rows, values_of):
+        """`items`: the first `limit` of `rows` as the body says them; `rows`: up to `limit + 1` fetched (one more
+        means there is a next page); `values_of(row)`: a row's values of `order`."""
+        response = Response(items)
+        if len(rows) > self.limit:
+            request = self.request
+            query = request.query_params.copy()
+            query["after"] = _cursor_encode(values_of(rows[self.limit - 1]))
+            query["limit"] = str(self.limit)
+            response["Link"] = f'<{request.build_absolute_uri(request.path)}?{query.urlencode()}>; rel="next"'
+        return response
 
 
 def _after(order, values):
@@ -51,8 +77,7 @@ def _after(order, values):
     return condition
 
 
-def _cursor_encode(row, order):
-    values = [getattr(row, field.lstrip("-")) for field in order]
+def _cursor_encode(values):
     raw = json.dumps([value.isoformat() if hasattr(value, "isoformat") else str(value) for value in values])
     return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
 

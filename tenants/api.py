@@ -8,7 +8,7 @@ from drf_spectacular.utils import OpenApiResponse, extend_schema, inline_seriali
 from rest_framework import serializers, status
 from rest_framework.response import Response
 
-from core.api import StrictInputSerializer, TenantScopedView
+from core.api import StrictInputSerializer, TenantScopedView, shared_representation
 from core.pagination import PAGE_PARAMETERS, paged_response
 from tenants import policy, selectors, services
 from tenants.exceptions import NotFound
@@ -62,7 +62,7 @@ class PlanListApi(TenantScopedView):
 
     @extend_schema(responses={200: PlanOutputSerializer(many=True), **_errors()}, tags=["plans"])
     def get(self, request):
-        return Response(self.OutputSerializer(self.get_queryset(), many=True).data)
+        return Response([_plan_representation(plan) for plan in self.get_queryset()])
 
 
 # --- the tenant ----------------------------------------------------------------------------------
@@ -77,6 +77,10 @@ class TenantOutputSerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
 
+_plan_representation = shared_representation(PlanOutputSerializer)
+_tenant_representation = shared_representation(TenantOutputSerializer)
+
+
 class TenantGetApi(TenantScopedView):
     """The tenant the API token acts in."""
 
@@ -88,7 +92,7 @@ class TenantGetApi(TenantScopedView):
     @extend_schema(responses={200: TenantOutputSerializer, **_errors()}, tags=["tenant"])
     def get(self, request):
         # The token's lookup loaded this tenant and its plan in this request (tenants.tokens): no second query.
-        return Response(self.OutputSerializer(self.tenant).data)
+        return Response(_tenant_representation(self.tenant))
 
 
 class TenantUpdateApi(TenantScopedView):
@@ -114,7 +118,7 @@ class TenantUpdateApi(TenantScopedView):
     def patch(self, request):
         data = _validated(self.InputSerializer, request.data)
         services.tenant_rename(tenant=self.tenant, name=data["name"], actor=request.user)
-        return Response(self.OutputSerializer(self.get_queryset().get()).data)
+        return Response(_tenant_representation(self.get_queryset().get()))
 
 
 class TenantChangePlanApi(TenantScopedView):
@@ -135,7 +139,7 @@ class TenantChangePlanApi(TenantScopedView):
     def post(self, request):
         data = _validated(self.InputSerializer, request.data)
         services.tenant_change_plan(tenant=self.tenant, plan=data["plan"], actor=request.user)
-        return Response(self.OutputSerializer(self.get_queryset().get()).data)
+        return Response(_tenant_representation(self.get_queryset().get()))
 
 
 # --- members -------------------------------------------------------------------------------------

@@ -7,9 +7,10 @@ from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_sche
 from rest_framework import serializers, status
 from rest_framework.response import Response
 
-from core.api import StrictInputSerializer, TenantScopedView
-from core.pagination import PAGE_PARAMETERS, paged_response
+from core.api import StrictInputSerializer, TenantScopedView, shared_representation
+from core.pagination import PAGE_PARAMETERS, Page, paged_response
 from workspaces import selectors, services
+from workspaces.models import Workspace
 
 ErrorSerializer = inline_serializer("WorkspacesError", fields={
     "code": serializers.CharField(), "detail": serializers.CharField(), "field": serializers.CharField(required=False)})
@@ -56,6 +57,16 @@ class WorkspaceOutputSerializer(serializers.Serializer):
     created_at = serializers.DateTimeField()
 
 
+_datetime = serializers.DateTimeField().to_representation
+
+
+def _workspace_item(row):
+    """WorkspaceOutputSerializer's body for a selectors.WorkspaceRow, written out: DRF's field-by-field
+    representation costs about 30 µs a row (3 ms for a page of 100); tests pin the two equal."""
+    return {"id": row.id, "name": row.name, "template": row.template_slug, "owner": row.owner_email,
+            "host_key": row.host_key, "created_at": _datetime(row.created_at)}
+
+
 class WorkspaceListApi(TenantScopedView):
     """Members: their own workspaces; owners and admins: all of the tenant's."""
 
@@ -65,7 +76,12 @@ class WorkspaceListApi(TenantScopedView):
     @extend_schema(parameters=PAGE_PARAMETERS, responses={200: WorkspaceOutputSerializer(many=True),
                                                           **_errors(400)}, tags=["workspaces"])
     def get(self, request):
-        return paged_response(request, self.get_queryset(), WorkspaceOutputSerializer)
+        # The API's most frequent list reads through workspace_page (the same rows as scoped_queryset, in the same
+        # tenant and visibility, by a prepared statement) and pages as paged_response does, cursor included.
+        page = Page(request, Workspace, ("-pk",))
+        rows = selectors.workspace_page(tenant=self.tenant, membership=self.membership, limit=page.limit + 1,
+                                        before_id=page.after[0] if page.after else None)
+        return page.response([_workspace_item(row) for row in rows[: page.limit]], rows, lambda row: [row.id])
 
 
 class WorkspaceCreateApi(TenantScopedView):
@@ -125,14 +141,19 @@ class WorkspaceOpenApi(TenantScopedView):
         expires_at = serializers.DateTimeField()
         resumed = serializers.BooleanField()
 
+    _represent = staticmethod(shared_representation(OutputSerializer))
+
     def scoped_queryset(self):
         return selectors.workspace_list(tenant=self.tenant, membership=self.membership)
 
     @extend_schema(request=None, responses={200: OutputSerializer, **_errors(403, 404, 409, 503)},
                    tags=["workspaces"])
     def post(self, request, pk):
-        opened = services.workspace_open(workspace=self.get_object(), user=request.user)
-        return Response(self.OutputSerializer(opened).data)
+        # workspace_open reads the workspace itself (one prepared lookup; an ORM get_object before it cost about
+        # 1 ms of CPU) and, given the token's tenant, answers 404 for a workspace of any other tenant, as
+        # scoped_queryset would: same tenant, same visibility (a member's own; a manager's 403 not_owner).
+        opened = services.workspace_open(workspace=Workspace(pk=pk), user=request.user, tenant=self.tenant)
+        return Response(self._represent(opened))
 
 
 class SessionOutputSerializer(serializers.Serializer):

@@ -82,15 +82,16 @@ class _OpenLookup:
 _open_lookup = _OpenLookup()
 
 
-def workspace_open(*, workspace, user):
-    """Give `user` a running container with their workspace's files: warm claim, else a cold start.
+def workspace_open(*, workspace, user, tenant=None):
+    """Give `user` a running container with their workspace's files: warm claim, else a cold start. `tenant`: the
+    one the caller acts in (an API token's); a workspace of another tenant is not found, as for a stranger.
 
     Order: checks (tenant active, template enabled, pool not paused, entitlement), one claim transaction
     (container CLAIMED + Session), then the storage bind, the gateway route and the token. A failure after
     the claim ends the session (reason `failed`) and releases the container: nothing is left half-made.
     """
     workspace = _open_lookup(workspace_id=workspace.pk, user_id=getattr(user, "pk", None))
-    if workspace is None or workspace.user_role is None:
+    if workspace is None or workspace.user_role is None or (tenant is not None and workspace.tenant_id != tenant.pk):
         raise NotFound("No such workspace.")
     if workspace.owner_id != user.pk:
         # Those who see every workspace of the tenant learn why they cannot open this one; others, that it is not there.

@@ -4,12 +4,16 @@
 Visibility: a member sees their own workspaces and sessions; the tenant's owners and admins see all of the
 tenant's (to help and to clean up), but only a workspace's owner can open it (its files are theirs).
 """
-from datetime import timedelta
+from datetime import datetime, timedelta
+from functools import cache
+from typing import NamedTuple
 
+from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
 from django.db.models import Count, Q
 from django.utils import timezone
 
+from config import db
 from tenants import policy
 from tenants.exceptions import NotFound
 from tenants.models import Membership
@@ -37,6 +41,49 @@ def workspace_list(*, tenant, membership):
     if not policy.sees_all_workspaces(membership):
         workspaces = workspaces.filter(owner_id=membership.user_id)
     return workspaces.order_by("-created_at", "-pk")
+
+
+class WorkspaceRow(NamedTuple):
+    id: int
+    name: str
+    template_slug: str
+    owner_email: str
+    host_key: str
+    created_at: datetime
+
+
+@cache
+def _workspace_page_sql(*, own_only):
+    """The page statement, table and column names from the models' _meta; built on first use (models ready)."""
+    w, tp, u = Workspace._meta, WorkspaceTemplate._meta, get_user_model()._meta
+    col = {name: f'w."{w.get_field(name).column}"' for name in ("id", "name", "host_key", "created_at",
+                                                                 "tenant", "owner", "template", "deleted_at")}
+    return (
+        f'SELECT {col["id"]}, {col["name"]}, tp."{tp.get_field("slug").column}", u."{u.get_field("email").column}", '
+        f'{col["host_key"]}, {col["created_at"]} FROM "{w.db_table}" w '
+        f'JOIN "{tp.db_table}" tp ON tp.id = {col["template"]} JOIN "{u.db_table}" u ON u.id = {col["owner"]} '
+        f'WHERE {col["tenant"]} = %b AND {col["deleted_at"]} IS NULL AND {col["id"]} < %b'
+        + (f' AND {col["owner"]} = %b' if own_only else "")
+        + f' ORDER BY {col["id"]} DESC LIMIT %b'
+    )
+
+
+_NO_CURSOR = 2**63 - 1  # above every bigint id: the first page
+
+
+def workspace_page(*, tenant, membership, limit, before_id=None):
+    """Up to `limit` WorkspaceRows of what workspace_list shows `membership`, newest id first, ids below `before_id`
+    (the API's keyset cursor). Hand-written and prepared for the API's list: the ORM spent about 1 ms of CPU
+    compiling the list's query and building its instances on every request."""
+    own_only = not policy.sees_all_workspaces(membership)
+    # A forged cursor may hold any integer; the statement binds int8 (one signature, one prepared plan).
+    before_id = _NO_CURSOR if before_id is None else max(min(before_id, _NO_CURSOR), -_NO_CURSOR)
+    params = [tenant.pk, before_id]
+    if own_only:
+        params.append(membership.user_id)
+    with db.cursor(int8=True) as cursor:
+        cursor.execute(_workspace_page_sql(own_only=own_only), [*params, limit])
+        return [WorkspaceRow(*row) for row in cursor.fetchall()]
 
 
 def workspace_get(*, tenant, membership, workspace_id):
