@@ -28,7 +28,8 @@ from tenants.tokens import API_TOKENS, TOKEN_PREFIX, api_token_authenticate  # n
 log = logging.getLogger(__name__)
 User = get_user_model()
 
-RESERVED_SLUGS = {"admin", "api", "www", "static", "media", "portal", "accounts", "gateway", "healthz", "readyz", "hearth"}
+RESERVED_SLUGS = {"admin", "api", "www", "static", "media", "portal", "accounts", "gateway", "healthz", "readyz",
+                  "hearth"}
 
 
 def tenant_storage_path(slug):
