@@ -37,6 +37,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from stats import pct as _pct
+
 ROOT = Path(__file__).resolve().parent.parent
 READS = ["/api/v1/tenant", "/api/v1/workspaces"]
 TARGET_SERVER_P50_MS, TARGET_RPS_C8, TARGET_OPEN_P50_MS = 3.0, 600, 8.0
@@ -53,12 +55,7 @@ end
 
 
 def pct(values, p):
-    values = sorted(values)
-    if not values:
-        return None
-    k = (len(values) - 1) * p / 100
-    lo, hi = int(k), min(int(k) + 1, len(values) - 1)
-    return round(values[lo] + (values[hi] - values[lo]) * (k - lo), 2)
+    return _pct(values, p)
 
 
 def free_port():

@@ -41,6 +41,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from stats import pct as _pct
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.base")
@@ -75,12 +77,7 @@ SCENARIOS = set(SCENARIOS_IN_ORDER)
 
 
 def pct(values, p):
-    values = sorted(values)
-    if not values:
-        return None
-    k = (len(values) - 1) * p / 100
-    lo, hi = int(k), min(int(k) + 1, len(values) - 1)
-    return round((values[lo] + (values[hi] - values[lo]) * (k - lo)) * 1000, 2)
+    return _pct(values, p, scale=1000)
 
 
 def stats(samples):

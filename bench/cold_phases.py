@@ -31,6 +31,8 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from stats import pct as _pct
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.base")
 os.environ["HEARTH_INSTANCE"] = os.environ.get("HEARTH_INSTANCE", "hearth") + "-phases"
@@ -55,12 +57,7 @@ PHASES = ("slot", "create", "start", "inspect", "port", "page", "total")
 
 
 def pct(values, p):
-    values = sorted(values)
-    if not values:
-        return None
-    k = (len(values) - 1) * p / 100
-    lo, hi = int(k), min(int(k) + 1, len(values) - 1)
-    return round((values[lo] + (values[hi] - values[lo]) * (k - lo)) * 1000, 1)
+    return _pct(values, p, scale=1000, digits=1)
 
 
 def options(variant, runtime, lean_crun):

@@ -20,6 +20,8 @@ import time
 import uuid
 from pathlib import Path
 
+from stats import pct as _pct
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.base")
 
@@ -36,13 +38,8 @@ from workspaces.runtime import ContainerSpec, DockerRuntime  # noqa: E402
 INSTANCE = f"{settings.HEARTH_INSTANCE}-bench"
 
 
-def pct(values, p):
-    values = sorted(values)
-    if not values:
-        return None
-    k = (len(values) - 1) * p / 100
-    lo, hi = int(k), min(int(k) + 1, len(values) - 1)
-    return round((values[lo] + (values[hi] - values[lo]) * (k - lo)) * 1000, 2)  # ms
+def pct(values, p):  # ms
+    return _pct(values, p, scale=1000)
 
 
 def summary(values):

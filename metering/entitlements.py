@@ -33,24 +33,17 @@ def entitlement_check(*, tenant, now=None):
     plan = tenant.plan
     upgrade_url = settings.METERING_UPGRADE_URL
     allowance = selectors.workspace_allowance(tenant=tenant, now=now)
-    if allowance["day"] and allowance["day"]["remaining"] <= 0:
-        day = allowance["day"]
-        raise QuotaExceeded(
-            f"{tenant.name} has used today's {_human_duration(day['included'])} of workspace time on the "
-            f"{plan.name} plan. It resets at {day['resets_at']:%Y-%m-%d %H:%M %Z}; upgrade for more at "
-            f"{upgrade_url}",
-            meter=WORKSPACE_SECONDS, resets_at=day["resets_at"], upgrade_url=upgrade_url,
-            extra={"period": "day", "used": day["used"], "included": day["included"]},
-        )
-    month = allowance["month"]
-    if month and month["remaining"] <= 0 and not plan.allows_overage:
-        raise QuotaExceeded(
-            f"{tenant.name} has used this month's {_human_duration(month['included'])} of workspace time on the "
-            f"{plan.name} plan. It resets at {month['resets_at']:%Y-%m-%d %H:%M %Z}; upgrade for more at "
-            f"{upgrade_url}",
-            meter=WORKSPACE_SECONDS, resets_at=month["resets_at"], upgrade_url=upgrade_url,
-            extra={"period": "month", "used": month["used"], "included": month["included"]},
-        )
+    # The daily allowance always stops; the monthly one only where the plan has no paid overage.
+    for period, spent in (("day", "today's"), ("month", "this month's")):
+        left = allowance[period]
+        if left and left["remaining"] <= 0 and (period == "day" or not plan.allows_overage):
+            raise QuotaExceeded(
+                f"{tenant.name} has used {spent} {_human_duration(left['included'])} of workspace time on the "
+                f"{plan.name} plan. It resets at {left['resets_at']:%Y-%m-%d %H:%M %Z}; upgrade for more at "
+                f"{upgrade_url}",
+                meter=WORKSPACE_SECONDS, resets_at=left["resets_at"], upgrade_url=upgrade_url,
+                extra={"period": period, "used": left["used"], "included": left["included"]},
+            )
     if plan.storage_mb is not None:
         stored = selectors.storage_current(tenant=tenant, now=now)
         cap = plan.storage_mb * 1024 * 1024
