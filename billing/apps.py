@@ -1,6 +1,13 @@
+"""Billing: dj-stripe, subscriptions and their webhooks, the billing-event outbox and its providers."""
 from django.apps import AppConfig
 
 
 class BillingConfig(AppConfig):
     name = "billing"
     verbose_name = "Billing"
+
+    def ready(self):
+        from billing.subscriptions import plan_request
+        from tenants.services import plan_request_handler
+
+        plan_request_handler(plan_request)

@@ -76,6 +76,7 @@ TEMPLATES = [
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
                 "tenants.context_processors.current_tenant",
+                "billing.context_processors.billing_banner",
             ],
         },
     },
@@ -173,13 +174,36 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
 }
 
-# --- billing -----------------------------------------------------------------------------------------------------
-# dj-stripe: wired now so billing can plug in; keys come from the environment.
-STRIPE_LIVE_MODE = False
-STRIPE_TEST_SECRET_KEY = env.str("STRIPE_TEST_SECRET_KEY", default="sk_test_" + "0" * 24)
+# --- billing ---------------------------------------------------------------------------------------------------
+# With STRIPE_SECRET_KEY unset Hearth bills through the offline Stripe (`python -m billing.stripe_emulator`, started
+# by `make run`) at STRIPE_API_HOST with a test key; set STRIPE_SECRET_KEY and STRIPE_WEBHOOK_SECRET for Stripe itself.
+STRIPE_OFFLINE = not env.str("STRIPE_SECRET_KEY", default="")
+STRIPE_SECRET_KEY = env.str("STRIPE_SECRET_KEY", default="") or env.str(
+    "STRIPE_TEST_SECRET_KEY", default="sk_test_" + "hearthoffline" * 2)
+STRIPE_LIVE_MODE = STRIPE_SECRET_KEY.startswith(("sk_live_", "rk_live_"))
+STRIPE_TEST_SECRET_KEY = "" if STRIPE_LIVE_MODE else STRIPE_SECRET_KEY
+STRIPE_LIVE_SECRET_KEY = STRIPE_SECRET_KEY if STRIPE_LIVE_MODE else ""
+if STRIPE_OFFLINE or env.str("STRIPE_API_HOST", default=""):
+    # dj-stripe points the stripe SDK here when the setting exists at all, so it is left undefined for Stripe itself.
+    STRIPE_API_HOST = env.str("STRIPE_API_HOST", default="http://127.0.0.1:8420")
+    STRIPE_API_BASE = STRIPE_API_HOST  # the billing providers' name for the same address
+# Known in advance so that the offline Stripe can be told it (billing_stripe_setup); Stripe's dashboard shows the
+# real one when the endpoint is made there.
+STRIPE_WEBHOOK_SECRET = env.str("STRIPE_WEBHOOK_SECRET", default="whsec_hearth_offline_" + "0" * 24)
+DJSTRIPE_WEBHOOK_SECRET = STRIPE_WEBHOOK_SECRET
 DJSTRIPE_FOREIGN_KEY_TO_FIELD = "id"
-DJSTRIPE_WEBHOOK_SECRET = env.str("DJSTRIPE_WEBHOOK_SECRET", default="whsec_dev")
 DJSTRIPE_USE_NATIVE_JSONFIELD = True
+# Each tenant is one Stripe customer (dj-stripe's Customer.subscriber); billing mail goes to its owners.
+DJSTRIPE_SUBSCRIBER_MODEL = "tenants.Tenant"
+DJSTRIPE_SUBSCRIBER_MODEL_REQUEST_CALLBACK = "billing.subscriptions.tenant_of_request"
+# Verified deliveries are processed by billing.webhooks (dj-stripe's sync first, then the tenant's plan and status).
+DJSTRIPE_WEBHOOK_EVENT_CALLBACK = "billing.webhooks.webhook_process"
+# past_due: opens keep working this many days (banner, mail to owners); then they answer 402 payment_required.
+BILLING_GRACE_DAYS = env.int("BILLING_GRACE_DAYS", default=7)
+# The Stripe billing meter behind every plan's metered overage price (billing_sync_plans creates it).
+BILLING_METER_EVENT_NAME = env.str("BILLING_METER_EVENT_NAME", default="workspace_hours")
+BILLING_STRIPE_METER_EVENT_NAME = BILLING_METER_EVENT_NAME
+STRIPE_TIMEOUT = env.float("STRIPE_TIMEOUT", default=10.0)
 
 # --- Celery ------------------------------------------------------------------------------------------------------
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default=REDIS_URL)

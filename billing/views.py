@@ -1,0 +1,45 @@
+"""The tenant's Billing page: plan, subscription status and period, the next invoice (owners), Stripe's portal."""
+from django.contrib import messages
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.views.decorators.http import require_GET, require_POST
+
+from billing import subscriptions
+from tenants import policy
+from tenants.exceptions import ServiceError
+from tenants.portal import tenant_view
+
+
+@tenant_view
+@require_GET
+def billing_page(request, membership):
+    tenant = membership.tenant
+    if request.GET.get("checkout"):
+        # Back from Stripe Checkout: the webhook may still be on its way, so read the subscription now.
+        tenant = subscriptions.subscription_sync(tenant=tenant)
+        messages.success(request, f"Thank you: {tenant.name} is on the {tenant.plan.name} plan."
+                         if tenant.subscription_status in subscriptions.PAID
+                         else "The payment is being confirmed; this page shows the plan once Stripe reports it.")
+    tenant = type(tenant).objects.select_related("plan", "pending_plan").get(pk=tenant.pk)
+    owner = policy.can_see_billing(membership)
+    context = {"billing": subscriptions.billing_overview(tenant=tenant, show_amounts=owner), "is_owner": owner,
+               "tenant": tenant}
+    return render(request, "billing/billing.html", context)
+
+
+@tenant_view
+@require_POST
+def customer_portal(request, membership):
+    """Cards and invoices are managed in Stripe's customer portal; an owner is sent there and comes back here."""
+    try:
+        url = subscriptions.portal_session_create(tenant=membership.tenant, actor=request.user,
+                                                  return_url=request.build_absolute_uri(reverse("billing:page")))
+    except ServiceError as exc:
+        messages.error(request, exc.message)
+        return redirect("billing:page")
+    return redirect(url)
+
+
+def plans(request):
+    """The address mails and quota messages give for upgrades (METERING_UPGRADE_URL): the plans page."""
+    return redirect("portal:plans")
