@@ -26,7 +26,7 @@ from billing.catalogue import (
 from tenants import policy, services
 from tenants.audit import audit_record
 from tenants.events import event_emit
-from tenants.exceptions import ServiceError
+from tenants.exceptions import ServiceError, Unavailable
 from tenants.models import Plan, Role, Tenant
 from tenants.services import BILLING_ACTOR, PlanRequest
 
@@ -57,7 +57,8 @@ def _account():
 def customer_get_or_create(*, tenant):
     """The tenant's Stripe customer (dj-stripe's Customer, subscriber = the tenant), created on first need."""
     customer, _ = djstripe_models.Customer.get_or_create(subscriber=tenant, livemode=settings.STRIPE_LIVE_MODE,
-                                                         api_key=settings.STRIPE_SECRET_KEY)
+                                                         api_key=settings.STRIPE_SECRET_KEY,
+                                                         metadata={"hearth_tenant": tenant.slug})
     return customer
 
 
@@ -80,13 +81,24 @@ def tenant_id_of_customer(customer_id):
 
 def plan_request(*, tenant, plan, actor, return_url):
     """tenants.services.tenant_request_plan's paid path (its checks are done): the PlanRequest of what happened."""
+    try:
+        return _plan_request(tenant=tenant, plan=plan, actor=actor, return_url=return_url)
+    except stripe.StripeError as exc:
+        log.exception("Stripe failed while %s chose the %s plan", tenant.slug, plan.slug)
+        raise Unavailable("Payments cannot be reached right now; nothing was changed. Try again in a few minutes.",
+                          code="billing_unavailable") from exc
+
+
+def _plan_request(*, tenant, plan, actor, return_url):
     live = bool(tenant.subscription_id) and tenant.subscription_status in LIVE
+    if tenant.plan_id != plan.pk:
+        # Before any payment: a plan the tenant does not fit is refused whichever way it would start.
+        _fits_check(tenant=tenant, plan=plan)
     if policy.is_free_plan(plan):
         if live:
             return _cancel_at_period_end(tenant=tenant, plan=plan, actor=actor)
         if tenant.plan_id == plan.pk:
             return PlanRequest(outcome="unchanged", tenant=tenant)
-        _fits_check(tenant=tenant, plan=plan)
         # No subscription pays for the current plan (staff set it): Free costs nothing and starts now.
         tenant = services.tenant_change_plan(tenant=tenant, plan=plan, actor=BILLING_ACTOR)
         return PlanRequest(outcome="changed", tenant=tenant)
@@ -102,7 +114,6 @@ def plan_request(*, tenant, plan, actor, return_url):
     current_price = tenant.plan.monthly_price_cents
     if current_price is None or plan.monthly_price_cents >= current_price:
         return _change_now(tenant=tenant, plan=plan, actor=actor)
-    _fits_check(tenant=tenant, plan=plan)
     return _downgrade_at_period_end(tenant=tenant, plan=plan, actor=actor)
 
 
@@ -183,7 +194,6 @@ def _downgrade_at_period_end(*, tenant, plan, actor):
 
 def _cancel_at_period_end(*, tenant, plan, actor):
     """Free with a paid subscription: it is cancelled at the period's end, and the tenant moves to Free then."""
-    _fits_check(tenant=tenant, plan=plan)
     stripe.Subscription.modify(tenant.subscription_id, cancel_at_period_end=True, **stripe_options())
     with transaction.atomic():
         audit_record(tenant=tenant, actor=actor, action="billing.cancel_requested", target=tenant.subscription_id,
@@ -290,9 +300,10 @@ def _apply(*, tenant, subscription, now):
             tenant.pending_plan = free
         elif tenant.pending_plan is not None and policy.is_free_plan(tenant.pending_plan):
             tenant.pending_plan = None  # the cancellation was withdrawn (e.g. in Stripe's customer portal)
+        # past_due follows a paid first invoice (an unpaid first one is `incomplete`): its plan holds in the grace.
+        target = paid_plan or target
         if status in PAID:
             tenant.payment_due_by = None
-            target = paid_plan or target
         elif tenant.payment_due_by is None:
             tenant.payment_due_by = now + timedelta(days=settings.BILLING_GRACE_DAYS)
             transaction.on_commit(lambda t=tenant: owners_mail_past_due(tenant=t))
@@ -350,8 +361,14 @@ def upcoming_invoice(*, tenant):
 def portal_session_create(*, tenant, actor, return_url):
     """A Stripe customer portal session (cards, invoices) for an owner; returns its URL."""
     policy.require_owner(tenant=tenant, actor=actor, message="Only the tenant's owners manage its payment.")
-    customer = customer_get_or_create(tenant=tenant)
-    session = stripe.billing_portal.Session.create(customer=customer.id, return_url=return_url, **stripe_options())
+    try:
+        customer = customer_get_or_create(tenant=tenant)
+        session = stripe.billing_portal.Session.create(customer=customer.id, return_url=return_url,
+                                                       **stripe_options())
+    except stripe.StripeError as exc:
+        log.exception("no customer portal session for %s", tenant.slug)
+        raise Unavailable("Stripe's customer portal cannot be reached right now; try again in a few minutes.",
+                          code="billing_unavailable") from exc
     return session.url
 
 

@@ -38,3 +38,10 @@ class PaymentRequired(ServiceError):
 
     status_code = 402
     code = "payment_required"
+
+
+class Unavailable(ServiceError):
+    """A service Hearth depends on (Stripe) did not answer; nothing was changed, try again later."""
+
+    status_code = 503
+    code = "unavailable"

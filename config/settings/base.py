@@ -196,6 +196,9 @@ DJSTRIPE_USE_NATIVE_JSONFIELD = True
 # Each tenant is one Stripe customer (dj-stripe's Customer.subscriber); billing mail goes to its owners.
 DJSTRIPE_SUBSCRIBER_MODEL = "tenants.Tenant"
 DJSTRIPE_SUBSCRIBER_MODEL_REQUEST_CALLBACK = "billing.subscriptions.tenant_of_request"
+# dj-stripe would otherwise link a customer to whatever tenant a Checkout Session's or customer's metadata names;
+# only the customer Hearth creates for a tenant is that tenant's (billing.subscriptions.customer_get_or_create).
+DJSTRIPE_SUBSCRIBER_CUSTOMER_KEY = ""
 # Verified deliveries are processed by billing.webhooks (dj-stripe's sync first, then the tenant's plan and status).
 DJSTRIPE_WEBHOOK_EVENT_CALLBACK = "billing.webhooks.webhook_process"
 # past_due: opens keep working this many days (banner, mail to owners); then they answer 402 payment_required.
@@ -204,6 +207,9 @@ BILLING_GRACE_DAYS = env.int("BILLING_GRACE_DAYS", default=7)
 BILLING_METER_EVENT_NAME = env.str("BILLING_METER_EVENT_NAME", default="workspace_hours")
 BILLING_STRIPE_METER_EVENT_NAME = BILLING_METER_EVENT_NAME
 STRIPE_TIMEOUT = env.float("STRIPE_TIMEOUT", default=10.0)
+
+# The offline Stripe is meant: dj-stripe's warning about STRIPE_API_HOST outside DEBUG does not apply.
+SILENCED_SYSTEM_CHECKS = ["djstripe.W002"] if STRIPE_OFFLINE else []
 
 # --- Celery ------------------------------------------------------------------------------------------------------
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default=REDIS_URL)
