@@ -8,6 +8,9 @@ class BillingConfig(AppConfig):
 
     def ready(self):
         from billing.subscriptions import plan_request
+        from billing.views import dashboard_card
+        from tenants.portal import dashboard_card as register_card
         from tenants.services import plan_request_handler
 
         plan_request_handler(plan_request)
+        register_card("billing")(dashboard_card)

@@ -40,6 +40,15 @@ def customer_portal(request, membership):
     return redirect(url)
 
 
+def dashboard_card(request, membership):
+    """The dashboard's billing card (registered in BillingConfig.ready): what the tenant row knows, no Stripe call."""
+    tenant = membership.tenant
+    statuses = {"": "none (no paid subscription)", "past_due": "past due", "incomplete_expired": "expired"}
+    return {"plan": tenant.plan.name, "pending_plan": tenant.pending_plan.name if tenant.pending_plan_id else None,
+            "status": statuses.get(tenant.subscription_status, tenant.subscription_status),
+            "period_end": tenant.current_period_end}
+
+
 def plans(request):
     """The address mails and quota messages give for upgrades (METERING_UPGRADE_URL): the plans page."""
     return redirect("portal:plans")

@@ -73,3 +73,14 @@ def test_the_owner_goes_to_stripes_customer_portal(paying, stripe_emulator):
     assert response.status_code == 302
     assert response["Location"].startswith(f"{stripe_emulator}/_emulator/billing_portal/")
     assert browser_of(owner.user).get("/billing/portal/").status_code == 405
+
+
+def test_the_dashboard_card_shows_the_subscription(paying):
+    tenant, owner, _, completed = paying
+    browser = browser_of(owner.user)
+    assert "none (no paid subscription)" in browser.get("/").content.decode()
+    browser.get(f"/billing/?checkout={completed['id']}")
+
+    page = browser.get("/").content.decode()
+
+    assert "card-billing" in page and "<dd>Team</dd>" in page and "<dd>active</dd>" in page
