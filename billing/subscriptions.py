@@ -174,6 +174,9 @@ def _change_now(*, tenant, plan, actor):
                                proration_behavior="create_prorations", cancel_at_period_end=False,
                                **stripe_options())
     with transaction.atomic():
+        locked = Tenant.objects.select_for_update().get(pk=tenant.pk)
+        locked.pending_plan = None  # the change replaces a scheduled downgrade or cancellation
+        locked.save(update_fields=["pending_plan"])
         audit_record(tenant=tenant, actor=actor, action="billing.plan_change_requested", target=plan.slug,
                      data={"from": tenant.plan.slug, "to": plan.slug, "subscription": subscription.id})
     # The update's own webhook would do the same; applying it now shows the owner the new plan at once.
@@ -181,6 +184,9 @@ def _change_now(*, tenant, plan, actor):
 
 
 def _downgrade_at_period_end(*, tenant, plan, actor):
+    if tenant.pending_plan_id is not None and policy.is_free_plan(tenant.pending_plan):
+        # A cancellation was scheduled: the subscription goes on, on the cheaper plan.
+        stripe.Subscription.modify(tenant.subscription_id, cancel_at_period_end=False, **stripe_options())
     with transaction.atomic():
         locked = Tenant.objects.select_for_update().get(pk=tenant.pk)
         locked.pending_plan = plan

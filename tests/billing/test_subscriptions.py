@@ -233,3 +233,21 @@ def test_sync_is_idempotent_and_reads_the_current_state(stripe_emulator, catalog
         subscription_sync(tenant=tenant)
 
     assert AuditLog.objects.filter(tenant=tenant).count() == audits
+
+
+def test_a_later_choice_replaces_a_scheduled_change(stripe_emulator, catalogue, hooks, free_tenant):
+    tenant, owner, client = free_tenant
+    completed = subscribe(stripe_emulator, hooks, tenant, client, "team")
+
+    assert choose(client, "free").json()["pending_plan"] == "free"
+    assert choose(client, "starter").json()["pending_plan"] == "starter"  # the cancellation is withdrawn
+    kept = choose(client, "team").json()  # the current plan again: the downgrade is dropped
+    assert kept["outcome"] == "unchanged" and kept["pending_plan"] is None
+    tenant.refresh_from_db()
+    assert tenant.pending_plan is None and tenant.plan.slug == "team"
+
+    subscription_advance(api_base=stripe_emulator, subscription_id=completed["subscription"])
+    hooks.deliver("customer.subscription.updated", object_id=completed["subscription"],
+                  match=lambda e: "current_period_end" in e["data"].get("previous_attributes", {}))
+    tenant.refresh_from_db()
+    assert tenant.plan.slug == "team" and tenant.subscription_status == "active"
