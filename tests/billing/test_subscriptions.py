@@ -251,3 +251,22 @@ def test_a_later_choice_replaces_a_scheduled_change(stripe_emulator, catalogue, 
                   match=lambda e: "current_period_end" in e["data"].get("previous_attributes", {}))
     tenant.refresh_from_db()
     assert tenant.plan.slug == "team" and tenant.subscription_status == "active"
+
+
+def test_an_overdue_tenant_gets_402_on_open_and_keeps_its_data(free_tenant):
+    from workspaces.models import Workspace, WorkspaceTemplate
+    from workspaces.services import workspace_create
+
+    tenant, owner, client = free_tenant
+    template = WorkspaceTemplate.objects.filter(enabled=True).first()
+    workspace = workspace_create(tenant=tenant, owner=owner.user, name="thesis", template=template)
+    tenant.payment_due_by = timezone.now() - timedelta(minutes=1)
+    tenant.subscription_status = "past_due"
+    tenant.save()
+
+    response = client.post(f"/api/v1/workspaces/{workspace.pk}/open", format="json")
+
+    assert response.status_code == 402 and response.json()["code"] == "payment_required"
+    assert "Billing page" in response.json()["detail"]
+    assert Workspace.objects.filter(pk=workspace.pk).exists()
+    assert client.get("/api/v1/billing").json()["status"] == "past_due"  # and the owner can still see and pay
