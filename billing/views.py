@@ -22,8 +22,9 @@ def billing_page(request, membership):
                          else "The payment is being confirmed; this page shows the plan once Stripe reports it.")
     tenant = type(tenant).objects.select_related("plan", "pending_plan").get(pk=tenant.pk)
     owner = policy.can_see_billing(membership)
-    context = {"billing": subscriptions.billing_overview(tenant=tenant, show_amounts=owner), "is_owner": owner,
-               "tenant": tenant}
+    billing = subscriptions.billing_overview(tenant=tenant, show_amounts=owner)
+    context = {"billing": billing, "is_owner": owner, "tenant": tenant,
+               "status_label": billing["status"].replace("_", " ")}
     return render(request, "billing/billing.html", context)
 
 

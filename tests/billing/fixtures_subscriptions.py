@@ -11,11 +11,12 @@ from billing.catalogue import catalogue_sync
 from billing.stripe_emulator.paying_customer import checkout_complete
 from billing.webhooks import webhook_endpoint_ensure
 from tenants.models import Plan
-from tests.billing.conftest import WebhookReceiver
+from tests.billing.conftest import WebhookReceiver, stripe_emulator
 from tests.conftest import api_client_for
 from tests.factories import MembershipFactory, TenantFactory
 
-__all__ = ["hearth_stripe", "catalogue", "hooks", "free_tenant", "Hooks", "pay", "checkout_session_id"]
+__all__ = ["stripe_emulator", "hearth_stripe", "catalogue", "hooks", "free_tenant", "Hooks", "pay",
+           "checkout_session_id"]
 
 
 @pytest.fixture
