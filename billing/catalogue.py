@@ -9,7 +9,6 @@ from dataclasses import dataclass
 import stripe
 from django.conf import settings
 
-from tenants import policy
 from tenants.models import Plan
 
 INTERVAL = "month"
@@ -28,15 +27,10 @@ def overage_lookup_key(plan):
     return f"{plan.slug}_overage"
 
 
-def product_id(plan):
-    return f"hearth_{plan.slug}"
-
-
 def sold_plans():
     """The plans a tenant pays for through Stripe: public and priced above zero (Free needs no payment, enterprise
     is arranged with staff)."""
-    return [plan for plan in Plan.objects.filter(public=True, monthly_price_cents__gt=0)
-            if not policy.is_free_plan(plan)]
+    return list(Plan.objects.filter(public=True, monthly_price_cents__gt=0))
 
 
 def plan_of_lookup_key(lookup_key):
@@ -110,19 +104,18 @@ def _meter_sync(report):
 
 
 def _product_sync(plan, report):
-    pid = product_id(plan)
-    try:
-        product = stripe.Product.retrieve(pid, **stripe_options())
-    except stripe.InvalidRequestError:
-        product = stripe.Product.create(id=pid, name=f"Hearth {plan.name}", metadata={"hearth_plan": plan.slug},
-                                        **stripe_options())
-        report.say("created", f"product {pid}")
-        return product
-    if product.name != f"Hearth {plan.name}":
-        product = stripe.Product.modify(pid, name=f"Hearth {plan.name}", **stripe_options())
-        report.say("updated", f"product {pid} (name)")
+    """The plan's product, found by its `hearth_plan` metadata (Stripe's own ids, which every client can expand)."""
+    name = f"Hearth {plan.name}"
+    product = next((p for p in stripe.Product.list(limit=100, **stripe_options()).auto_paging_iter()
+                    if (p.get("metadata") or {}).get("hearth_plan") == plan.slug), None)
+    if product is None:
+        product = stripe.Product.create(name=name, metadata={"hearth_plan": plan.slug}, **stripe_options())
+        report.say("created", f"product {plan.slug} ({product.id})")
+    elif product.name != name:
+        product = stripe.Product.modify(product.id, name=name, **stripe_options())
+        report.say("updated", f"product {plan.slug} ({product.id}): name")
     else:
-        report.say("unchanged", f"product {pid}")
+        report.say("unchanged", f"product {plan.slug} ({product.id})")
     return product
 
 

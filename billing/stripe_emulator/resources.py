@@ -31,6 +31,30 @@ INTERVALS = {"day": relativedelta(days=1), "week": relativedelta(weeks=1),
              "month": relativedelta(months=1), "year": relativedelta(years=1)}
 
 
+def _expandable(obj, path):
+    """Whether `path` names something `obj` has: Stripe ignores an expansion of a field that is absent or null
+    (dj-stripe asks for `discounts`, `currency_options`, … on every retrieve), where localstripe answers 400."""
+    if isinstance(obj, list):
+        return all(_expandable(item, path) for item in obj)
+    key, _, rest = path.partition(".")
+    if not isinstance(obj, dict) or obj.get(key) is None:
+        return False
+    return not rest or isinstance(obj[key], str) or _expandable(obj[key], rest)
+
+
+_localstripe_export = StripeObject._export
+
+
+def _export(self, expand=None):
+    if expand and isinstance(expand, list) and all(isinstance(path, str) for path in expand):
+        plain = _localstripe_export(self)
+        expand = [path for path in expand if _expandable(plain, path)]
+    return _localstripe_export(self, expand=expand)
+
+
+StripeObject._export = _export
+
+
 def invalid(message, param=None, code=None):
     """Stripe's shape for a 400: an invalid_request_error naming the parameter."""
     contents = {}

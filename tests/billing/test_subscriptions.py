@@ -53,7 +53,8 @@ def test_billing_sync_plans_is_idempotent(hearth_stripe, capsys):
     assert sorted(prices) == ["pro", "pro_overage", "starter", "team", "team_overage"]
     assert prices["pro"].unit_amount == 1000 and prices["pro_overage"].unit_amount == 50
     assert prices["pro_overage"].recurring["usage_type"] == "metered" and prices["pro_overage"].recurring["meter"]
-    assert stripe.Product.retrieve("hearth_pro", **stripe_options()).name == "Hearth Pro"
+    product = stripe.Product.retrieve(prices["pro"].product, **stripe_options())
+    assert product.name == "Hearth Pro" and product.metadata["hearth_plan"] == "pro"
 
 
 def test_a_changed_plan_price_gets_a_new_stripe_price(hearth_stripe, catalogue):

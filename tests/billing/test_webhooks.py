@@ -10,7 +10,7 @@ import pytest
 from django.db import connection
 from django.test import Client
 
-from billing.stripe_emulator.paying_customer import subscription_make_past_due
+from billing.stripe_emulator.paying_customer import subscription_advance, subscription_make_past_due
 from billing.subscriptions import customer_id_of
 from tenants.models import AuditLog, Tenant
 from tests.billing.fixtures_subscriptions import *  # noqa: F403
@@ -132,3 +132,34 @@ def test_two_events_for_one_subscription_at_once_leave_the_right_state(stripe_em
     assert tenant.plan.slug == "pro" and tenant.subscription_status == "past_due"
     assert tenant.subscription_id == completed["subscription"] and customer_id_of(tenant) == completed["customer"]
     assert AuditLog.objects.filter(tenant=tenant, action="tenant.plan_changed").count() == 1
+
+
+def test_every_event_of_a_subscriptions_life_is_accepted(stripe_emulator, catalogue, hooks, free_tenant):
+    """dj-stripe syncs what each event names (invoices, payment intents, prices, …) from the offline Stripe too."""
+    tenant, owner, client = free_tenant
+    completed = checkout(client, stripe_emulator)
+    subscription_make_past_due(api_base=stripe_emulator, subscription_id=completed["subscription"])
+    subscription_advance(api_base=stripe_emulator, subscription_id=completed["subscription"])
+    hooks.received("customer.subscription.updated", object_id=completed["subscription"],
+                   match=lambda e: e["data"]["object"]["status"] == "past_due"
+                   and "current_period_end" in e["data"].get("previous_attributes", {}))
+    time.sleep(1.5)  # the deliveries of the last request's other events
+    while not hooks.receiver.deliveries.empty():
+        hooks.receiver.seen.append(hooks.receiver.deliveries.get())
+
+    answers = {}
+    for body, signature in hooks.receiver.seen:
+        event_type = json.loads(body)["type"]
+        answers.setdefault(event_type, set()).add(hooks.post(body, signature, client=Client(
+            raise_request_exception=False)).status_code)
+
+    assert {"checkout.session.completed", "customer.subscription.created", "invoice.paid", "invoice.payment_failed",
+            "payment_intent.succeeded"} <= set(answers)
+    assert all(codes == {200} for codes in answers.values()), answers
+    import stripe
+
+    from billing.catalogue import stripe_options
+
+    tenant.refresh_from_db()
+    now = stripe.Subscription.retrieve(completed["subscription"], **stripe_options()).status
+    assert tenant.plan.slug == "pro" and tenant.subscription_status == now
