@@ -276,8 +276,10 @@ def _apply(*, tenant, subscription, now):
     status = subscription.status
     if status not in LIVE and status not in ENDED:
         return  # incomplete: nothing is paid yet, the tenant keeps its plan
-    if status in ENDED and tenant.subscription_id not in ("", subscription.id):
-        return  # an older subscription ended; the tenant's current one is another
+    if status in ENDED and tenant.subscription_id != subscription.id:
+        # Not the subscription that pays for the plan (already ended, or one that never did): a plan staff set
+        # since then stays.
+        return
     before = {"subscription": tenant.subscription_id, "status": tenant.subscription_status,
               "period_end": _iso(tenant.current_period_end), "pending_plan": getattr(tenant.pending_plan, "slug", None),
               "payment_due_by": _iso(tenant.payment_due_by)}

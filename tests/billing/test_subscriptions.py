@@ -271,3 +271,25 @@ def test_an_overdue_tenant_gets_402_on_open_and_keeps_its_data(free_tenant):
     assert "Billing page" in response.json()["detail"]
     assert Workspace.objects.filter(pk=workspace.pk).exists()
     assert client.get("/api/v1/billing").json()["status"] == "past_due"  # and the owner can still see and pay
+
+
+def test_an_ended_subscription_does_not_undo_what_staff_set_later(stripe_emulator, catalogue, hooks, free_tenant):
+    import stripe
+
+    from tenants import services
+    from tests.factories import UserFactory
+
+    tenant, owner, client = free_tenant
+    completed = subscribe(stripe_emulator, hooks, tenant, client, "pro")
+    stripe.Subscription.cancel(completed["subscription"], **stripe_options())
+    deleted = hooks.received("customer.subscription.deleted", object_id=completed["subscription"])
+    assert hooks.post(*deleted).status_code == 200
+    tenant.refresh_from_db()
+    assert tenant.plan.slug == "free"
+
+    services.tenant_change_plan(tenant=tenant, plan="enterprise", actor=UserFactory(is_staff=True))
+    hooks.deliver("invoice.paid", customer=completed["customer"])  # an old subscription's event, late
+    subscription_sync(tenant=tenant)
+
+    tenant.refresh_from_db()
+    assert tenant.plan.slug == "enterprise"
