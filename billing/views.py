@@ -1,4 +1,7 @@
 """The tenant's Billing page: plan, subscription status and period, the next invoice (owners), Stripe's portal."""
+import logging
+
+import stripe
 from django.contrib import messages
 from django.shortcuts import redirect, render
 from django.urls import reverse
@@ -9,6 +12,8 @@ from tenants import policy
 from tenants.exceptions import ServiceError
 from tenants.portal import tenant_view
 
+log = logging.getLogger(__name__)
+
 
 @tenant_view
 @require_GET
@@ -16,7 +21,10 @@ def billing_page(request, membership):
     tenant = membership.tenant
     if request.GET.get("checkout"):
         # Back from Stripe Checkout: the webhook may still be on its way, so read the subscription now.
-        tenant = subscriptions.subscription_sync(tenant=tenant)
+        try:
+            tenant = subscriptions.subscription_sync(tenant=tenant)
+        except stripe.StripeError:
+            log.warning("could not read %s's subscription on the return from checkout", tenant.slug, exc_info=True)
         messages.success(request, f"Thank you: {tenant.name} is on the {tenant.plan.name} plan."
                          if tenant.subscription_status in subscriptions.PAID
                          else "The payment is being confirmed; this page shows the plan once Stripe reports it.")
