@@ -7,10 +7,12 @@ class BillingConfig(AppConfig):
     verbose_name = "Billing"
 
     def ready(self):
-        from billing.subscriptions import plan_request
+        from billing.subscriptions import plan_request, subscription_cancel_for_offboarding
         from billing.views import dashboard_card
+        from tenants.offboarding import on_teardown
         from tenants.portal import dashboard_card as register_card
         from tenants.services import plan_request_handler
 
         plan_request_handler(plan_request)
         register_card("billing")(dashboard_card)
+        on_teardown(subscription_cancel_for_offboarding)

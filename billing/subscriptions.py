@@ -394,3 +394,18 @@ def billing_overview(*, tenant, show_amounts):
         "upcoming_amount_cents": upcoming["amount_cents"] if upcoming else None,
         "currency": (upcoming or {}).get("currency") or tenant.plan.currency,
     }
+
+
+def subscription_cancel_for_offboarding(tenant):
+    """tenants.offboarding teardown hook: a deleted tenant is not charged again (its subscription ends now)."""
+    if not tenant.subscription_id or tenant.subscription_status not in LIVE:
+        return
+    try:
+        stripe.Subscription.cancel(tenant.subscription_id, **stripe_options())
+    except stripe.InvalidRequestError:
+        log.warning("subscription %s of %s was already gone", tenant.subscription_id, tenant.slug, exc_info=True)
+    except stripe.StripeError as exc:
+        raise Unavailable("Stripe cannot be reached to end the subscription, so the organisation is not deleted "
+                          "yet; try again in a few minutes.", code="billing_unavailable") from exc
+    audit_record(tenant=tenant, actor=BILLING_ACTOR, action="billing.subscription_canceled",
+                 target=tenant.subscription_id, data={"reason": "offboarding"})

@@ -293,3 +293,19 @@ def test_an_ended_subscription_does_not_undo_what_staff_set_later(stripe_emulato
 
     tenant.refresh_from_db()
     assert tenant.plan.slug == "enterprise"
+
+
+def test_offboarding_ends_the_subscription(stripe_emulator, catalogue, hooks, free_tenant):
+    import stripe
+
+    from tenants import services
+
+    tenant, owner, client = free_tenant
+    completed = subscribe(stripe_emulator, hooks, tenant, client, "pro")
+
+    services.tenant_offboard(tenant=tenant, actor=owner.user)
+
+    assert stripe.Subscription.retrieve(completed["subscription"], **stripe_options()).status == "canceled"
+    assert AuditLog.objects.filter(tenant_slug=tenant.slug, action="billing.subscription_canceled").exists()
+    # Its webhook finds no tenant any more, and is answered.
+    hooks.deliver("customer.subscription.deleted", object_id=completed["subscription"])
