@@ -204,8 +204,8 @@ DJSTRIPE_WEBHOOK_EVENT_CALLBACK = "billing.webhooks.webhook_process"
 # past_due: opens keep working this many days (banner, mail to owners); then they answer 402 payment_required.
 BILLING_GRACE_DAYS = env.int("BILLING_GRACE_DAYS", default=7)
 # The Stripe billing meter behind every plan's metered overage price (billing_sync_plans creates it).
+# Its unit is an hour (the plans' overage is priced per hour): usage must be reported to it in hours.
 BILLING_METER_EVENT_NAME = env.str("BILLING_METER_EVENT_NAME", default="workspace_hours")
-BILLING_STRIPE_METER_EVENT_NAME = BILLING_METER_EVENT_NAME
 STRIPE_TIMEOUT = env.float("STRIPE_TIMEOUT", default=10.0)
 
 # The offline Stripe is meant: dj-stripe's warning about STRIPE_API_HOST outside DEBUG does not apply.
