@@ -31,11 +31,6 @@ class _ServerCursor(psycopg.Cursor):
         return super().execute(query, params, prepare=self._prepare, binary=binary)
 
 
-def supported(db=None) -> bool:
-    """Whether the connection is PostgreSQL (psycopg); callers keep a portable path for the others."""
-    return (db or connections[DEFAULT_DB_ALIAS]).vendor == "postgresql"
-
-
 def _preparing() -> bool:
     return getattr(settings, "DATABASE_PREPARED_STATEMENTS", True)
 
@@ -81,8 +76,6 @@ class cursor:
 
     def __init__(self, *, int8: bool = False):
         self.db = connections[DEFAULT_DB_ALIAS]
-        if not supported(self.db):
-            raise NotImplementedError(f"server-side binding needs PostgreSQL, not {self.db.vendor}")
         self.int8 = int8
         self.wrapped = None
 
@@ -99,13 +92,9 @@ class cursor:
 
 
 def fetchone(sql, params):
-    """Run one statement and return its first row (or None): prepared on PostgreSQL, an ordinary Django cursor on
-    other databases. With no query log and no execute wrapper it skips Django's cursor wrapper (the open's path)."""
+    """Run one statement, prepared, and return its first row (or None). With no query log and no execute wrapper it
+    skips Django's cursor wrapper (the open's path)."""
     db = connections[DEFAULT_DB_ALIAS]  # once: each attribute of `connection` is a lookup in a context-local
-    if not supported(db):
-        with db.cursor() as plain:
-            plain.execute(sql, params)
-            return plain.fetchone()
     if db.queries_logged or db.execute_wrappers:
         with cursor() as wrapped:
             wrapped.execute(sql, params)

@@ -5,6 +5,7 @@ from django.shortcuts import redirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 
+from core import sql
 from metering import meters, selectors, services, tokens
 from metering.models import (
     Meter,
@@ -165,7 +166,7 @@ class ServiceTokenAdmin(admin.ModelAdmin):
             return super().save_model(request, obj, form, change)
         token, plaintext = tokens.service_token_create(name=obj.name, actor=request.user)
         obj.__dict__.update({k: v for k, v in token.__dict__.items() if not k.startswith("_")})
-        obj._state.adding = False
+        sql.loaded(obj)  # admin's redirect treats it as the saved row it now is
         messages.warning(request, f"Service token '{token.name}' created. Copy it now, it is not shown again: "
                                   f"{plaintext}")
 

@@ -30,6 +30,10 @@ class _MeterCache:
             hit = self._by_slug.get(slug)
         return hit
 
+    def forget(self):
+        """The next lookup reads the table again (meters were re-created under new ids: a test's restored snapshot)."""
+        self._loaded_at = float("-inf")
+
     def reload(self):
         from metering.selectors import meters_forget
 

@@ -3,6 +3,7 @@ from django.conf import settings
 from django.db import models
 from django.db.models.functions import Now
 
+from core.tokens import BearerToken
 from tenants.models import Tenant
 
 
@@ -152,24 +153,8 @@ class TenantMeteringSettings(models.Model):
         return f"{self.tenant_id}: {self.timezone}"
 
 
-class ServiceToken(models.Model):
+class ServiceToken(BearerToken):
     """A credential for the platform's other services (e.g. the AI builder's gateway) to send usage events."""
 
-    name = models.CharField(max_length=80)
-    prefix = models.CharField(max_length=16, help_text="Shown to tell tokens apart; not secret.")
-    token_hash = models.CharField(max_length=64, unique=True)
-    created_at = models.DateTimeField(auto_now_add=True)
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True,
                                    related_name="+")
-    last_used_at = models.DateTimeField(null=True, blank=True)
-    revoked_at = models.DateTimeField(null=True, blank=True)
-
-    class Meta:
-        ordering = ["-created_at"]
-
-    def __str__(self):
-        return f"{self.name} ({self.prefix}…)"
-
-    @property
-    def is_active(self):
-        return self.revoked_at is None

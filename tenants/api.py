@@ -88,7 +88,8 @@ class TenantGetApi(TenantScopedView):
 
     @extend_schema(responses={200: TenantOutputSerializer, **_errors()}, tags=["tenant"])
     def get(self, request):
-        return Response(self.OutputSerializer(self.get_queryset().get()).data)
+        # The token's lookup loaded this tenant and its plan in this request (tenants.tokens): no second query.
+        return Response(self.OutputSerializer(self.tenant).data)
 
 
 class TenantUpdateApi(TenantScopedView):

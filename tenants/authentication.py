@@ -3,7 +3,7 @@ from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from rest_framework import exceptions
 from rest_framework.authentication import BaseAuthentication, get_authorization_header
 
-from tenants.services import api_token_authenticate
+from tenants.tokens import api_token_authenticate
 
 
 class ApiTokenAuthentication(BaseAuthentication):

@@ -6,6 +6,8 @@ from django.contrib.auth.models import AbstractUser, BaseUserManager
 from django.db import models
 from django.db.models.functions import Lower
 
+from core.tokens import BearerToken
+
 
 class UserManager(BaseUserManager):
     use_in_migrations = True
@@ -166,22 +168,10 @@ class Invitation(models.Model):
         return self.accepted_at is None and self.revoked_at is None
 
 
-class ApiToken(models.Model):
+class ApiToken(BearerToken):
     """A personal API token: acts for one member of one tenant. Only its SHA-256 is stored."""
 
     membership = models.ForeignKey(Membership, on_delete=models.CASCADE, related_name="api_tokens")
-    name = models.CharField(max_length=80)
-    prefix = models.CharField(max_length=16, help_text="Shown to tell tokens apart; not secret.")
-    token_hash = models.CharField(max_length=64, unique=True)
-    created_at = models.DateTimeField(auto_now_add=True)
-    last_used_at = models.DateTimeField(null=True, blank=True)
-    revoked_at = models.DateTimeField(null=True, blank=True)
-
-    class Meta:
-        ordering = ["-created_at"]
-
-    def __str__(self):
-        return f"{self.name} ({self.prefix}…)"
 
 
 class AuditLog(models.Model):

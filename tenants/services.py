@@ -1,5 +1,4 @@
 """Writes of the tenants app: onboarding, members, invitations, plans, suspension, offboarding, API tokens."""
-import hashlib
 import io
 import json
 import logging
@@ -9,7 +8,6 @@ import stat
 import subprocess
 import tarfile
 from dataclasses import dataclass
-from datetime import timedelta
 from pathlib import Path
 
 from django.conf import settings
@@ -20,20 +18,18 @@ from django.template.loader import render_to_string
 from django.utils import timezone
 from django.utils.text import slugify
 
+from core.tokens import hash_secret
 from tenants import files, offboarding, policy
 from tenants.audit import audit_record
 from tenants.events import event_emit
 from tenants.exceptions import Conflict, Forbidden, NotFound, ServiceError
-from tenants.models import ApiToken, AuditLog, Invitation, Membership, Plan, Role, Tenant, TenantExport
+from tenants.models import AuditLog, Invitation, Membership, Plan, Role, Tenant, TenantExport
+from tenants.tokens import API_TOKENS, TOKEN_PREFIX, api_token_authenticate  # noqa: F401 (re-exported)
 
 log = logging.getLogger(__name__)
 User = get_user_model()
 
 RESERVED_SLUGS = {"admin", "api", "www", "static", "media", "portal", "accounts", "gateway", "healthz", "hearth"}
-
-
-def hash_secret(value):
-    return hashlib.sha256(value.encode()).hexdigest()
 
 
 def tenant_storage_path(slug):
@@ -101,10 +97,6 @@ def user_get_or_create(*, email, password=None):
             user.set_unusable_password()
             user.save(update_fields=["password"])
     return user
-
-
-# Who may do what is tenants.policy's; this is the name api_token_revoke calls.
-_require_manager = policy.require_manager
 
 
 # --- seats ---------------------------------------------------------------------------------------
@@ -500,9 +492,7 @@ def _storage_remove(path):
         log.warning("could not delete %s entirely: %s", path, result.stderr.strip()[-500:])
 
 
-# --- API tokens ----------------------------------------------------------------------------------
-
-TOKEN_PREFIX = "hth_"
+# --- API tokens (the shared implementation and the lookup: core.tokens, tenants.tokens) ------------------------
 
 
 def api_token_create(*, membership, name, actor):
@@ -510,43 +500,13 @@ def api_token_create(*, membership, name, actor):
     if getattr(actor, "pk", None) != membership.user_id and not getattr(actor, "is_staff", False):
         raise Forbidden("A personal API token can only be created by its owner.")
     name = (name or "").strip()[:80] or "API token"
-    secret = secrets.token_urlsafe(32)
-    prefix = secrets.token_hex(4)
-    plaintext = f"{TOKEN_PREFIX}{prefix}_{secret}"
-    with transaction.atomic():
-        token = ApiToken.objects.create(membership=membership, name=name, prefix=prefix,
-                                        token_hash=hash_secret(plaintext))
-        audit_record(tenant=membership.tenant, actor=actor, action="api_token.created",
-                     target=f"{membership.user.email}:{prefix}", data={"name": name})
-    return token, plaintext
+    return API_TOKENS.create(tenant=membership.tenant, actor=actor, membership=membership, name=name,
+                             target=lambda token: f"{membership.user.email}:{token.prefix}", data={"name": name})
 
 
 def api_token_revoke(*, token, actor):
     membership = token.membership
     if getattr(actor, "pk", None) != membership.user_id:
-        _require_manager(tenant=membership.tenant, actor=actor)
-    with transaction.atomic():
-        token = ApiToken.objects.select_for_update().get(pk=token.pk)
-        if token.revoked_at is None:
-            token.revoked_at = timezone.now()
-            token.save(update_fields=["revoked_at"])
-            audit_record(tenant=membership.tenant, actor=actor, action="api_token.revoked",
-                         target=f"{membership.user.email}:{token.prefix}")
-    return token
-
-
-def api_token_authenticate(plaintext):
-    """The token's membership if the token is valid and its tenant not offboarded, else None."""
-    if not plaintext or not plaintext.startswith(TOKEN_PREFIX):
-        return None
-    token = (
-        ApiToken.objects.select_related("membership__tenant__plan", "membership__user")
-        .filter(token_hash=hash_secret(plaintext), revoked_at__isnull=True)
-        .first()
-    )
-    if token is None or not token.membership.user.is_active:
-        return None
-    now = timezone.now()
-    if token.last_used_at is None or now - token.last_used_at > timedelta(minutes=1):
-        ApiToken.objects.filter(pk=token.pk).update(last_used_at=now)
-    return token
+        policy.require_manager(tenant=membership.tenant, actor=actor)
+    return API_TOKENS.revoke(token=token, tenant=membership.tenant, actor=actor,
+                             target=lambda token: f"{membership.user.email}:{token.prefix}")

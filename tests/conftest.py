@@ -190,6 +190,9 @@ def pytest_runtest_teardown(item, nextitem):
         contents = getattr(connection, "_test_serialized_contents", None)
         if contents:
             connection.creation.deserialize_db_from_string(contents)
+    from metering.meters import meter_cache
+
+    meter_cache.forget()  # the flush and the restore may give the seed meters new ids
 
 
 # Seed data loaded by data migrations: (app label, model, migration module). Tests reload what is missing.

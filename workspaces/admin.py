@@ -5,7 +5,7 @@ from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html
 
-from workspaces import pool, services
+from workspaces import pool, reconciler, selectors, services
 from workspaces.models import Container, Node, Session, Workspace, WorkspaceTemplate
 
 
@@ -53,7 +53,7 @@ class WorkspaceTemplateAdmin(admin.ModelAdmin):
         return TemplateResponse(request, "admin/workspaces/pool_overview.html", {
             **self.admin_site.each_context(request),
             "title": "Warm pools",
-            "rows": pool.pool_overview(),
+            "rows": selectors.pool_overview(),
             "opts": self.model._meta,
         })
 
@@ -91,7 +91,7 @@ class NodeAdmin(admin.ModelAdmin):
 
     @admin.action(description="Reconcile all nodes now")
     def reconcile_now(self, request, queryset):
-        report = services.reconcile()
+        report = reconciler.reconcile()
         self.message_user(request, f"Reconciled: {report}", level=messages.INFO)
 
 

@@ -161,7 +161,7 @@ class Session(models.Model):
     ended_at = models.DateTimeField(null=True, blank=True)
     end_reason = models.CharField(max_length=16, choices=EndReason.choices, blank=True)
     metered_until = models.DateTimeField(null=True, blank=True, help_text="Usage recorded up to here.")
-    # db_default too: the claim inserts sessions with hand-written SQL (workspaces.pool).
+    # db_default too: a row inserted outside the ORM still starts at 0.
     egress_bytes_metered = models.BigIntegerField(
         default=0, db_default=0, help_text="The gateway's bytes-out counter for this session, as far as it is metered.")
 

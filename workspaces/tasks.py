@@ -1,7 +1,8 @@
-"""Celery tasks of the workspaces app: the pool, reclaim and reconciler ticks (thin wrappers around services)."""
+"""Celery tasks of the workspaces app: the pool, reclaim and reconciler ticks (thin wrappers around the pool, the
+services and the reconciler)."""
 from celery import shared_task
 
-from workspaces import pool, services
+from workspaces import pool, reconciler, services
 
 
 @shared_task(acks_late=True, ignore_result=True)
@@ -19,6 +20,6 @@ def sessions_reclaim():
 @shared_task(acks_late=True, ignore_result=True)
 def reconcile():
     """Make engines and database agree, then refill what the reconciler freed."""
-    report = services.reconcile()
+    report = reconciler.reconcile()
     pool.pool_fill()
     return report

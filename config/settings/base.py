@@ -49,14 +49,15 @@ INSTALLED_APPS = [
     "billing",
 ]
 
+# Session, CSRF, login and messages: Django's own, skipped on the token-only API (/api/v1/; core/middleware.py).
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
-    "django.contrib.sessions.middleware.SessionMiddleware",
+    "core.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
-    "django.middleware.csrf.CsrfViewMiddleware",
-    "django.contrib.auth.middleware.AuthenticationMiddleware",
-    "django.contrib.messages.middleware.MessageMiddleware",
+    "core.middleware.CsrfViewMiddleware",
+    "core.middleware.AuthenticationMiddleware",
+    "core.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "allauth.account.middleware.AccountMiddleware",
 ]
@@ -90,7 +91,10 @@ DATABASES["default"].setdefault("ATOMIC_REQUESTS", False)
 # Persistent database connections: opening a PostgreSQL connection per request was about 35 ms of a
 # 60 ms API call on this machine (bench/api_latency.py). DB_CONN_MAX_AGE=0 turns it off.
 DATABASES["default"].setdefault("CONN_MAX_AGE", env.int("DB_CONN_MAX_AGE", default=60))
-DATABASES["default"].setdefault("CONN_HEALTH_CHECKS", True)
+# A health check is a `SELECT 1` round trip before every request's first query: a third of an API read's server time
+# here (bench/api_latency.py). Without it, after PostgreSQL restarts, each worker thread's first query fails once and
+# Django reconnects for the next request. DB_CONN_HEALTH_CHECKS=true brings the check back.
+DATABASES["default"].setdefault("CONN_HEALTH_CHECKS", env.bool("DB_CONN_HEALTH_CHECKS", default=False))
 # The open's and the ingestion's hot-path statements are prepared (planned once per connection, config/db.py); turn
 # off behind a transaction-pooling PgBouncer older than 1.21.
 DATABASE_PREPARED_STATEMENTS = env.bool("DATABASE_PREPARED_STATEMENTS", default=True)

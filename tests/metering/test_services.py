@@ -432,7 +432,9 @@ def test_gateway_egress_bytes_are_metered_by_the_reclaim_tick(monkeypatch):
     member = MembershipFactory(tenant=tenant, role="owner")
     now = timezone_now()
     session = _live_session(tenant, member.user, now - timedelta(minutes=2))
-    monkeypatch.setattr(workspace_services.gateway_routes, "counters_read", lambda **kw: {
+    from workspaces.gateway import routes as gateway_routes
+
+    monkeypatch.setattr(gateway_routes, "counters_read", lambda **kw: {
         str(session.pk): {"requests": 40, "bytes_in": 20_000, "bytes_out": 5_000_000, "active": True,
                           "idle_seconds": 0}})
     workspace_services.sessions_reclaim(now=now)

@@ -277,7 +277,7 @@ def test_an_actor_demoted_meanwhile_is_refused_under_the_lock(monkeypatch):
     stale = Membership.objects.get(pk=admin_m.pk)
     Membership.objects.filter(pk=admin_m.pk).update(role="member")  # demoted after the request was authorised
     # Replays the interleaving: the permission check saw the actor before the concurrent demotion.
-    monkeypatch.setattr(services, "_require_manager", lambda **kw: stale)
+    monkeypatch.setattr(services.policy, "require_manager", lambda **kw: stale)
     with pytest.raises(Forbidden):
         services.member_remove(membership=target, actor=admin_m.user)
     with pytest.raises(Forbidden):

@@ -7,7 +7,8 @@ import urllib.request
 import pytest
 
 from tests.workspaces.fixtures_runtime import CODE_SERVER_IMAGE, docker_exec
-from workspaces import pool, storage
+from workspaces import storage
+from workspaces.pool import provisioning
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
@@ -55,7 +56,7 @@ def test_code_server_serves_the_workbench_with_the_users_settings(
     )
     if mode == "warm":  # code-server already answers in the pool, before anyone's home is there
         assert docker_runtime.wait_ready(container, timeout=60, path="/healthz")
-        pool._warm_up(container)  # as the pool does: the IDE's server starts before the user's home is bound
+        provisioning._warm_up(container)  # as the pool does: the IDE's server starts before the user's home is bound
     else:  # nothing listens until the user's home is bound
         assert not docker_runtime.wait_ready(container, timeout=1.0)
 

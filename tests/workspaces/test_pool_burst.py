@@ -11,6 +11,7 @@ from tests.factories import MembershipFactory
 from tests.workspaces.fixtures_pool import *  # noqa: F403
 from workspaces import pool, services
 from workspaces.models import Container, Session
+from workspaces.pool import placement
 
 pytestmark = [pytest.mark.docker]
 State = Container.State
@@ -69,7 +70,7 @@ def _slot_locks_held():
     with connection.cursor() as cursor:
         cursor.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND classid = %s AND granted "
                        "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
-                       [pool._SLOT_LOCK_CLASS])
+                       [placement._SLOT_LOCK_CLASS])
         return cursor.fetchone()[0]
 
 

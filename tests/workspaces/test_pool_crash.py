@@ -29,6 +29,7 @@ from tests.workspaces.fixtures_pool import REPO
 from tests.workspaces.gateway_fixtures import gateway, gateway_env  # noqa: F401
 from workspaces import pool, services, storage, tasks
 from workspaces.models import Container, Node, Session
+from workspaces.pool import provisioning
 from workspaces.runtime import runtime_for
 
 State = Container.State
@@ -155,11 +156,11 @@ def _problems(templates, gw=None):
     for session in live.values():
         if session.container.state != State.CLAIMED:
             problems.append(f"session {session.pk} open on c{session.container_id} ({session.container.state})")
-    claimed_live = {pool._slot_key(pk) for pk in live}
+    claimed_live = {provisioning.slot_key(pk) for pk in live}
     for point in _slot_mounts():
         if Path(point).name not in claimed_live:
             problems.append(f"bind mount left on {point}")
-    active = {pool._slot_key(pk) for pk in Container.objects.filter(state__in=Container.ACTIVE_STATES)
+    active = {provisioning.slot_key(pk) for pk in Container.objects.filter(state__in=Container.ACTIVE_STATES)
               .values_list("pk", flat=True)}
     root = storage.slot_root()
     problems += [f"slot {p.name} without an active container" for p in root.iterdir() if p.is_dir()
@@ -288,7 +289,7 @@ def test_after_the_kill_a_restarted_worker_and_celery_beat_recover(live_db, node
         _kill(beat)
         _kill(worker)
     assert set(Container.objects.filter(pk__in=[row.pk for row in stuck]).values_list("state", "last_error")) == {
-        (State.FAILED, pool._PROVISIONER_DIED)}
+        (State.FAILED, provisioning._PROVISIONER_DIED)}
     print(f"worker + beat: consistent and at target {elapsed:.1f} s after the SIGKILL")
     _open_again_sees_files(workspace, member.user)
 

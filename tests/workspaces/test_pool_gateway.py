@@ -8,7 +8,7 @@ import pytest
 
 from tests.workspaces.fixtures_pool import *  # noqa: F403
 from tests.workspaces.gateway_fixtures import gateway, gateway_env, start_gateway  # noqa: F401
-from workspaces import pool, selectors, services
+from workspaces import pool, routing, selectors, services
 
 pytestmark = [pytest.mark.django_db, pytest.mark.docker, pytest.mark.slow]
 
@@ -57,11 +57,11 @@ def test_reconcile_puts_missed_routes_back_and_drops_stale_ones(gateway, workspa
 
     stale = [r.host_key for r in routes.routes_list()]  # ours is missing; earlier tests' sessions are gone too
     assert "stale0000001" in stale and workspace.host_key not in stale
-    assert services.gateway_routes_sync() == (1, len(stale))
+    assert routing.gateway_routes_sync() == (1, len(stale))
     assert [r.host_key for r in routes.routes_list()] == [workspace.host_key]
     page = gateway.get(workspace.host_key, "/", token=opened.token)
     assert page.status_code == 200 and "hearth tiny workspace" in page.text
-    assert services.gateway_routes_sync() == (0, 0)
+    assert routing.gateway_routes_sync() == (0, 0)
 
 
 def _egress_month(tenant):

@@ -1,4 +1,5 @@
-"""Security review of the gateway: each test here reproduces a defect found by probing the real, rendered HAProxy.
+"""One tenant's workspace cannot reach another's through the gateway: Host headers with several values, the shared
+static cache, and the browser's cookie sent from a page of another workspace (one site).
 
 Real HAProxy, real HTTP upstreams on loopback (tests/workspaces/gateway_fixtures.py); requests HAProxy must refuse
 are sent byte for byte over a raw socket, as a hostile client would.
@@ -8,17 +9,6 @@ import time
 
 import pytest
 
-from tests.workspaces.fixtures_pool import (  # noqa: F401
-    engine,
-    make_workspace,
-    member,
-    node,
-    pool_env,
-    tenant_e,
-    tiny_image,
-    tiny_template,
-    workspace,
-)
 from tests.workspaces.gateway_fixtures import Upstream, gateway_env, start_gateway, upstream  # noqa: F401
 from workspaces.gateway import routes
 from workspaces.gateway.tokens import session_token_issue
@@ -113,141 +103,6 @@ class TestHostHeaderWithSeveralValues:
                                           "Connection: close\r\n\r\n").encode())
         assert status_of(response) in (400, 404), response[:200]
         assert (upstream.count(), attacker_container.count()) == before
-
-
-# --- a session closed while it is being (re)opened -------------------------------------------------------------
-
-
-@pytest.mark.django_db
-@pytest.mark.docker
-@pytest.mark.parametrize("close_when", ["before_route", "after_route"])
-def test_a_fresh_session_closed_while_it_is_opened_keeps_no_route(gateway, workspace, member, node, tiny_template,  # noqa: F811
-                                                                  monkeypatch, close_when):
-    """A new session (warm claim) closed by another request while its open is still binding or routing: whichever
-    comes first, the open answers 409 session_ended and no route to the ended session is left behind."""
-    from tenants.exceptions import Conflict
-    from workspaces import pool, services
-    from workspaces.models import Session
-
-    pool.pool_fill()
-    real_bind, real_route = services._bind, services._route_set_locked
-    closed = []
-
-    def close(session):
-        services.session_close(session=Session.objects.get(pk=session.pk), actor=member.user)
-        closed.append(session.pk)
-
-    def bind_then_close(session, *, resumed=False):
-        real_bind(session, resumed=resumed)
-        if close_when == "before_route":
-            close(session)
-
-    def route_then_close(*, host_key, session_id, address):
-        real_route(host_key=host_key, session_id=session_id, address=address)
-        if close_when == "after_route" and not closed:
-            close(Session.objects.get(pk=session_id))
-
-    monkeypatch.setattr(services, "_bind", bind_then_close)
-    monkeypatch.setattr(services, "_route_set_locked", route_then_close)
-    with pytest.raises(Conflict) as failed:
-        services.workspace_open(workspace=workspace, user=member.user)
-    assert failed.value.code == "session_ended"
-    assert Session.objects.get(pk=closed[0]).ended_at is not None
-    route = routes.route_get(workspace.host_key)
-    assert route is None or route.session_id != str(closed[0]), "a route to an ended session was left"
-
-
-@pytest.mark.django_db(transaction=True)
-@pytest.mark.docker
-def test_a_session_closed_while_it_is_reopened_leaves_no_route(gateway, workspace, member, node, tiny_template,  # noqa: F811
-                                                                monkeypatch):
-    """Open of a workspace whose session is live (the "resume" path) racing with that session's close (another
-    tab, the API, or the idle reclaimer): before the fix the open read the session as live, the close committed,
-    deleted the route and removed the container, then the open's route_set put the route back, and the ended
-    session's tokens reached whatever container Docker gave its address to next (here a new warm container of
-    the pool, which another tenant claims later). The close is started, in another thread with its own database
-    connection, at the one moment it can land: after the open's read, while it binds. It must wait for the open
-    (the session's row lock) and then delete the route the open set."""
-    import threading
-
-    from django.db import connection
-
-    from workspaces import pool, services
-    from workspaces.models import Session
-
-    pool.pool_fill()
-    first = services.workspace_open(workspace=workspace, user=member.user)
-    assert gateway.get(workspace.host_key, "/", token=first.token).status_code == 200
-
-    real_bind = services._bind
-    closer, events = None, []
-
-    def close_in_another_request():
-        try:
-            services.session_close(session=Session.objects.get(pk=first.session.pk), actor=member.user)
-            events.append("closed")
-        finally:
-            connection.close()
-
-    def bind_while_a_close_starts(session, *, resumed=False):
-        nonlocal closer
-        if resumed and closer is None:
-            closer = threading.Thread(target=close_in_another_request)
-            closer.start()
-            closer.join(timeout=0.5)
-            assert closer.is_alive(), "the close did not wait for the open holding the session"
-        real_bind(session, resumed=resumed)
-
-    monkeypatch.setattr(services, "_bind", bind_while_a_close_starts)
-    again = services.workspace_open(workspace=workspace, user=member.user)
-    events.append("opened")
-    monkeypatch.setattr(services, "_bind", real_bind)
-    closer.join(timeout=30)
-    assert events == ["opened", "closed"]
-    assert again.session.pk == first.session.pk
-    assert Session.objects.get(pk=first.session.pk).ended_at is not None
-    pool.pool_fill()  # the refill after the close: Docker hands the freed address to a new container
-
-    for token in (first.token, again.token):
-        r = gateway.get(workspace.host_key, "/", token=token)
-        assert r.status_code == 410, f"the closed session's token reached a container: {r.status_code} {r.text[:80]}"
-    route = routes.route_get(workspace.host_key)
-    assert route is None or route.session_id != str(first.session.pk), "a route to an ended session came back"
-
-
-@pytest.mark.django_db
-@pytest.mark.docker
-def test_a_failed_route_delete_does_not_hand_the_route_to_the_next_container(gateway, workspace, member, node,  # noqa: F811
-                                                                              tiny_template, monkeypatch):  # noqa: F811
-    """session_end swallows a failed route_delete (the admin socket timed out, HAProxy was busy) and removes the
-    container anyway; the refill it nudges gets the freed address from Docker, and the ended session's route,
-    still in the map until the reconciler's next pass, leads its tokens into that new container. The failure is
-    staged (route_delete raising as it does on a socket timeout); everything else is real."""
-    from workspaces import pool, services
-    from workspaces.gateway.runtime_api import GatewayUnavailable
-    from workspaces.models import Container
-
-    pool.pool_fill()
-    opened = services.workspace_open(workspace=workspace, user=member.user)
-    own = opened.session.container
-
-    def admin_socket_timed_out(**kwargs):
-        raise GatewayUnavailable(f"{gateway.cfg.admin_socket}: timed out")
-
-    monkeypatch.setattr(services.gateway_routes, "route_delete", admin_socket_timed_out)
-    services.session_close(session=opened.session, actor=member.user)
-    monkeypatch.undo()
-    pool.pool_fill()  # the refill the close nudged
-
-    route = routes.route_get(workspace.host_key)
-    if route is not None:
-        others = Container.objects.filter(address=route.address).exclude(pk=own.pk).exclude(
-            state__in=(Container.State.REMOVED, Container.State.FAILED, Container.State.LOST))
-        assert not others.exists(), "the ended session's route leads to another container"
-    services.reconcile()
-    assert routes.route_get(workspace.host_key) is None
-    assert gateway.get(workspace.host_key, "/", token=opened.token).status_code == 410
-    assert Container.objects.get(pk=own.pk).state == Container.State.REMOVED
 
 
 # --- SameSite=Lax does not separate workspaces ----------------------------------------------------------------

@@ -1,10 +1,31 @@
-"""Models built from hand-written rows: the open's hot-path SELECTs read whole models without the ORM's compiler.
+"""Models built from hand-written SQL: whole-model SELECT column lists from `_meta`, and the one place that touches
+Django's internal model state (`_state`, skipping `Model.__init__`) to make instances from rows.
 
 The statements themselves run prepared through `config.db.fetchone`.
 """
-from django.db import connection
+from django.db import DEFAULT_DB_ALIAS, connection
 from django.db.models import signals
 from django.db.models.base import ModelState
+
+
+def loaded(instance_or_model, values=None, *, using=DEFAULT_DB_ALIAS):
+    """An instance that Django treats as a row of database `using`: saving it UPDATEs, its relations load from there.
+
+    The ORM sets this state itself when it reads or inserts a row; a hand-written statement that returned or wrote
+    the row must set it instead, and this is the only code that does (it relies on Django's internal ModelState):
+    - `loaded(instance)` marks an instance built with `Model(...)` from such a row, and returns it;
+    - `loaded(Model, values)`, `values` a dict or (attname, value) pairs, builds one without `Model.__init__` (its
+      per-field loop costs more than the statement on the open's path), as `Model.from_db` would. Only for a model
+      no pre_init/post_init signal listens to: they would not run.
+    """
+    if isinstance(instance_or_model, type):
+        instance = instance_or_model.__new__(instance_or_model)
+        instance.__dict__.update(values)
+        instance._state = ModelState()
+    else:
+        instance = instance_or_model
+    instance._state.adding, instance._state.db = False, using
+    return instance
 
 
 class Columns:
@@ -43,9 +64,4 @@ class Columns:
                                or signals.post_init.has_listeners(self.model))
         if not self._plain:
             return self.model.from_db(connection.alias, self.names, values)
-        # What from_db() makes, without Model.__init__'s per-field loop (no init signal listens to this model).
-        obj = self.model.__new__(self.model)
-        obj.__dict__.update(zip(self.names, values, strict=True))
-        state = obj._state = ModelState()
-        state.adding, state.db = False, connection.alias
-        return obj
+        return loaded(self.model, zip(self.names, values, strict=True), using=connection.alias)

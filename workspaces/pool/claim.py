@@ -1,0 +1,72 @@
+"""The claim: one statement that takes a WARM container (FOR UPDATE SKIP LOCKED), alone or with the Session it opens."""
+from django.db import connection, transaction
+
+from config import db
+from core import sql
+from workspaces.models import Container, Node, Session
+
+State = Container.State
+
+
+# The states are literals, not parameters: a prepared statement then still uses the partial index on WARM rows.
+# RETURNING every column (from the model's fields): the claimed Container is a whole row, whatever fields it gains.
+_CONTAINER = sql.Columns(Container, "u")
+_CLAIM_SQL = f"""UPDATE {Container._meta.db_table} u
+    SET state = '{State.CLAIMED.value}', claimed_at = %s, updated_at = %s
+    WHERE id = (
+        SELECT c.id FROM {Container._meta.db_table} c JOIN {Node._meta.db_table} n ON n.id = c.node_id
+        WHERE c.template_id = %s AND c.state = '{State.WARM.value}' AND n.enabled AND NOT n.draining
+        ORDER BY c.id LIMIT 1
+        FOR UPDATE OF c SKIP LOCKED
+    )
+    RETURNING {_CONTAINER.sql}"""
+
+
+def single_statement_claims():
+    """Outside a transaction the claim and its session can be one statement (see below)."""
+    return not transaction.get_connection().in_atomic_block
+
+
+def container_claim_for_session(*, template, session, now):
+    """Claim a WARM container and insert `session` on it in ONE statement (autocommit: one transaction).
+
+    Two data-modifying CTEs: the UPDATE takes the row with FOR UPDATE SKIP LOCKED; the INSERT adds the
+    session only if a row was taken. A unique violation (the workspace already has a live session) fails
+    the whole statement, so the container stays WARM. Returns the CLAIMED Container or None.
+    """
+    values = [field.get_db_prep_save(getattr(session, field.attname), connection) for field in _SESSION_FIELDS]
+    row = db.fetchone(_CLAIM_FOR_SESSION_SQL, [now, now, template.pk, *values])
+    return _claimed_container(row, template)
+
+
+# Every column of Session but the container (the claimed row's id), from the model's fields and with the session's
+# values, so a field added to Session is inserted without touching this statement. Each value is cast to its
+# column's type: a None (ended_at) would otherwise reach PostgreSQL untyped, which INSERT ... SELECT takes for text.
+_SESSION_FIELDS = [field for field in Session._meta.concrete_fields if field.attname != "container_id"]
+_CLAIM_FOR_SESSION_SQL = f"""
+    WITH claimed AS ({_CLAIM_SQL}),
+    opened AS (
+        INSERT INTO {Session._meta.db_table} ({", ".join(f'"{f.column}"' for f in _SESSION_FIELDS)}, "container_id")
+        SELECT {", ".join(f"%s::{f.db_type(connection)}" for f in _SESSION_FIELDS)}, claimed.id FROM claimed
+        RETURNING container_id
+    )
+    SELECT claimed.* FROM claimed JOIN opened ON opened.container_id = claimed.id"""
+
+
+def _claimed_container(row, template):
+    if row is None:
+        return None
+    container = _CONTAINER.build(row)
+    Container.template.field.set_cached_value(container, template)
+    return container
+
+
+def container_claim(*, template, now):
+    """Inside the caller's transaction: take one WARM container of `template` (CLAIMED), or None.
+
+    One statement: lock the oldest WARM row of a usable node with FOR UPDATE SKIP LOCKED (so concurrent claims
+    take different rows without waiting), mark it CLAIMED, return it.
+    """
+    if not transaction.get_connection().in_atomic_block:
+        raise RuntimeError("container_claim must run inside the transaction that creates the session")
+    return _claimed_container(db.fetchone(_CLAIM_SQL, [now, now, template.pk]), template)
