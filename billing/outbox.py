@@ -159,7 +159,7 @@ def deliveries_retry(*, delivery_ids, actor):
     """
     with transaction.atomic():
         rows = list(
-            Delivery.objects.select_for_update().filter(pk__in=list(delivery_ids))
+            Delivery.objects.select_for_update(of=("self",)).filter(pk__in=list(delivery_ids))
             .exclude(state=Delivery.State.DELIVERED).select_related("event__tenant").order_by("pk")
         )
         now = timezone.now()

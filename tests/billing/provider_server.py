@@ -18,7 +18,8 @@ class ProviderServer:
         self.port = None
         self.status = 200  # answer for new requests: 200, or e.g. 503 for an outage
         self.requests = []  # (idempotency key, identifier) of every request that reached the handler
-        self.events = {}  # identifier -> form fields: the meter events really recorded, once each
+        self.events = {}  # identifier -> form fields: the meter events recorded
+        self.created = []  # identifiers in the order their events were recorded: a duplicate would show here
         self.replies = {}  # idempotency key -> (status, body): replayed for a repeated key
         self.hold_after = None  # hold the request after this many recorded events, unanswered, until released
         self.held = threading.Event()
@@ -48,7 +49,7 @@ class ProviderServer:
             self._server = None
         self.release.set()
 
-    def deliveries_of(self, identifier):
+    def requests_for(self, identifier):
         return sum(1 for _key, seen in self.requests if seen == identifier)
 
     def _handler(self):
@@ -81,6 +82,7 @@ class ProviderServer:
                                                                    f"{identifier}."}}
                     else:
                         provider.events[identifier] = fields
+                        provider.created.append(identifier)
                         reply = {"object": "billing.meter_event", "created": int(time.time()), "livemode": False,
                                  "event_name": fields.get("event_name"), "identifier": identifier,
                                  "payload": {"stripe_customer_id": fields.get("payload[stripe_customer_id]"),
