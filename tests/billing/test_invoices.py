@@ -13,6 +13,7 @@ from billing.models import BillingEvent, Invoice, InvoiceCounter, InvoiceLine
 from billing.services import deliveries_drain, invoices_issue, usage_report
 from tenants.models import AuditLog
 from tests.billing.outbox_support import HOUR, tenant_billed_by, utc, workspace_time
+from tests.conftest import seed_data_ensure
 from tests.factories import UserFactory
 
 NOW = utc(2026, 11, 20, 12)
@@ -79,6 +80,7 @@ def test_a_rolled_back_issue_leaves_no_gap(db):
 
 @pytest.mark.django_db(transaction=True)
 def test_two_threads_issuing_at_once_get_consecutive_numbers():
+    seed_data_ensure()  # plans: an earlier transactional test's flush may have taken them
     drafts = []
     with transaction.atomic():
         for _ in range(20):
