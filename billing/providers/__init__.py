@@ -21,6 +21,8 @@ class PermanentError(ProviderError):
 
 class BillingProvider:
     name = ""
+    # A provider that writes Hearth's own tables (invoices) gets a savepoint per delivery; a remote one needs none.
+    writes_database = False
 
     def accepts(self, event):
         """Whether this provider bills this kind of event (Stripe bills the plan fee through the subscription)."""

@@ -5,6 +5,7 @@ from billing.providers import BillingProvider, PermanentError
 
 class InvoiceProvider(BillingProvider):
     name = "invoice"
+    writes_database = True
 
     def deliver(self, event, *, idempotency_key):
         if event.tenant is None:
