@@ -182,3 +182,22 @@ def test_staff_without_the_permission_cannot_retry(db, client, provider, setting
     delivery.refresh_from_db()
     assert delivery.state == "dead"
     assert not AuditLog.objects.filter(action="billing.delivery_retried").exists()
+
+
+def test_a_tenant_billed_by_both_providers_gets_each_event_from_both_and_one_outage_holds_only_its_own(
+        db, provider):
+    tenant = tenant_billed_by("stripe", "invoice")
+    with time_machine.travel(NOW, tick=False) as clock:
+        workspace_time(tenant, 21 * HOUR, at=NOW)
+        usage_report()
+        provider.status = 503
+        deliveries_drain()
+        usage = BillingEvent.objects.get(tenant=tenant, kind="usage")
+        states = dict(usage.deliveries.values_list("provider", "state"))
+        assert states == {"stripe": "pending", "invoice": "delivered"}
+        provider.status = 200
+        clock.shift(timedelta(minutes=5))
+        deliveries_drain()
+    assert set(Delivery.objects.filter(event__tenant=tenant).values_list("state", flat=True)) == {"delivered"}
+    assert provider.created == [usage.identifier]
+    assert usage.invoice_line.invoice.total_cents == 1000 + 50  # the fee and one hour at 50 c/h

@@ -1,11 +1,17 @@
 """usage_report: the delta of billable usage since the last report becomes billing events, once."""
+import threading
+
+import pytest
 import time_machine
+from django.db import connection
 from django.db.models import Sum
 
 from billing.models import BillingEvent, Delivery, ReportedUsage
 from billing.reporting import overage_amount_cents
 from billing.services import usage_report, usage_report_tenant
+from metering.meters import meter_cache
 from tests.billing.outbox_support import HOUR, tenant_billed_by, utc, workspace_time
+from tests.conftest import seed_data_ensure
 
 NOW = utc(2026, 11, 20, 12)
 
@@ -95,3 +101,32 @@ def test_the_previous_month_is_reported_until_final(db):
         workspace_time(tenant, 60, at=utc(2026, 10, 31, 23, 59), event_id="late")  # within the grace
         [event] = usage_report_tenant(tenant=tenant)
     assert (event.period_start, event.quantity) == (utc(2026, 10, 1), 660)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_reports_of_one_tenant_create_each_event_once():
+    seed_data_ensure()  # plans and meters: an earlier transactional test's flush may have taken them
+    meter_cache.reload()
+    tenant = tenant_billed_by("stripe", "invoice")
+    with time_machine.travel(NOW, tick=False):
+        workspace_time(tenant, 25 * HOUR, at=NOW)
+    barrier, results, errors = threading.Barrier(4), [], []
+
+    def report():
+        try:
+            barrier.wait()
+            results.append(len(usage_report_tenant(tenant=tenant)))
+        except Exception as exc:  # reported to the test thread
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=report) for _ in range(4)]
+    with time_machine.travel(NOW, tick=False):  # the clock is process-wide: moved once, for every thread
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+    assert errors == [] and sum(results) == 2
+    assert sorted(BillingEvent.objects.values_list("kind", "quantity")) == [("plan_fee", 1), ("usage", 5 * HOUR)]
+    assert Delivery.objects.count() == 3  # fee → invoice; usage → stripe and invoice
