@@ -50,6 +50,8 @@ def test_adding_an_event_twice_keeps_one_line(db):
 def test_issue_numbers_the_invoice_and_a_late_event_opens_a_supplementary_draft(db):
     tenant = tenant_billed_by("invoice")
     invoice = month_billed(tenant)
+    with time_machine.travel(utc(2026, 12, 2, 7), tick=False):  # late events still arrive for November
+        assert invoices_issue() == []
     with time_machine.travel(utc(2026, 12, 3, 7), tick=False):  # November's grace is over
         [issued] = invoices_issue()
         assert issued.pk == invoice.pk and issued.number.startswith("HRT-2026-")
