@@ -43,3 +43,4 @@ def test_every_beat_entry_names_a_task():
     for entry in BILLING_BEAT_SCHEDULE.values():
         module, name = entry["task"].rsplit(".", 1)
         assert getattr(importlib.import_module(module), name).name == entry["task"]
+        assert entry["schedule"].run_every.total_seconds() > 0  # what tests/config expects of every beat entry
