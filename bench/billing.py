@@ -1,7 +1,7 @@
 """Billing benchmark on PostgreSQL: the outbox delivering billing events to a provider that answers in 5 ms.
 
     DATABASE_URL=postgres://postgres@127.0.0.1:5432/hearth_bench_billing .venv/bin/python bench/billing.py \
-        [--events 2000] [--drainers 4] [--latency-ms 5]
+        [--events 2000] [--drainers 1] [--latency-ms 5]
 
 Uses its own database (`hearth_bench_billing` by default; created and migrated if missing). The provider is the
 Stripe-shaped server of the outbox tests (real HTTP on loopback, idempotency keys, 5 ms per answer); the
@@ -150,9 +150,9 @@ def bench_reconciliation():
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--events", type=int, default=2000)
-    parser.add_argument("--drainers", type=int, default=4, help="concurrent drains (Celery workers)")
+    parser.add_argument("--drainers", type=int, default=1, help="concurrent drains (Celery workers)")
     parser.add_argument("--latency-ms", type=float, default=5.0, help="the provider's answer time")
-    parser.add_argument("--batch-size", type=int, default=50)
+    parser.add_argument("--batch-size", type=int, default=100)
     args = parser.parse_args()
 
     ensure_database()

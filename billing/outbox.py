@@ -1,10 +1,13 @@
 """The billing-event outbox: recording billable facts with one delivery per provider, and draining deliveries.
 
 Settings (read with defaults): `BILLING_DELIVERY_MAX_ATTEMPTS` (12), `BILLING_DELIVERY_BACKOFF_BASE` (10 s),
-`BILLING_DELIVERY_BACKOFF_MAX` (3,600 s), `BILLING_DRAIN_BATCH` (100), `BILLING_DRAIN_TIME_BUDGET` (30 s).
+`BILLING_DELIVERY_BACKOFF_MAX` (3,600 s), `BILLING_DRAIN_BATCH` (100), `BILLING_DRAIN_TIME_BUDGET` (30 s),
+`BILLING_DRAIN_CONCURRENCY` (8 remote calls in flight per drain).
 """
 import logging
+import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
 from django.conf import settings
@@ -125,24 +128,57 @@ def _save_outcomes(deliveries):
         cursor.execute(_OUTCOMES_SQL, [[getattr(d, column) for d in deliveries] for column in columns])
 
 
+_pool = {"executor": None, "pid": None}
+
+
+def _executor():
+    """Threads for remote providers' calls, made per process (a forked worker must not inherit its parent's)."""
+    width = _setting("BILLING_DRAIN_CONCURRENCY", 8)
+    if _pool["executor"] is None or _pool["pid"] != os.getpid() or _pool["executor"]._max_workers != width:
+        _pool["executor"] = ThreadPoolExecutor(max_workers=width, thread_name_prefix="billing-delivery")
+        _pool["pid"] = os.getpid()
+    return _pool["executor"]
+
+
 def _deliver_batch(batch, *, now, deadline):
-    """Attempt each delivery of a locked batch; returns those changed (attempted or deferred)."""
+    """Attempt each delivery of a locked batch; returns those changed (attempted or deferred).
+
+    Up to BILLING_DRAIN_CONCURRENCY deliveries are in flight at once: a remote provider's calls overlap in threads,
+    while a provider writing Hearth's tables runs in this thread, inside the batch's transaction.
+    """
+    width = max(1, _setting("BILLING_DRAIN_CONCURRENCY", 8))
     failing = {}  # provider -> the next attempt time of its delivery that just failed transiently
     done = []
-    for delivery in batch:
-        if time.monotonic() >= deadline:
-            break  # left as they are: the next drain takes them
-        if delivery.provider in failing:
-            # The provider is failing now: the rest of its batch waits with the failed delivery instead of each
-            # being tried (and counted) in turn, and other providers' deliveries are not held up behind them.
-            delivery.next_attempt_at = failing[delivery.provider]
-            done.append(delivery)
-            continue
-        _attempt(delivery, now=now)
-        if delivery.state == Delivery.State.PENDING:
-            failing[delivery.provider] = delivery.next_attempt_at
-        done.append(delivery)
+    queue = list(batch)
+    while queue and time.monotonic() < deadline:  # what is left after the deadline waits for the next drain
+        wave = []
+        while queue and len(wave) < width:
+            delivery = queue.pop(0)
+            if delivery.provider in failing:
+                # The provider is failing now: the rest of its batch waits with the failed delivery instead of each
+                # being tried (and counted) in turn, and other providers' deliveries are not held up behind them.
+                delivery.next_attempt_at = failing[delivery.provider]
+                done.append(delivery)
+            else:
+                wave.append(delivery)
+        remote = [d for d in wave if not _writes_database(d.provider)]
+        if len(remote) > 1:
+            list(_executor().map(lambda d: _attempt(d, now=now), remote))
+        elif remote:
+            _attempt(remote[0], now=now)
+        in_threads = {id(d) for d in remote}
+        for delivery in wave:
+            if id(delivery) not in in_threads:
+                _attempt(delivery, now=now)
+            if delivery.state == Delivery.State.PENDING:
+                failing.setdefault(delivery.provider, delivery.next_attempt_at)
+        done.extend(wave)
     return done
+
+
+def _writes_database(name):
+    provider = providers_registered().get(name)
+    return provider is None or provider.writes_database
 
 
 def _attempt(delivery, *, now):

@@ -1,7 +1,8 @@
 """Crash: a Celery worker SIGKILLed mid-delivery (the provider has the request, the row is not marked yet).
 
 A real Celery worker runs against the test database and delivers to the Stripe-shaped provider over HTTP. The
-provider records the 11th meter event and holds its answer; the test kills the worker right then. The batch's
+provider records the 11th meter event and holds its answer; the test kills the worker right then (the other
+calls of that wave may have been answered: their rows are not marked either). The batch's
 transaction dies with it, so every delivery is pending again; a new worker repeats them with the same
 idempotency keys, and the provider ends up with each event exactly once.
 """
@@ -90,7 +91,8 @@ def test_worker_killed_mid_delivery_duplicates_nothing_and_loses_nothing(redis_u
         provider.release.set()
         deliveries = Delivery.objects.filter(event__tenant=tenant)
         assert set(deliveries.values_list("state", "attempts")) == {("pending", 0)}
-        assert len(provider.created) == 11
+        before_crash = list(provider.created)  # the 11th, and what the other threads of its wave had sent
+        assert len(before_crash) >= 11
 
         worker.start()
         broker.send_task("billing.tasks.deliveries_drain")
@@ -100,5 +102,6 @@ def test_worker_killed_mid_delivery_duplicates_nothing_and_loses_nothing(redis_u
         worker.kill()
         provider.stop()
     assert sorted(provider.created) == identifiers  # each event exactly once at the provider
-    replayed = {key for key, identifier in provider.requests if identifier in provider.created[:11]}
-    assert len(replayed) == 11 and len(provider.requests) == 25 + 11  # the 11 repeats carried their first keys
+    for identifier in before_crash:  # sent again after the restart, under the same key, answered from it
+        keys = [key for key, seen in provider.requests if seen == identifier]
+        assert len(keys) == 2 and keys[0] == keys[1]
