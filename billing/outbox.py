@@ -128,15 +128,14 @@ def _save_outcomes(deliveries):
         cursor.execute(_OUTCOMES_SQL, [[getattr(d, column) for d in deliveries] for column in columns])
 
 
-_pool = {"executor": None, "pid": None}
+_pool = {"executor": None, "key": None}
 
 
-def _executor():
+def _executor(width):
     """Threads for remote providers' calls, made per process (a forked worker must not inherit its parent's)."""
-    width = _setting("BILLING_DRAIN_CONCURRENCY", 8)
-    if _pool["executor"] is None or _pool["pid"] != os.getpid() or _pool["executor"]._max_workers != width:
+    if _pool["key"] != (os.getpid(), width):
         _pool["executor"] = ThreadPoolExecutor(max_workers=width, thread_name_prefix="billing-delivery")
-        _pool["pid"] = os.getpid()
+        _pool["key"] = (os.getpid(), width)
     return _pool["executor"]
 
 
@@ -163,7 +162,7 @@ def _deliver_batch(batch, *, now, deadline):
                 wave.append(delivery)
         remote = [d for d in wave if not _writes_database(d.provider)]
         if len(remote) > 1:
-            list(_executor().map(lambda d: _attempt(d, now=now), remote))
+            list(_executor(width).map(lambda d: _attempt(d, now=now), remote))
         elif remote:
             _attempt(remote[0], now=now)
         in_threads = {id(d) for d in remote}
