@@ -63,7 +63,12 @@ class ProviderServer:
                 pass
 
             def do_POST(self):
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0)).decode()
+                length = int(self.headers.get("Content-Length") or 0)
+                raw = self.rfile.read(length)
+                if len(raw) < length:  # the sender died mid-request: a real provider never processes half a body
+                    self.close_connection = True
+                    return
+                body = raw.decode()
                 fields = {key: values[0] for key, values in parse_qs(body).items()}
                 key = self.headers.get("Idempotency-Key", "")
                 identifier = fields.get("identifier", "")
