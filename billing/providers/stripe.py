@@ -1,7 +1,8 @@
 """The Stripe provider: usage beyond the allowance as billing meter events, through the stripe SDK over HTTP.
 
 The plan's fixed fee is not sent: the Stripe subscription bills it. Settings (read with defaults):
-`STRIPE_API_BASE` (https://api.stripe.com; the offline emulator's URL in development and tests),
+`STRIPE_API_BASE` (else the SDK's `stripe.api_base`, https://api.stripe.com; the offline emulator's URL in development
+and tests),
 `STRIPE_SECRET_KEY` (else `STRIPE_TEST_SECRET_KEY`), `BILLING_STRIPE_METER_EVENT_NAME` and
 `BILLING_PROVIDER_TIMEOUT` (seconds).
 """
@@ -25,7 +26,8 @@ _clients = threading.local()  # one client (and HTTP session) per thread and con
 
 def _client():
     api_key = getattr(settings, "STRIPE_SECRET_KEY", "") or getattr(settings, "STRIPE_TEST_SECRET_KEY", "")
-    api_base = getattr(settings, "STRIPE_API_BASE", "") or DEFAULT_API_BASE
+    # Without the setting, the SDK's global (what the emulator's fixtures and `make run` point elsewhere).
+    api_base = getattr(settings, "STRIPE_API_BASE", "") or stripe.api_base or DEFAULT_API_BASE
     timeout = getattr(settings, "BILLING_PROVIDER_TIMEOUT", 10)
     config = (api_key, api_base, timeout)
     cached = getattr(_clients, "cached", None)
