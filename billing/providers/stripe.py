@@ -65,14 +65,13 @@ class StripeProvider(BillingProvider):
         try:
             meter_event = _client().v1.billing.meter_events.create(
                 params=params, options={"idempotency_key": idempotency_key})
-        except stripe.InvalidRequestError as exc:
-            if exc.code in DUPLICATE_CODES:
-                return event.identifier
-            raise PermanentError(f"Stripe refused the meter event: {exc.user_message or exc}") from exc
-        except (stripe.APIConnectionError, stripe.RateLimitError) as exc:
+        except stripe.APIConnectionError as exc:
             raise TransientError(f"Stripe unreachable: {exc}") from exc
         except stripe.StripeError as exc:
+            if isinstance(exc, stripe.InvalidRequestError) and exc.code in DUPLICATE_CODES:
+                return event.identifier
+            message = f"Stripe answered {exc.http_status}: {exc.user_message or exc}"
             if exc.http_status is None or exc.http_status >= 500 or exc.http_status in (409, 429):
-                raise TransientError(f"Stripe answered {exc.http_status}: {exc}") from exc
-            raise PermanentError(f"Stripe answered {exc.http_status}: {exc}") from exc
+                raise TransientError(message) from exc
+            raise PermanentError(message) from exc
         return meter_event.get("identifier") or event.identifier

@@ -202,3 +202,15 @@ def test_a_tenant_billed_by_both_providers_gets_each_event_from_both_and_one_out
     assert set(Delivery.objects.filter(event__tenant=tenant).values_list("state", flat=True)) == {"delivered"}
     assert provider.created == [usage.identifier]
     assert usage.invoice_line.invoice.total_cents == 1000 + 50  # the fee and one hour at 50 c/h
+
+
+@pytest.mark.parametrize(("status", "state"), [(500, "pending"), (503, "pending"), (429, "pending"), (409, "pending"),
+                                               (401, "dead"), (400, "dead"), (404, "dead")])
+def test_stripe_answers_are_retried_or_dead_lettered_by_status(db, provider, status, state):
+    provider.status = status
+    tenant = tenant_billed_by("stripe")
+    [event] = usage_events(tenant, 1)
+    deliveries_drain()
+    delivery = Delivery.objects.get(event=event)
+    assert (delivery.state, delivery.attempts) == (state, 1)
+    assert str(status) in delivery.last_error
