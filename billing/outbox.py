@@ -59,9 +59,16 @@ def billing_event_record(*, tenant, kind, period_start, quantity, amount_cents, 
     return event
 
 
+_last_enqueue = {"at": float("-inf")}
+ENQUEUE_DEBOUNCE = 1.0  # seconds: a report committing many tenants' events enqueues one drain, not one per event
+
+
 def deliveries_drain_enqueue():
     from billing.tasks import deliveries_drain as task
 
+    if time.monotonic() - _last_enqueue["at"] < ENQUEUE_DEBOUNCE:
+        return  # a drain enqueued just now takes these too, or the periodic drain does within its interval
+    _last_enqueue["at"] = time.monotonic()
     try:
         task.delay()
     except Exception:  # broker down: the beat's periodic drain delivers later

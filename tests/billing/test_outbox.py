@@ -1,4 +1,5 @@
 """Delivering billing events: real HTTP to a Stripe-shaped provider, outages, back-off, dead letters, retry."""
+import json
 from datetime import timedelta
 
 import pytest
@@ -6,6 +7,7 @@ import time_machine
 from django.db import transaction
 from django.urls import reverse
 
+from billing import outbox
 from billing.models import BillingEvent, Delivery
 from billing.outbox import backoff, billing_event_record
 from billing.services import deliveries_drain, usage_report
@@ -44,16 +46,25 @@ def test_a_reported_overage_reaches_stripe_as_a_meter_event_with_its_idempotency
     assert provider.requests == [(f"hearth:stripe:{event.identifier}", event.identifier)]
 
 
-def test_the_drain_is_enqueued_after_commit_never_before(db, django_capture_on_commit_callbacks, monkeypatch):
+def test_the_drain_is_enqueued_after_commit_never_before_and_once_for_many_events(
+        db, django_capture_on_commit_callbacks, redis_url, settings):
+    import redis
+
+    broker = redis.Redis.from_url(redis_url)
+    queue = f"{settings.CELERY_BROKER_TRANSPORT_OPTIONS['global_keyprefix']}celery"
+
+    outbox._last_enqueue["at"] = float("-inf")
+    before = broker.llen(queue)
     tenant = tenant_billed_by("stripe")
-    enqueued = []
-    monkeypatch.setattr("billing.tasks.deliveries_drain.delay", lambda: enqueued.append(1))
     with django_capture_on_commit_callbacks(execute=False) as callbacks:
-        usage_events(tenant, 2)
-        assert enqueued == []
+        usage_events(tenant, 3)
+        assert broker.llen(queue) == before  # nothing is enqueued inside the transaction
     for callback in callbacks:
         callback()
-    assert enqueued
+    assert broker.llen(queue) == before + 1  # three events, one drain
+    newest = broker.lindex(queue, 0)  # kombu pushes on the left
+    assert json.loads(newest)["headers"]["task"] == "billing.tasks.deliveries_drain"
+    broker.lrem(queue, 1, newest)  # no worker consumes the test's queue
 
 
 @pytest.mark.parametrize("outage", ["refused", "503"])
