@@ -1,4 +1,5 @@
 """Billing's records: accounts, billing events and their deliveries to providers, reported usage, invoices."""
+from django.conf import settings
 from django.contrib.postgres.fields import ArrayField
 from django.db import models
 from django.utils import timezone
@@ -164,8 +165,6 @@ class Invoice(models.Model):
 
     @property
     def number(self):
-        from django.conf import settings
-
         if self.sequence is None:
             return ""
         prefix = getattr(settings, "BILLING_INVOICE_NUMBER_PREFIX", "HRT")
