@@ -7,6 +7,9 @@ class BillingConfig(AppConfig):
     verbose_name = "Billing"
 
     def ready(self):
+        from billing.providers import provider_register
+        from billing.providers.invoice import InvoiceProvider
+        from billing.providers.stripe import StripeProvider
         from billing.subscriptions import plan_request, subscription_cancel_for_offboarding
         from billing.views import dashboard_card
         from tenants.offboarding import on_teardown
@@ -16,3 +19,5 @@ class BillingConfig(AppConfig):
         plan_request_handler(plan_request)
         register_card("billing")(dashboard_card)
         on_teardown(subscription_cancel_for_offboarding)
+        provider_register(StripeProvider())
+        provider_register(InvoiceProvider())
