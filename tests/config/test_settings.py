@@ -36,3 +36,12 @@ def test_production_passes_the_deployment_checks_but_hsts_for_subdomains_and_pre
     warnings = {line.split(")")[0].split("(")[-1] for line in result.stderr.splitlines() if "(security." in line}
     assert warnings == {"security.W005", "security.W021"}, result.stderr
 
+
+
+def test_production_keeps_a_csrf_middleware_though_djangos_check_for_it_is_silenced():
+    show = ("import django; django.setup(); from django.conf import settings as s;"
+            "from django.middleware.csrf import CsrfViewMiddleware as C; from django.utils.module_loading import"
+            " import_string as i; print(sum(isinstance(i(m), type) and issubclass(i(m), C) for m in s.MIDDLEWARE))")
+    result = run(show, DJANGO_SETTINGS_MODULE="config.settings.production", SECRET_KEY="k" * 50,
+                 ALLOWED_HOSTS="hearth.example.com")
+    assert result.stdout.split() == ["1"], result.stderr
