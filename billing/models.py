@@ -43,6 +43,10 @@ class BillingEvent(models.Model):
     meter = models.ForeignKey(Meter, on_delete=models.PROTECT, null=True, blank=True, related_name="+")
     period_start = models.DateTimeField(help_text="The billing month (UTC) the fact belongs to.")
     quantity = models.BigIntegerField(help_text="In the meter's unit (seconds); 1 for a fee.")
+    # What the month's billable quantity stands at after this event: providers that take running totals in other
+    # units (Stripe's hours) round the totals, not the deltas, so the deltas add up exactly.
+    cumulative = models.BigIntegerField(null=True, blank=True,
+                                        help_text="Usage: the month's billable quantity after this event.")
     amount_cents = models.BigIntegerField()
     currency = models.CharField(max_length=3, default="usd")
     # Stable: the same fact always gets the same identifier, so re-reporting it is a no-op and providers dedup it.
@@ -167,8 +171,7 @@ class Invoice(models.Model):
     def number(self):
         if self.sequence is None:
             return ""
-        prefix = getattr(settings, "BILLING_INVOICE_NUMBER_PREFIX", "HRT")
-        return f"{prefix}-{self.year}-{self.sequence:06d}"
+        return f"{settings.BILLING_INVOICE_NUMBER_PREFIX}-{self.year}-{self.sequence:06d}"
 
 
 class InvoiceLine(models.Model):

@@ -1,8 +1,8 @@
 """The billing-event outbox: recording billable facts with one delivery per provider, and draining deliveries.
 
-Settings (read with defaults): `BILLING_DELIVERY_MAX_ATTEMPTS` (12), `BILLING_DELIVERY_BACKOFF_BASE` (10 s),
-`BILLING_DELIVERY_BACKOFF_MAX` (3,600 s), `BILLING_DRAIN_BATCH` (100), `BILLING_DRAIN_TIME_BUDGET` (30 s),
-`BILLING_DRAIN_CONCURRENCY` (8 remote calls in flight per drain).
+Settings (config/settings/base.py's billing block): `BILLING_DELIVERY_MAX_ATTEMPTS`,
+`BILLING_DELIVERY_BACKOFF_BASE` / `_MAX`, `BILLING_DRAIN_BATCH`, `BILLING_DRAIN_TIME_BUDGET`,
+`BILLING_DRAIN_CONCURRENCY`.
 """
 import logging
 import os
@@ -30,7 +30,7 @@ def providers_for(tenant):
 
 
 def billing_event_record(*, tenant, kind, period_start, quantity, amount_cents, identifier, meter=None,
-                         description="", currency=None, providers=None):
+                         description="", currency=None, providers=None, cumulative=None):
     """Store a billing event and a pending delivery per provider that bills it, in the caller's transaction.
 
     Idempotent on `identifier`: a fact already recorded returns None and nothing is added. A drain is enqueued
@@ -43,7 +43,7 @@ def billing_event_record(*, tenant, kind, period_start, quantity, amount_cents, 
             event = BillingEvent.objects.create(
                 tenant=tenant, tenant_slug=tenant.slug, kind=kind, meter=meter, period_start=period_start,
                 quantity=quantity, amount_cents=amount_cents, currency=currency or tenant.plan.currency,
-                identifier=identifier, description=description[:200],
+                identifier=identifier, description=description[:200], cumulative=cumulative,
             )
     except IntegrityError:
         if BillingEvent.objects.filter(identifier=identifier).exists():
@@ -75,14 +75,10 @@ def deliveries_drain_enqueue():
         log.warning("could not enqueue the billing drain; the periodic drain will deliver", exc_info=True)
 
 
-def _setting(name, default):
-    return getattr(settings, name, default)
-
-
 def backoff(attempts):
     """The wait after the `attempts`-th failure: base × 2^(attempts − 1), capped."""
-    base = _setting("BILLING_DELIVERY_BACKOFF_BASE", 10)
-    cap = _setting("BILLING_DELIVERY_BACKOFF_MAX", 3600)
+    base = settings.BILLING_DELIVERY_BACKOFF_BASE
+    cap = settings.BILLING_DELIVERY_BACKOFF_MAX
     return timedelta(seconds=min(cap, base * 2 ** max(0, attempts - 1)))
 
 
@@ -94,8 +90,8 @@ def deliveries_drain(*, batch_size=None, now=None):
     rows are pending again and the next drain repeats them with the same idempotency keys, which the providers
     answer with what they already recorded. Returns the number of deliveries that succeeded.
     """
-    batch_size = batch_size or _setting("BILLING_DRAIN_BATCH", 100)
-    deadline = time.monotonic() + _setting("BILLING_DRAIN_TIME_BUDGET", 30)
+    batch_size = batch_size or settings.BILLING_DRAIN_BATCH
+    deadline = time.monotonic() + settings.BILLING_DRAIN_TIME_BUDGET
     delivered = 0
     while time.monotonic() < deadline:
         moment = now or timezone.now()
@@ -152,7 +148,7 @@ def _deliver_batch(batch, *, now, deadline):
     Up to BILLING_DRAIN_CONCURRENCY deliveries are in flight at once: a remote provider's calls overlap in threads,
     while a provider writing Hearth's tables runs in this thread, inside the batch's transaction.
     """
-    width = max(1, _setting("BILLING_DRAIN_CONCURRENCY", 8))
+    width = max(1, settings.BILLING_DRAIN_CONCURRENCY)
     failing = {}  # provider -> the next attempt time of its delivery that just failed transiently
     done = []
     queue = list(batch)
@@ -203,7 +199,7 @@ def _attempt(delivery, *, now):
     except Exception as exc:  # transient, or a bug a deploy may fix: retried, then dead-lettered
         kind = "transient" if isinstance(exc, TransientError) else type(exc).__name__
         delivery.last_error = f"{kind}: {exc}"[:4000]
-        if delivery.attempts >= _setting("BILLING_DELIVERY_MAX_ATTEMPTS", 12):
+        if delivery.attempts >= settings.BILLING_DELIVERY_MAX_ATTEMPTS:
             delivery.state = Delivery.State.DEAD
             log.warning("billing delivery %s to %s dead after %s attempts: %s",
                         delivery.pk, delivery.provider, delivery.attempts, exc)

@@ -110,7 +110,7 @@ def _overage(tenant, now):
         delta = billable - mark.quantity
         event = billing_event_record(
             tenant=tenant, kind=BillingEvent.Kind.USAGE, meter=meter, period_start=mark.period_start,
-            quantity=delta, amount_cents=amount, providers=names,
+            quantity=delta, amount_cents=amount, providers=names, cumulative=billable,
             identifier=f"usage:t{tenant.pk}:{meter.slug}:{mark.period_start:%Y-%m}:{billable}",
             description=f"Workspace time beyond {plan.monthly_hours} h, {mark.period_start:%B %Y}: "
                         f"{_hours(delta)} at {price // 100}.{price % 100:02d} {plan.currency.upper()}/h",

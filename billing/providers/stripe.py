@@ -1,13 +1,12 @@
-"""The Stripe provider: usage beyond the allowance as billing meter events, through the stripe SDK over HTTP.
+"""The Stripe provider: usage beyond the allowance as billing meter events in hours, through the stripe SDK over HTTP.
 
-The plan's fixed fee is not sent: the Stripe subscription bills it. Settings (read with defaults):
-`STRIPE_API_BASE` (else the SDK's `stripe.api_base`, https://api.stripe.com; the offline emulator's URL in development
-and tests),
-`STRIPE_SECRET_KEY` (else `STRIPE_TEST_SECRET_KEY`), `BILLING_STRIPE_METER_EVENT_NAME` and
-`BILLING_PROVIDER_TIMEOUT` (seconds).
+The plan's fixed fee is not sent: the Stripe subscription bills it. The meter is the one `billing_sync_plans`
+creates (`BILLING_METER_EVENT_NAME`), summed per customer and priced per hour, so each event's value is its share
+of the month's billable hours (see `meter_value`).
 """
 import threading
 from datetime import timedelta
+from decimal import ROUND_HALF_UP, Decimal
 
 import stripe
 from django.conf import settings
@@ -16,8 +15,9 @@ from billing.models import BillingEvent
 from billing.providers import BillingProvider, PermanentError, TransientError
 from metering import periods
 
-DEFAULT_API_BASE = "https://api.stripe.com"
-DEFAULT_METER_EVENT_NAME = "workspace_overage_seconds"
+SECONDS_PER_HOUR = 3600
+# Millionths of an hour (3.6 ms): Stripe keeps 15 significant digits, enough for a billion hours at this precision.
+HOUR_QUANTUM = Decimal("0.000001")
 # Stripe answers a meter event whose identifier it already holds (24 h at least) with these codes: it has the event.
 DUPLICATE_CODES = ("duplicate_meter_event", "resource_already_exists")
 
@@ -25,11 +25,8 @@ _clients = threading.local()  # one client (and HTTP session) per thread and con
 
 
 def _client():
-    api_key = getattr(settings, "STRIPE_SECRET_KEY", "") or getattr(settings, "STRIPE_TEST_SECRET_KEY", "")
-    # Without the setting, the SDK's global (what the emulator's fixtures and `make run` point elsewhere).
-    api_base = getattr(settings, "STRIPE_API_BASE", "") or stripe.api_base or DEFAULT_API_BASE
-    timeout = getattr(settings, "BILLING_PROVIDER_TIMEOUT", 10)
-    config = (api_key, api_base, timeout)
+    config = (settings.STRIPE_SECRET_KEY, settings.STRIPE_API_BASE, settings.STRIPE_TIMEOUT)
+    api_key, api_base, timeout = config
     cached = getattr(_clients, "cached", None)
     if cached is None or cached[0] != config:
         # No SDK retries: the delivery loop retries with its own back-off and keeps count of the attempts.
@@ -37,6 +34,19 @@ def _client():
                                      http_client=stripe.RequestsClient(timeout=timeout))
         _clients.cached = cached = (config, client)
     return cached[1]
+
+
+def hours(seconds):
+    """A month's running total in hours, to the millionth (half up)."""
+    return (Decimal(seconds) / SECONDS_PER_HOUR).quantize(HOUR_QUANTUM, rounding=ROUND_HALF_UP)
+
+
+def meter_value(event):
+    """The event's hours as the difference of the rounded running totals before and after it, so however the month
+    was split into reports its values add up to exactly `hours(month's total)`: the amount one event would bill.
+    An event recorded without a running total counts on its own."""
+    after = event.cumulative if event.cumulative is not None else event.quantity
+    return hours(after) - hours(after - event.quantity)
 
 
 def _usage_time(event):
@@ -57,8 +67,8 @@ class StripeProvider(BillingProvider):
         if not customer:
             raise PermanentError(f"tenant {event.tenant_slug} has no Stripe customer id")
         params = {
-            "event_name": getattr(settings, "BILLING_STRIPE_METER_EVENT_NAME", DEFAULT_METER_EVENT_NAME),
-            "payload": {"stripe_customer_id": customer, "value": str(event.quantity)},
+            "event_name": settings.BILLING_METER_EVENT_NAME,
+            "payload": {"stripe_customer_id": customer, "value": f"{meter_value(event):f}"},
             "identifier": event.identifier,
             "timestamp": int(_usage_time(event).timestamp()),
         }

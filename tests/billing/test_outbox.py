@@ -4,6 +4,7 @@ from datetime import timedelta
 
 import pytest
 import time_machine
+from django.conf import settings
 from django.db import transaction
 from django.urls import reverse
 
@@ -41,8 +42,9 @@ def test_a_reported_overage_reaches_stripe_as_a_meter_event_with_its_idempotency
     delivery = event.deliveries.get()
     assert (delivery.state, delivery.attempts, delivery.reference) == ("delivered", 1, event.identifier)
     sent = provider.events[event.identifier]
-    assert sent["payload[stripe_customer_id]"] == "cus_42" and sent["payload[value]"] == "90"
-    assert sent["event_name"] == "workspace_overage_seconds"
+    # 90 s in hours, to the millionth, under the meter billing_sync_plans creates.
+    assert sent["payload[stripe_customer_id]"] == "cus_42" and sent["payload[value]"] == "0.025000"
+    assert sent["event_name"] == settings.BILLING_METER_EVENT_NAME == "workspace_hours"
     assert provider.requests == [(f"hearth:stripe:{event.identifier}", event.identifier)]
 
 
