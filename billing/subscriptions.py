@@ -23,6 +23,7 @@ from billing.catalogue import (
     prices_by_lookup_key,
     stripe_options,
 )
+from billing.models import BillingAccount, Provider
 from tenants import policy, services
 from tenants.audit import audit_record
 from tenants.events import event_emit
@@ -55,11 +56,32 @@ def _account():
 
 
 def customer_get_or_create(*, tenant):
-    """The tenant's Stripe customer (dj-stripe's Customer, subscriber = the tenant), created on first need."""
-    customer, _ = djstripe_models.Customer.get_or_create(subscriber=tenant, livemode=settings.STRIPE_LIVE_MODE,
-                                                         api_key=settings.STRIPE_SECRET_KEY,
-                                                         metadata={"hearth_tenant": tenant.slug})
+    """The tenant's Stripe customer (dj-stripe's Customer, subscriber = the tenant), created on first need, and its
+    BillingAccount naming it, in one transaction: the Stripe provider finds the customer there."""
+    with transaction.atomic():
+        customer, _ = djstripe_models.Customer.get_or_create(subscriber=tenant, livemode=settings.STRIPE_LIVE_MODE,
+                                                             api_key=settings.STRIPE_SECRET_KEY,
+                                                             metadata={"hearth_tenant": tenant.slug})
+        billing_account_link_stripe(tenant=tenant, customer_id=customer.id)
     return customer
+
+
+def billing_account_link_stripe(*, tenant, customer_id):
+    """Record the tenant's Stripe customer on its BillingAccount (made with provider `stripe` if missing). An
+    account staff set up keeps its providers (an Enterprise contract billed by invoice stays so until staff add
+    Stripe); one without providers gets Stripe. Audited when it changes."""
+    account, created = BillingAccount.objects.select_for_update().get_or_create(
+        tenant=tenant, defaults={"providers": [Provider.STRIPE], "stripe_customer_id": customer_id})
+    if not created:
+        if account.stripe_customer_id == customer_id and account.providers:
+            return account
+        before = {"providers": list(account.providers), "stripe_customer_id": account.stripe_customer_id}
+        account.stripe_customer_id = customer_id
+        account.providers = account.providers or [Provider.STRIPE]
+        account.save(update_fields=["stripe_customer_id", "providers", "updated_at"])
+    audit_record(tenant=tenant, actor=BILLING_ACTOR, action="billing.account_linked", target=customer_id,
+                 data={"providers": list(account.providers), **({} if created else {"before": before})})
+    return account
 
 
 def customer_id_of(tenant):
@@ -349,6 +371,46 @@ def owners_mail_past_due(*, tenant):
         send_mail(subject, body, None, owners)
     except Exception:  # SMTP failures come in many types; the state is already stored
         log.exception("could not mail the past-due notice of %s", tenant.slug)
+
+
+# --- the grace period's end ----------------------------------------------------------------------------------------
+
+
+def payment_grace_expire(*, now=None):
+    """Suspend for payment every past-due tenant whose grace ran out (Celery beat, every minute). Idempotent.
+    Returns the number of tenants suspended by this run."""
+    now = now or timezone.now()
+    overdue = (Tenant.objects.filter(subscription_status__in=OVERDUE, payment_due_by__lte=now)
+               .exclude(status=Tenant.Status.OFFBOARDED).order_by("pk"))
+    return sum(tenant_payment_suspend(tenant=tenant, now=now) for tenant in overdue)
+
+
+def tenant_payment_suspend(*, tenant, now=None):
+    """The moment a past-due tenant's grace runs out: audit row and domain event once per grace period, and its
+    running sessions ended (opens already answer 402; data is kept and owners can still pay). True if it was
+    suspended by this call."""
+    from workspaces.models import Session
+    from workspaces.services import sessions_end_for_tenant
+
+    now = now or timezone.now()
+    with transaction.atomic():
+        tenant = Tenant.objects.select_for_update().get(pk=tenant.pk)
+        if tenant.subscription_status not in OVERDUE or not policy.is_payment_overdue(tenant, now=now):
+            return False
+        due_by = _iso(tenant.payment_due_by)
+        # The grace period's own due date marks it: a later past-due spell gets its own row.
+        first = not tenant.audit_log.filter(action="billing.payment_suspended", target=due_by).exists()
+        if first:
+            live = Session.objects.filter(tenant=tenant, ended_at__isnull=True).count()
+            audit_record(tenant=tenant, actor=BILLING_ACTOR, action="billing.payment_suspended", target=due_by,
+                         data={"subscription": tenant.subscription_id, "status": tenant.subscription_status,
+                               "sessions_ended": live})
+            event_emit(type="billing.payment_suspended", tenant=tenant,
+                       payload={"subscription": tenant.subscription_id, "due_by": due_by})
+    # After commit (ending a session releases its container); repeated by every run, so a crash in between or a
+    # session that slipped in is ended by the next one.
+    sessions_end_for_tenant(tenant=tenant, reason=Session.EndReason.SUSPENDED)
+    return first
 
 
 # --- what the Billing page and GET /api/v1/billing show -------------------------------------------------------------
