@@ -1,4 +1,5 @@
-"""Celery tasks of billing: thin periodic loops over its services (usage reports, deliveries, invoice issue)."""
+"""Celery tasks of billing: thin periodic loops over its services (usage reports, deliveries, invoice issue, the end
+of a past-due grace period)."""
 from celery import shared_task
 
 from billing import services
@@ -20,3 +21,9 @@ def usage_report():
 def invoices_issue():
     """Issue the drafts of billing months past their late-event grace; idempotent."""
     return len(services.invoices_issue())
+
+
+@shared_task(acks_late=True, ignore_result=True)
+def payment_grace_expire():
+    """Suspend for payment the past-due tenants whose grace ran out; idempotent."""
+    return services.payment_grace_expire()
