@@ -81,8 +81,8 @@ def _context(invoice):
         "invoice": invoice,
         "lines": list(invoice.lines.order_by("pk")),
         "period_end": month_end,
-        "issuer": getattr(settings, "BILLING_INVOICE_ISSUER", "Hearth"),
-        "payment_terms": getattr(settings, "BILLING_INVOICE_PAYMENT_TERMS", "Payable by bank transfer within 30 days."),
+        "issuer": settings.BILLING_INVOICE_ISSUER,
+        "payment_terms": settings.BILLING_INVOICE_PAYMENT_TERMS,
     }
 
 

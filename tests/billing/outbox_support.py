@@ -35,6 +35,6 @@ def provider(settings):
     """The Stripe-shaped provider server; the Stripe provider talks to it."""
     server = ProviderServer().start()
     settings.STRIPE_API_BASE = server.url
-    settings.BILLING_PROVIDER_TIMEOUT = 5
+    settings.STRIPE_TIMEOUT = 5
     yield server
     server.stop()

@@ -1,11 +1,11 @@
-"""Billing's reads: a tenant's invoices, where another tenant's look exactly like missing ones; the beat entries."""
+"""Billing's reads: a tenant's invoices, where another tenant's look exactly like missing ones; its beat entries."""
 import importlib
 
 import pytest
+from django.conf import settings
 
 from billing.invoices import invoice_issue
 from billing.models import BillingEvent
-from billing.schedule import BILLING_BEAT_SCHEDULE
 from billing.selectors import invoice_get, invoices_for
 from billing.services import invoice_line_add
 from tenants.exceptions import NotFound
@@ -39,8 +39,12 @@ def test_tenants_see_issued_invoices_only_unless_asked(db):
     assert list(invoices_for(tenant)) == [invoice]
 
 
-def test_every_beat_entry_names_a_task():
-    for entry in BILLING_BEAT_SCHEDULE.values():
+def test_billings_ticks_are_in_the_beat_schedule_and_name_its_tasks():
+    billing = {name: entry for name, entry in settings.CELERY_BEAT_SCHEDULE.items() if name.startswith("billing-")}
+    assert {entry["task"] for entry in billing.values()} == {
+        "billing.tasks.deliveries_drain", "billing.tasks.usage_report", "billing.tasks.invoices_issue",
+        "billing.tasks.payment_grace_expire"}
+    for entry in billing.values():
         module, name = entry["task"].rsplit(".", 1)
         assert getattr(importlib.import_module(module), name).name == entry["task"]
         assert entry["schedule"].run_every.total_seconds() > 0  # what tests/config expects of every beat entry

@@ -4,4 +4,4 @@ import os
 from config.settings.test import *  # noqa: F403
 
 STRIPE_API_BASE = os.environ["HEARTH_TEST_PROVIDER_URL"]
-BILLING_PROVIDER_TIMEOUT = 5
+STRIPE_TIMEOUT = 5
