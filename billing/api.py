@@ -1,14 +1,22 @@
-"""REST API v1 of billing: the tenant's plan, subscription status, period and next invoice amount.
+"""REST API v1 of billing: the tenant's plan, subscription status, period and next invoice amount; its invoices.
 
 Amounts are the owners' (tenants.policy.can_see_billing): for other members `upcoming_amount_cents` is null, the rest
-is shown, as the portal shows every member the plan and its status.
+is shown, as the portal shows every member the plan and its status. Invoices are the owners' only.
 """
-from drf_spectacular.utils import extend_schema
+from datetime import UTC, datetime
+
+from django.http import HttpResponse
+from django.urls import reverse
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import serializers
 from rest_framework.response import Response
 
+from billing import selectors
+from billing.invoices import invoice_render_pdf
 from billing.subscriptions import billing_overview
 from core.api import TenantScopedView
+from metering import periods
 from tenants import policy
 from tenants.api import _errors
 from tenants.models import Tenant
@@ -35,3 +43,75 @@ class BillingGetApi(TenantScopedView):
         overview = billing_overview(tenant=self.get_queryset().get(),
                                     show_amounts=policy.can_see_billing(self.membership))
         return Response(self.OutputSerializer(overview).data)
+
+
+class _OwnersOnly:
+    def check_permissions(self, request):
+        super().check_permissions(request)
+        if not policy.can_see_billing(self.membership):
+            self.permission_denied(request, message="Only the tenant's owners see its invoices.")
+
+
+class InvoiceListApi(_OwnersOnly, TenantScopedView):
+    """The tenant's invoices from both providers, newest first: Stripe's (the subscription and its overage; PDF
+    and page at Stripe) and Hearth's own issued ones (contracts paid by bank transfer; PDF here). Not paged: a
+    tenant gets about one invoice a month from each provider."""
+
+    class OutputSerializer(serializers.Serializer):
+        provider = serializers.ChoiceField(choices=["stripe", "invoice"])
+        id = serializers.CharField()
+        number = serializers.CharField(allow_blank=True)
+        status = serializers.CharField()
+        period_start = serializers.DateTimeField(allow_null=True)
+        period_end = serializers.DateTimeField(allow_null=True)
+        amount_cents = serializers.IntegerField(help_text="The total in minor units.")
+        currency = serializers.CharField()
+        created = serializers.DateTimeField()
+        pdf_url = serializers.URLField(allow_null=True)
+        page_url = serializers.URLField(allow_null=True, help_text="Stripe's hosted invoice page.")
+
+    def scoped_queryset(self):
+        return selectors.invoices_for(self.tenant)
+
+    @extend_schema(responses={200: OutputSerializer(many=True), **_errors(403)}, tags=["billing"])
+    def get(self, request):
+        rows = [self._stripe_row(invoice) for invoice in selectors.stripe_invoices_for(self.tenant)]
+        rows += [self._hearth_row(request, invoice) for invoice in self.get_queryset()]
+        rows.sort(key=lambda row: row["created"], reverse=True)
+        return Response(self.OutputSerializer(rows, many=True).data)
+
+    @staticmethod
+    def _stripe_row(invoice):
+        data = invoice.stripe_data
+        return {"provider": "stripe", "id": invoice.id, "number": data.get("number") or "",
+                "status": data.get("status") or "", "period_start": _moment(data.get("period_start")),
+                "period_end": _moment(data.get("period_end")), "amount_cents": data.get("total") or 0,
+                "currency": data.get("currency") or "", "created": invoice.created,
+                "pdf_url": data.get("invoice_pdf"), "page_url": data.get("hosted_invoice_url")}
+
+    @staticmethod
+    def _hearth_row(request, invoice):
+        _, period_end = periods.month_bounds(invoice.period_start)
+        pdf = request.build_absolute_uri(reverse("api-invoice-pdf", args=[invoice.pk]))
+        return {"provider": "invoice", "id": str(invoice.pk), "number": invoice.number, "status": invoice.status,
+                "period_start": invoice.period_start, "period_end": period_end, "amount_cents": invoice.total_cents,
+                "currency": invoice.currency, "created": invoice.issued_at, "pdf_url": pdf, "page_url": None}
+
+
+def _moment(timestamp):
+    return datetime.fromtimestamp(timestamp, UTC) if timestamp else None
+
+
+class InvoicePdfApi(_OwnersOnly, TenantScopedView):
+    """One of Hearth's own issued invoices as PDF; another tenant's is 404 like a missing one."""
+
+    def scoped_queryset(self):
+        return selectors.invoices_for(self.tenant)
+
+    @extend_schema(responses={(200, "application/pdf"): OpenApiResponse(OpenApiTypes.BINARY), **_errors(403, 404)},
+                   tags=["billing"])
+    def get(self, request, pk):
+        invoice = selectors.invoice_get(self.tenant, pk, issued_only=True)
+        response = HttpResponse(invoice_render_pdf(invoice), content_type="application/pdf")
+        response["Content-Disposition"] = f'inline; filename="{invoice.number}.pdf"'
+        return response

@@ -5,4 +5,6 @@ from billing import api
 
 urlpatterns = [
     path("billing", api.BillingGetApi.as_view(), name="api-billing"),
+    path("invoices", api.InvoiceListApi.as_view(), name="api-invoices"),
+    path("invoices/<int:pk>/pdf", api.InvoicePdfApi.as_view(), name="api-invoice-pdf"),
 ]
