@@ -1,5 +1,6 @@
-"""Tenants' Stripe subscriptions: each tenant's customer, what choosing a plan does (Checkout, a prorated change, a
-downgrade or Free at the period's end), and the subscription's state applied to the tenant's plan and payment status.
+"""Tenants' Stripe subscriptions: each tenant's customer (and the BillingAccount naming it), what choosing a plan does
+(Checkout, a prorated change, a downgrade or Free at the period's end), the subscription's state applied to the
+tenant's plan and payment status, and the end of a past-due grace period (suspended for payment).
 
 The state is always re-read from Stripe under the tenant's row lock, never taken from an event's snapshot, so events
 processed late, twice or at the same time leave the tenant as Stripe has it now.
