@@ -3,8 +3,6 @@
 Amounts are the owners' (tenants.policy.can_see_billing): for other members `upcoming_amount_cents` is null, the rest
 is shown, as the portal shows every member the plan and its status. Invoices are the owners' only.
 """
-from datetime import UTC, datetime
-
 from django.http import HttpResponse
 from django.urls import reverse
 from drf_spectacular.types import OpenApiTypes
@@ -16,7 +14,6 @@ from billing import selectors
 from billing.invoices import invoice_render_pdf
 from billing.subscriptions import billing_overview
 from core.api import TenantScopedView
-from metering import periods
 from tenants import policy
 from tenants.api import _errors
 from tenants.models import Tenant
@@ -53,9 +50,8 @@ class _OwnersOnly:
 
 
 class InvoiceListApi(_OwnersOnly, TenantScopedView):
-    """The tenant's invoices from both providers, newest first: Stripe's (the subscription and its overage; PDF
-    and page at Stripe) and Hearth's own issued ones (contracts paid by bank transfer; PDF here). Not paged: a
-    tenant gets about one invoice a month from each provider."""
+    """The tenant's invoices from both providers, newest first (billing.selectors.invoice_listing): Stripe's (the
+    subscription and its overage) and Hearth's own issued ones (contracts paid by bank transfer; PDF here)."""
 
     class OutputSerializer(serializers.Serializer):
         provider = serializers.ChoiceField(choices=["stripe", "invoice"])
@@ -75,31 +71,11 @@ class InvoiceListApi(_OwnersOnly, TenantScopedView):
 
     @extend_schema(responses={200: OutputSerializer(many=True), **_errors(403)}, tags=["billing"])
     def get(self, request):
-        rows = [self._stripe_row(invoice) for invoice in selectors.stripe_invoices_for(self.tenant)]
-        rows += [self._hearth_row(request, invoice) for invoice in self.get_queryset()]
-        rows.sort(key=lambda row: row["created"], reverse=True)
+        rows = selectors.invoice_listing(self.tenant)
+        for row in rows:
+            if row["hearth_id"] is not None:
+                row["pdf_url"] = request.build_absolute_uri(reverse("api-invoice-pdf", args=[row["hearth_id"]]))
         return Response(self.OutputSerializer(rows, many=True).data)
-
-    @staticmethod
-    def _stripe_row(invoice):
-        data = invoice.stripe_data
-        return {"provider": "stripe", "id": invoice.id, "number": data.get("number") or "",
-                "status": data.get("status") or "", "period_start": _moment(data.get("period_start")),
-                "period_end": _moment(data.get("period_end")), "amount_cents": data.get("total") or 0,
-                "currency": data.get("currency") or "", "created": invoice.created,
-                "pdf_url": data.get("invoice_pdf"), "page_url": data.get("hosted_invoice_url")}
-
-    @staticmethod
-    def _hearth_row(request, invoice):
-        _, period_end = periods.month_bounds(invoice.period_start)
-        pdf = request.build_absolute_uri(reverse("api-invoice-pdf", args=[invoice.pk]))
-        return {"provider": "invoice", "id": str(invoice.pk), "number": invoice.number, "status": invoice.status,
-                "period_start": invoice.period_start, "period_end": period_end, "amount_cents": invoice.total_cents,
-                "currency": invoice.currency, "created": invoice.issued_at, "pdf_url": pdf, "page_url": None}
-
-
-def _moment(timestamp):
-    return datetime.fromtimestamp(timestamp, UTC) if timestamp else None
 
 
 class InvoicePdfApi(_OwnersOnly, TenantScopedView):

@@ -1,13 +1,16 @@
-"""The tenant's Billing page: plan, subscription status and period, the next invoice (owners), Stripe's portal."""
+"""The tenant's Billing page: plan, subscription status and period, the next invoice and past invoices with their
+PDFs (owners), Stripe's portal."""
 import logging
 
 import stripe
 from django.contrib import messages
+from django.http import Http404, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
 
-from billing import subscriptions
+from billing import selectors, subscriptions
+from billing.invoices import invoice_render_pdf
 from tenants import policy
 from tenants.exceptions import ServiceError
 from tenants.portal import tenant_view
@@ -31,9 +34,25 @@ def billing_page(request, membership):
     tenant = type(tenant).objects.select_related("plan", "pending_plan").get(pk=tenant.pk)
     owner = policy.can_see_billing(membership)
     billing = subscriptions.billing_overview(tenant=tenant, show_amounts=owner)
-    context = {"billing": billing, "is_owner": owner, "tenant": tenant,
+    invoices = selectors.invoice_listing(tenant) if owner else []
+    for row in invoices:
+        if row["hearth_id"] is not None:
+            row["pdf_url"] = reverse("billing:invoice-pdf", args=[row["hearth_id"]])
+    context = {"billing": billing, "is_owner": owner, "tenant": tenant, "invoices": invoices,
                "status_label": billing["status"].replace("_", " ")}
     return render(request, "billing/billing.html", context)
+
+
+@tenant_view
+@require_GET
+def invoice_pdf(request, membership, pk):
+    """One of Hearth's issued invoices as PDF, for owners; another tenant's or a draft is 404 like a missing one."""
+    if not policy.can_see_billing(membership):
+        raise Http404
+    invoice = selectors.invoice_get(membership.tenant, pk, issued_only=True)
+    response = HttpResponse(invoice_render_pdf(invoice), content_type="application/pdf")
+    response["Content-Disposition"] = f'inline; filename="{invoice.number}.pdf"'
+    return response
 
 
 @tenant_view

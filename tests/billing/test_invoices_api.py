@@ -1,4 +1,7 @@
-"""GET /api/v1/invoices and the PDF of Hearth's own invoices: owners only, another tenant's invoice is 404."""
+"""GET /api/v1/invoices, the Billing page's invoices and the PDF of Hearth's own invoices: owners only, another
+tenant's invoice is 404."""
+from django.test import Client
+
 from billing.invoices import invoice_issue
 from billing.models import BillingEvent
 from billing.services import invoice_line_add
@@ -42,3 +45,22 @@ def test_another_tenant_and_a_member_without_the_role_see_no_invoice(db):
         member = api_client_for(MembershipFactory(tenant=tenant, role=role))
         assert member.get("/api/v1/invoices").status_code == 403
         assert member.get(f"/api/v1/invoices/{issued.pk}/pdf").status_code == 403
+
+
+def test_the_billing_page_lists_invoices_with_pdfs_for_owners_only(db):
+    tenant = tenant_billed_by("invoice", plan="enterprise")
+    issued = invoice_for(tenant, 10)
+    owner, member = (MembershipFactory(tenant=tenant, role=role) for role in ("owner", "member"))
+    browser = Client()
+    browser.force_login(owner.user)
+    page = browser.get("/billing/").content.decode()
+    pdf_url = f"/billing/invoices/{issued.pk}/pdf"
+    assert issued.number in page and pdf_url in page
+    pdf = browser.get(pdf_url)
+    assert pdf.status_code == 200 and pdf.content.startswith(b"%PDF")
+
+    browser.force_login(member.user)
+    assert issued.number not in browser.get("/billing/").content.decode()
+    assert browser.get(pdf_url).status_code == 404
+    browser.force_login(MembershipFactory(tenant=tenant_billed_by("invoice"), role="owner").user)
+    assert browser.get(pdf_url).status_code == 404

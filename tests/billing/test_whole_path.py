@@ -5,6 +5,7 @@ from decimal import ROUND_HALF_UP, Decimal
 
 import stripe
 from django.db import transaction
+from django.test import Client
 from django.utils import timezone
 
 from billing.catalogue import stripe_options
@@ -93,6 +94,10 @@ def test_free_to_pro_to_an_invoice_with_the_overage(stripe_emulator, catalogue, 
     assert mine[cycle.id]["provider"] == "stripe"
     assert mine[cycle.id]["amount_cents"] == expected + tenant.plan.monthly_price_cents
     assert mine[cycle.id]["currency"] == "usd"
+
+    browser = Client()
+    browser.force_login(owner.user)
+    assert (cycle.get("number") or cycle.id) in browser.get("/billing/").content.decode()
 
     # A member who is not an owner sees no invoices; another tenant's owner sees none of these.
     member = MembershipFactory(tenant=tenant, role="member")
