@@ -1,1 +1,191 @@
-"""Billing: dj-stripe, the billing-event outbox and its providers, reconciliation."""
+"""Billing's records: accounts, billing events and their deliveries to providers, reported usage, invoices."""
+from django.conf import settings
+from django.contrib.postgres.fields import ArrayField
+from django.db import models
+from django.utils import timezone
+
+from metering.models import Meter
+from tenants.models import Tenant
+
+
+class Provider(models.TextChoices):
+    STRIPE = "stripe"
+    INVOICE = "invoice"
+
+
+class BillingAccount(models.Model):
+    """How one tenant is billed: which providers receive its billing events, and its identities there."""
+
+    tenant = models.OneToOneField(Tenant, on_delete=models.CASCADE, related_name="billing_account")
+    providers = ArrayField(models.CharField(max_length=16, choices=Provider.choices), default=list, blank=True,
+                           help_text="Both while moving a tenant from one provider to the other.")
+    stripe_customer_id = models.CharField(max_length=255, blank=True)
+    fixed_fee_cents = models.PositiveIntegerField(
+        null=True, blank=True, help_text="A contract's monthly fee; empty: the plan's monthly price.")
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self):
+        return f"{self.tenant} ({', '.join(self.providers) or 'no provider'})"
+
+
+class BillingEvent(models.Model):
+    """One billable fact, written in the transaction that caused it; delivered to each provider of the tenant."""
+
+    class Kind(models.TextChoices):
+        USAGE = "usage", "usage beyond the allowance"
+        PLAN_FEE = "plan_fee", "the plan's fixed fee"
+
+    # A money record: kept (by slug) when an offboarded tenant is deleted.
+    tenant = models.ForeignKey(Tenant, on_delete=models.SET_NULL, null=True, related_name="+")
+    tenant_slug = models.CharField(max_length=50)
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    meter = models.ForeignKey(Meter, on_delete=models.PROTECT, null=True, blank=True, related_name="+")
+    period_start = models.DateTimeField(help_text="The billing month (UTC) the fact belongs to.")
+    quantity = models.BigIntegerField(help_text="In the meter's unit (seconds); 1 for a fee.")
+    # What the month's billable quantity stands at after this event: providers that take running totals in other
+    # units (Stripe's hours) round the totals, not the deltas, so the deltas add up exactly.
+    cumulative = models.BigIntegerField(null=True, blank=True,
+                                        help_text="Usage: the month's billable quantity after this event.")
+    amount_cents = models.BigIntegerField()
+    currency = models.CharField(max_length=3, default="usd")
+    # Stable: the same fact always gets the same identifier, so re-reporting it is a no-op and providers dedup it.
+    identifier = models.CharField(max_length=100, unique=True)
+    description = models.CharField(max_length=200, blank=True)
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+
+    class Meta:
+        ordering = ["-created_at", "-pk"]
+
+    def __str__(self):
+        return self.identifier
+
+
+class Delivery(models.Model):
+    """One billing event on its way to one provider: retried with back-off, dead-lettered after too many failures."""
+
+    class State(models.TextChoices):
+        PENDING = "pending"
+        DELIVERED = "delivered"
+        DEAD = "dead"
+
+    event = models.ForeignKey(BillingEvent, on_delete=models.CASCADE, related_name="deliveries")
+    provider = models.CharField(max_length=16, choices=Provider.choices)
+    state = models.CharField(max_length=16, choices=State.choices, default=State.PENDING)
+    attempts = models.PositiveIntegerField(default=0)
+    next_attempt_at = models.DateTimeField(default=timezone.now)
+    last_error = models.TextField(blank=True)
+    reference = models.CharField(max_length=255, blank=True, help_text="The provider's id for what it received.")
+    delivered_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        verbose_name_plural = "deliveries"
+        ordering = ["-created_at", "-pk"]
+        permissions = [("retry_delivery", "Can retry a dead or waiting billing delivery")]
+        constraints = [models.UniqueConstraint(fields=["event", "provider"], name="delivery_once_per_provider")]
+        indexes = [
+            models.Index(fields=["next_attempt_at", "id"], condition=models.Q(state="pending"),
+                         name="delivery_pending_idx"),
+            models.Index(fields=["state"], condition=models.Q(state="dead"), name="delivery_dead_idx"),
+        ]
+
+    def __str__(self):
+        return f"{self.event.identifier} → {self.provider} ({self.state})"
+
+    @property
+    def idempotency_key(self):
+        """The same on every attempt, in every process: a provider that saw it once answers the first result."""
+        return f"hearth:{self.provider}:{self.event.identifier}"
+
+
+class ReportedUsage(models.Model):
+    """The watermark of a tenant's meter in a billing month: how much billable usage already became events."""
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="+")
+    meter = models.ForeignKey(Meter, on_delete=models.PROTECT, related_name="+")
+    period_start = models.DateTimeField()
+    quantity = models.BigIntegerField(default=0, help_text="Billable quantity reported so far (beyond allowance).")
+    amount_cents = models.BigIntegerField(default=0)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        verbose_name_plural = "reported usage"
+        ordering = ["tenant_id", "meter_id", "period_start"]
+        constraints = [
+            models.UniqueConstraint(fields=["tenant", "meter", "period_start"], name="reportedusage_key")
+        ]
+
+    def __str__(self):
+        return f"{self.tenant_id} {self.meter_id} {self.period_start:%Y-%m}: {self.quantity}"
+
+
+class InvoiceCounter(models.Model):
+    """The last invoice number of a year: locked and incremented in the issuing transaction, so numbers have no gaps."""
+
+    year = models.PositiveSmallIntegerField(primary_key=True)
+    last_number = models.PositiveIntegerField(default=0)
+
+    def __str__(self):
+        return f"{self.year}: {self.last_number}"
+
+
+class Invoice(models.Model):
+    """Hearth's own monthly invoice (contracts paid by bank transfer): a draft collects lines until it is issued."""
+
+    class Status(models.TextChoices):
+        DRAFT = "draft"
+        ISSUED = "issued"
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.SET_NULL, null=True, related_name="invoices")
+    tenant_slug = models.CharField(max_length=50)
+    tenant_name = models.CharField(max_length=120)
+    period_start = models.DateTimeField(help_text="The billing month (UTC) it covers.")
+    status = models.CharField(max_length=8, choices=Status.choices, default=Status.DRAFT)
+    year = models.PositiveSmallIntegerField(null=True, blank=True, help_text="Of issue; numbers restart each year.")
+    sequence = models.PositiveIntegerField(null=True, blank=True)
+    currency = models.CharField(max_length=3, default="usd")
+    total_cents = models.BigIntegerField(default=0)
+    issued_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-period_start", "-pk"]
+        constraints = [
+            models.UniqueConstraint(fields=["year", "sequence"], name="invoice_number_unique"),
+            # One open draft per tenant and month; a line arriving after the month's invoice was issued opens a
+            # supplementary one.
+            models.UniqueConstraint(fields=["tenant", "period_start"], condition=models.Q(status="draft"),
+                                    name="invoice_one_draft_per_period"),
+            models.CheckConstraint(
+                condition=models.Q(status="draft", sequence__isnull=True)
+                | models.Q(status="issued", sequence__isnull=False, year__isnull=False),
+                name="invoice_number_iff_issued",
+            ),
+        ]
+
+    def __str__(self):
+        return self.number or f"draft {self.tenant_slug} {self.period_start:%Y-%m}"
+
+    @property
+    def number(self):
+        if self.sequence is None:
+            return ""
+        return f"{settings.BILLING_INVOICE_NUMBER_PREFIX}-{self.year}-{self.sequence:06d}"
+
+
+class InvoiceLine(models.Model):
+    """One billing event on an invoice; an event is on at most one invoice, which makes adding it idempotent."""
+
+    invoice = models.ForeignKey(Invoice, on_delete=models.CASCADE, related_name="lines")
+    event = models.OneToOneField(BillingEvent, on_delete=models.PROTECT, related_name="invoice_line")
+    description = models.CharField(max_length=200)
+    quantity = models.BigIntegerField()
+    unit = models.CharField(max_length=32)
+    amount_cents = models.BigIntegerField()
+
+    class Meta:
+        ordering = ["pk"]
+
+    def __str__(self):
+        return f"{self.invoice_id}: {self.description}"

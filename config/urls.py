@@ -1,4 +1,4 @@
-"""Hearth's URLs: portal, accounts, admin, the REST API (core.api_urls), health."""
+"""Hearth's URLs: portal, accounts, admin, the REST API (core.api_urls), health, billing and Stripe's webhooks."""
 from django.contrib import admin
 from django.urls import include, path
 
@@ -14,5 +14,8 @@ urlpatterns = [
     path("readyz", health.readyz, name="readyz"),
     path("workspaces/", include("workspaces.urls")),
     path("usage/", include("metering.urls")),
+    path("billing/", include("billing.urls")),
+    # Stripe posts webhooks to /stripe/webhook/<uuid>/ (dj-stripe verifies them; billing.webhooks applies them).
+    path("stripe/", include("djstripe.urls", namespace="djstripe")),
     path("", include("tenants.urls")),
 ]

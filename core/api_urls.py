@@ -9,6 +9,7 @@ v1 = [
     path("", include("tenants.api_urls")),
     path("", include("workspaces.api_urls")),
     path("", include("metering.api_urls")),
+    path("", include("billing.api_urls")),
 ]
 
 urlpatterns = [

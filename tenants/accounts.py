@@ -11,6 +11,9 @@ from tenants.models import Plan
 from tenants.portal import INVITATION_SESSION_KEY, choose_tenant
 from tenants.selectors import invitation_state
 
+# The paid plan chosen at sign-up, bought (Stripe Checkout) right after the first sign-in.
+PLAN_SESSION_KEY = "hearth_plan_after_signup"
+
 
 def pending_invitation(request):
     """The invitation whose link this browser opened while signed out, if it is still pending; else None."""
@@ -43,8 +46,12 @@ class AccountAdapter(DefaultAccountAdapter):
             if invitation is not None and invitation.email.lower() == user.email.lower():
                 return user
             name = (data.get("organisation") or "").strip() or f"{user.email.split('@')[0]}'s team"
-            plan = data.get("plan") or Plan.objects.get(slug="free")
-            services.tenant_onboard(name=name, owner=user, plan=plan)
+            # A paid plan starts only when it is paid: the tenant starts on Free, and the owner is sent to checkout
+            # once signed in (post_login), in the browser that signed up.
+            tenant = services.tenant_onboard(name=name, owner=user, plan="free")
+            chosen = data.get("plan")
+            if chosen is not None and chosen.slug != tenant.plan.slug:
+                request.session[PLAN_SESSION_KEY] = chosen.slug
         return user
 
     def post_login(self, request, user, **kwargs):
@@ -52,7 +59,7 @@ class AccountAdapter(DefaultAccountAdapter):
         response = super().post_login(request, user, **kwargs)
         token = request.session.pop(INVITATION_SESSION_KEY, None)
         if not token:
-            return response
+            return self._checkout_chosen_plan(request, user) or response
         try:
             membership = services.invitation_accept(token=token, user=user)
         except ServiceError as exc:
@@ -62,6 +69,22 @@ class AccountAdapter(DefaultAccountAdapter):
         choose_tenant(request, membership.tenant.slug)
         messages.success(request, f"You joined {membership.tenant.name} as {membership.get_role_display().lower()}.")
         return redirect("portal:dashboard")
+
+
+    def _checkout_chosen_plan(self, request, user):
+        """The paid plan chosen at sign-up: its checkout, now that the owner is signed in; None if there is none."""
+        slug = request.session.pop(PLAN_SESSION_KEY, None)
+        membership = user.memberships.select_related("tenant").filter(role="owner").order_by("pk").first()
+        if not slug or membership is None:
+            return None
+        try:
+            result = services.tenant_request_plan(tenant=membership.tenant, plan=slug, actor=user,
+                                                  return_url=request.build_absolute_uri("/billing/"))
+        except ServiceError as exc:
+            messages.error(request, exc.message)
+            return None
+        choose_tenant(request, membership.tenant.slug)
+        return redirect(result.checkout_url) if result.checkout_url else None
 
 
 class SignupForm(forms.Form):

@@ -4,6 +4,7 @@ Every view acts in the tenant of the API token it is called with (`TenantScopedV
 tenant's rows answer 404 exactly like ids that do not exist. Invitation tokens never appear in responses:
 the link goes only to the invitee's mailbox, so an admin's API token cannot be used to join as someone else.
 """
+from django.conf import settings
 from drf_spectacular.utils import OpenApiResponse, extend_schema, inline_serializer
 from rest_framework import serializers, status
 from rest_framework.response import Response
@@ -122,24 +123,44 @@ class TenantUpdateApi(TenantScopedView):
 
 
 class TenantChangePlanApi(TenantScopedView):
-    """Move the tenant to another public plan (owners only); the seat limit of the new plan applies."""
+    """Choose another public plan (owners only). A paid plan starts only when it is paid: without a paid
+    subscription the answer is 202 with a Stripe Checkout URL and the tenant keeps its plan until Stripe reports
+    the subscription active. With one, an upgrade is prorated now and a downgrade (or Free) waits for the period's
+    end (`pending_plan`); a downgrade the tenant no longer fits is 409."""
 
     write_roles = None  # owners only: the service asks tenants.policy
 
     class InputSerializer(StrictInputSerializer):
         plan = serializers.SlugField(help_text="The slug of a public plan, as listed by GET /api/v1/plans.")
 
-    OutputSerializer = TenantOutputSerializer
+    class CheckoutSerializer(serializers.Serializer):
+        checkout_url = serializers.URLField(help_text="Stripe Checkout: pay there to start the plan.")
+        plan = serializers.SlugField(help_text="The tenant's plan now (unchanged until the payment).")
+
+    class OutputSerializer(TenantOutputSerializer):
+        pending_plan = serializers.SlugField(source="pending_plan.slug", default=None, allow_null=True,
+                                             help_text="The plan from the end of the current period, if any.")
+        outcome = serializers.ChoiceField(choices=["changed", "scheduled", "unchanged"])
+
+        class Meta(TenantOutputSerializer.Meta):
+            fields = [*TenantOutputSerializer.Meta.fields, "pending_plan", "outcome"]
+            read_only_fields = fields
 
     def scoped_queryset(self):
-        return TenantModel.objects.filter(pk=self.tenant.pk).select_related("plan")
+        return TenantModel.objects.filter(pk=self.tenant.pk).select_related("plan", "pending_plan")
 
-    @extend_schema(request=InputSerializer, responses={200: TenantOutputSerializer, **_errors(400, 403, 409)},
-                   tags=["tenant"])
+    @extend_schema(request=InputSerializer, responses={200: OutputSerializer, 202: CheckoutSerializer,
+                                                       **_errors(400, 403, 409)}, tags=["tenant"])
     def post(self, request):
         data = _validated(self.InputSerializer, request.data)
-        services.tenant_change_plan(tenant=self.tenant, plan=data["plan"], actor=request.user)
-        return Response(_tenant_representation(self.get_queryset().get()))
+        result = services.tenant_request_plan(tenant=self.tenant, plan=data["plan"], actor=request.user,
+                                              return_url=f"{settings.HEARTH_BASE_URL.rstrip('/')}/billing/")
+        if result.checkout_url:
+            return Response({"checkout_url": result.checkout_url, "plan": result.tenant.plan.slug},
+                            status=status.HTTP_202_ACCEPTED)
+        tenant = self.get_queryset().get()
+        tenant.outcome = result.outcome
+        return Response(self.OutputSerializer(tenant).data)
 
 
 # --- members -------------------------------------------------------------------------------------

@@ -31,3 +31,17 @@ class Forbidden(ServiceError):
 class Conflict(ServiceError):
     status_code = 409
     code = "conflict"
+
+
+class PaymentRequired(ServiceError):
+    """The tenant's subscription is unpaid past its grace period: pay (Billing page) and it works again."""
+
+    status_code = 402
+    code = "payment_required"
+
+
+class Unavailable(ServiceError):
+    """A service Hearth depends on (Stripe) did not answer; nothing was changed, try again later."""
+
+    status_code = 503
+    code = "unavailable"

@@ -89,12 +89,27 @@ class Tenant(models.Model):
     synthetic = models.BooleanField(default=False, help_text="Load tests and demos: excluded from revenue figures.")
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
     members = models.ManyToManyField(settings.AUTH_USER_MODEL, through="Membership", related_name="tenants")
+    # The paid subscription that drives the plan, as billing last read it from Stripe (billing.subscriptions).
+    subscription_id = models.CharField(max_length=255, blank=True, db_index=True)
+    subscription_status = models.CharField(max_length=24, blank=True, help_text="Stripe's status; empty: none.")
+    current_period_end = models.DateTimeField(null=True, blank=True)
+    pending_plan = models.ForeignKey(
+        Plan, on_delete=models.PROTECT, null=True, blank=True, related_name="+",
+        help_text="A downgrade (or Free after a cancellation) that takes effect at the end of the period.")
+    payment_due_by = models.DateTimeField(
+        null=True, blank=True, help_text="Past due: opens are refused (402) from this moment until it is paid.")
 
     class Meta:
         ordering = ["slug"]
 
     def __str__(self):
         return self.slug
+
+    @property
+    def email(self):
+        """Where Stripe sends receipts: the first owner's address (dj-stripe's subscriber model needs `email`)."""
+        owner = self.memberships.filter(role=Role.OWNER).select_related("user").order_by("pk").first()
+        return owner.user.email if owner else ""
 
 
 class Role(models.TextChoices):

@@ -4,7 +4,9 @@ The API's permission classes, the portal's views, admin actions and the services
 module compares roles or statuses itself. Predicates (`can_*`, `sees_*`) answer a yes or no; `require_*` and
 `*_check` raise the ServiceError that the API and the portal turn into a clear 4xx.
 """
-from tenants.exceptions import Conflict, Forbidden, NotFound
+from django.utils import timezone
+
+from tenants.exceptions import Conflict, Forbidden, NotFound, PaymentRequired, ServiceError
 from tenants.models import Membership, Role, Tenant
 
 # Owners and admins manage the tenant's members, see all its workspaces and sessions, and help or clean up.
@@ -118,11 +120,43 @@ def is_active(tenant) -> bool:
     return tenant.status == Tenant.Status.ACTIVE
 
 
-def require_active(tenant, *, doing=""):
-    """A suspended or offboarded tenant changes nothing and opens nothing (its members can still sign in)."""
+def require_active(tenant, *, doing="", now=None):
+    """A suspended or offboarded tenant changes nothing and opens nothing (its members can still sign in); one whose
+    payment is overdue past its grace period gets 402 payment_required until it pays."""
     if not is_active(tenant):
         suffix = f": {doing}" if doing else "."
         raise Forbidden(f"The tenant is {tenant.status}{suffix}", code=f"tenant_{tenant.status}")
+    if is_payment_overdue(tenant, now=now):
+        suffix = f" {doing}" if doing else ""
+        raise PaymentRequired(
+            f"{tenant.name}'s payment is overdue since {tenant.payment_due_by:%Y-%m-%d}:{suffix} an owner can pay "
+            f"on the Billing page; the data is kept.")
+
+
+# --- payment: a past-due subscription has a grace period, then the tenant is suspended for payment ----------------
+
+
+def is_payment_overdue(tenant, *, now=None) -> bool:
+    due_by = getattr(tenant, "payment_due_by", None)
+    return due_by is not None and (now or timezone.now()) >= due_by
+
+
+def is_in_payment_grace(tenant, *, now=None) -> bool:
+    """Past due, but opens still work until `payment_due_by` (the portal shows a banner)."""
+    due_by = getattr(tenant, "payment_due_by", None)
+    return due_by is not None and (now or timezone.now()) < due_by
+
+
+def is_free_plan(plan) -> bool:
+    """Free needs no payment: no price, or a price of zero. Custom-priced plans (None) are arranged by staff."""
+    return plan.monthly_price_cents == 0
+
+
+def require_offered(plan):
+    """Tenants choose public plans only; enterprise and other custom deals are set by staff in the control plane."""
+    if not plan.public:
+        raise ServiceError(f"The {plan.name} plan is arranged with Hearth's staff, not chosen here.",
+                           code="plan_not_offered", field="plan")
 
 
 def is_offboarded(tenant) -> bool:
@@ -156,6 +190,16 @@ def plan_seats_check(*, tenant, plan, members):
             f"The {plan.name} plan includes {plan.seats} seats and {tenant.name} has {members} members: "
             f"remove members first.",
             code="seat_limit",
+        )
+
+
+def plan_storage_check(*, tenant, plan, stored_bytes):
+    """Raise Conflict(storage_limit) when the tenant stores more than `plan` allows (a downgrade)."""
+    if plan.storage_mb is not None and stored_bytes > plan.storage_mb * 1024 * 1024:
+        raise Conflict(
+            f"The {plan.name} plan includes {plan.storage_mb} MB of storage and {tenant.name} stores "
+            f"{stored_bytes / 1048576:.0f} MB: delete files first.",
+            code="storage_limit",
         )
 
 

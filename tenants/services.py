@@ -7,6 +7,7 @@ import secrets
 import stat
 import subprocess
 import tarfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from django.conf import settings
@@ -292,18 +293,61 @@ def _lock_live_tenant(tenant):
     return tenant
 
 
-def tenant_change_plan(*, tenant, plan, actor):
-    acting = policy.require_owner(tenant=tenant, actor=actor, message="Only the tenant's owners can change its plan.")
+# The audit trail's actor when a plan or status follows the state of a Stripe subscription (billing.subscriptions).
+BILLING_ACTOR = "stripe"
+
+
+@dataclass
+class PlanRequest:
+    """What an owner's choice of plan did: `checkout` (pay at `checkout_url`; the plan is unchanged until Stripe
+    reports the subscription active), `changed`, `scheduled` (at the period's end) or `unchanged`."""
+
+    outcome: str
+    tenant: Tenant
+    checkout_url: str | None = None
+
+
+_plan_request_handler = None
+
+
+def plan_request_handler(handler):
+    """billing registers here what choosing a plan does (checkout, subscription changes): tenants does not import
+    billing (dependencies point one way), and without billing no plan can be bought."""
+    global _plan_request_handler
+    _plan_request_handler = handler
+    return handler
+
+
+def tenant_request_plan(*, tenant, plan, actor, return_url):
+    """An owner chooses a public plan: a paid one starts only when it is paid (billing decides how). Returns the
+    PlanRequest; the portal, the sign-up and POST /api/v1/tenant/plan all come here."""
+    policy.require_owner(tenant=tenant, actor=actor, message="Only the tenant's owners can change its plan.")
     plan_obj = plan if isinstance(plan, Plan) else _plan_by_slug(plan)
-    if acting is not None and not plan_obj.public:
-        # Non-public plans (enterprise, custom deals) are set by staff in the control plane.
-        raise ServiceError(f"The {plan_obj.name} plan is arranged with Hearth's staff, not chosen here.",
-                           code="plan_not_offered", field="plan")
+    policy.require_offered(plan_obj)
+    tenant = Tenant.objects.select_related("plan", "pending_plan").get(pk=tenant.pk)
+    policy.require_not_offboarded(tenant)
+    if _plan_request_handler is None:
+        raise ServiceError("Plans cannot be changed here: billing is not installed.", code="billing_unavailable")
+    return _plan_request_handler(tenant=tenant, plan=plan_obj, actor=actor, return_url=return_url)
+
+
+def tenant_change_plan(*, tenant, plan, actor):
+    """Set the plan directly, with no payment: staff in the control plane (any plan, enterprise too), and billing
+    when a subscription's state says so (actor BILLING_ACTOR; the seats were checked when the change was asked
+    for). Owners choose plans with tenant_request_plan."""
+    from_billing = actor == BILLING_ACTOR
+    if not from_billing:
+        policy.actor_membership(tenant=tenant, actor=actor)
+        if not getattr(actor, "is_staff", False):
+            raise Forbidden("A plan is chosen on the plans page (or POST /api/v1/tenant/plan), which asks for "
+                            "payment; only Hearth's staff set plans directly.", code="staff_only")
+    plan_obj = plan if isinstance(plan, Plan) else _plan_by_slug(plan)
     with transaction.atomic():
         tenant = _lock_live_tenant(tenant)
         if tenant.plan_id == plan_obj.pk:
             return tenant
-        policy.plan_seats_check(tenant=tenant, plan=plan_obj, members=tenant.memberships.count())
+        if not from_billing:
+            policy.plan_seats_check(tenant=tenant, plan=plan_obj, members=tenant.memberships.count())
         old = tenant.plan
         tenant.plan = plan_obj
         tenant.save(update_fields=["plan"])

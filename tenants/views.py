@@ -80,14 +80,23 @@ def tenant_create(request):
     if request.method == "POST":
         if form.is_valid():
             try:
-                tenant = services.tenant_onboard(name=form.cleaned_data["name"], owner=request.user,
-                                                 plan=form.cleaned_data["plan"])
+                # A paid plan starts only when it is paid: the organisation starts on Free and goes to checkout.
+                tenant = services.tenant_onboard(name=form.cleaned_data["name"], owner=request.user, plan="free")
             except ServiceError as exc:
                 add_service_error(form, exc)
                 status = _error_status(exc)
             else:
                 choose_tenant(request, tenant.slug)
                 messages.success(request, f"{tenant.name} is ready.")
+                chosen = form.cleaned_data["plan"]
+                if chosen.slug != tenant.plan.slug:
+                    try:
+                        result = services.tenant_request_plan(tenant=tenant, plan=chosen, actor=request.user,
+                                                              return_url=request.build_absolute_uri("/billing/"))
+                    except ServiceError as exc:
+                        messages.error(request, exc.message)
+                    else:
+                        return _plan_request_redirect(request, result)
                 return redirect("portal:dashboard")
         else:
             status = 400
@@ -253,19 +262,33 @@ def plans(request):
             status = 400
         else:
             try:
-                tenant = services.tenant_change_plan(tenant=membership.tenant, plan=form.cleaned_data["plan"],
-                                                     actor=request.user)
+                result = services.tenant_request_plan(tenant=membership.tenant, plan=form.cleaned_data["plan"],
+                                                      actor=request.user,
+                                                      return_url=request.build_absolute_uri("/billing/"))
             except ServiceError as exc:
                 messages.error(request, exc.message)
                 status = _error_status(exc)
             else:
-                messages.success(request, f"{tenant.name} is now on the {tenant.plan.name} plan.")
-                return redirect("portal:plans")
+                return _plan_request_redirect(request, result)
     plans = list(selectors.plan_list())
     if membership is not None and membership.tenant.plan not in plans:
         plans.insert(0, membership.tenant.plan)  # a custom plan staff gave this tenant
     context = {"plans": plans}
     return render(request, "portal/plans.html", context, status=status)
+
+
+def _plan_request_redirect(request, result):
+    """Where an owner goes after choosing a plan: Stripe Checkout to pay for it, else back with what happened."""
+    if result.checkout_url:
+        return redirect(result.checkout_url)
+    tenant = result.tenant
+    if result.outcome == "scheduled" and tenant.pending_plan is not None:
+        when = f" on {tenant.current_period_end:%Y-%m-%d}" if tenant.current_period_end else ""
+        messages.success(request, f"{tenant.name} moves to the {tenant.pending_plan.name} plan at the end of the "
+                                  f"billing period{when}.")
+    else:
+        messages.success(request, f"{tenant.name} is on the {tenant.plan.name} plan.")
+    return redirect("portal:plans")
 
 
 # --- API tokens ----------------------------------------------------------------------------------

@@ -31,6 +31,30 @@ INTERVALS = {"day": relativedelta(days=1), "week": relativedelta(weeks=1),
              "month": relativedelta(months=1), "year": relativedelta(years=1)}
 
 
+def _expandable(obj, path):
+    """Whether `path` names something `obj` has: Stripe ignores an expansion of a field that is absent or null
+    (dj-stripe asks for `discounts`, `currency_options`, … on every retrieve), where localstripe answers 400."""
+    if isinstance(obj, list):
+        return all(_expandable(item, path) for item in obj)
+    key, _, rest = path.partition(".")
+    if not isinstance(obj, dict) or obj.get(key) is None:
+        return False
+    return not rest or isinstance(obj[key], str) or _expandable(obj[key], rest)
+
+
+_localstripe_export = StripeObject._export
+
+
+def _export(self, expand=None):
+    if expand and isinstance(expand, list) and all(isinstance(path, str) for path in expand):
+        plain = _localstripe_export(self)
+        expand = [path for path in expand if _expandable(plain, path)]
+    return _localstripe_export(self, expand=expand)
+
+
+StripeObject._export = _export
+
+
 def invalid(message, param=None, code=None):
     """Stripe's shape for a 400: an invalid_request_error naming the parameter."""
     contents = {}
@@ -694,7 +718,7 @@ class Subscription(ls.Subscription):
                 continue
             meter = Meter._api_retrieve(price.recurring["meter"])
             quantity = meter._aggregate(self.customer, start, end)
-            amount = money(Decimal(str(quantity)) * si.plan.amount)
+            amount = money(quantity * si.plan.amount)
             lines.append(InvoiceItem(amount=amount, currency=si.plan.currency, customer=self.customer,
                                      subscription=self.id, plan=si.plan.id, period_start=start,
                                      period_end=max(end, start + 1),
@@ -709,6 +733,11 @@ class Subscription(ls.Subscription):
         if price is not None:
             listing._list = [s for s in listing._list if any(si.plan.id == price for si in s.items._list)]
         return listing
+
+
+def json_number(value):
+    """A Decimal as Stripe writes the number in JSON: an integer when whole."""
+    return int(value) if value == value.to_integral_value() else float(value)
 
 
 def invoice_preview(customer=None, subscription=None, subscription_details=None, **kwargs):
@@ -750,8 +779,8 @@ def invoice_preview(customer=None, subscription=None, subscription_details=None,
         if price is not None and price.recurring.get("meter"):
             usage = Meter._api_retrieve(price.recurring["meter"])._aggregate(sub.customer, sub._period_start,
                                                                             sub._period_end)
-            line(money(Decimal(str(usage)) * si.plan.amount), si.plan, f"{usage} × {si.plan.name} (usage)",
-                 sub._period_start, sub._period_end, usage)
+            line(money(usage * si.plan.amount), si.plan, f"{usage} × {si.plan.name} (usage)",
+                 sub._period_start, sub._period_end, json_number(usage))
     total = sum(entry["amount"] for entry in lines)
     return Exported({
         "id": f"upcoming_in_{random_id(14)}", "object": "invoice", "customer": sub.customer, "subscription": sub.id,
@@ -843,7 +872,7 @@ class Meter(StripeObject):
             total = values[-1] if values else Decimal(0)
         else:
             total = sum(values, Decimal(0))
-        return int(total) if total == total.to_integral_value() else float(total)
+        return total  # exact: decimal values (hours to the millionth) add up without float error
 
     @classmethod
     def _api_event_summaries(cls, id, customer=None, start_time=None, end_time=None, value_grouping_window=None,
@@ -884,7 +913,7 @@ class MeterEventSummary:
         self.aggregated_value = meter._aggregate(customer, start, end)
 
     def _export(self, expand=None):
-        return {"id": self.id, "object": self.object, "aggregated_value": self.aggregated_value,
+        return {"id": self.id, "object": self.object, "aggregated_value": json_number(self.aggregated_value),
                 "start_time": self.start_time, "end_time": self.end_time, "meter": self.meter, "livemode": False}
 
 

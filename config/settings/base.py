@@ -78,6 +78,7 @@ TEMPLATES = [
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
                 "tenants.context_processors.current_tenant",
+                "billing.context_processors.billing_banner",
             ],
         },
     },
@@ -178,13 +179,59 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
 }
 
-# --- billing -----------------------------------------------------------------------------------------------------
-# dj-stripe: wired now so billing can plug in; keys come from the environment.
-STRIPE_LIVE_MODE = False
-STRIPE_TEST_SECRET_KEY = env.str("STRIPE_TEST_SECRET_KEY", default="sk_test_" + "0" * 24)
+# --- billing ---------------------------------------------------------------------------------------------------
+# With STRIPE_SECRET_KEY unset Hearth bills through the offline Stripe (`python -m billing.stripe_emulator`, started
+# by `make run`) at STRIPE_API_HOST with a test key; set STRIPE_SECRET_KEY and STRIPE_WEBHOOK_SECRET for Stripe itself.
+STRIPE_OFFLINE = not env.str("STRIPE_SECRET_KEY", default="")
+STRIPE_SECRET_KEY = env.str("STRIPE_SECRET_KEY", default="") or env.str(
+    "STRIPE_TEST_SECRET_KEY", default="sk_test_" + "hearthoffline" * 2)
+STRIPE_LIVE_MODE = STRIPE_SECRET_KEY.startswith(("sk_live_", "rk_live_"))
+STRIPE_TEST_SECRET_KEY = "" if STRIPE_LIVE_MODE else STRIPE_SECRET_KEY
+STRIPE_LIVE_SECRET_KEY = STRIPE_SECRET_KEY if STRIPE_LIVE_MODE else ""
+# One address for every Stripe call (env STRIPE_API_HOST): the SDK through dj-stripe, the catalogue, subscriptions and
+# the billing provider's meter events.
+STRIPE_API_BASE = env.str("STRIPE_API_HOST",
+                          default="http://127.0.0.1:8420" if STRIPE_OFFLINE else "https://api.stripe.com")
+if STRIPE_OFFLINE or env.str("STRIPE_API_HOST", default=""):
+    # dj-stripe points the stripe SDK here when the setting exists at all, so it is left undefined for Stripe itself.
+    STRIPE_API_HOST = STRIPE_API_BASE
+# Known in advance so that the offline Stripe can be told it (billing_stripe_setup); Stripe's dashboard shows the
+# real one when the endpoint is made there.
+STRIPE_WEBHOOK_SECRET = env.str("STRIPE_WEBHOOK_SECRET", default="whsec_hearth_offline_" + "0" * 24)
+DJSTRIPE_WEBHOOK_SECRET = STRIPE_WEBHOOK_SECRET
 DJSTRIPE_FOREIGN_KEY_TO_FIELD = "id"
-DJSTRIPE_WEBHOOK_SECRET = env.str("DJSTRIPE_WEBHOOK_SECRET", default="whsec_dev")
 DJSTRIPE_USE_NATIVE_JSONFIELD = True
+# Each tenant is one Stripe customer (dj-stripe's Customer.subscriber); billing mail goes to its owners.
+DJSTRIPE_SUBSCRIBER_MODEL = "tenants.Tenant"
+DJSTRIPE_SUBSCRIBER_MODEL_REQUEST_CALLBACK = "billing.subscriptions.tenant_of_request"
+# dj-stripe would otherwise link a customer to whatever tenant a Checkout Session's or customer's metadata names;
+# only the customer Hearth creates for a tenant is that tenant's (billing.subscriptions.customer_get_or_create).
+DJSTRIPE_SUBSCRIBER_CUSTOMER_KEY = ""
+# past_due: opens keep working this many days (banner, mail to owners); then they answer 402 payment_required.
+BILLING_GRACE_DAYS = env.int("BILLING_GRACE_DAYS", default=7)
+# The Stripe billing meter behind every plan's metered overage price (billing_sync_plans creates it).
+# Its unit is an hour (the plans' overage is priced per hour): usage must be reported to it in hours.
+# The Stripe provider sends its meter events under this name too (billing.providers.stripe: values in hours).
+BILLING_METER_EVENT_NAME = env.str("BILLING_METER_EVENT_NAME", default="workspace_hours")
+# Seconds per Stripe HTTP call (webhook set-up, the billing provider's meter events).
+STRIPE_TIMEOUT = env.float("STRIPE_TIMEOUT", default=10.0)
+# The billing-event queue (billing.outbox): failures before a delivery is dead (12: about 3.4 h), its back-off.
+BILLING_DELIVERY_MAX_ATTEMPTS = env.int("BILLING_DELIVERY_MAX_ATTEMPTS", default=12)
+BILLING_DELIVERY_BACKOFF_BASE = env.int("BILLING_DELIVERY_BACKOFF_BASE", default=10)
+BILLING_DELIVERY_BACKOFF_MAX = env.int("BILLING_DELIVERY_BACKOFF_MAX", default=3600)
+# Deliveries per claimed batch; seconds a drain keeps taking batches (well inside Celery's time limits); remote
+# provider calls in flight per drain.
+BILLING_DRAIN_BATCH = env.int("BILLING_DRAIN_BATCH", default=100)
+BILLING_DRAIN_TIME_BUDGET = env.int("BILLING_DRAIN_TIME_BUDGET", default=30)
+BILLING_DRAIN_CONCURRENCY = env.int("BILLING_DRAIN_CONCURRENCY", default=8)
+# Hearth's own invoices (contracts paid by bank transfer): `<prefix>-<year>-<sequence>`, and what they print.
+BILLING_INVOICE_NUMBER_PREFIX = env.str("BILLING_INVOICE_NUMBER_PREFIX", default="HRT")
+BILLING_INVOICE_ISSUER = env.str("BILLING_INVOICE_ISSUER", default="Hearth")
+BILLING_INVOICE_PAYMENT_TERMS = env.str("BILLING_INVOICE_PAYMENT_TERMS",
+                                        default="Payable by bank transfer within 30 days.")
+
+# The offline Stripe is meant: dj-stripe's warning about STRIPE_API_HOST outside DEBUG does not apply.
+SILENCED_SYSTEM_CHECKS = ["djstripe.W002"] if STRIPE_OFFLINE else []
 
 # --- Celery ------------------------------------------------------------------------------------------------------
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default=REDIS_URL)
@@ -212,6 +259,12 @@ CELERY_BEAT_SCHEDULE = {
     "metering-thresholds": {"task": "metering.tasks.usage_thresholds_scan", "schedule": schedule(timedelta(minutes=1))},
     "metering-storage": {"task": "metering.tasks.storage_sample_all", "schedule": schedule(timedelta(hours=1))},
     "metering-seats": {"task": "metering.tasks.seats_sample_all", "schedule": schedule(timedelta(hours=1))},
+    "billing-deliveries-drain": {"task": "billing.tasks.deliveries_drain", "schedule": schedule(timedelta(seconds=10))},
+    "billing-usage-report": {"task": "billing.tasks.usage_report", "schedule": schedule(timedelta(minutes=15))},
+    # Hourly: the first run after a month's late-event grace (48 h) issues its invoices.
+    "billing-invoices-issue": {"task": "billing.tasks.invoices_issue", "schedule": schedule(timedelta(hours=1))},
+    # A past-due tenant whose grace ran out is suspended for payment within a minute (its sessions end).
+    "billing-grace-expire": {"task": "billing.tasks.payment_grace_expire", "schedule": schedule(timedelta(minutes=1))},
 }
 
 LOGGING = {

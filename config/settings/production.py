@@ -4,7 +4,7 @@ Run every process with DJANGO_SETTINGS_MODULE=config.settings.production; `manag
 ALLOWED_HOSTS and an https HEARTH_BASE_URL set leaves two warnings, on purpose: HSTS for subdomains and preload.
 """
 from config.settings.base import *  # noqa: F403
-from config.settings.base import HEARTH_BASE_URL, env
+from config.settings.base import HEARTH_BASE_URL, SILENCED_SYSTEM_CHECKS, env
 
 DEBUG = False
 # No defaults: a deployment that forgot them refuses to start rather than run with a known key or any Host.
@@ -25,4 +25,4 @@ if env.bool("SECURE_PROXY_SSL_HEADER", default=False):
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 # Django's W003 looks for its own CSRF class by name; MIDDLEWARE has core.middleware's subclass (skipped only on the
 # token-only API). tests/config/test_settings.py checks a CsrfViewMiddleware subclass is there instead.
-SILENCED_SYSTEM_CHECKS = ["security.W003"]
+SILENCED_SYSTEM_CHECKS = [*SILENCED_SYSTEM_CHECKS, "security.W003"]

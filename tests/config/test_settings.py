@@ -35,7 +35,8 @@ def test_production_passes_the_deployment_checks_but_hsts_for_subdomains_and_pre
     assert result.returncode == 0, result.stderr
     warnings = {line.split(")")[0].split("(")[-1] for line in result.stderr.splitlines() if "(security." in line}
     assert warnings == {"security.W005", "security.W021"}, result.stderr
-
+    # dj-stripe's checks: nothing deprecated is configured, and the offline Stripe's W002 stays silenced.
+    assert "djstripe" not in result.stderr and "deprecated" not in result.stderr, result.stderr
 
 
 def test_production_keeps_a_csrf_middleware_though_djangos_check_for_it_is_silenced():

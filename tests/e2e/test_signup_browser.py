@@ -1,10 +1,12 @@
-"""End to end in real headless Chromium: sign up → confirm by mail → dashboard → invite a member → they join."""
+"""End to end in real headless Chromium: sign up for Team → confirm by mail → pay on the (offline) Stripe Checkout →
+Billing and dashboard on Team → invite a member → they join."""
 import re
 from pathlib import Path
 
 import pytest
 from django.conf import settings
 
+from tests.billing.fixtures_subscriptions import *  # noqa: F403
 from tests.conftest import require_service
 
 pytestmark = pytest.mark.browser
@@ -43,8 +45,11 @@ def artifacts():
 
 
 def test_signup_verify_dashboard_invite(django_db_serialized_rollback, transactional_db, live_server, smtp_server,
-                                        browser, artifacts):
+                                        browser, artifacts, hearth_stripe):
+    from billing.catalogue import catalogue_sync
     from tenants.models import Invitation, Tenant
+
+    catalogue_sync()
 
     context = browser.new_context(viewport={"width": 1280, "height": 900})
     page = context.new_page()
@@ -66,10 +71,21 @@ def test_signup_verify_dashboard_invite(django_db_serialized_rollback, transacti
     page.goto(link)
     page.get_by_role("button", name="Yes, confirm").click()
 
-    page.get_by_role("heading", name="Hopper Labs", level=1).wait_for()
-    assert page.url.rstrip("/") == live_server.url
-    assert page.get_by_role("heading", name="Plan: Team").is_visible()
+    # Team is paid: the new tenant is on Free and its owner pays on Stripe's Checkout page first.
+    page.get_by_role("heading", name="Subscribe").wait_for()
+    assert page.url.startswith(f"{hearth_stripe}/_emulator/checkout/")
     tenant = Tenant.objects.get(name="Hopper Labs")
+    assert tenant.plan.slug == "free"
+    page.screenshot(path=artifacts / "02-checkout.png", full_page=True)
+    page.get_by_role("button", name="Pay").click()
+    page.get_by_role("heading", name="Billing of Hopper Labs", level=1).wait_for()
+    assert page.url.startswith(f"{live_server.url}/billing/?checkout=")
+    assert page.get_by_text("is on the Team plan").is_visible()
+    page.screenshot(path=artifacts / "02-billing.png", full_page=True)
+    page.get_by_role("navigation", name="Portal").get_by_role("link", name="Dashboard").click()
+    page.get_by_role("heading", name="Hopper Labs", level=1).wait_for()
+    assert page.get_by_role("heading", name="Plan: Team").is_visible()
+    tenant.refresh_from_db()
     assert tenant.plan.slug == "team"
     page.screenshot(path=artifacts / "02-dashboard.png", full_page=True)
     # The stylesheet loaded (served by the live server): the header bar has its white background.

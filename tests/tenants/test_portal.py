@@ -104,10 +104,11 @@ def test_user_without_tenant_is_asked_to_create_one(client, db):
 def test_create_tenant(client, db):
     user = UserFactory()
     client.force_login(user)
-    response = client.post(reverse("portal:tenant_create"), {"name": "Initech", "plan": "starter"})
+    # A paid plan's checkout is tests/billing/test_plan_abuse.py's.
+    response = client.post(reverse("portal:tenant_create"), {"name": "Initech", "plan": "free"})
     assert response.status_code == 302
     tenant = Tenant.objects.get(name="Initech")
-    assert tenant.plan.slug == "starter"
+    assert tenant.plan.slug == "free"
     assert Membership.objects.get(tenant=tenant, user=user).role == "owner"
     assert "Initech" in text(client.get("/"))
 
@@ -473,11 +474,12 @@ def test_owner_changes_plan(client, team):
     assert "Switch to Pro" in page and "Switch to Team 10" not in page
     assert 'id="plan-team-10">Team 10 <span class="badge">current</span>' in page  # shown though not public
     Membership.objects.filter(pk__in=[team.admin.pk, team.member.pk]).delete()
-    response = client.post(reverse("portal:plans"), {"plan": "pro"})
+    # Free needs no payment (nothing pays for Team 10); a paid plan goes to checkout (tests/billing).
+    response = client.post(reverse("portal:plans"), {"plan": "free"})
     assert response.status_code == 302
     team.tenant.refresh_from_db()
-    assert team.tenant.plan.slug == "pro"
-    assert "Acme is now on the Pro plan." in text(client.get(reverse("portal:plans")))
+    assert team.tenant.plan.slug == "free"
+    assert "Acme is on the Free plan." in text(client.get(reverse("portal:plans")))
 
 
 def test_plan_change_errors(client, team):
@@ -632,12 +634,12 @@ def test_signup_verify_by_mail_then_dashboard(client, db, smtp_server):
     assert 'name="organisation"' in page and 'name="plan"' in page
     response = client.post(reverse("account_signup"), {
         "email": "grace@example.test", "password1": "a long passphrase 42", "password2": "a long passphrase 42",
-        "organisation": "Hopper Labs", "plan": "team",
+        "organisation": "Hopper Labs", "plan": "free",  # a paid plan's checkout: tests/billing/test_plan_abuse.py
     })
     assert response.status_code == 302 and response["Location"] == reverse("account_email_verification_sent")
     assert "Check your email" in text(client.get(response["Location"]))
     tenant = Tenant.objects.get(name="Hopper Labs")
-    assert tenant.plan.slug == "team"
+    assert tenant.plan.slug == "free"
     assert client.get("/").status_code == 302  # not signed in before the address is confirmed
 
     mail = smtp_server.wait_for(to="grace@example.test", subject_contains="Confirm your email address")
@@ -648,7 +650,7 @@ def test_signup_verify_by_mail_then_dashboard(client, db, smtp_server):
     response = client.post(link)
     assert response.status_code == 302
     page = text(client.get(response["Location"], follow=True))
-    assert "<h1>Hopper Labs</h1>" in page and "Plan: Team" in page
+    assert "<h1>Hopper Labs</h1>" in page and "Plan: Free" in page
 
 
 def test_signup_through_an_invitation_joins_after_verification(client, team, smtp_server):

@@ -124,11 +124,11 @@ def test_admin_cannot_touch_owners():
 def test_change_plan_audited_and_seat_checked():
     owner_m = MembershipFactory(role="owner")
     MembershipFactory(tenant=owner_m.tenant)
-    with pytest.raises(Conflict, match="seats"):
-        services.tenant_change_plan(tenant=owner_m.tenant, plan="pro", actor=owner_m.user)
-    with pytest.raises(ServiceError, match="arranged with Hearth's staff"):
-        services.tenant_change_plan(tenant=owner_m.tenant, plan="enterprise", actor=owner_m.user)
     staff = UserFactory(is_staff=True)
+    with pytest.raises(Conflict, match="seats"):
+        services.tenant_change_plan(tenant=owner_m.tenant, plan="pro", actor=staff)
+    with pytest.raises(Forbidden, match="only Hearth's staff set plans directly"):
+        services.tenant_change_plan(tenant=owner_m.tenant, plan="free", actor=owner_m.user)
     tenant = services.tenant_change_plan(tenant=owner_m.tenant, plan="enterprise", actor=staff)
     assert tenant.plan.slug == "enterprise"
     assert AuditLog.objects.filter(tenant=tenant, action="tenant.plan_changed", data__to="enterprise").exists()
@@ -207,7 +207,8 @@ def test_outbox_delivers_each_consumer_once_and_retries_failures():
 def test_owner_cannot_pick_a_non_public_plan_but_staff_can():
     owner_m = MembershipFactory(role="owner")
     with pytest.raises(ServiceError, match="arranged with Hearth's staff") as exc:
-        services.tenant_change_plan(tenant=owner_m.tenant, plan="enterprise", actor=owner_m.user)
+        services.tenant_request_plan(tenant=owner_m.tenant, plan="enterprise", actor=owner_m.user,
+                                     return_url="http://testserver/billing/")
     assert exc.value.code == "plan_not_offered"
     owner_m.tenant.refresh_from_db()
     assert owner_m.tenant.plan.slug == "team"
