@@ -60,6 +60,17 @@ class Plan(models.Model):
     overage_price_cents_per_hour = models.PositiveIntegerField(
         null=True, blank=True, help_text="Empty: no paid overage; the session ends when the allowance runs out."
     )
+    class InternetAccess(models.TextChoices):
+        NONE = "none"
+        # An allow-list egress proxy is not built yet: `proxy` blocks direct egress exactly as `none` does.
+        PROXY = "proxy"
+        OPEN = "open"
+
+    internet_access = models.CharField(
+        max_length=8, choices=InternetAccess.choices, default=InternetAccess.PROXY,
+        help_text="From a workspace: none, through the egress proxy (not built yet: as none), or open. Private "
+                  "ranges, the host and other workspaces are never reachable.",
+    )
     public = models.BooleanField(default=True, help_text="Offered in sign-up and the plans page.")
     sort_order = models.PositiveSmallIntegerField(default=0)
 

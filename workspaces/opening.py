@@ -15,7 +15,7 @@ from metering import services as metering_services
 from tenants import policy
 from tenants.exceptions import Conflict, Forbidden, NotFound, ServiceError
 from tenants.models import Membership, Plan, Tenant
-from workspaces import routing, sessions, storage
+from workspaces import network, routing, sessions, storage
 from workspaces.failpoints import failpoint
 from workspaces.gateway.tokens import session_token_issue
 from workspaces.gateway.urls import workspace_url
@@ -157,6 +157,8 @@ def _bind(session, *, resumed=False):
     if resumed and storage.is_mount_point(slot):
         return
     storage.slot_bind(slot=slot, source=session.workspace.storage_path)
+    if session.tenant.plan.internet_access == "open":  # everything else leaves the container's address closed
+        network.container_egress_set(container=session.container, internet_access="open")
 
 
 def _session_url_and_token(session):

@@ -50,8 +50,9 @@ def reconcile(*, now=None):
 def _node_reconcile(node, *, now, report):
     """Compare one engine's containers (found by labels) with the node's rows and fix what differs."""
     try:
+        rt.runtime_for(node).network_policy_ensure()  # rules lost to a firewall reload come back within a tick
         engine = rt.runtime_for(node).list(instance=provisioning.instance())
-    except rt.RuntimeUnavailable as exc:
+    except (rt.RuntimeUnavailable, rt.RuntimeError_) as exc:
         Node.objects.filter(pk=node.pk).update(last_error=f"{now:%Y-%m-%d %H:%M:%S} reconcile: {exc}"[:2000])
         report["nodes_unreachable"].append(node.name)
         return

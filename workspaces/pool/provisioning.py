@@ -19,8 +19,8 @@ from django.db.models import Q
 from django.utils import timezone
 
 from tenants.exceptions import ServiceError
+from workspaces import network, storage
 from workspaces import runtime as rt
-from workspaces import storage
 from workspaces.failpoints import failpoint
 from workspaces.models import Container, Node, WorkspaceTemplate
 from workspaces.pool.placement import (
@@ -308,6 +308,8 @@ def container_release(container):
     """
     if container.slot_path:
         storage.slot_unbind(slot=Path(container.slot_path))
+    # The address goes to the next container on the bridge, whatever its plan.
+    network.container_egress_set(container=container, internet_access="none")
     if not engine_cleanup(container):
         Container.objects.filter(pk=container.pk).update(last_error="release: the engine did not answer")
         return False

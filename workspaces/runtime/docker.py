@@ -17,6 +17,7 @@ import docker
 import requests
 from docker.types import LogConfig, Mount
 
+from ..network import NetworkPolicyError, network_rules_ensure
 from .base import (
     ContainerExists,
     ContainerSpec,
@@ -153,7 +154,26 @@ class DockerRuntime(Runtime):
                 with contextlib.suppress(docker.errors.APIError):
                     self.api.remove_network(net["Id"])
             self._network_id = keep["Id"]
+        self.network_policy_ensure()
         return self._network_id
+
+    def network_policy_ensure(self) -> None:
+        """Install or repair the instance's firewall chains for this engine's bridge (workspaces.network).
+
+        Only for an engine on this host (a unix socket): a remote engine's host needs Hearth's rules installed there.
+        """
+        if not _setting("HEARTH_NETWORK_POLICY", True) or not self.url.startswith("unix://"):
+            return
+        if not self._network_id:
+            self.ensure_network()  # which comes back here
+            return
+        with _engine_errors(self, "inspect network"):
+            options = self.api.inspect_network(self._network_id).get("Options") or {}
+        bridge = options.get("com.docker.network.bridge.name") or f"br-{self._network_id[:12]}"
+        try:
+            network_rules_ensure(instance=self.instance, bridge=bridge)
+        except NetworkPolicyError as exc:
+            raise RuntimeError_(f"network policy of node {self.node_name}: {exc}") from exc
 
     def _networks_named(self) -> list[dict]:
         found = [n for n in self.api.networks(names=[self.network]) if n["Name"] == self.network]
