@@ -156,7 +156,8 @@ def _bind(session, *, resumed=False):
     # session always binds; slot_bind replaces whatever might still be on the slot.
     if resumed and storage.is_mount_point(slot):
         return
-    storage.slot_bind(slot=slot, source=session.workspace.storage_path)
+    storage.slot_bind(slot=slot, source=session.workspace.storage_path,
+                      uid=provisioning.container_uid(session.container_id))
     if session.tenant.plan.internet_access == "open":  # everything else leaves the container's address closed
         network.container_egress_set(container=session.container, internet_access="open")
 

@@ -1,9 +1,14 @@
-"""Late-bound user storage: slots under an rshared root, the user's directory bind-mounted onto a slot at claim.
+"""Late-bound user storage: slots under an rshared root, the user's directory bind-mounted onto a slot at claim,
+idmapped to the container's own host uid.
 
 Each warm container gets `STORAGE_ROOT/slots/<key>` mounted rslave at its home. At claim the user's directory
 (`STORAGE_ROOT/tenants/<tenant>/users/<user>/<workspace>`) is bind-mounted onto the slot on the host and
 appears inside the running container at once; at release it is unmounted and the container sees the empty
 slot again. Mounting needs root (CAP_SYS_ADMIN on the host).
+
+On disk a user's files always belong to uid 1000; each container runs under a host uid of its own (see
+workspaces.pool.provisioning.container_uid), and the bind is an idmapped mount (open_tree, mount_setattr
+MOUNT_ATTR_IDMAP, move_mount) that shows 1000 as that uid inside and stores that uid's writes as 1000.
 """
 from __future__ import annotations
 
@@ -14,13 +19,14 @@ import os
 import re
 import stat
 import struct
+import subprocess
 import threading
 import time
 from pathlib import Path
 
 from django.conf import settings
 
-# The uid/gid the workspace images run as (see workspaces.runtime.docker.WORKSPACE_USER).
+# The owner of the users' files on disk (the images' `coder`); containers see it as their own uid through the bind.
 WORKSPACE_UID = 1000
 WORKSPACE_GID = 1000
 # Written into the user's directory before each bind: an entrypoint that waits for it knows the home is there.
@@ -46,6 +52,7 @@ _root_mount_ids: dict[str, int] = {}
 # /proc/self/mountinfo, whose size grows with every container on the host (two mounts each).
 _AT_FDCWD = -100
 _AT_SYMLINK_NOFOLLOW = 0x100
+_AT_EMPTY_PATH = 0x1000
 _STATX_TYPE = 0x1
 _STATX_MNT_ID = 0x1000
 _STATX_ATTR_MOUNT_ROOT = 0x2000
@@ -54,8 +61,82 @@ if _statx is not None:
     _statx.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_uint, ctypes.c_void_p]
 
 
+# The new mount API (Linux 5.12+ for idmapped mounts), x86-64 syscall numbers.
+_SYS_OPEN_TREE, _SYS_MOVE_MOUNT, _SYS_MOUNT_SETATTR = 428, 429, 442
+_OPEN_TREE_CLONE = 1
+_OPEN_TREE_CLOEXEC = os.O_CLOEXEC
+_MOVE_MOUNT_F_EMPTY_PATH = 0x4
+_MOUNT_ATTR_IDMAP = 0x00100000
+_libc.syscall.restype = ctypes.c_long
+
+
+class _MountAttr(ctypes.Structure):
+    _fields_ = [("attr_set", ctypes.c_uint64), ("attr_clr", ctypes.c_uint64), ("propagation", ctypes.c_uint64),
+                ("userns_fd", ctypes.c_uint64)]
+
+
+# uid -> descriptor of a user namespace mapping WORKSPACE_UID to it (what an idmapped mount is given).
+_userns_fds: dict[int, int] = {}
+_userns_lock = threading.Lock()
+_USERNS_CACHED = 64
+
+
 class StorageError(Exception):
     """A slot could not be prepared, bound or released."""
+
+
+def _userns_fd(uid: int) -> int:
+    """A user namespace whose map sends WORKSPACE_UID/GID to `uid` (host), as the descriptor of a namespace file.
+
+    Made by an `unshare --user` child that is killed as soon as its namespace is open: the descriptor keeps the
+    namespace alive. A few are kept per process (a resume binds the same uid again).
+    """
+    with _userns_lock:
+        fd = _userns_fds.get(uid)
+        if fd is not None:
+            return fd
+        own = os.readlink("/proc/self/ns/user")
+        child = subprocess.Popen(["unshare", "--user", "sleep", "30"], stdin=subprocess.DEVNULL,
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            deadline = time.monotonic() + 5
+            while os.readlink(f"/proc/{child.pid}/ns/user") == own:  # until unshare(2) has run in the child
+                if child.poll() is not None or time.monotonic() > deadline:
+                    raise StorageError(f"unshare --user failed: {child.stderr.read().decode(errors='replace')}")
+                time.sleep(0.0005)
+            for name, line in (("uid_map", f"{WORKSPACE_UID} {uid} 1\n"), ("setgroups", "deny"),
+                               ("gid_map", f"{WORKSPACE_GID} {uid} 1\n")):
+                with open(f"/proc/{child.pid}/{name}", "w") as f:
+                    f.write(line)
+            fd = os.open(f"/proc/{child.pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
+        finally:
+            child.kill()
+            child.wait()
+        if len(_userns_fds) >= _USERNS_CACHED:
+            oldest = next(iter(_userns_fds))
+            os.close(_userns_fds.pop(oldest))
+        _userns_fds[uid] = fd
+        return fd
+
+
+def _mount_idmapped(source: str, target: str, uid: int) -> None:
+    """Bind `source` onto `target` with WORKSPACE_UID shown (and stored) as `uid`."""
+    userns = _userns_fd(uid)
+    tree = _libc.syscall(_SYS_OPEN_TREE, _AT_FDCWD, os.fsencode(source),
+                         ctypes.c_uint(_OPEN_TREE_CLONE | _OPEN_TREE_CLOEXEC))
+    if tree < 0:
+        raise StorageError(f"open_tree {source}: {os.strerror(ctypes.get_errno())}")
+    try:
+        attr = _MountAttr(attr_set=_MOUNT_ATTR_IDMAP, userns_fd=userns)
+        if _libc.syscall(_SYS_MOUNT_SETATTR, tree, b"", ctypes.c_uint(_AT_EMPTY_PATH), ctypes.byref(attr),
+                         ctypes.c_size_t(ctypes.sizeof(attr))) != 0:
+            raise StorageError(f"idmap of {source} to uid {uid}: {os.strerror(ctypes.get_errno())} (the file "
+                               "system must support idmapped mounts: ext4, xfs, btrfs on Linux 5.12+)")
+        if _libc.syscall(_SYS_MOVE_MOUNT, tree, b"", _AT_FDCWD, os.fsencode(target),
+                         ctypes.c_uint(_MOVE_MOUNT_F_EMPTY_PATH)) != 0:
+            raise StorageError(f"move_mount {source} -> {target}: {os.strerror(ctypes.get_errno())}")
+    finally:
+        os.close(tree)
 
 
 def _mount(source, target, flags) -> None:
@@ -158,13 +239,13 @@ def slot_root_release(root: Path | None = None) -> None:
     _root_paths.clear()
 
 
-def slot_create(key: str) -> Path:
-    """An empty slot directory `STORAGE_ROOT/slots/<key>` owned by the workspace user."""
+def slot_create(key: str, *, uid: int = WORKSPACE_UID) -> Path:
+    """An empty slot directory `STORAGE_ROOT/slots/<key>` owned by the container's uid."""
     if not _KEY.match(key):
         raise StorageError(f"bad slot key {key!r}: letters, digits, '.', '_' and '-' only")
     slot = slot_root() / key
     slot.mkdir(exist_ok=True)
-    os.chown(slot, WORKSPACE_UID, WORKSPACE_GID)
+    os.chown(slot, uid, uid)
     return slot
 
 
@@ -224,8 +305,10 @@ def _root_still_shared(root: str) -> bool:
     return True
 
 
-def slot_bind(*, slot: Path, source: Path) -> None:
+def slot_bind(*, slot: Path, source: Path, uid: int | None = None) -> None:
     """Bind the user's directory onto the slot; it shows up in the slot's container at once.
+
+    `uid`: the container's host uid; the bind is then idmapped (WORKSPACE_UID on disk shows as `uid`).
 
     The source is created if missing, made the workspace user's, and gets the ready marker before the
     bind, so the marker appears in the container atomically with the files. A slot already bound is
@@ -246,7 +329,10 @@ def slot_bind(*, slot: Path, source: Path) -> None:
     if is_mount_point(real_slot):
         _umount(real_slot)
     # mount(2) resolves the source's symlinks itself; the user cannot replace their directory (it is the home).
-    _mount(source, real_slot, MS_BIND)
+    if uid is None or uid == WORKSPACE_UID:
+        _mount(source, real_slot, MS_BIND)
+    else:
+        _mount_idmapped(source, real_slot, uid)
 
 
 def _umount(target: str) -> None:
@@ -298,7 +384,6 @@ def slot_remove(slot: Path) -> None:
         remove_tree(real_slot, mount_id=root_state[1] if root_state else None)
 
 
-_AT_EMPTY_PATH = 0x1000
 _REMOVE_TREE_SECONDS = 120
 
 

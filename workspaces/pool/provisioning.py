@@ -9,6 +9,7 @@ import logging
 import os
 import threading
 import time
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from pathlib import Path
@@ -152,6 +153,16 @@ def slot_key(pk):
     return f"c{pk}"
 
 
+def container_uid(pk) -> int:
+    """The host uid container `pk` runs as: its own, shared with no other live container and no host account.
+
+    A billion up (far above login accounts and the usual /etc/subuid ranges), an offset per instance so that two
+    installs on one host do not meet, then the row's pk; a uid comes back only after a million containers.
+    """
+    offset = zlib.crc32(instance().encode()) % 1000
+    return settings.WORKSPACES_UID_BASE + offset * 1_000_000 + int(pk) % 1_000_000
+
+
 # --- the engine container ------------------------------------------------------------------------
 
 
@@ -173,12 +184,13 @@ def _spec(container):
             "hearth.container": str(container.pk),
         },
         slot_path=container.slot_path,
+        user=container_uid(container.pk),
     )
 
 
 def _start(container):
     """Create and start the engine container of a PROVISIONING row; returns when its port answers."""
-    storage.slot_create(slot_key(container.pk))
+    storage.slot_create(slot_key(container.pk), uid=container_uid(container.pk))
     runtime = rt.runtime_for(container.node)
     created = runtime.create(_spec(container))
     failpoint("provision.created")

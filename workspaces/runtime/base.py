@@ -33,6 +33,8 @@ class ContainerSpec:
     labels: dict  # hearth.instance, hearth.node, hearth.template, hearth.container (+ more)
     slot_path: str  # host dir under the rshared slot root; mounted rslave at mount_target
     mount_target: str = "/home/coder"
+    # The host uid (and gid) the container runs as; its own, so per-user kernel limits are not shared.
+    user: int = 1000
     # Capabilities an image needs back after cap_drop ALL; none of Hearth's images needs any.
     cap_add: tuple = ()
     # Scratch space on a read-only root: path -> tmpfs options. /tmp is always there (code-server's IPC sockets).

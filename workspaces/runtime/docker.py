@@ -30,7 +30,7 @@ from .base import (
 
 log = logging.getLogger(__name__)
 
-# The uid:gid every Hearth image runs as; the storage code creates the user's directories for it.
+# The uid:gid every Hearth image's files are made for (`coder`); a container runs as the spec's own uid instead.
 WORKSPACE_USER = "1000:1000"
 DEFAULT_TMPFS = {"/tmp": "rw,nosuid,nodev,size=256m,mode=1777"}
 LOG_CONFIG = LogConfig(type="json-file", config={"max-size": "1m", "max-file": "2"})
@@ -247,6 +247,8 @@ class DockerRuntime(Runtime):
                 memswap_limit=memory,  # no swap: a memory hog is OOM-killed, not slowed down
                 nano_cpus=int(spec.cpus * 1e9),
                 pids_limit=int(spec.pids_limit),
+                # Per uid, and the uid is the container's own: a fork flood stops here too, for this container only.
+                ulimits=[docker.types.Ulimit(name="nproc", soft=int(spec.pids_limit), hard=int(spec.pids_limit))],
                 mounts=[Mount(target=spec.mount_target, source=spec.slot_path, type="bind", propagation="rslave")],
                 network_mode=network,
                 restart_policy={"Name": "no"},
@@ -257,7 +259,7 @@ class DockerRuntime(Runtime):
             created = self.api.create_container(
                 spec.image,
                 name=spec.name,
-                user=WORKSPACE_USER,
+                user=f"{int(spec.user)}:{int(spec.user)}",
                 environment={str(k): str(v) for k, v in spec.environment.items()},
                 labels=labels,
                 host_config=host_config,
