@@ -44,6 +44,12 @@ def docker_client():
 def _isolated_paths(settings, tmp_path):
     settings.STORAGE_ROOT = tmp_path / "storage"
     settings.EXPORT_ROOT = tmp_path / "exports"
+    yield
+    if (tmp_path / "storage" / "volumes").exists():  # an open mounted users' volumes: free their loop devices
+        from workspaces import storage
+
+        storage.slot_root_release(tmp_path / "storage" / "slots")
+        storage.user_volumes_release(tenant_dir=tmp_path / "storage" / "tenants")
 
 
 @pytest.fixture

@@ -4,6 +4,7 @@ import logging
 import time
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
@@ -156,6 +157,8 @@ def _bind(session, *, resumed=False):
     # session always binds; slot_bind replaces whatever might still be on the slot.
     if resumed and storage.is_mount_point(slot):
         return
+    storage.user_volume_ensure(user_dir=Path(session.workspace.storage_path).parent,
+                               size_mb=session.tenant.plan.storage_mb)
     storage.slot_bind(slot=slot, source=session.workspace.storage_path,
                       uid=provisioning.container_uid(session.container_id))
     if session.tenant.plan.internet_access == "open":  # everything else leaves the container's address closed

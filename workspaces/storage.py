@@ -15,6 +15,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import fcntl
+import logging
 import os
 import re
 import stat
@@ -25,6 +26,8 @@ import time
 from pathlib import Path
 
 from django.conf import settings
+
+log = logging.getLogger(__name__)
 
 # The owner of the users' files on disk (the images' `coder`); containers see it as their own uid through the bind.
 WORKSPACE_UID = 1000
@@ -488,3 +491,140 @@ def user_storage_path(*, tenant_slug: str, user_id, workspace_id) -> Path:
         if not _KEY.match(part):
             raise StorageError(f"bad storage path component {part!r}")
     return Path(settings.STORAGE_ROOT) / "tenants" / tenant_slug / "users" / str(user_id) / str(workspace_id)
+
+
+# --- size-limited user volumes -----------------------------------------------------------------------------------
+
+# One inode per 8 KiB of a volume: a 100 MB plan gets 12,800 files, 5 GB 655,360.
+VOLUME_BYTES_PER_INODE = 8192
+_volume_lock = threading.Lock()
+
+
+def _run(*args, timeout=120) -> str:
+    done = subprocess.run([str(a) for a in args], capture_output=True, text=True, timeout=timeout)
+    if done.returncode != 0:
+        raise StorageError(f"{' '.join(map(str, args))}: {(done.stderr or done.stdout).strip()[-500:]}")
+    return done.stdout
+
+
+def volume_image_path(user_dir) -> Path:
+    """The image behind `STORAGE_ROOT/tenants/<t>/users/<u>`: `STORAGE_ROOT/volumes/<t>/<u>.img`."""
+    tenants = Path(os.path.abspath(settings.STORAGE_ROOT)) / "tenants"
+    try:
+        tenant, users, user = Path(os.path.abspath(user_dir)).relative_to(tenants).parts
+    except ValueError:
+        raise StorageError(f"{user_dir} is not a user's directory under {tenants}") from None
+    if users != "users" or not _KEY.match(tenant) or not _KEY.match(user):
+        raise StorageError(f"{user_dir} is not a user's directory under {tenants}")
+    return Path(settings.STORAGE_ROOT) / "volumes" / tenant / f"{user}.img"
+
+
+def user_volume_ensure(*, user_dir, size_mb: int | None) -> None:
+    """Make `user_dir` (all of one user's workspaces) a mounted ext4 image of at least `size_mb`; None: unlimited.
+
+    Bytes and inodes are bounded at write time by the image (ENOSPC inside the workspace). A raised limit grows
+    the image online (resize2fs) at the next open; a lowered one leaves it as it is. Files written before the
+    user had a volume are moved into it (refused, with the directory left as it was, if they do not fit).
+    """
+    if size_mb is None:
+        return
+    user_dir = Path(user_dir)
+    image = volume_image_path(user_dir)
+    want = int(size_mb) * 1024 * 1024
+    state = _mount_state(user_dir)
+    if not (state and state[0]):
+        image.parent.mkdir(parents=True, exist_ok=True)
+        with _volume_lock, open(image.with_suffix(".lock"), "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if not is_mount_point(user_dir):
+                _volume_mount(user_dir, image, want)
+    if image.stat().st_size < want:
+        with _volume_lock, open(image.with_suffix(".lock"), "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if image.stat().st_size < want:
+                _volume_grow(user_dir, image, want)
+
+
+def _volume_mount(user_dir: Path, image: Path, want: int) -> None:
+    if not image.exists():
+        part = image.with_suffix(".part")
+        with open(part, "wb") as f:
+            f.truncate(want)
+        _run("mkfs.ext4", "-q", "-F", "-m", "0", "-i", VOLUME_BYTES_PER_INODE,
+             "-E", f"root_owner={WORKSPACE_UID}:{WORKSPACE_GID},nodiscard", part)
+        os.rename(part, image)
+    user_dir.mkdir(parents=True, exist_ok=True)
+    with os.scandir(user_dir) as it:
+        earlier = [entry.name for entry in it]
+    if earlier:
+        _volume_adopt(user_dir, image, earlier)
+    _run("mount", "-o", "loop,nodev,nosuid", image, user_dir)
+
+
+def _volume_adopt(user_dir: Path, image: Path, names: list[str]) -> None:
+    """Copy what `user_dir` held before it had a volume into the image, then delete the originals."""
+    staging = image.with_suffix(".adopt")
+    staging.mkdir(exist_ok=True)
+    _run("mount", "-o", "loop,nodev,nosuid", image, staging)
+    try:
+        _run("cp", "-a", "--one-file-system", "--", *(user_dir / name for name in names), staging, timeout=600)
+    except StorageError as exc:
+        raise StorageError(f"the files in {user_dir} do not fit in its {image.stat().st_size >> 20} MB: {exc}") \
+            from exc
+    finally:
+        _umount(os.fspath(staging))
+        os.rmdir(staging)
+    for name in names:
+        remove_tree(user_dir / name)
+
+
+def _volume_grow(user_dir: Path, image: Path, want: int) -> None:
+    """Grow the image and its file system to `want` bytes.
+
+    Offline when nothing else has the file system mounted (unmount, e2fsck, resize2fs, mount again: about a second
+    for small images); otherwise online, which needs CAP_SYS_RESOURCE. When neither can be done now (the user's
+    other workspace is open on a host without that capability) the image stays as it is until a later open.
+    """
+    device = _run("losetup", "-j", image).split(":", 1)[0]
+    if device and _mounts_of(user_dir) <= 1:
+        _umount_strict(user_dir)
+        device = ""
+    if not device:
+        with open(image, "r+b") as f:
+            f.truncate(want)
+        _run("e2fsck", "-f", "-p", image)
+        _run("resize2fs", image)
+        _run("mount", "-o", "loop,nodev,nosuid", image, user_dir)
+        return
+    old = image.stat().st_size
+    with open(image, "r+b") as f:
+        f.truncate(want)
+    _run("losetup", "-c", device)
+    try:
+        _run("resize2fs", device)
+    except StorageError as exc:
+        with open(image, "r+b") as f:
+            f.truncate(old)  # the file system never grew: the next open tries again
+        _run("losetup", "-c", device)
+        log.warning("could not grow %s while it is in use (%s); the next open grows it", image, exc)
+
+
+def _mounts_of(path) -> int:
+    """How many mounts (the volume itself, slot binds of it) show the file system mounted at `path`."""
+    device = os.stat(path).st_dev
+    wanted = f"{os.major(device)}:{os.minor(device)}"
+    with open("/proc/self/mountinfo") as f:
+        return sum(1 for line in f if line.split(" ", 3)[2] == wanted)
+
+
+def _umount_strict(target) -> None:
+    if _libc.umount2(os.fsencode(target), 0) != 0:
+        raise StorageError(f"umount {target}: {os.strerror(ctypes.get_errno())}")
+
+
+def user_volumes_release(*, tenant_dir) -> None:
+    """Unmount every user volume under `tenant_dir` (or a whole `STORAGE_ROOT/tenants`); the images stay."""
+    root = os.path.realpath(tenant_dir)
+    for point, _ in reversed(_mountinfo()):
+        if point.startswith(root + "/") and "/slots/" not in point:
+            _umount(point)
