@@ -17,11 +17,13 @@ from tenants import policy
 from tenants.exceptions import Conflict, Forbidden, NotFound, ServiceError
 from tenants.models import Membership, Plan, Tenant
 from workspaces import network, routing, sessions, storage
+from workspaces import runtime as rt
 from workspaces.failpoints import failpoint
 from workspaces.gateway.tokens import session_token_issue
 from workspaces.gateway.urls import workspace_url
 from workspaces.models import Container, Session, Workspace, WorkspaceTemplate
 from workspaces.pool import claim, placement, provisioning
+from workspaces.runtime.docker import DEFAULT_CPU_WEIGHT, DEFAULT_IO_WEIGHT
 
 log = logging.getLogger(__name__)
 
@@ -161,8 +163,28 @@ def _bind(session, *, resumed=False):
                                size_mb=session.tenant.plan.storage_mb)
     storage.slot_bind(slot=slot, source=session.workspace.storage_path,
                       uid=provisioning.container_uid(session.container_id))
-    if session.tenant.plan.internet_access == "open":  # everything else leaves the container's address closed
+    plan = session.tenant.plan
+    if plan.internet_access == "open":  # everything else leaves the container's address closed
         network.container_egress_set(container=session.container, internet_access="open")
+    if not resumed:
+        _resources_apply(session.container, plan)
+
+
+def _resources_apply(container, plan):
+    """The plan's CPU weight and I/O weight, and the lower of its caps and the template's (a warm container was
+    started for no plan in particular); nothing to do when they are the template's and the normal weights."""
+    template = container.template
+    wanted = rt.Resources(
+        cpu_weight=plan.cpu_weight,
+        cpus=float(min(template.cpus, plan.cpus if plan.cpus is not None else template.cpus)),
+        memory_mb=min(template.memory_mb, plan.memory_mb or template.memory_mb),
+        pids_limit=min(template.pids_limit, plan.pids_limit or template.pids_limit),
+        io_weight=plan.io_weight,
+    )
+    created = rt.Resources(cpu_weight=DEFAULT_CPU_WEIGHT, cpus=float(template.cpus), memory_mb=template.memory_mb,
+                           pids_limit=template.pids_limit, io_weight=DEFAULT_IO_WEIGHT)
+    if wanted != created:
+        rt.runtime_for(container.node).resources_set(container.engine_id, wanted)
 
 
 def _session_url_and_token(session):

@@ -381,3 +381,22 @@ def test_a_fork_flood_in_one_workspace_leaves_another_tenants_working(node, tiny
     code, out = _exec(node, cb, "i=0; while [ $i -lt 20 ]; do sleep 1 & i=$((i+1)); done; wait; echo done")
     assert code == 0 and out.strip() == "done", out
     assert time.monotonic() - started < 10
+
+
+def test_a_claim_sets_the_plans_cpu_weight_and_caps(node, tiny_template, make_workspace):
+    """Warm containers start at the normal weights and the template's limits; the claim applies the plan's weights
+    and the lower of its caps and the template's (Free: a quarter of the CPU weight, at most 1 core, 2 GB, 512
+    processes; the tiny template is lower still in cpus, memory and pids)."""
+    from tenants.models import Plan
+    from tests.factories import MembershipFactory, TenantFactory
+
+    Plan.objects.filter(slug="free").update(cpu_weight=256, io_weight=100, cpus=1, memory_mb=2048, pids_limit=32)
+    free = MembershipFactory(tenant=TenantFactory(plan=Plan.objects.get(slug="free")))
+    big = MembershipFactory(tenant=TenantFactory(plan=Plan.objects.get(slug="enterprise")))
+    shown = {}
+    for name, m in (("free", free), ("big", big)):
+        container = services.workspace_open(workspace=make_workspace(m, name), user=m.user).session.container
+        host = runtime_for(node).api.inspect_container(container.engine_id)["HostConfig"]
+        shown[name] = (host["CpuShares"], host["NanoCpus"], host["Memory"] >> 20, host["PidsLimit"])
+    assert shown["free"] == (256, int(0.10 * 1e9), 64, 32)
+    assert shown["big"] == (Plan.objects.get(slug="enterprise").cpu_weight, int(0.10 * 1e9), 64, 64)

@@ -41,6 +41,17 @@ class ContainerSpec:
     tmpfs: dict = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class Resources:
+    """What a running container may use, set again at its claim from the tenant's plan."""
+
+    cpu_weight: int  # relative share under contention (cgroup cpu.shares; 1024 normal)
+    cpus: float  # quota cap in cores
+    memory_mb: int
+    pids_limit: int
+    io_weight: int  # 10-1000 block-I/O weight; 0 leaves it unset
+
+
 @dataclass
 class RuntimeContainer:
     engine_id: str
@@ -74,6 +85,10 @@ class Runtime(abc.ABC):
     @abc.abstractmethod
     def list(self, *, instance: str) -> list[RuntimeContainer]:
         """The Hearth-labelled containers of one installation, in any state."""
+
+    @abc.abstractmethod
+    def resources_set(self, engine_id: str, resources: Resources) -> None:
+        """Change a running container's CPU, memory, process and I/O limits in place."""
 
     @abc.abstractmethod
     def wait_ready(self, container: RuntimeContainer, *, timeout: float, path: str | None = None) -> bool:

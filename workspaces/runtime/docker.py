@@ -22,6 +22,7 @@ from .base import (
     ContainerExists,
     ContainerSpec,
     ImageNotFound,
+    Resources,
     Runtime,
     RuntimeContainer,
     RuntimeError_,
@@ -32,6 +33,8 @@ log = logging.getLogger(__name__)
 
 # The uid:gid every Hearth image's files are made for (`coder`); a container runs as the spec's own uid instead.
 WORKSPACE_USER = "1000:1000"
+DEFAULT_CPU_WEIGHT = 1024
+DEFAULT_IO_WEIGHT = 500
 DEFAULT_TMPFS = {"/tmp": "rw,nosuid,nodev,size=256m,mode=1777"}
 LOG_CONFIG = LogConfig(type="json-file", config={"max-size": "1m", "max-file": "2"})
 
@@ -246,6 +249,9 @@ class DockerRuntime(Runtime):
                 mem_limit=memory,
                 memswap_limit=memory,  # no swap: a memory hog is OOM-killed, not slowed down
                 nano_cpus=int(spec.cpus * 1e9),
+                # The normal weights until the claim sets the plan's.
+                cpu_shares=DEFAULT_CPU_WEIGHT,
+                blkio_weight=DEFAULT_IO_WEIGHT,
                 pids_limit=int(spec.pids_limit),
                 # Per uid, and the uid is the container's own: a fork flood stops here too, for this container only.
                 ulimits=[docker.types.Ulimit(name="nproc", soft=int(spec.pids_limit), hard=int(spec.pids_limit))],
@@ -277,6 +283,19 @@ class DockerRuntime(Runtime):
                 if exc.status_code == 409 and "in progress" in str(exc.explanation):
                     return
                 raise
+
+    def resources_set(self, engine_id: str, resources: Resources) -> None:
+        memory = int(resources.memory_mb) * 1024 * 1024
+        body = {"CpuShares": int(resources.cpu_weight), "NanoCpus": int(resources.cpus * 1e9),
+                "Memory": memory, "MemorySwap": memory, "PidsLimit": int(resources.pids_limit)}
+        if resources.io_weight:
+            body["BlkioWeight"] = int(resources.io_weight)
+        with _engine_errors(self, f"update {engine_id[:12]}"):
+            # The SDK's update_container knows neither NanoCpus nor PidsLimit; the engine's endpoint does.
+            answer = self.api._result(self.api._post_json(self.api._url("/containers/{0}/update", engine_id),
+                                                          data=body), True)
+        for warning in (answer or {}).get("Warnings") or []:  # e.g. no I/O weight without BFQ: the rest applies
+            log.info("update %s on %s: %s", engine_id[:12], self.node_name, warning)
 
     def inspect(self, engine_id: str) -> RuntimeContainer | None:
         with _engine_errors(self, f"inspect {engine_id[:12]}"):
