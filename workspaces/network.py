@@ -131,6 +131,15 @@ def egress_close(*, instance: str, ip: str) -> None:
             pass
 
 
+def egress_sync(*, instance: str, allowed: set[str]) -> int:
+    """Close every address in the OPEN list that is not in `allowed` (a release that died half-way, a lost
+    container); returns how many were closed."""
+    stale = egress_open_addresses(instance=instance) - allowed
+    for ip in stale:
+        egress_close(instance=instance, ip=ip)
+    return len(stale)
+
+
 def egress_open_addresses(*, instance: str) -> set[str]:
     chain = f"{chain_prefix(instance)}-OPEN"
     listed = _iptables("-S", chain, check=False).stdout.splitlines()

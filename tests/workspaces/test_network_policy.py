@@ -118,3 +118,17 @@ def test_the_rules_are_idempotent_and_scoped_to_the_instances_bridge(node, tiny_
                                                  text=True).stdout.splitlines() if line.endswith(f"-j {chain}")]
         assert len(jumps) == 1, jumps
         assert " -i br-" in jumps[0], jumps  # only packets from this instance's bridge
+
+
+def test_the_reconciler_closes_internet_access_left_to_an_address_without_an_open_session(node, tiny_template,
+                                                                                            workspace, member):
+    """A release that died between its unbind and its egress close (or a container found lost) leaves its address
+    in the OPEN list, and the next container on that address, of any plan, would reach the Internet."""
+    from workspaces import reconciler
+
+    live = services.workspace_open(workspace=workspace, user=member.user).session.container  # an open plan
+    network.egress_open(instance=settings.HEARTH_INSTANCE, ip="172.31.255.254")
+    reconciler.reconcile()
+    opened = network.egress_open_addresses(instance=settings.HEARTH_INSTANCE)
+    assert "172.31.255.254" not in opened
+    assert live.address.rsplit(":", 1)[0] in opened
