@@ -13,6 +13,7 @@ Prints one JSON line with p50/p95 and the storm/quiet ratio of each (the issue's
 Needs root and the Docker engine; builds hearth/tiny:1 if missing.
 """
 import argparse
+import dataclasses
 import http.client
 import json
 import os
@@ -98,8 +99,8 @@ def command_once(runtime, container):
     exec_id = runtime.api.exec_create(container.engine_id, ["sh", "-c", "ls /home/coder >/dev/null; echo ok"])["Id"]
     out = runtime.api.exec_start(exec_id)
     elapsed = time.perf_counter() - t0
-    assert out.strip() == b"ok", out
-    return elapsed
+    # Once in four runs here an exec came back empty under load (the engine's, not the command's): counted apart.
+    return elapsed if out.strip() == b"ok" else None
 
 
 def measure(runtime, quiet, n):
@@ -110,13 +111,16 @@ def measure(runtime, quiet, n):
         storage.slot_bind(slot=slot, source=home, uid=UID_QUIET)
         commands.append(command_once(runtime, container))
         storage.slot_unbind(slot=slot)
-    return {"open": summary(opens), "command": summary(commands)}
+    return {"open": summary(opens), "command": summary([c for c in commands if c is not None]),
+            "command_failed": commands.count(None)}
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=15, help="samples per measure and phase")
     parser.add_argument("--settle", type=float, default=3, help="seconds the storm runs before measuring")
+    parser.add_argument("--storm", default=",".join(STORM), help="which storms, comma-separated: " + ",".join(STORM))
+    parser.add_argument("--free-cpus", type=float, default=FREE.cpus, help="the noisy (Free) container's CPU cap")
     args = parser.parse_args()
 
     scratch = Path(tempfile.mkdtemp(prefix="hearth-noisy-"))
@@ -126,7 +130,7 @@ def main():
     image_ensure("hearth/tiny:1", runtime=runtime)
     out = {"bench": "noisy", "load_avg_start": os.getloadavg()[0], "cores": os.cpu_count()}
     try:
-        noisy = start(runtime, "noisy", UID_NOISY, FREE)
+        noisy = start(runtime, "noisy", UID_NOISY, dataclasses.replace(FREE, cpus=args.free_cpus))
         quiet = start(runtime, "quiet", UID_QUIET, PAID)
         for _, slot, home, uid in ((*noisy, UID_NOISY), (*quiet, UID_QUIET)):
             storage.user_volume_ensure(user_dir=home.parent, size_mb=100 if uid == UID_NOISY else 1024)
@@ -134,7 +138,8 @@ def main():
             (home / "index.txt").write_text("hello\n")
         storage.slot_unbind(slot=quiet[1])
         out["quiet"] = measure(runtime, quiet, args.n)
-        for script in STORM.values():
+        out["storm_kinds"], out["free_cpus"] = args.storm, args.free_cpus
+        for script in (STORM[kind] for kind in args.storm.split(",")):
             exec_id = runtime.api.exec_create(noisy[0].engine_id, ["sh", "-c", script])["Id"]
             runtime.api.exec_start(exec_id, detach=True)
         time.sleep(args.settle)
