@@ -73,3 +73,23 @@ def test_a_raised_limit_applies_at_the_next_open_and_files_written_before_the_vo
     assert code == 0 and out.strip().endswith("ok"), out
     code, out = _sh(container, "df -k /home/coder | tail -1")
     assert 180_000 < int(out.split()[1]) <= 205_000, out
+
+
+def test_inodes_are_bounded_too(node, tiny_template, make_workspace):
+    """50 M empty files exhausted the host's inodes before; a volume has one inode per 8 KiB (12,800 for 100 MB)."""
+    import errno
+
+    a, b = _tenant_member("free"), _tenant_member("free")
+    wa = make_workspace(a, "a")
+    _open(a, wa)
+    _, cb = _open(b, make_workspace(b, "b"))
+    home = Path(wa.storage_path)
+    made = 0
+    with pytest.raises(OSError) as full:
+        while made < 100_000:
+            os.close(os.open(home / f"f{made}", os.O_CREAT | os.O_WRONLY, 0o644))
+            made += 1
+    assert full.value.errno == errno.ENOSPC
+    assert 12_000 < made < 12_800
+    code, out = _sh(cb, "touch /home/coder/still-room && echo ok")
+    assert code == 0 and out.strip() == "ok", out
