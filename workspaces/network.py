@@ -1,12 +1,12 @@
 """The workspaces' network policy on a local engine: iptables chains of this instance that keep its bridge away from
 the host, private and link-local ranges and other workspaces, and that let only open-plan containers out.
 
-Three chains per instance, jumped to only for packets entering from the instance's own bridge, so the host's
-loopback and other instances' networks never pass through them:
+Four chains per instance, jumped to only for packets entering from one of the instance's own bridges (one per
+local engine), so the host's loopback and other instances' networks never pass through them:
 - `<prefix>-IN` (from INPUT): a workspace reaches none of the host's own addresses (replies to the host's own
   connections, HAProxy's, pass);
-- `<prefix>-FWD` (from DOCKER-USER): no other workspace, no private, shared, link-local or multicast range, and
-  no Internet unless the source address is listed in
+- `<prefix>-FWD` (from DOCKER-USER): no other workspace (`<prefix>-ICC`: out through the bridge it came in by),
+  no private, shared, link-local or multicast range, and no Internet unless the source address is listed in
 - `<prefix>-OPEN`: one ACCEPT per claimed container whose plan has `internet_access = open`.
 Everything refused is REJECTed (an immediate "connection refused"), so nothing ever leaves the machine.
 """
@@ -35,7 +35,7 @@ class NetworkPolicyError(Exception):
 
 
 def chain_prefix(instance: str) -> str:
-    """At most 24 characters, so that `-OPEN` keeps it within iptables' 28."""
+    """At most 23 characters, so that `-OPEN` keeps it within iptables' 28."""
     prefix = f"HEARTH-{instance}"
     if len(prefix) > 23 or not all(c.isalnum() or c in "-_" for c in instance):
         prefix = "HEARTH-" + hashlib.sha1(instance.encode()).hexdigest()[:12]
@@ -62,7 +62,7 @@ def network_rules_ensure(*, instance: str, bridge: str) -> None:
     The IN and FWD chains are rewritten in one iptables-restore transaction, so no packet sees them half-made.
     """
     prefix = chain_prefix(instance)
-    chain_in, chain_fwd, chain_open = f"{prefix}-IN", f"{prefix}-FWD", f"{prefix}-OPEN"
+    chain_in, chain_fwd, chain_open, chain_icc = f"{prefix}-IN", f"{prefix}-FWD", f"{prefix}-OPEN", f"{prefix}-ICC"
     rules = [
         "*filter",
         f":{chain_in} - [0:0]",
@@ -71,7 +71,7 @@ def network_rules_ensure(*, instance: str, bridge: str) -> None:
         f"-A {chain_in} -p tcp -j REJECT --reject-with tcp-reset",
         f"-A {chain_in} -j REJECT --reject-with icmp-port-unreachable",
         f"-A {chain_fwd} -m conntrack --ctstate ESTABLISHED,RELATED -j RETURN",
-        f"-A {chain_fwd} -o {bridge} -j REJECT --reject-with icmp-port-unreachable",
+        f"-A {chain_fwd} -j {chain_icc}",
         *(f"-A {chain_fwd} -d {cidr} -j REJECT --reject-with icmp-port-unreachable" for cidr in BLOCKED_RANGES),
         f"-A {chain_fwd} -j {chain_open}",
         f"-A {chain_fwd} -j REJECT --reject-with icmp-port-unreachable",
@@ -79,8 +79,12 @@ def network_rules_ensure(*, instance: str, bridge: str) -> None:
         "",
     ]
     with _lock:
-        if not _chain_exists(chain_open):
-            _iptables("-N", chain_open)
+        for chain in (chain_open, chain_icc):  # lists kept across a repair: claimed addresses, every engine's bridge
+            if not _chain_exists(chain):
+                _iptables("-N", chain)
+        icc = ("-i", bridge, "-o", bridge, "-j", "REJECT", "--reject-with", "icmp-port-unreachable")
+        if _iptables("-C", chain_icc, *icc, check=False).returncode != 0:
+            _iptables("-A", chain_icc, *icc)
         restore = shutil.which("iptables-restore")
         if restore is None:
             raise NetworkPolicyError("iptables-restore is not installed")
@@ -99,7 +103,7 @@ def network_rules_ensure(*, instance: str, bridge: str) -> None:
 def network_rules_remove(*, instance: str) -> None:
     """Remove the instance's chains and every jump to them (an uninstall, or a test's teardown)."""
     prefix = chain_prefix(instance)
-    chains = [f"{prefix}-IN", f"{prefix}-FWD", f"{prefix}-OPEN"]
+    chains = [f"{prefix}-IN", f"{prefix}-FWD", f"{prefix}-OPEN", f"{prefix}-ICC"]
     with _lock:
         for parent in ("INPUT", "DOCKER-USER"):
             listed = _iptables("-S", parent, check=False)

@@ -253,8 +253,6 @@ class DockerRuntime(Runtime):
                 cpu_shares=DEFAULT_CPU_WEIGHT,
                 blkio_weight=DEFAULT_IO_WEIGHT,
                 pids_limit=int(spec.pids_limit),
-                # Per uid, and the uid is the container's own: a fork flood stops here too, for this container only.
-                ulimits=[docker.types.Ulimit(name="nproc", soft=int(spec.pids_limit), hard=int(spec.pids_limit))],
                 mounts=[Mount(target=spec.mount_target, source=spec.slot_path, type="bind", propagation="rslave")],
                 network_mode=network,
                 restart_policy={"Name": "no"},
