@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
+import shlex
 import shutil
 import subprocess
 import threading
@@ -92,12 +94,26 @@ def network_rules_ensure(*, instance: str, bridge: str) -> None:
                               text=True, timeout=15)
         if done.returncode != 0:
             raise NetworkPolicyError(f"iptables-restore of {prefix}: {done.stderr.strip()}")
+        _stale_bridges_forget(chain_in, chain_fwd, chain_icc)
         for parent, chain in (("INPUT", chain_in), ("DOCKER-USER", chain_fwd)):
             if not _chain_exists(parent):
                 _iptables("-N", parent)  # dockerd makes DOCKER-USER; a host without it gets it jumped from FORWARD
                 _iptables("-I", "FORWARD", "1", "-j", parent)
-            if _iptables("-C", parent, "-i", bridge, "-j", chain, check=False).returncode != 0:
-                _iptables("-I", parent, "1", "-i", bridge, "-j", chain)
+            # The comment names the instance even when the chains' names are a hash of it.
+            jump = ("-i", bridge, "-m", "comment", "--comment", f"hearth-instance={instance}", "-j", chain)
+            if _iptables("-C", parent, *jump, check=False).returncode != 0:
+                _iptables("-I", parent, "1", *jump)
+
+
+def _stale_bridges_forget(chain_in: str, chain_fwd: str, chain_icc: str) -> None:
+    """Drop the jumps and ICC lines of bridges that are gone (networks removed and made again get new bridges)."""
+    for parent, chain in (("INPUT", chain_in), ("DOCKER-USER", chain_fwd), (chain_icc, "REJECT")):
+        for line in _iptables("-S", parent, check=False).stdout.splitlines():
+            parts = shlex.split(line)  # a comment is printed quoted
+            if not line.startswith(f"-A {parent} -i ") or chain not in parts:
+                continue
+            if not os.path.exists(f"/sys/class/net/{parts[3]}"):
+                _iptables("-D", *parts[1:], check=False)
 
 
 def network_rules_remove(*, instance: str) -> None:
@@ -108,7 +124,7 @@ def network_rules_remove(*, instance: str) -> None:
         for parent in ("INPUT", "DOCKER-USER"):
             listed = _iptables("-S", parent, check=False)
             for line in listed.stdout.splitlines():
-                parts = line.split()
+                parts = shlex.split(line)  # a comment is printed quoted
                 if line.startswith(f"-A {parent} ") and parts[-1] in chains and parts[-2] == "-j":
                     _iptables("-D", *parts[1:], check=False)
         for chain in chains:
