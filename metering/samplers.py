@@ -1,4 +1,5 @@
 """Samplers of gauges: a tenant's storage bytes and its seats, recorded as usage events (hourly, and on changes)."""
+import os
 from datetime import UTC
 
 from django.utils import timezone
@@ -18,12 +19,24 @@ def _directory_bytes(path):
     return files.tree_bytes(path)
 
 
+def _mount_points(path):
+    try:
+        parent = os.stat(path).st_dev
+        with os.scandir(path) as it:
+            return [entry.path for entry in it
+                    if entry.is_dir(follow_symlinks=False) and entry.stat(follow_symlinks=False).st_dev != parent]
+    except FileNotFoundError:
+        return []
+
+
 def storage_sample(*, tenant, now=None):
     """Measure the tenant's storage directory and record it as a storage_bytes sample (one per tenant and hour)."""
     from tenants.services import tenant_storage_path
 
     now = now or timezone.now()
-    size = _directory_bytes(tenant_storage_path(tenant.slug))
+    root = tenant_storage_path(tenant.slug)
+    # Each user's directory may be a volume of its own (a mounted image), which the walk does not enter.
+    size = _directory_bytes(root) + sum(_directory_bytes(user_dir) for user_dir in _mount_points(root / "users"))
     hour = now.astimezone(UTC).strftime("%Y%m%dT%H")
     usage_record(tenant=tenant, meter=STORAGE_BYTES, quantity=size, timestamp=now,
                  event_id=f"storage:{tenant.slug}:{hour}", subject={"path": "tenant"})

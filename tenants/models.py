@@ -60,6 +60,26 @@ class Plan(models.Model):
     overage_price_cents_per_hour = models.PositiveIntegerField(
         null=True, blank=True, help_text="Empty: no paid overage; the session ends when the allowance runs out."
     )
+    class InternetAccess(models.TextChoices):
+        NONE = "none"
+        # An allow-list egress proxy is not built yet: `proxy` blocks direct egress exactly as `none` does.
+        PROXY = "proxy"
+        OPEN = "open"
+
+    internet_access = models.CharField(
+        max_length=8, choices=InternetAccess.choices, default=InternetAccess.PROXY,
+        help_text="From a workspace: none, through the egress proxy (not built yet: as none), or open. Private "
+                  "ranges, the host and other workspaces are never reachable.",
+    )
+    # Fair shares on a shared host, applied to a container at its claim (docs/RUNTIME.md, "Resources per plan").
+    cpu_weight = models.PositiveIntegerField(
+        default=1024, help_text="Relative CPU share under contention (cgroup cpu.shares); 1024 is normal.")
+    io_weight = models.PositiveSmallIntegerField(
+        default=500, help_text="Relative block-I/O share, 10–1000 (needs an I/O scheduler with weights, e.g. BFQ).")
+    cpus = models.DecimalField(max_digits=5, decimal_places=2, null=True, blank=True,
+                               help_text="CPU quota cap in cores; empty: the template's.")
+    memory_mb = models.PositiveIntegerField(null=True, blank=True, help_text="Memory cap; empty: the template's.")
+    pids_limit = models.PositiveIntegerField(null=True, blank=True, help_text="Process cap; empty: the template's.")
     public = models.BooleanField(default=True, help_text="Offered in sign-up and the plans page.")
     sort_order = models.PositiveSmallIntegerField(default=0)
 

@@ -40,10 +40,38 @@ def docker_client():
     client.close()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _no_firewall_rules_left():
+    """The workspaces' firewall chains that this session's runtimes installed (this instance and its test
+    instances, e.g. `<instance>-race`) go at the end; other instances' are left alone."""
+    yield
+    import shutil
+    import subprocess
+
+    from django.conf import settings
+
+    if shutil.which("iptables") is None or os.geteuid() != 0:
+        return
+    from workspaces import network
+
+    listed = subprocess.run(["iptables", "-w", "5", "-S", "INPUT"], capture_output=True, text=True).stdout.split()
+    instances = {word.split("=", 1)[1].strip('"') for word in listed if word.startswith(("hearth-instance=",
+                                                                                         '"hearth-instance='))}
+    for instance in instances:
+        if instance == settings.HEARTH_INSTANCE or instance.startswith(f"{settings.HEARTH_INSTANCE}-"):
+            network.network_rules_remove(instance=instance)
+
+
 @pytest.fixture(autouse=True)
 def _isolated_paths(settings, tmp_path):
     settings.STORAGE_ROOT = tmp_path / "storage"
     settings.EXPORT_ROOT = tmp_path / "exports"
+    yield
+    if (tmp_path / "storage" / "volumes").exists():  # an open mounted users' volumes: free their loop devices
+        from workspaces import storage
+
+        storage.slot_root_release(tmp_path / "storage" / "slots")
+        storage.user_volumes_release(tenant_dir=tmp_path / "storage" / "tenants")
 
 
 @pytest.fixture

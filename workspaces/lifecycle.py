@@ -1,7 +1,9 @@
 """A workspace's own life: its creation (with its storage directory), its deletion (its sessions and files), and its
-part of a tenant's export."""
+part of a tenant's export and offboarding (its users' volumes)."""
 import logging
+from pathlib import Path
 
+from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
@@ -73,6 +75,14 @@ def workspace_delete(*, workspace, actor, confirm):
         except (OSError, storage.StorageError) as exc:
             log.warning("deleting the files of %s failed: %s", workspace, exc)
     return workspace
+
+
+@offboarding.on_teardown
+def _volumes_release(tenant):
+    """Unmount the tenant's users' volumes (the files are already exported); their images go once it commits."""
+    storage.user_volumes_release(tenant_dir=Path(settings.STORAGE_ROOT) / "tenants" / tenant.slug)
+    images = Path(settings.STORAGE_ROOT) / "volumes" / tenant.slug
+    transaction.on_commit(lambda: storage.remove_tree(images))
 
 
 @offboarding.exporter("workspaces")

@@ -4,6 +4,7 @@ import logging
 import time
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
@@ -15,12 +16,14 @@ from metering import services as metering_services
 from tenants import policy
 from tenants.exceptions import Conflict, Forbidden, NotFound, ServiceError
 from tenants.models import Membership, Plan, Tenant
-from workspaces import routing, sessions, storage
+from workspaces import network, routing, sessions, storage
+from workspaces import runtime as rt
 from workspaces.failpoints import failpoint
 from workspaces.gateway.tokens import session_token_issue
 from workspaces.gateway.urls import workspace_url
 from workspaces.models import Container, Session, Workspace, WorkspaceTemplate
 from workspaces.pool import claim, placement, provisioning
+from workspaces.runtime.docker import DEFAULT_CPU_WEIGHT, DEFAULT_IO_WEIGHT
 
 log = logging.getLogger(__name__)
 
@@ -158,7 +161,32 @@ def _bind(session, *, resumed=False):
     # session always binds; slot_bind replaces whatever might still be on the slot.
     if resumed and storage.is_mount_point(slot):
         return
-    storage.slot_bind(slot=slot, source=session.workspace.storage_path)
+    storage.user_volume_ensure(user_dir=Path(session.workspace.storage_path).parent,
+                               size_mb=session.tenant.plan.storage_mb)
+    storage.slot_bind(slot=slot, source=session.workspace.storage_path,
+                      uid=provisioning.container_uid(session.container_id))
+    plan = session.tenant.plan
+    if plan.internet_access == "open":  # everything else leaves the container's address closed
+        network.container_egress_set(container=session.container, internet_access="open")
+    if not resumed:
+        _resources_apply(session.container, plan)
+
+
+def _resources_apply(container, plan):
+    """The plan's CPU weight and I/O weight, and the lower of its caps and the template's (a warm container was
+    started for no plan in particular); nothing to do when they are the template's and the normal weights."""
+    template = container.template
+    wanted = rt.Resources(
+        cpu_weight=plan.cpu_weight,
+        cpus=float(min(template.cpus, plan.cpus if plan.cpus is not None else template.cpus)),
+        memory_mb=min(template.memory_mb, plan.memory_mb or template.memory_mb),
+        pids_limit=min(template.pids_limit, plan.pids_limit or template.pids_limit),
+        io_weight=plan.io_weight,
+    )
+    created = rt.Resources(cpu_weight=DEFAULT_CPU_WEIGHT, cpus=float(template.cpus), memory_mb=template.memory_mb,
+                           pids_limit=template.pids_limit, io_weight=DEFAULT_IO_WEIGHT)
+    if wanted != created:
+        rt.runtime_for(container.node).resources_set(container.engine_id, wanted)
 
 
 def _session_url_and_token(session):

@@ -1,5 +1,5 @@
-"""The reconciler: one pass that makes the gateway's routes, the database and every engine agree, run by the Celery
-tick, the admin's "reconcile" action and the tests through `reconcile()`.
+"""The reconciler: one pass that makes the gateway's routes, the database, every engine and this host's workspace
+firewall rules agree, run by the Celery tick, the admin's "reconcile" action and the tests through `reconcile()`.
 
 The order matters for crash safety: routes are synced before any release finishes (a RELEASING container whose
 route_delete failed is removed only once no route leads to its address, which the next container may get), and
@@ -8,9 +8,10 @@ again at the end for the sessions this pass ended.
 import logging
 from datetime import timedelta
 
+from django.conf import settings
 from django.utils import timezone
 
-from workspaces import routing, sessions, storage
+from workspaces import network, routing, sessions, storage
 from workspaces import runtime as rt
 from workspaces.models import Container, Node, Session
 from workspaces.pool import provisioning
@@ -39,6 +40,7 @@ def reconcile(*, now=None):
         sessions.session_end(session=session, reason=EndReason.LOST)
         report["sessions_ended"] += 1
     report["slots_removed"] = _stale_slots_remove()
+    report["egress_closed"] = _stale_egress_close()
     # An open that passed its checks just before a delete may have claimed after the delete ended the sessions.
     for session in Session.objects.filter(ended_at__isnull=True, workspace__deleted_at__isnull=False):
         sessions.session_end(session=session, reason=EndReason.DELETED)
@@ -47,11 +49,30 @@ def reconcile(*, now=None):
     return report
 
 
+def _stale_egress_close():
+    """Internet access stays only with the live sessions of open plans (a lost container's address is reused)."""
+    if not settings.HEARTH_NETWORK_POLICY:
+        return 0
+    allowed = {
+        address.rsplit(":", 1)[0]
+        for address in Session.objects.filter(
+            ended_at__isnull=True, container__state=State.CLAIMED, tenant__plan__internet_access="open",
+        ).values_list("container__address", flat=True)
+        if address
+    }
+    try:
+        return network.egress_sync(instance=settings.HEARTH_INSTANCE, allowed=allowed)
+    except network.NetworkPolicyError as exc:
+        log.warning("closing stale Internet access failed: %s", exc)
+        return 0
+
+
 def _node_reconcile(node, *, now, report):
     """Compare one engine's containers (found by labels) with the node's rows and fix what differs."""
     try:
+        rt.runtime_for(node).network_policy_ensure()  # rules lost to a firewall reload come back within a tick
         engine = rt.runtime_for(node).list(instance=provisioning.instance())
-    except rt.RuntimeUnavailable as exc:
+    except (rt.RuntimeUnavailable, rt.RuntimeError_) as exc:
         Node.objects.filter(pk=node.pk).update(last_error=f"{now:%Y-%m-%d %H:%M:%S} reconcile: {exc}"[:2000])
         report["nodes_unreachable"].append(node.name)
         return

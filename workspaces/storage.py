@@ -1,26 +1,35 @@
-"""Late-bound user storage: slots under an rshared root, the user's directory bind-mounted onto a slot at claim.
+"""Late-bound user storage: slots under an rshared root, the user's directory bind-mounted onto a slot at claim,
+idmapped to the container's own host uid.
 
 Each warm container gets `STORAGE_ROOT/slots/<key>` mounted rslave at its home. At claim the user's directory
 (`STORAGE_ROOT/tenants/<tenant>/users/<user>/<workspace>`) is bind-mounted onto the slot on the host and
 appears inside the running container at once; at release it is unmounted and the container sees the empty
 slot again. Mounting needs root (CAP_SYS_ADMIN on the host).
+
+On disk a user's files always belong to uid 1000; each container runs under a host uid of its own (see
+workspaces.pool.provisioning.container_uid), and the bind is an idmapped mount (open_tree, mount_setattr
+MOUNT_ATTR_IDMAP, move_mount) that shows 1000 as that uid inside and stores that uid's writes as 1000.
 """
 from __future__ import annotations
 
 import ctypes
 import errno
 import fcntl
+import logging
 import os
 import re
 import stat
 import struct
+import subprocess
 import threading
 import time
 from pathlib import Path
 
 from django.conf import settings
 
-# The uid/gid the workspace images run as (see workspaces.runtime.docker.WORKSPACE_USER).
+log = logging.getLogger(__name__)
+
+# The owner of the users' files on disk (the images' `coder`); containers see it as their own uid through the bind.
 WORKSPACE_UID = 1000
 WORKSPACE_GID = 1000
 # Written into the user's directory before each bind: an entrypoint that waits for it knows the home is there.
@@ -46,6 +55,7 @@ _root_mount_ids: dict[str, int] = {}
 # /proc/self/mountinfo, whose size grows with every container on the host (two mounts each).
 _AT_FDCWD = -100
 _AT_SYMLINK_NOFOLLOW = 0x100
+_AT_EMPTY_PATH = 0x1000
 _STATX_TYPE = 0x1
 _STATX_MNT_ID = 0x1000
 _STATX_ATTR_MOUNT_ROOT = 0x2000
@@ -54,8 +64,82 @@ if _statx is not None:
     _statx.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_uint, ctypes.c_void_p]
 
 
+# The new mount API (Linux 5.12+ for idmapped mounts), x86-64 syscall numbers.
+_SYS_OPEN_TREE, _SYS_MOVE_MOUNT, _SYS_MOUNT_SETATTR = 428, 429, 442
+_OPEN_TREE_CLONE = 1
+_OPEN_TREE_CLOEXEC = os.O_CLOEXEC
+_MOVE_MOUNT_F_EMPTY_PATH = 0x4
+_MOUNT_ATTR_IDMAP = 0x00100000
+_libc.syscall.restype = ctypes.c_long
+
+
+class _MountAttr(ctypes.Structure):
+    _fields_ = [("attr_set", ctypes.c_uint64), ("attr_clr", ctypes.c_uint64), ("propagation", ctypes.c_uint64),
+                ("userns_fd", ctypes.c_uint64)]
+
+
+# uid -> descriptor of a user namespace mapping WORKSPACE_UID to it (what an idmapped mount is given).
+_userns_fds: dict[int, int] = {}
+_userns_lock = threading.Lock()
+_USERNS_CACHED = 64
+
+
 class StorageError(Exception):
     """A slot could not be prepared, bound or released."""
+
+
+def _userns_fd(uid: int) -> int:
+    """A user namespace whose map sends WORKSPACE_UID/GID to `uid` (host), as the descriptor of a namespace file.
+
+    Made by an `unshare --user` child that is killed as soon as its namespace is open: the descriptor keeps the
+    namespace alive. A few are kept per process (a resume binds the same uid again).
+    """
+    with _userns_lock:
+        fd = _userns_fds.get(uid)
+        if fd is not None:
+            return fd
+        own = os.readlink("/proc/self/ns/user")
+        child = subprocess.Popen(["unshare", "--user", "sleep", "30"], stdin=subprocess.DEVNULL,
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            deadline = time.monotonic() + 5
+            while os.readlink(f"/proc/{child.pid}/ns/user") == own:  # until unshare(2) has run in the child
+                if child.poll() is not None or time.monotonic() > deadline:
+                    raise StorageError(f"unshare --user failed: {child.stderr.read().decode(errors='replace')}")
+                time.sleep(0.0005)
+            for name, line in (("uid_map", f"{WORKSPACE_UID} {uid} 1\n"), ("setgroups", "deny"),
+                               ("gid_map", f"{WORKSPACE_GID} {uid} 1\n")):
+                with open(f"/proc/{child.pid}/{name}", "w") as f:
+                    f.write(line)
+            fd = os.open(f"/proc/{child.pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
+        finally:
+            child.kill()
+            child.wait()
+        if len(_userns_fds) >= _USERNS_CACHED:
+            oldest = next(iter(_userns_fds))
+            os.close(_userns_fds.pop(oldest))
+        _userns_fds[uid] = fd
+        return fd
+
+
+def _mount_idmapped(source: str, target: str, uid: int) -> None:
+    """Bind `source` onto `target` with WORKSPACE_UID shown (and stored) as `uid`."""
+    userns = _userns_fd(uid)
+    tree = _libc.syscall(_SYS_OPEN_TREE, _AT_FDCWD, os.fsencode(source),
+                         ctypes.c_uint(_OPEN_TREE_CLONE | _OPEN_TREE_CLOEXEC))
+    if tree < 0:
+        raise StorageError(f"open_tree {source}: {os.strerror(ctypes.get_errno())}")
+    try:
+        attr = _MountAttr(attr_set=_MOUNT_ATTR_IDMAP, userns_fd=userns)
+        if _libc.syscall(_SYS_MOUNT_SETATTR, tree, b"", ctypes.c_uint(_AT_EMPTY_PATH), ctypes.byref(attr),
+                         ctypes.c_size_t(ctypes.sizeof(attr))) != 0:
+            raise StorageError(f"idmap of {source} to uid {uid}: {os.strerror(ctypes.get_errno())} (the file "
+                               "system must support idmapped mounts: ext4, xfs, btrfs on Linux 5.12+)")
+        if _libc.syscall(_SYS_MOVE_MOUNT, tree, b"", _AT_FDCWD, os.fsencode(target),
+                         ctypes.c_uint(_MOVE_MOUNT_F_EMPTY_PATH)) != 0:
+            raise StorageError(f"move_mount {source} -> {target}: {os.strerror(ctypes.get_errno())}")
+    finally:
+        os.close(tree)
 
 
 def _mount(source, target, flags) -> None:
@@ -158,13 +242,13 @@ def slot_root_release(root: Path | None = None) -> None:
     _root_paths.clear()
 
 
-def slot_create(key: str) -> Path:
-    """An empty slot directory `STORAGE_ROOT/slots/<key>` owned by the workspace user."""
+def slot_create(key: str, *, uid: int = WORKSPACE_UID) -> Path:
+    """An empty slot directory `STORAGE_ROOT/slots/<key>` owned by the container's uid."""
     if not _KEY.match(key):
         raise StorageError(f"bad slot key {key!r}: letters, digits, '.', '_' and '-' only")
     slot = slot_root() / key
     slot.mkdir(exist_ok=True)
-    os.chown(slot, WORKSPACE_UID, WORKSPACE_GID)
+    os.chown(slot, uid, uid)
     return slot
 
 
@@ -224,8 +308,10 @@ def _root_still_shared(root: str) -> bool:
     return True
 
 
-def slot_bind(*, slot: Path, source: Path) -> None:
+def slot_bind(*, slot: Path, source: Path, uid: int | None = None) -> None:
     """Bind the user's directory onto the slot; it shows up in the slot's container at once.
+
+    `uid`: the container's host uid; the bind is then idmapped (WORKSPACE_UID on disk shows as `uid`).
 
     The source is created if missing, made the workspace user's, and gets the ready marker before the
     bind, so the marker appears in the container atomically with the files. A slot already bound is
@@ -246,7 +332,10 @@ def slot_bind(*, slot: Path, source: Path) -> None:
     if is_mount_point(real_slot):
         _umount(real_slot)
     # mount(2) resolves the source's symlinks itself; the user cannot replace their directory (it is the home).
-    _mount(source, real_slot, MS_BIND)
+    if uid is None or uid == WORKSPACE_UID:
+        _mount(source, real_slot, MS_BIND)
+    else:
+        _mount_idmapped(source, real_slot, uid)
 
 
 def _umount(target: str) -> None:
@@ -298,7 +387,6 @@ def slot_remove(slot: Path) -> None:
         remove_tree(real_slot, mount_id=root_state[1] if root_state else None)
 
 
-_AT_EMPTY_PATH = 0x1000
 _REMOVE_TREE_SECONDS = 120
 
 
@@ -403,3 +491,140 @@ def user_storage_path(*, tenant_slug: str, user_id, workspace_id) -> Path:
         if not _KEY.match(part):
             raise StorageError(f"bad storage path component {part!r}")
     return Path(settings.STORAGE_ROOT) / "tenants" / tenant_slug / "users" / str(user_id) / str(workspace_id)
+
+
+# --- size-limited user volumes -----------------------------------------------------------------------------------
+
+# One inode per 8 KiB of a volume: a 100 MB plan gets 12,800 files, 5 GB 655,360.
+VOLUME_BYTES_PER_INODE = 8192
+_volume_lock = threading.Lock()
+
+
+def _run(*args, timeout=120) -> str:
+    done = subprocess.run([str(a) for a in args], capture_output=True, text=True, timeout=timeout)
+    if done.returncode != 0:
+        raise StorageError(f"{' '.join(map(str, args))}: {(done.stderr or done.stdout).strip()[-500:]}")
+    return done.stdout
+
+
+def volume_image_path(user_dir) -> Path:
+    """The image behind `STORAGE_ROOT/tenants/<t>/users/<u>`: `STORAGE_ROOT/volumes/<t>/<u>.img`."""
+    tenants = Path(os.path.abspath(settings.STORAGE_ROOT)) / "tenants"
+    try:
+        tenant, users, user = Path(os.path.abspath(user_dir)).relative_to(tenants).parts
+    except ValueError:
+        raise StorageError(f"{user_dir} is not a user's directory under {tenants}") from None
+    if users != "users" or not _KEY.match(tenant) or not _KEY.match(user):
+        raise StorageError(f"{user_dir} is not a user's directory under {tenants}")
+    return Path(settings.STORAGE_ROOT) / "volumes" / tenant / f"{user}.img"
+
+
+def user_volume_ensure(*, user_dir, size_mb: int | None) -> None:
+    """Make `user_dir` (all of one user's workspaces) a mounted ext4 image of at least `size_mb`; None: unlimited.
+
+    Bytes and inodes are bounded at write time by the image (ENOSPC inside the workspace). A raised limit grows
+    the image online (resize2fs) at the next open; a lowered one leaves it as it is. Files written before the
+    user had a volume are moved into it (refused, with the directory left as it was, if they do not fit).
+    """
+    if size_mb is None:
+        return
+    user_dir = Path(user_dir)
+    image = volume_image_path(user_dir)
+    want = int(size_mb) * 1024 * 1024
+    state = _mount_state(user_dir)
+    if not (state and state[0]):
+        image.parent.mkdir(parents=True, exist_ok=True)
+        with _volume_lock, open(image.with_suffix(".lock"), "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if not is_mount_point(user_dir):
+                _volume_mount(user_dir, image, want)
+    if image.stat().st_size < want:
+        with _volume_lock, open(image.with_suffix(".lock"), "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if image.stat().st_size < want:
+                _volume_grow(user_dir, image, want)
+
+
+def _volume_mount(user_dir: Path, image: Path, want: int) -> None:
+    if not image.exists():
+        part = image.with_suffix(".part")
+        with open(part, "wb") as f:
+            f.truncate(want)
+        _run("mkfs.ext4", "-q", "-F", "-m", "0", "-i", VOLUME_BYTES_PER_INODE,
+             "-E", f"root_owner={WORKSPACE_UID}:{WORKSPACE_GID},nodiscard", part)
+        os.rename(part, image)
+    user_dir.mkdir(parents=True, exist_ok=True)
+    with os.scandir(user_dir) as it:
+        earlier = [entry.name for entry in it]
+    if earlier:
+        _volume_adopt(user_dir, image, earlier)
+    _run("mount", "-o", "loop,nodev,nosuid", image, user_dir)
+
+
+def _volume_adopt(user_dir: Path, image: Path, names: list[str]) -> None:
+    """Copy what `user_dir` held before it had a volume into the image, then delete the originals."""
+    staging = image.with_suffix(".adopt")
+    staging.mkdir(exist_ok=True)
+    _run("mount", "-o", "loop,nodev,nosuid", image, staging)
+    try:
+        _run("cp", "-a", "--one-file-system", "--", *(user_dir / name for name in names), staging, timeout=600)
+    except StorageError as exc:
+        raise StorageError(f"the files in {user_dir} do not fit in its {image.stat().st_size >> 20} MB: {exc}") \
+            from exc
+    finally:
+        _umount(os.fspath(staging))
+        os.rmdir(staging)
+    for name in names:
+        remove_tree(user_dir / name)
+
+
+def _volume_grow(user_dir: Path, image: Path, want: int) -> None:
+    """Grow the image and its file system to `want` bytes.
+
+    Offline when nothing else has the file system mounted (unmount, e2fsck, resize2fs, mount again: about a second
+    for small images); otherwise online, which needs CAP_SYS_RESOURCE. When neither can be done now (the user's
+    other workspace is open on a host without that capability) the image stays as it is until a later open.
+    """
+    device = _run("losetup", "-j", image).split(":", 1)[0]
+    if device and _mounts_of(user_dir) <= 1:
+        _umount_strict(user_dir)
+        device = ""
+    if not device:
+        with open(image, "r+b") as f:
+            f.truncate(want)
+        _run("e2fsck", "-f", "-p", image)
+        _run("resize2fs", image)
+        _run("mount", "-o", "loop,nodev,nosuid", image, user_dir)
+        return
+    old = image.stat().st_size
+    with open(image, "r+b") as f:
+        f.truncate(want)
+    _run("losetup", "-c", device)
+    try:
+        _run("resize2fs", device)
+    except StorageError as exc:
+        with open(image, "r+b") as f:
+            f.truncate(old)  # the file system never grew: the next open tries again
+        _run("losetup", "-c", device)
+        log.warning("could not grow %s while it is in use (%s); the next open grows it", image, exc)
+
+
+def _mounts_of(path) -> int:
+    """How many mounts (the volume itself, slot binds of it) show the file system mounted at `path`."""
+    device = os.stat(path).st_dev
+    wanted = f"{os.major(device)}:{os.minor(device)}"
+    with open("/proc/self/mountinfo") as f:
+        return sum(1 for line in f if line.split(" ", 3)[2] == wanted)
+
+
+def _umount_strict(target) -> None:
+    if _libc.umount2(os.fsencode(target), 0) != 0:
+        raise StorageError(f"umount {target}: {os.strerror(ctypes.get_errno())}")
+
+
+def user_volumes_release(*, tenant_dir) -> None:
+    """Unmount every user volume under `tenant_dir` (or a whole `STORAGE_ROOT/tenants`); the images stay."""
+    root = os.path.realpath(tenant_dir)
+    for point, _ in reversed(_mountinfo()):
+        if point.startswith(root + "/") and "/slots/" not in point:
+            _umount(point)

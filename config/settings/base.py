@@ -25,6 +25,10 @@ HEARTH_GATEWAY_PORT = env.int("HEARTH_GATEWAY_PORT", default=8001)
 HEARTH_BASE_URL = env.str("HEARTH_BASE_URL", default=f"http://localhost:{HEARTH_PORT}")
 # One name per Hearth installation: it labels every container so two installs can share an engine.
 HEARTH_INSTANCE = env.str("HEARTH_INSTANCE", default="hearth")
+# Firewall chains keeping workspaces off the host, private ranges and each other (workspaces/network.py).
+HEARTH_NETWORK_POLICY = env.bool("HEARTH_NETWORK_POLICY", default=True)
+# Containers run as host uids from here up, one per container (workspaces.pool.provisioning.container_uid).
+WORKSPACES_UID_BASE = env.int("WORKSPACES_UID_BASE", default=1_000_000_000)
 STORAGE_ROOT = Path(env.str("STORAGE_ROOT", default=str(VAR_DIR / "storage")))
 DOCKER_HOST = env.str("DOCKER_HOST", default="unix:///var/run/docker.sock")
 REDIS_URL = env.str("REDIS_URL", default="redis://127.0.0.1:6379/0")

@@ -81,6 +81,9 @@ def pool_env(settings, tiny_image):
             pass
     storage.slot_root_release(root)
     docker_runtime._runtimes.clear()
+    from workspaces import network
+
+    network.network_rules_remove(instance=settings.HEARTH_INSTANCE)  # installed again by the next test's runtime
 
 
 @pytest.fixture

@@ -259,16 +259,12 @@ def _quote(script):
 # --- hardening: limits shared by every workspace ------------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "known defect, not fixed: every workspace runs as host uid 1000 without a user namespace, so per-user kernel "
-    "limits (inotify instances and watches, RLIMIT_NPROC) are shared; needs a uid per workspace or idmapped user "
-    "namespaces"))
 def test_one_workspace_cannot_use_up_inotify_for_all_others(node, tiny_template, tenant_e, make_workspace):
-    """Defect (not fixed): every workspace container runs as the same host uid 1000 without a user namespace, so the
-    kernel's per-user inotify limits (fs.inotify.max_user_instances, 128 here, and max_user_watches) are one pool
-    shared by all tenants' workspaces (and any host account with uid 1000). One user holding 128 instances (a few
-    lines of C, Python or Node) leaves every other workspace unable to watch files: VS Code's file watcher and
-    every dev server's reload fail with EMFILE."""
+    """Defect (fixed: a host uid per container, the home idmapped to it): every workspace container ran as the same
+    host uid 1000 without a user namespace, so the kernel's per-user inotify limits (fs.inotify.max_user_instances,
+    128 here, and max_user_watches) were one pool shared by all tenants' workspaces (and any host account with uid
+    1000). One user holding 128 instances (a few lines of C, Python or Node) left every other workspace unable to
+    watch files: VS Code's file watcher and every dev server's reload failed with EMFILE."""
     from tests.factories import MembershipFactory, TenantFactory
 
     tiny_template.pids_limit = 256
@@ -324,3 +320,83 @@ def _inotify_probe():
         subprocess.run(["gcc", "-static", "-O1", "-o", f"{work}/probe", f"{work}/probe.c"], check=True,
                        capture_output=True, timeout=60)
         return (Path(work) / "probe").read_bytes()
+
+
+def _host_uid(node, container):
+    pid = runtime_for(node).api.inspect_container(container.engine_id)["State"]["Pid"]
+    return os.stat(f"/proc/{pid}").st_uid
+
+
+def test_two_tenants_workspaces_run_under_their_own_host_uids_and_keep_their_files(node, tiny_template, tenant_e,
+                                                                                   make_workspace):
+    """Each container has a host uid of its own, far from host accounts; inside, the home is the container's, and
+    what it writes is stored for the one on-disk owner (1000), so the next open (another container, another uid)
+    has the same files, writable."""
+    from tests.factories import MembershipFactory, TenantFactory
+
+    a = MembershipFactory(tenant=tenant_e)
+    other = MembershipFactory(tenant=TenantFactory())
+    wa = make_workspace(a, "a")
+    sa = services.workspace_open(workspace=wa, user=a.user).session
+    sb = services.workspace_open(workspace=make_workspace(other, "b"), user=other.user).session
+    ca = Container.objects.select_related("node").get(pk=sa.container_id)
+    cb = Container.objects.select_related("node").get(pk=sb.container_id)
+    uid_a, uid_b = _host_uid(node, ca), _host_uid(node, cb)
+    assert uid_a != uid_b
+    assert min(uid_a, uid_b) >= 1_000_000_000
+    import pwd
+
+    assert not {uid_a, uid_b} & {entry.pw_uid for entry in pwd.getpwall()}
+    code, out = _exec(node, ca, "id -u; stat -c %u /home/coder; echo mine > /home/coder/notes.txt && "
+                                "stat -c %u /home/coder/notes.txt")
+    assert code == 0 and out.split() == [str(uid_a)] * 3, out
+    on_disk = Path(wa.storage_path) / "notes.txt"
+    assert on_disk.stat().st_uid == storage.WORKSPACE_UID
+    services.session_close(session=sa, actor=a.user)
+    again = Container.objects.select_related("node").get(
+        pk=services.workspace_open(workspace=wa, user=a.user).session.container_id)
+    assert again.pk != ca.pk
+    code, out = _exec(node, again, "cat /home/coder/notes.txt && echo more >> /home/coder/notes.txt && id -u")
+    assert code == 0 and out.split() == ["mine", str(_host_uid(node, again))], out
+    assert on_disk.read_text() == "mine\nmore\n"
+
+
+def test_a_fork_flood_in_one_workspace_leaves_another_tenants_working(node, tiny_template, tenant_e, make_workspace):
+    from tests.factories import MembershipFactory, TenantFactory
+
+    a = MembershipFactory(tenant=tenant_e)
+    other = MembershipFactory(tenant=TenantFactory())
+    ca = services.workspace_open(workspace=make_workspace(a, "a"), user=a.user).session.container
+    cb = services.workspace_open(workspace=make_workspace(other, "b"), user=other.user).session.container
+    ca = Container.objects.select_related("node").get(pk=ca.pk)
+    cb = Container.objects.select_related("node").get(pk=cb.pk)
+    # Tenant A's user forks until refused, and keeps every process for 20 s.
+    exec_id = runtime_for(node).api.exec_create(
+        ca.engine_id, ["sh", "-c", "i=0; while [ $i -lt 500 ]; do sleep 20 & i=$((i+1)); done; wait"])["Id"]
+    runtime_for(node).api.exec_start(exec_id, detach=True)
+    time.sleep(2)
+    code, _ = _exec(node, ca, "sleep 0 & sleep 0 & sleep 0 & wait")
+    assert code != 0  # A is at its limit
+    started = time.monotonic()
+    code, out = _exec(node, cb, "i=0; while [ $i -lt 20 ]; do sleep 1 & i=$((i+1)); done; wait; echo done")
+    assert code == 0 and out.strip() == "done", out
+    assert time.monotonic() - started < 10
+
+
+def test_a_claim_sets_the_plans_cpu_weight_and_caps(node, tiny_template, make_workspace):
+    """Warm containers start at the normal weights and the template's limits; the claim applies the plan's weights
+    and the lower of its caps and the template's (Free: a quarter of the CPU weight, at most 1 core, 2 GB, 512
+    processes; the tiny template is lower still in cpus, memory and pids)."""
+    from tenants.models import Plan
+    from tests.factories import MembershipFactory, TenantFactory
+
+    Plan.objects.filter(slug="free").update(cpu_weight=256, io_weight=100, cpus=1, memory_mb=2048, pids_limit=32)
+    free = MembershipFactory(tenant=TenantFactory(plan=Plan.objects.get(slug="free")))
+    big = MembershipFactory(tenant=TenantFactory(plan=Plan.objects.get(slug="enterprise")))
+    shown = {}
+    for name, m in (("free", free), ("big", big)):
+        container = services.workspace_open(workspace=make_workspace(m, name), user=m.user).session.container
+        host = runtime_for(node).api.inspect_container(container.engine_id)["HostConfig"]
+        shown[name] = (host["CpuShares"], host["NanoCpus"], host["Memory"] >> 20, host["PidsLimit"])
+    assert shown["free"] == (256, int(0.10 * 1e9), 64, 32)
+    assert shown["big"] == (Plan.objects.get(slug="enterprise").cpu_weight, int(0.10 * 1e9), 64, 64)

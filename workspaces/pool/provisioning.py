@@ -9,6 +9,7 @@ import logging
 import os
 import threading
 import time
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from pathlib import Path
@@ -19,8 +20,8 @@ from django.db.models import Q
 from django.utils import timezone
 
 from tenants.exceptions import ServiceError
+from workspaces import network, storage
 from workspaces import runtime as rt
-from workspaces import storage
 from workspaces.failpoints import failpoint
 from workspaces.models import Container, Node, WorkspaceTemplate
 from workspaces.pool.placement import (
@@ -152,6 +153,16 @@ def slot_key(pk):
     return f"c{pk}"
 
 
+def container_uid(pk) -> int:
+    """The host uid container `pk` runs as: its own, shared with no other live container and no host account.
+
+    A billion up (far above login accounts and the usual /etc/subuid ranges), an offset per instance so that two
+    installs on one host do not meet, then the row's pk; a uid comes back only after a million containers.
+    """
+    offset = zlib.crc32(instance().encode()) % 1000
+    return settings.WORKSPACES_UID_BASE + offset * 1_000_000 + int(pk) % 1_000_000
+
+
 # --- the engine container ------------------------------------------------------------------------
 
 
@@ -173,12 +184,13 @@ def _spec(container):
             "hearth.container": str(container.pk),
         },
         slot_path=container.slot_path,
+        user=container_uid(container.pk),
     )
 
 
 def _start(container):
     """Create and start the engine container of a PROVISIONING row; returns when its port answers."""
-    storage.slot_create(slot_key(container.pk))
+    storage.slot_create(slot_key(container.pk), uid=container_uid(container.pk))
     runtime = rt.runtime_for(container.node)
     created = runtime.create(_spec(container))
     failpoint("provision.created")
@@ -310,6 +322,8 @@ def container_release(container):
     """
     if container.slot_path:
         storage.slot_unbind(slot=Path(container.slot_path))
+    # The address goes to the next container on the bridge, whatever its plan.
+    network.container_egress_set(container=container, internet_access="none")
     if not engine_cleanup(container):
         Container.objects.filter(pk=container.pk).update(last_error="release: the engine did not answer")
         return False

@@ -33,10 +33,23 @@ class ContainerSpec:
     labels: dict  # hearth.instance, hearth.node, hearth.template, hearth.container (+ more)
     slot_path: str  # host dir under the rshared slot root; mounted rslave at mount_target
     mount_target: str = "/home/coder"
+    # The host uid (and gid) the container runs as; its own, so per-user kernel limits are not shared.
+    user: int = 1000
     # Capabilities an image needs back after cap_drop ALL; none of Hearth's images needs any.
     cap_add: tuple = ()
     # Scratch space on a read-only root: path -> tmpfs options. /tmp is always there (code-server's IPC sockets).
     tmpfs: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What a running container may use, set again at its claim from the tenant's plan."""
+
+    cpu_weight: int  # relative share under contention (cgroup cpu.shares; 1024 normal)
+    cpus: float  # quota cap in cores
+    memory_mb: int
+    pids_limit: int
+    io_weight: int  # 10-1000 block-I/O weight; 0 leaves it unset
 
 
 @dataclass
@@ -72,6 +85,10 @@ class Runtime(abc.ABC):
     @abc.abstractmethod
     def list(self, *, instance: str) -> list[RuntimeContainer]:
         """The Hearth-labelled containers of one installation, in any state."""
+
+    @abc.abstractmethod
+    def resources_set(self, engine_id: str, resources: Resources) -> None:
+        """Change a running container's CPU, memory, process and I/O limits in place."""
 
     @abc.abstractmethod
     def wait_ready(self, container: RuntimeContainer, *, timeout: float, path: str | None = None) -> bool:

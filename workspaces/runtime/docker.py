@@ -17,10 +17,12 @@ import docker
 import requests
 from docker.types import LogConfig, Mount
 
+from ..network import NetworkPolicyError, network_rules_ensure
 from .base import (
     ContainerExists,
     ContainerSpec,
     ImageNotFound,
+    Resources,
     Runtime,
     RuntimeContainer,
     RuntimeError_,
@@ -29,8 +31,10 @@ from .base import (
 
 log = logging.getLogger(__name__)
 
-# The uid:gid every Hearth image runs as; the storage code creates the user's directories for it.
+# The uid:gid every Hearth image's files are made for (`coder`); a container runs as the spec's own uid instead.
 WORKSPACE_USER = "1000:1000"
+DEFAULT_CPU_WEIGHT = 1024
+DEFAULT_IO_WEIGHT = 500
 DEFAULT_TMPFS = {"/tmp": "rw,nosuid,nodev,size=256m,mode=1777"}
 LOG_CONFIG = LogConfig(type="json-file", config={"max-size": "1m", "max-file": "2"})
 
@@ -153,7 +157,26 @@ class DockerRuntime(Runtime):
                 with contextlib.suppress(docker.errors.APIError):
                     self.api.remove_network(net["Id"])
             self._network_id = keep["Id"]
+        self.network_policy_ensure()
         return self._network_id
+
+    def network_policy_ensure(self) -> None:
+        """Install or repair the instance's firewall chains for this engine's bridge (workspaces.network).
+
+        Only for an engine on this host (a unix socket): a remote engine's host needs Hearth's rules installed there.
+        """
+        if not _setting("HEARTH_NETWORK_POLICY", True) or not self.url.startswith("unix://"):
+            return
+        if not self._network_id:
+            self.ensure_network()  # which comes back here
+            return
+        with _engine_errors(self, "inspect network"):
+            options = self.api.inspect_network(self._network_id).get("Options") or {}
+        bridge = options.get("com.docker.network.bridge.name") or f"br-{self._network_id[:12]}"
+        try:
+            network_rules_ensure(instance=self.instance, bridge=bridge)
+        except NetworkPolicyError as exc:
+            raise RuntimeError_(f"network policy of node {self.node_name}: {exc}") from exc
 
     def _networks_named(self) -> list[dict]:
         found = [n for n in self.api.networks(names=[self.network]) if n["Name"] == self.network]
@@ -226,6 +249,9 @@ class DockerRuntime(Runtime):
                 mem_limit=memory,
                 memswap_limit=memory,  # no swap: a memory hog is OOM-killed, not slowed down
                 nano_cpus=int(spec.cpus * 1e9),
+                # The normal weights until the claim sets the plan's.
+                cpu_shares=DEFAULT_CPU_WEIGHT,
+                blkio_weight=DEFAULT_IO_WEIGHT,
                 pids_limit=int(spec.pids_limit),
                 mounts=[Mount(target=spec.mount_target, source=spec.slot_path, type="bind", propagation="rslave")],
                 network_mode=network,
@@ -237,7 +263,7 @@ class DockerRuntime(Runtime):
             created = self.api.create_container(
                 spec.image,
                 name=spec.name,
-                user=WORKSPACE_USER,
+                user=f"{int(spec.user)}:{int(spec.user)}",
                 environment={str(k): str(v) for k, v in spec.environment.items()},
                 labels=labels,
                 host_config=host_config,
@@ -255,6 +281,19 @@ class DockerRuntime(Runtime):
                 if exc.status_code == 409 and "in progress" in str(exc.explanation):
                     return
                 raise
+
+    def resources_set(self, engine_id: str, resources: Resources) -> None:
+        memory = int(resources.memory_mb) * 1024 * 1024
+        body = {"CpuShares": int(resources.cpu_weight), "NanoCpus": int(resources.cpus * 1e9),
+                "Memory": memory, "MemorySwap": memory, "PidsLimit": int(resources.pids_limit)}
+        if resources.io_weight:
+            body["BlkioWeight"] = int(resources.io_weight)
+        with _engine_errors(self, f"update {engine_id[:12]}"):
+            # The SDK's update_container knows neither NanoCpus nor PidsLimit; the engine's endpoint does.
+            answer = self.api._result(self.api._post_json(self.api._url("/containers/{0}/update", engine_id),
+                                                          data=body), True)
+        for warning in (answer or {}).get("Warnings") or []:  # e.g. no I/O weight without BFQ: the rest applies
+            log.info("update %s on %s: %s", engine_id[:12], self.node_name, warning)
 
     def inspect(self, engine_id: str) -> RuntimeContainer | None:
         with _engine_errors(self, f"inspect {engine_id[:12]}"):
