@@ -20,7 +20,7 @@ def defaults(apps, schema_editor):
 
 
 class Migration(migrations.Migration):
-    dependencies = [("tenants", "0002_default_plans")]
+    dependencies = [("tenants", "0003_billing_state")]
 
     operations = [
         migrations.AddField(
