@@ -1,6 +1,7 @@
-"""A workspace's own life: its creation (with its storage directory), its deletion (its sessions and files), and its
-part of a tenant's export."""
+"""A workspace's own life: its creation (with its storage directory), its deletion (its sessions and files), what
+its owner's deletion takes with it, and its part of a tenant's export."""
 import logging
+import os
 
 from django.db import IntegrityError, transaction
 from django.utils import timezone
@@ -73,6 +74,25 @@ def workspace_delete(*, workspace, actor, confirm):
         except (OSError, storage.StorageError) as exc:
             log.warning("deleting the files of %s failed: %s", workspace, exc)
     return workspace
+
+
+@offboarding.on_user_delete
+def _delete_owned_on_user_delete(*, user, actor):
+    """End the user's sessions (metered to now) and delete the files of every workspace they own, in every tenant;
+    the rows go with the user's cascade."""
+    sessions.sessions_end_for_user(user=user, actor=actor)
+    trees = []
+    for workspace in Workspace.objects.filter(owner=user).select_related("tenant"):
+        with transaction.atomic():
+            audit_record(tenant=workspace.tenant, actor=actor, action="workspace.deleted",
+                         target=f"workspace:{workspace.pk}", data={"name": workspace.name, "reason": "owner deleted"})
+        if workspace.storage_path:
+            trees += [workspace.storage_path, os.path.dirname(workspace.storage_path)]  # and the user's directory
+    for path in trees:
+        try:
+            storage.remove_tree(path)
+        except (OSError, storage.StorageError) as exc:
+            log.warning("deleting %s of deleted user %s failed: %s", path, user.pk, exc)
 
 
 @offboarding.exporter("workspaces")
