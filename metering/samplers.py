@@ -1,4 +1,8 @@
-"""Samplers of gauges: a tenant's storage bytes and its seats, recorded as usage events (hourly, and on changes)."""
+"""Samplers of gauges: a tenant's storage bytes and its seats, recorded as usage events (hourly, and on changes).
+
+Their event ids name the tenant by primary key after a '#' (`storage:#<pk>:<hour>`): a slug is reused after
+offboarding while the old tenant's events stay, and no slug contains '#', so no new id meets an old
+`storage:<slug>:…` one."""
 from datetime import UTC
 
 from django.utils import timezone
@@ -26,7 +30,7 @@ def storage_sample(*, tenant, now=None):
     size = _directory_bytes(tenant_storage_path(tenant.slug))
     hour = now.astimezone(UTC).strftime("%Y%m%dT%H")
     usage_record(tenant=tenant, meter=STORAGE_BYTES, quantity=size, timestamp=now,
-                 event_id=f"storage:{tenant.slug}:{hour}", subject={"path": "tenant"})
+                 event_id=f"storage:#{tenant.pk}:{hour}", subject={"path": "tenant"})
     return size
 
 
@@ -40,5 +44,5 @@ def seats_sample(*, tenant, now=None):
     members = tenant.memberships.count()
     hour = now.astimezone(UTC).strftime("%Y%m%dT%H")
     usage_record(tenant=tenant, meter=SEATS, quantity=members, timestamp=now,
-                 event_id=f"seats:{tenant.slug}:{hour}:{members}")
+                 event_id=f"seats:#{tenant.pk}:{hour}:{members}")
     return members
