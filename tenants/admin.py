@@ -135,6 +135,12 @@ class UserAdmin(BaseUserAdmin):
             services.user_deactivate(user=obj, actor=request.user)
             obj.is_active = False
 
+    def get_deleted_objects(self, objs, request):
+        # user_delete removes the user's memberships, tokens and workspaces itself: the user's own delete
+        # permission is the one that counts, not the read-only admins' of what goes with them.
+        to_delete, model_count, _perms_needed, protected = super().get_deleted_objects(objs, request)
+        return to_delete, model_count, set(), protected
+
     def delete_model(self, request, obj):
         services.user_delete(user=obj, actor=request.user)
 
