@@ -52,7 +52,10 @@ def test_change_page_shows_members_and_audit_trail(admin_client, staff):
     assert response.status_code == 200
     content = response.content.decode()
     assert "owner@acme.test" in content and "tenant.onboarded" in content
-    assert f"?tenant_slug={tenant.slug}" in content
+    assert f"?tenant_key={tenant.pk}" in content
+    # The link filters by the never-reused key (a slug can name an offboarded tenant too).
+    trail = admin_client.get(reverse("admin:tenants_auditlog_changelist"), {"tenant_key": tenant.pk})
+    assert trail.status_code == 200 and {r.tenant_id for r in trail.context["cl"].result_list} == {tenant.pk}
 
 
 def test_rename_in_admin_goes_through_the_service(admin_client, staff):
