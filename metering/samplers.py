@@ -1,4 +1,8 @@
-"""Samplers of gauges: a tenant's storage bytes and its seats, recorded as usage events (hourly, and on changes)."""
+"""Samplers of gauges: a tenant's storage bytes and its seats, recorded as usage events (hourly, and on changes).
+
+Their event ids name the tenant by primary key after a '#' (`storage:#<pk>:<hour>`): a slug is reused after
+offboarding while the old tenant's events stay, and no slug contains '#', so no new id meets an old
+`storage:<slug>:…` one."""
 import os
 from datetime import UTC
 
@@ -39,7 +43,7 @@ def storage_sample(*, tenant, now=None):
     size = _directory_bytes(root) + sum(_directory_bytes(user_dir) for user_dir in _mount_points(root / "users"))
     hour = now.astimezone(UTC).strftime("%Y%m%dT%H")
     usage_record(tenant=tenant, meter=STORAGE_BYTES, quantity=size, timestamp=now,
-                 event_id=f"storage:{tenant.slug}:{hour}", subject={"path": "tenant"})
+                 event_id=f"storage:#{tenant.pk}:{hour}", subject={"path": "tenant"})
     return size
 
 
@@ -53,5 +57,5 @@ def seats_sample(*, tenant, now=None):
     members = tenant.memberships.count()
     hour = now.astimezone(UTC).strftime("%Y%m%dT%H")
     usage_record(tenant=tenant, meter=SEATS, quantity=members, timestamp=now,
-                 event_id=f"seats:{tenant.slug}:{hour}:{members}")
+                 event_id=f"seats:#{tenant.pk}:{hour}:{members}")
     return members

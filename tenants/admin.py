@@ -125,6 +125,29 @@ class UserAdmin(BaseUserAdmin):
     ]
     add_fieldsets = [(None, {"classes": ["wide"], "fields": ["email", "usable_password", "password1", "password2"]})]
 
+    def save_model(self, request, obj, form, change):
+        # Deactivation goes through the service: the user's running workspaces end with it, and it is audited.
+        deactivating = change and "is_active" in form.changed_data and not obj.is_active
+        if deactivating:
+            obj.is_active = True
+        super().save_model(request, obj, form, change)
+        if deactivating:
+            services.user_deactivate(user=obj, actor=request.user)
+            obj.is_active = False
+
+    def get_deleted_objects(self, objs, request):
+        # user_delete removes the user's memberships, tokens and workspaces itself: the user's own delete
+        # permission is the one that counts, not the read-only admins' of what goes with them.
+        to_delete, model_count, _perms_needed, protected = super().get_deleted_objects(objs, request)
+        return to_delete, model_count, set(), protected
+
+    def delete_model(self, request, obj):
+        services.user_delete(user=obj, actor=request.user)
+
+    def delete_queryset(self, request, queryset):
+        for user in queryset.order_by("pk"):
+            services.user_delete(user=user, actor=request.user)
+
 
 # --- plans ---------------------------------------------------------------------------------------
 
@@ -243,13 +266,13 @@ class TenantAdmin(admin.ModelAdmin):
     @admin.display(description="audit trail")
     def audit_trail(self, tenant):
         rows = AuditLog.objects.filter(tenant=tenant).order_by("-created_at", "-pk")[:10]
-        url = reverse("admin:tenants_auditlog_changelist") + f"?tenant_slug={tenant.slug}"
+        url = reverse("admin:tenants_auditlog_changelist") + f"?tenant_key={tenant.pk}"
         recent = format_html_join(
             "", "<li>{} · {} · {} {}</li>",
             ((f"{r.created_at:%Y-%m-%d %H:%M}", r.actor_label, r.action, r.target) for r in rows),
         )
         return format_html('<ul style="margin:0">{}</ul><a href="{}">Full audit trail ({})</a>', recent, url,
-                           AuditLog.objects.filter(tenant_slug=tenant.slug).count())
+                           AuditLog.objects.filter(tenant_key=tenant.pk).count())
 
     def add_view(self, request, form_url="", extra_context=None):
         """Onboarding, not a bare row: the owner, storage directory, audit row and event come with it."""
@@ -467,11 +490,12 @@ class ApiTokenAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
 
 @admin.register(AuditLog)
 class AuditLogAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
-    list_display = ["created_at", "tenant_slug", "actor_label", "action", "target"]
+    list_display = ["created_at", "tenant_slug", "tenant_key", "actor_label", "action", "target"]
     list_filter = ["action"]
-    search_fields = ["tenant_slug", "actor_label", "action", "target"]
+    search_fields = ["tenant_slug", "=tenant_key", "actor_label", "action", "target"]
     date_hierarchy = "created_at"
-    readonly_fields = ["created_at", "tenant", "tenant_slug", "actor", "actor_label", "action", "target", "data"]
+    readonly_fields = ["created_at", "tenant", "tenant_slug", "tenant_key", "actor", "actor_label", "action", "target",
+                       "data"]
 
     def get_actions(self, request):
         return {}  # not even "delete selected"

@@ -11,6 +11,7 @@ def audit_record(*, tenant, actor, action, target="", data=None):
     return AuditLog.objects.create(
         tenant=tenant,
         tenant_slug=tenant.slug if tenant else "",
+        tenant_key=tenant.pk if tenant else None,
         actor=actor if getattr(actor, "pk", None) else None,
         actor_label=_actor_label(actor),
         action=action,

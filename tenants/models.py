@@ -200,6 +200,8 @@ class AuditLog(models.Model):
     tenant = models.ForeignKey(Tenant, on_delete=models.SET_NULL, null=True, blank=True, related_name="audit_log")
     # Kept when the tenant is gone (offboarding deletes it; the trail stays).
     tenant_slug = models.CharField(max_length=50, blank=True, db_index=True)
+    # The tenant's primary key, also kept: a slug is reused after offboarding, a key never is.
+    tenant_key = models.BigIntegerField(null=True, blank=True, db_index=True)
     actor = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
     )

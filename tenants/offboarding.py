@@ -1,4 +1,5 @@
-"""Hooks other apps register so that suspension and offboarding reach what they own (sessions, storage, usage).
+"""Hooks other apps register so that suspension, offboarding and a user's loss of access (member removal,
+deactivation, deletion) reach what they own (sessions, storage, usage).
 
 Dependencies point to tenants, so tenants cannot import the apps that build on it; they register here
 from their AppConfig.ready().
@@ -10,6 +11,8 @@ log = logging.getLogger(__name__)
 _suspend_hooks = []
 _teardown_hooks = []
 _exporters = {}
+_access_lost_hooks = []
+_user_delete_hooks = []
 
 
 def on_suspend(fn):
@@ -21,6 +24,18 @@ def on_suspend(fn):
 def on_teardown(fn):
     """fn(tenant): release what the app holds for a tenant about to be deleted (in its transaction)."""
     _teardown_hooks.append(fn)
+    return fn
+
+
+def on_access_lost(fn):
+    """fn(*, user, tenant, actor): end what `user` runs in `tenant` (every tenant if None); called after commit."""
+    _access_lost_hooks.append(fn)
+    return fn
+
+
+def on_user_delete(fn):
+    """fn(*, user, actor): end and meter what the user runs and remove their files, before their row is deleted."""
+    _user_delete_hooks.append(fn)
     return fn
 
 
@@ -46,3 +61,13 @@ def run_teardown_hooks(tenant):
 
 def run_exporters(tenant):
     return {name: fn(tenant) for name, fn in _exporters.items()}
+
+
+def run_access_lost_hooks(*, user, tenant, actor):
+    for fn in _access_lost_hooks:
+        fn(user=user, tenant=tenant, actor=actor)
+
+
+def run_user_delete_hooks(*, user, actor):
+    for fn in _user_delete_hooks:
+        fn(user=user, actor=actor)

@@ -1,4 +1,5 @@
-"""Writes of the tenants app: onboarding, members, invitations, plans, suspension, offboarding, API tokens."""
+"""Writes of the tenants app: onboarding, users and members, invitations, plans, suspension, offboarding, API
+tokens."""
 import io
 import json
 import logging
@@ -281,6 +282,45 @@ def member_remove(*, membership, actor):
         target.delete()
         audit_record(tenant=tenant, actor=actor, action="member.removed", target=email, data={"role": target.role})
         event_emit(type="member.removed", tenant=tenant, payload={"email": email, "user": membership.user_id})
+        user = target.user
+        # At once, not on the next reclaim tick: the gateway lets the session's token in as long as its route lives.
+        transaction.on_commit(lambda: offboarding.run_access_lost_hooks(user=user, tenant=tenant, actor=actor))
+
+
+def _audit_user_change(*, user, actor, action, data=None):
+    """One audit row in each of the user's tenants (their trails show it), or one without a tenant."""
+    tenants = [m.tenant for m in Membership.objects.filter(user=user).select_related("tenant").order_by("pk")]
+    for tenant in tenants or [None]:
+        audit_record(tenant=tenant, actor=actor, action=action, target=user.email, data=data)
+
+
+def user_deactivate(*, user, actor):
+    """Deactivate a user: no more log-ins, and their running workspaces end (metered to now) at once."""
+    with transaction.atomic():
+        user = User.objects.select_for_update().get(pk=user.pk)
+        if not user.is_active:
+            return user
+        user.is_active = False
+        user.save(update_fields=["is_active"])
+        _audit_user_change(user=user, actor=actor, action="user.deactivated")
+        transaction.on_commit(lambda: offboarding.run_access_lost_hooks(user=user, tenant=None, actor=actor))
+    return user
+
+
+def user_delete(*, user, actor):
+    """Delete a user: end their sessions (metered to now), delete their workspaces' files, then the user.
+
+    Their files are deleted, not archived: a user's deletion is an erasure, and a tenant that wants its data keeps
+    it by offboarding. Money records stay: usage events and audit rows keep the user's id and label, not a key.
+    The user is deactivated first so that nothing new opens while their sessions end.
+    """
+    user = user_deactivate(user=user, actor=actor)
+    offboarding.run_user_delete_hooks(user=user, actor=actor)
+    with transaction.atomic():
+        user = User.objects.select_for_update().get(pk=user.pk)
+        _audit_user_change(user=user, actor=actor, action="user.deleted", data={"user": user.pk})
+        user.delete()
+    return user
 
 
 # --- plan and status -----------------------------------------------------------------------------

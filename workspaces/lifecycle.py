@@ -1,6 +1,7 @@
-"""A workspace's own life: its creation (with its storage directory), its deletion (its sessions and files), and its
-part of a tenant's export and offboarding (its users' volumes)."""
+"""A workspace's own life: its creation (with its storage directory), its deletion (its sessions and files), what
+its owner's deletion takes with it, and its part of a tenant's export and offboarding (its users' volumes)."""
 import logging
+import os
 from pathlib import Path
 
 from django.conf import settings
@@ -83,6 +84,31 @@ def _volumes_release(tenant):
     storage.user_volumes_release(tenant_dir=Path(settings.STORAGE_ROOT) / "tenants" / tenant.slug)
     images = Path(settings.STORAGE_ROOT) / "volumes" / tenant.slug
     transaction.on_commit(lambda: storage.remove_tree(images))
+
+
+@offboarding.on_user_delete
+def _delete_owned_on_user_delete(*, user, actor):
+    """End the user's sessions (metered to now) and delete the files of every workspace they own, in every tenant;
+    the rows go with the user's cascade."""
+    sessions.sessions_end_for_user(user=user, actor=actor)
+    trees, user_dirs = [], []
+    for workspace in Workspace.objects.filter(owner=user).select_related("tenant"):
+        with transaction.atomic():
+            audit_record(tenant=workspace.tenant, actor=actor, action="workspace.deleted",
+                         target=f"workspace:{workspace.pk}", data={"name": workspace.name, "reason": "owner deleted"})
+        if workspace.storage_path:
+            trees.append(workspace.storage_path)
+            user_dirs.append(os.path.dirname(workspace.storage_path))
+    for path in trees:
+        try:
+            storage.remove_tree(path)
+        except (OSError, storage.StorageError) as exc:
+            log.warning("deleting %s of deleted user %s failed: %s", path, user.pk, exc)
+    for user_dir in dict.fromkeys(user_dirs):  # the user's directory in each tenant, with its volume image
+        try:
+            storage.user_volume_delete(user_dir=user_dir)
+        except (OSError, storage.StorageError) as exc:
+            log.warning("deleting %s of deleted user %s failed: %s", user_dir, user.pk, exc)
 
 
 @offboarding.exporter("workspaces")

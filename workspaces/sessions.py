@@ -1,6 +1,6 @@
 """Sessions after the open: activity (the gateway's counters, the API's heartbeat), metering of seconds and egress,
-close and end (which frees the container), a suspended tenant's sessions ended, and reclaim of idle, over-quota and
-removed members' sessions."""
+close and end (which frees the container), the sessions of a suspended tenant and of a user who lost access ended,
+and reclaim of idle, over-quota and removed members' sessions."""
 import logging
 import uuid
 from datetime import timedelta
@@ -152,6 +152,22 @@ def sessions_end_for_tenant(*, tenant, reason=EndReason.SUSPENDED):
 @offboarding.on_suspend
 def _end_sessions_on_suspend(tenant):
     sessions_end_for_tenant(tenant=tenant, reason=EndReason.SUSPENDED)
+
+
+def sessions_end_for_user(*, user, tenant=None, actor=None):
+    """End `user`'s running sessions in `tenant` (in every tenant if None), each metered to now and routed off."""
+    sessions = Session.objects.filter(user=user, ended_at__isnull=True)
+    if tenant is not None:
+        sessions = sessions.filter(tenant=tenant)
+    sessions = list(sessions)
+    for session in sessions:
+        session_end(session=session, reason=EndReason.CLOSED, actor=actor)
+    return len(sessions)
+
+
+@offboarding.on_access_lost
+def _end_sessions_on_access_lost(*, user, tenant, actor):
+    sessions_end_for_user(user=user, tenant=tenant, actor=actor)
 
 
 def _usage_record(session, *, end):

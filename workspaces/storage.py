@@ -628,3 +628,20 @@ def user_volumes_release(*, tenant_dir) -> None:
     for point, _ in reversed(_mountinfo()):
         if point.startswith(root + "/") and "/slots/" not in point:
             _umount(point)
+
+
+def user_volume_delete(*, user_dir) -> None:
+    """Delete one user's directory and, when it has one, its volume: unmounted (with every bind of it), then the
+    image and its lock file. For a deleted user, whose sessions have ended."""
+    user_dir = Path(user_dir)
+    image = volume_image_path(user_dir)
+    real = os.path.realpath(user_dir)
+    for _ in range(8):
+        if not is_mount_point(real):
+            break
+        _umount(real)
+    else:
+        raise StorageError(f"{user_dir} is still mounted after 8 unmounts")
+    remove_tree(user_dir)
+    for path in (image, image.with_suffix(".lock"), image.with_suffix(".part")):
+        path.unlink(missing_ok=True)

@@ -52,7 +52,10 @@ def test_change_page_shows_members_and_audit_trail(admin_client, staff):
     assert response.status_code == 200
     content = response.content.decode()
     assert "owner@acme.test" in content and "tenant.onboarded" in content
-    assert f"?tenant_slug={tenant.slug}" in content
+    assert f"?tenant_key={tenant.pk}" in content
+    # The link filters by the never-reused key (a slug can name an offboarded tenant too).
+    trail = admin_client.get(reverse("admin:tenants_auditlog_changelist"), {"tenant_key": tenant.pk})
+    assert trail.status_code == 200 and {r.tenant_id for r in trail.context["cl"].result_list} == {tenant.pk}
 
 
 def test_rename_in_admin_goes_through_the_service(admin_client, staff):
@@ -308,3 +311,28 @@ def test_export_download_serves_only_files_under_the_export_root(admin_client, t
     export = TenantExport.objects.create(tenant_slug="x", path=str(outside), size_bytes=13)
     assert admin_client.get(reverse("admin:tenants_tenantexport_download", args=[export.pk])).status_code == 404
     assert admin_client.get(reverse("admin:tenants_tenantexport_download", args=[999999])).status_code == 404
+
+
+def test_deactivating_and_deleting_a_user_in_admin_go_through_the_services(admin_client, staff):
+    from django.contrib.auth import get_user_model
+
+    membership = MembershipFactory()
+    user = membership.user
+    url = reverse("admin:tenants_user_change", args=[user.pk])
+    form = admin_client.get(url).context["adminform"].form
+    data = {k: v for k, v in form.initial.items() if v is not None and k not in ("password", "groups",
+                                                                                "user_permissions", "is_active")}
+    data.update({"email": user.email, "date_joined_0": f"{user.date_joined:%Y-%m-%d}",
+                 "date_joined_1": f"{user.date_joined:%H:%M:%S}"})
+    data.pop("date_joined", None)
+    data.pop("last_login", None)
+    response = admin_client.post(url, data)
+    assert response.status_code == 302, response.context["adminform"].form.errors if response.context else ""
+    user.refresh_from_db()
+    assert not user.is_active
+    assert AuditLog.objects.filter(tenant=membership.tenant, action="user.deactivated", actor=staff).count() == 1
+
+    other = MembershipFactory(tenant=membership.tenant).user
+    act(admin_client, "user", "delete_selected", [user, other], post="yes")
+    assert not get_user_model().objects.filter(pk__in=[user.pk, other.pk]).exists()
+    assert AuditLog.objects.filter(tenant=membership.tenant, action="user.deleted", actor=staff).count() == 2

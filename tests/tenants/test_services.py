@@ -283,3 +283,49 @@ def test_an_actor_demoted_meanwhile_is_refused_under_the_lock(monkeypatch):
     with pytest.raises(Forbidden):
         services.member_set_role(membership=target, role="admin", actor=admin_m.user)
     assert Membership.objects.get(pk=target.pk).role == "member"
+
+
+def test_a_reused_slug_keeps_the_old_tenants_events_and_audit_trail_apart(settings):
+    from metering import services as metering_services
+    from metering.models import UsageEvent
+
+    now = timezone.now()
+    old_owner, new_owner = UserFactory(), UserFactory()
+    old = services.tenant_onboard(name="Acme", owner=old_owner, slug="acme")
+    old_key = old.pk
+    metering_services.storage_sample(tenant=old, now=now)
+    metering_services.seats_sample(tenant=old, now=now)
+    services.tenant_offboard(tenant=old, actor=old_owner)
+
+    new = services.tenant_onboard(name="Acme again", owner=new_owner, slug="acme")
+    assert new.pk != old_key
+    (settings.STORAGE_ROOT / "tenants" / "acme" / "f.txt").write_text("12345")
+    metering_services.storage_sample(tenant=new, now=now)  # the same hour and member count as the old one's
+    metering_services.seats_sample(tenant=new, now=now)
+
+    assert UsageEvent.objects.filter(tenant=new, meter__slug="storage_bytes").get().quantity == 5
+    assert UsageEvent.objects.filter(tenant=new, meter__slug="seats").count() == 1
+    assert UsageEvent.objects.filter(tenant_slug="acme", meter__slug="storage_bytes").count() == 2
+    assert UsageEvent.objects.filter(tenant_slug="acme", meter__slug="seats").count() == 2
+    old_trail = set(AuditLog.objects.filter(tenant_key=old_key).values_list("action", flat=True))
+    new_trail = list(AuditLog.objects.filter(tenant_key=new.pk).values_list("action", flat=True))
+    assert "tenant.offboarded" in old_trail and new_trail == ["tenant.onboarded"]
+    # The slug alone mixes the two trails; the key does not.
+    assert AuditLog.objects.filter(tenant_slug="acme").count() == (
+        AuditLog.objects.filter(tenant_key=old_key).count() + len(new_trail))
+
+
+def test_user_deactivate_and_delete_are_audited_in_each_tenant_and_idempotent():
+    staff = UserFactory(is_staff=True)
+    a = MembershipFactory()
+    b = MembershipFactory(user=a.user)
+    user = services.user_deactivate(user=a.user, actor=staff)
+    assert not user.is_active
+    assert services.user_deactivate(user=user, actor=staff) is not None  # a second time changes nothing
+    for tenant in (a.tenant, b.tenant):
+        assert AuditLog.objects.filter(tenant=tenant, action="user.deactivated", target=user.email).count() == 1
+    user_pk = user.pk
+    services.user_delete(user=user, actor=staff)
+    assert not Membership.objects.filter(user_id=user_pk).exists()
+    for tenant in (a.tenant, b.tenant):
+        assert AuditLog.objects.filter(tenant=tenant, action="user.deleted", data__user=user_pk).count() == 1
