@@ -5,7 +5,7 @@ from django.contrib import messages
 from django.db import transaction
 from django.shortcuts import redirect
 
-from tenants import services
+from tenants import policy, services
 from tenants.exceptions import ServiceError
 from tenants.models import Plan
 from tenants.portal import INVITATION_SESSION_KEY, choose_tenant
@@ -101,6 +101,17 @@ class SignupForm(forms.Form):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.fields["plan"].initial = "free"
+
+    def clean(self):
+        """A sign-up that would create a tenant the limits forbid (TENANTS_MAX_*_PER_USER at 0) is a form error,
+        before any user is made. A new user owns nothing, so only a zero limit refuses here."""
+        data = super().clean()
+        if not data.get("invitation_token"):
+            try:
+                policy.tenants_owned_check(plan=Plan.objects.get(slug="free"), owned_plans=[])
+            except ServiceError as exc:
+                raise forms.ValidationError(exc.message, code=exc.code) from None
+        return data
 
     def signup(self, request, user):
         """allauth's hook after the user is saved; the tenant is already made in AccountAdapter.save_user."""

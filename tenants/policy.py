@@ -4,6 +4,7 @@ The API's permission classes, the portal's views, admin actions and the services
 module compares roles or statuses itself. Predicates (`can_*`, `sees_*`) answer a yes or no; `require_*` and
 `*_check` raise the ServiceError that the API and the portal turn into a clear 4xx.
 """
+from django.conf import settings
 from django.utils import timezone
 
 from tenants.exceptions import Conflict, Forbidden, NotFound, PaymentRequired, ServiceError
@@ -211,3 +212,30 @@ def concurrent_workspaces_check(*, tenant, running):
             f"The {tenant.plan.name} plan runs {limit} workspace{'s' if limit != 1 else ''} at a time and "
             f"{running} {'are' if running != 1 else 'is'} open: close one or upgrade the plan.",
             code="concurrency_limit")
+
+
+# --- tenants one user may own ------------------------------------------------------------------------------------
+
+
+def tenant_limits_apply(*, actor, synthetic=False) -> bool:
+    """Staff onboarding from the control plane, and synthetic tenants (load tests, demos: staff or operators only),
+    are exempt from the per-user tenant limits; every other route (sign-up, portal, commands for a user) is not."""
+    return not getattr(actor, "is_staff", False) and not synthetic
+
+
+def tenants_owned_check(*, plan, owned_plans):
+    """Raise Conflict(tenant_limit) when a user who owns tenants on `owned_plans` may not own one more on `plan`:
+    TENANTS_MAX_OWNED_PER_USER of any plan, TENANTS_MAX_FREE_OWNED_PER_USER of them free (one by default)."""
+    limit = settings.TENANTS_MAX_OWNED_PER_USER
+    if len(owned_plans) >= limit:
+        raise Conflict(
+            f"You already own {len(owned_plans)} organisation{'s' if len(owned_plans) != 1 else ''}, the most one "
+            f"person can own. Offboard one, or ask Hearth's staff for more.",
+            code="tenant_limit", field="name", extra={"limit": limit})
+    free_limit = settings.TENANTS_MAX_FREE_OWNED_PER_USER
+    free = sum(is_free_plan(owned) for owned in owned_plans)
+    if is_free_plan(plan) and free >= free_limit:
+        raise Conflict(
+            f"You already own {free} organisation{'s' if free != 1 else ''} on the Free plan and one person can "
+            f"own {free_limit}: upgrade it to a paid plan (Billing) before creating another.",
+            code="free_tenant_limit", field="name", extra={"limit": free_limit})

@@ -61,7 +61,9 @@ def _plan_by_slug(slug):
 
 
 def tenant_onboard(*, name, owner, plan="free", slug=None, synthetic=False, actor=None):
-    """Create a tenant with `owner` (a User) as its owner, its storage directory, audit row and event."""
+    """Create a tenant with `owner` (a User) as its owner, its storage directory, audit row and event.
+
+    Unless staff onboard it (`actor`) or it is synthetic, the owner's tenant limits apply (tenants.policy)."""
     name = (name or "").strip()
     if not name:
         raise ServiceError("A tenant needs a name.", field="name")
@@ -74,6 +76,8 @@ def tenant_onboard(*, name, owner, plan="free", slug=None, synthetic=False, acto
             raise Conflict(f"The tenant slug '{slug}' is taken.", code="duplicate_slug", field="slug")
     try:
         with transaction.atomic():
+            if policy.tenant_limits_apply(actor=actor or owner, synthetic=synthetic):
+                _owned_limits_check(owner=owner, plan=plan_obj)
             tenant = Tenant.objects.create(
                 slug=slug or _unique_slug(name), name=name, plan=plan_obj, synthetic=synthetic
             )
@@ -86,6 +90,17 @@ def tenant_onboard(*, name, owner, plan="free", slug=None, synthetic=False, acto
         raise Conflict(f"The tenant slug '{slug or name}' is taken.", code="duplicate_slug", field="slug") from None
     tenant_storage_path(tenant.slug).mkdir(parents=True, exist_ok=True)
     return tenant
+
+
+def _owned_limits_check(*, owner, plan):
+    """The owner's tenant limits, counted under a lock on the owner's row so two sign-ups or creations at once
+    cannot both take the last one."""
+    if owner.pk is None:
+        return
+    User.objects.select_for_update().filter(pk=owner.pk).first()
+    owned_plans = [m.tenant.plan for m in Membership.objects.filter(user=owner, role=Role.OWNER)
+                   .select_related("tenant__plan")]
+    policy.tenants_owned_check(plan=plan, owned_plans=owned_plans)
 
 
 def user_get_or_create(*, email, password=None):

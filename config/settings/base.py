@@ -139,6 +139,10 @@ ACCOUNT_DEFAULT_HTTP_PROTOCOL = env.str("ACCOUNT_DEFAULT_HTTP_PROTOCOL", default
 ACCOUNT_EMAIL_SUBJECT_PREFIX = env.str("ACCOUNT_EMAIL_SUBJECT_PREFIX", default="[Hearth] ")
 # Invitations stay valid this long.
 INVITATION_TTL = timedelta(days=env.int("INVITATION_TTL_DAYS", default=7))
+# Tenants one user may create and own (tenants.policy.tenants_owned_check; staff onboarding in admin is exempt):
+# any plan, and of those on a free plan (a paid tenant starts on Free until it is paid, so it counts here until then).
+TENANTS_MAX_OWNED_PER_USER = env.int("TENANTS_MAX_OWNED_PER_USER", default=5)
+TENANTS_MAX_FREE_OWNED_PER_USER = env.int("TENANTS_MAX_FREE_OWNED_PER_USER", default=1)
 
 EMAIL_BACKEND = env.str("EMAIL_BACKEND", default="django.core.mail.backends.console.EmailBackend")
 EMAIL_HOST = env.str("EMAIL_HOST", default="127.0.0.1")
