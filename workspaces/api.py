@@ -209,7 +209,8 @@ class SessionCloseApi(TenantScopedView):
 
 
 class SessionHeartbeatApi(TenantScopedView):
-    """Marks the session active (the gateway does this from its counters once it lands)."""
+    """The session, if it is the caller's and live (409 once ended). Kept for compatibility: it is no longer
+    activity (what the browser sends through the gateway is; docs/POOL.md, "Reclaim")."""
 
     write_roles = None
 

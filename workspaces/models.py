@@ -164,6 +164,8 @@ class Session(models.Model):
     # db_default too: a row inserted outside the ORM still starts at 0.
     egress_bytes_metered = models.BigIntegerField(
         default=0, db_default=0, help_text="The gateway's bytes-out counter for this session, as far as it is metered.")
+    client_bytes_seen = models.BigIntegerField(
+        default=0, db_default=0, help_text="Bytes the browser had sent through the gateway at the last reclaim tick.")
 
     class Meta:
         ordering = ["-started_at"]

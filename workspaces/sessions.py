@@ -1,11 +1,11 @@
-"""Sessions after the open: activity (the gateway's counters, the API's heartbeat), metering of seconds and egress,
-close and end (which frees the container), the sessions of a suspended tenant and of a user who lost access ended,
-and reclaim of idle, over-quota and removed members' sessions."""
+"""Sessions after the open: activity (what the browser sends, from the gateway's counters), metering of seconds and
+egress, close and end (which frees the container), the sessions of a suspended tenant and of a user who lost access
+ended, and reclaim of idle, over-quota and removed members' sessions."""
 import logging
 import uuid
 from datetime import timedelta
 
-from django.core.exceptions import ValidationError
+from django.conf import settings
 from django.db import transaction
 from django.db.models import Exists, OuterRef
 from django.utils import timezone
@@ -28,15 +28,14 @@ State = Container.State
 EndReason = Session.EndReason
 
 
-def session_touch(*, session, user, now=None):
-    """Record activity (the gateway does this from its counters; the API's heartbeat until then)."""
+def session_touch(*, session, user):
+    """The API's heartbeat: the session if it is `user`'s and live. It is no longer activity: activity is what the
+    user's browser sends through the gateway (`_activity_from_gateway`); a script calling this would otherwise
+    hold a container forever."""
     if session.user_id != user.pk:
         raise NotFound("No such session.")
     if session.ended_at is not None:
         raise Conflict("This session has ended.", code="session_ended")
-    now = now or timezone.now()
-    Session.objects.filter(pk=session.pk, last_activity_at__lt=now).update(last_activity_at=now)
-    session.last_activity_at = now
     return session
 
 
@@ -182,24 +181,34 @@ def _usage_record(session, *, end):
 
 
 def _activity_from_gateway(now):
-    """Move last_activity_at forward from the gateway's per-session counters (idle seconds, open streams)."""
+    """Move last_activity_at to now for sessions whose browser sent more than WORKSPACES_ACTIVITY_MIN_CLIENT_BYTES
+    since the last tick (requests and WebSocket frames from the client, as the gateway counts them). An open
+    connection, the container's own traffic or the API's heartbeat is not activity: they go on while nobody is
+    there."""
     try:
-        counters = gateway_routes.counters_read()
-    except Exception as exc:  # no counters this tick: the API heartbeat and the next tick still count
+        counters = gateway_routes.counters_read(tunnels=True)
+    except Exception as exc:  # no counters this tick: sessions keep their last activity; the next tick counts
         log.warning("counters_read failed: %s", exc)
         return 0
     _egress_from_gateway(counters, now)
-    touched = 0
+    readings = {}
     for session_id, c in counters.items():
-        idle = 0 if c.get("active") else c.get("idle_seconds")
-        if idle is None:
-            continue
-        seen = now - timedelta(seconds=int(idle))
         try:
-            touched += Session.objects.filter(pk=session_id, ended_at__isnull=True,
-                                              last_activity_at__lt=seen).update(last_activity_at=seen)
-        except (ValueError, ValidationError):
+            readings[uuid.UUID(session_id)] = int(c.get("client_bytes") or 0)
+        except (TypeError, ValueError):
             continue  # not one of ours (another install behind the same gateway)
+    threshold = settings.WORKSPACES_ACTIVITY_MIN_CLIENT_BYTES
+    touched = 0
+    for pk, seen in Session.objects.filter(pk__in=list(readings), ended_at__isnull=True).values_list(
+            "pk", "client_bytes_seen"):
+        reading = readings[pk]
+        if reading == seen:
+            continue
+        # A reading below the mark (a WebSocket closed between its live total and the table) only moves the mark.
+        active = reading - seen >= threshold
+        update = {"client_bytes_seen": reading, **({"last_activity_at": now} if active else {})}
+        Session.objects.filter(pk=pk, ended_at__isnull=True).update(**update)
+        touched += active
     return touched
 
 

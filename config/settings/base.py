@@ -305,6 +305,10 @@ WORKSPACES_COLD_START_WAIT = env.float("WORKSPACES_COLD_START_WAIT", default=60.
 # How often the cold open at the head of its template's line looks for a free slot or a warm container (the rest wait
 # in PostgreSQL at no cost; this process's own releases wake it at once).
 WORKSPACES_POOL_POLL_INTERVAL = env.float("WORKSPACES_POOL_POLL_INTERVAL", default=0.05)
+# Activity is the browser sending more than this many bytes (requests, WebSocket frames) between two reclaim ticks:
+# an idle code-server tab sends keep-alives of about 20 bytes every 5 s on each of its two WebSockets (~500 bytes
+# a tick), a keystroke in the editor a few hundred bytes.
+WORKSPACES_ACTIVITY_MIN_CLIENT_BYTES = env.int("WORKSPACES_ACTIVITY_MIN_CLIENT_BYTES", default=1024)
 # workspaces.runtime: seconds before a Docker engine that does not answer counts as unavailable.
 HEARTH_DOCKER_TIMEOUT = env.float("HEARTH_DOCKER_TIMEOUT", default=15.0)
 # Only when several engines share one host: engine URL -> subnet of its Hearth network ("url=cidr,url=cidr").

@@ -82,11 +82,22 @@ class Upstream:
         async def echo(ws):
             with upstream.lock:
                 upstream.ws_connections += 1
+            pusher = None
+            if ws.request.path == "/push":  # a container that talks by itself (keep-alives, terminal output)
+                async def push():
+                    while True:
+                        await ws.send("tick")
+                        await asyncio.sleep(0.2)
+
+                pusher = asyncio.ensure_future(push())
             try:
                 async for message in ws:
                     await ws.send(message)
             except websockets.ConnectionClosed:
                 pass
+            finally:
+                if pusher is not None:
+                    pusher.cancel()
 
         async def serve():
             self.ws_server = await websockets.serve(echo, "127.0.0.1", self.ws_port, compression=None)

@@ -430,6 +430,33 @@ class TestCounters:
         assert quiet["active"] == 1 and 2 <= quiet["idle_seconds"] <= 4
         assert busy["active"] == 1 and busy["idle_seconds"] <= 1
 
+    def test_client_bytes_grow_with_what_the_browser_sends_not_with_what_the_container_sends(
+            self, gateway, upstream):  # noqa: F811
+        routes.route_set(host_key="ws-c", session_id="s-c1", address=upstream.ws_address, cfg=gateway.cfg)
+
+        def client_bytes():
+            return routes.counters_read(cfg=gateway.cfg, tunnels=True)["s-c1"]["client_bytes"]
+
+        async def run():
+            # The container talks every 0.2 s by itself (as code-server's keep-alives and a busy terminal do).
+            async with gateway.websocket("ws-c", issue("ws-c", "s-c1"), path="/push", ping_interval=None) as ws:
+                await ws.recv()
+                opened = await asyncio.to_thread(client_bytes)
+                await asyncio.sleep(1.5)
+                quiet = await asyncio.to_thread(client_bytes)
+                await ws.send("k" * 5000)  # the user types
+                await asyncio.sleep(0.3)
+                typed = await asyncio.to_thread(client_bytes)
+                return opened, quiet, typed
+
+        opened, quiet, typed = asyncio.run(run())
+        assert opened > 0  # the upgrade request itself
+        assert quiet == opened
+        assert typed >= quiet + 5000
+        closed = wait_until(lambda: client_bytes() >= typed and routes.counters_read(cfg=gateway.cfg)["s-c1"][
+            "active"] == 0)
+        assert closed, routes.counters_read(cfg=gateway.cfg, tunnels=True)["s-c1"]
+
     def test_refused_requests_are_not_counted(self, routed):
         before = routes.counters_read(cfg=routed.cfg).get("s-a1", {}).get("requests", 0)
         routed.get("ws-a", "/", token=forge({"aud": "x"}))

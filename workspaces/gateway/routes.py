@@ -171,52 +171,80 @@ def _parse_table(text: str, expire_ms: int) -> dict:
 
 def counters_read(*, cfg: GatewayConfig | None = None, tunnels: bool = False) -> dict:
     """Per-session counters since the session's first request: {session_id: {"requests", "bytes_in",
-    "bytes_out", "active", "idle_seconds"}}.
+    "bytes_out", "client_bytes", "active", "idle_seconds"}}.
 
     HAProxy 2.6 adds a WebSocket's bytes when it closes (the tunnel is forwarded without waking the stream),
     so while one is open the session reads as active (conn_cur) and its bytes arrive at close or route delete.
-    With `tunnels=True`, a session whose only open streams are WebSockets gets the time since the last byte
-    went through any of them as idle_seconds (from `show sess all`: costlier, read it every minute or so).
+    With `tunnels=True` (from `show sess all`: costlier, the reclaim tick reads it) `client_bytes` also counts the
+    bytes the browser has sent so far on the session's open WebSockets (their request channel's `total`, which
+    moves with every frame), so it grows only with what the client sends; and a session whose only open streams
+    are WebSockets gets the time since the last byte went through any of them, either way, as idle_seconds.
+    Without it, `client_bytes` is `bytes_in`.
     """
     cfg, api = _admin(cfg)
     counters = _parse_table(api.command(f"show table {TABLE}"), _duration_ms(cfg.table_expire))
+    for c in counters.values():
+        c["client_bytes"] = c["bytes_in"]
     if tunnels:
         sessions_by_address = {r.address: r.session_id for r in routes_list(cfg=cfg) if r.address}
-        for address, idle in tunnels_idle(api, _duration_ms(cfg.timeout_tunnel)).items():
+        streams = _tunnel_streams(api)
+        for address, idle in tunnels_idle(api, _duration_ms(cfg.timeout_tunnel), streams=streams).items():
             session_id = sessions_by_address.get(address)
             if session_id in counters and counters[session_id]["active"]:
                 counters[session_id]["idle_seconds"] = idle
+        for stream in streams:
+            session_id = sessions_by_address.get(stream.address)
+            if stream.tunnel and session_id in counters:
+                counters[session_id]["client_bytes"] += stream.client_bytes
     return counters
 
 
-def tunnels_idle(api: RuntimeAPI, tunnel_timeout_ms: int) -> dict:
-    """{container address: seconds since the last byte on its liveliest open stream}; an HTTP request in
-    flight counts as 0. A tunnel's read timeout is re-armed by every byte read, so idle = timeout - remaining."""
-    idle, address, tunnel, remaining = {}, None, False, []
+@dataclass
+class _Stream:
+    address: str | None = None
+    tunnel: bool = False
+    client_bytes: int = 0  # the request channel's total: what the client sent on this stream so far
+    remaining: list = None
 
-    def flush():
-        if address is None:
-            return
-        seconds = 0.0
-        if tunnel and remaining:
-            seconds = max(0.0, (tunnel_timeout_ms - max(remaining)) / 1000.0)
-        idle[address] = min(idle.get(address, seconds), seconds)
 
+_CHANNEL_RE = re.compile(r"^\s+(req|res)=0x[0-9a-f]+ \(.*\btotal=(\d+)\)")
+
+
+def _tunnel_streams(api: RuntimeAPI) -> list[_Stream]:
+    """The streams of `show sess all` with their server address, tunnel state, client bytes and read timeouts."""
+    streams = []
     for line in api.command("show sess all").splitlines():
         if _SESS_HEAD_RE.match(line):
-            flush()
-            address, tunnel, remaining = None, False, []
+            streams.append(_Stream(remaining=[]))
             continue
+        if not streams:
+            continue
+        stream = streams[-1]
         m = _SERVER_ADDR_RE.match(line)
         if m:
-            address = m.group(1)
+            stream.address = m.group(1)
         elif "req.st=MSG_TUNNEL" in line:
-            tunnel = True
+            stream.tunnel = True
+        elif (channel := _CHANNEL_RE.match(line)) is not None:
+            if channel.group(1) == "req":
+                stream.client_bytes = int(channel.group(2))
         else:
             rex = re.search(r"\brex=(\S+)", line)
             if rex and rex.group(1) != "<NEVER>":
-                remaining.append(_human_ms(rex.group(1)))
-    flush()
+                stream.remaining.append(_human_ms(rex.group(1)))
+    return [s for s in streams if s.address is not None]
+
+
+def tunnels_idle(api: RuntimeAPI, tunnel_timeout_ms: int, *, streams=None) -> dict:
+    """{container address: seconds since the last byte on its liveliest open stream}; an HTTP request in
+    flight counts as 0. A tunnel's read timeout is re-armed by every byte read, in either direction (HAProxy
+    refreshes both sides of a tunnel together), so idle = timeout - remaining says nothing of who sent it."""
+    idle = {}
+    for stream in streams if streams is not None else _tunnel_streams(api):
+        seconds = 0.0
+        if stream.tunnel and stream.remaining:
+            seconds = max(0.0, (tunnel_timeout_ms - max(stream.remaining)) / 1000.0)
+        idle[stream.address] = min(idle.get(stream.address, seconds), seconds)
     return idle
 
 
