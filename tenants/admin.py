@@ -156,8 +156,8 @@ class UserAdmin(BaseUserAdmin):
 class PlanAdmin(admin.ModelAdmin):
     list_display = [
         "slug", "name", "price", "daily_minutes", "monthly_hours", "storage_mb", "seats",
-        "max_concurrent_workspaces", "idle_timeout_minutes", "overage_price_cents_per_hour", "public",
-        "tenant_count",
+        "max_concurrent_workspaces", "idle_timeout_minutes", "max_session_hours", "overage_price_cents_per_hour",
+        "public", "tenant_count",
     ]
     list_filter = ["public"]
     ordering = ["sort_order", "slug"]

@@ -47,7 +47,8 @@ class PlanOutputSerializer(serializers.ModelSerializer):
         model = Plan
         fields = [
             "slug", "name", "monthly_price_cents", "currency", "daily_minutes", "monthly_hours", "storage_mb",
-            "seats", "max_concurrent_workspaces", "idle_timeout_minutes", "overage_price_cents_per_hour",
+            "seats", "max_concurrent_workspaces", "idle_timeout_minutes", "max_session_hours",
+            "overage_price_cents_per_hour",
         ]
         read_only_fields = fields
 

@@ -57,6 +57,10 @@ class Plan(models.Model):
     seats = models.PositiveIntegerField(null=True, blank=True, help_text="Members, invitations included.")
     max_concurrent_workspaces = models.PositiveIntegerField(null=True, blank=True)
     idle_timeout_minutes = models.PositiveIntegerField(default=15)
+    max_session_hours = models.PositiveIntegerField(
+        null=True, blank=True, default=12,
+        help_text="The longest a workspace session runs, active or not; then it ends (reopen to go on). "
+                  "Empty: no limit.")
     overage_price_cents_per_hour = models.PositiveIntegerField(
         null=True, blank=True, help_text="Empty: no paid overage; the session ends when the allowance runs out."
     )

@@ -4,6 +4,8 @@ The API's permission classes, the portal's views, admin actions and the services
 module compares roles or statuses itself. Predicates (`can_*`, `sees_*`) answer a yes or no; `require_*` and
 `*_check` raise the ServiceError that the API and the portal turn into a clear 4xx.
 """
+from datetime import timedelta
+
 from django.conf import settings
 from django.utils import timezone
 
@@ -239,3 +241,11 @@ def tenants_owned_check(*, plan, owned_plans):
             f"You already own {free} organisation{'s' if free != 1 else ''} on the Free plan and one person can "
             f"own {free_limit}: upgrade it to a paid plan (Billing) before creating another.",
             code="free_tenant_limit", field="name", extra={"limit": free_limit})
+
+
+def session_ends_at(*, plan, started_at):
+    """When a session started at `started_at` reaches the plan's longest session (None: no limit). Active or not:
+    keep-alives and scripted traffic cannot hold a container past it."""
+    if plan.max_session_hours is None:
+        return None
+    return started_at + timedelta(hours=plan.max_session_hours)

@@ -148,6 +148,7 @@ class Session(models.Model):
         DELETED = "deleted"
         QUOTA = "quota"
         FAILED = "failed"
+        MAX_LENGTH = "max_length"  # the plan's longest session (Plan.max_session_hours)
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="workspace_sessions")

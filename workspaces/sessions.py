@@ -84,8 +84,9 @@ def session_end(*, session, reason, actor=None, metered_to=None):
 
 
 def sessions_reclaim(*, now=None):
-    """End sessions idle past the template's (or the plan's, if shorter) idle timeout, end the sessions of
-    tenants whose allowance ran out (metered exactly to the limit), and meter the others up to now."""
+    """End sessions past the plan's longest session (metered to that moment), sessions idle past the template's (or
+    the plan's, if shorter) idle timeout, the sessions of tenants whose allowance ran out (metered exactly to the
+    limit), and meter the others up to now."""
     now = now or timezone.now()
     _activity_from_gateway(now)
     ended = 0
@@ -99,7 +100,12 @@ def sessions_reclaim(*, now=None):
     running = []
     for session in live:
         minutes = min(session.workspace.template.idle_timeout_minutes, session.tenant.plan.idle_timeout_minutes)
-        if session.last_activity_at < now - timedelta(minutes=minutes):
+        ends_at = policy.session_ends_at(plan=session.tenant.plan, started_at=session.started_at)
+        if ends_at is not None and ends_at <= now:
+            # Metered to the moment the plan's limit was reached, not to this tick.
+            session_end(session=session, reason=EndReason.MAX_LENGTH, metered_to=ends_at)
+            ended += 1
+        elif session.last_activity_at < now - timedelta(minutes=minutes):
             session_end(session=session, reason=EndReason.IDLE)
             ended += 1
         else:

@@ -218,7 +218,8 @@ def test_plan_edit_is_audited(admin_client, staff):
     assert admin_client.get(url).status_code == 200
     data = {f: getattr(plan, f) for f in ("name", "monthly_price_cents", "currency", "daily_minutes",
                                            "monthly_hours", "storage_mb", "seats", "max_concurrent_workspaces",
-                                           "idle_timeout_minutes", "overage_price_cents_per_hour", "sort_order",
+                                           "idle_timeout_minutes", "max_session_hours",
+                                           "overage_price_cents_per_hour", "sort_order",
                                            "internet_access", "cpu_weight", "io_weight", "cpus", "memory_mb",
                                            "pids_limit")}
     data = {k: ("" if v is None else v) for k, v in data.items()}
