@@ -226,7 +226,7 @@ def _claim(*, workspace, user, cold=False):
     try:
         with transaction.atomic():
             _check_concurrency(workspace.tenant, now)
-            container = claim.container_claim(template=workspace.template, now=now)
+            container = claim.container_claim(template=workspace.template, tenant=workspace.tenant, now=now)
             if container is None:
                 return None
             session = _new_session(workspace=workspace, user=user, container=container, now=now, cold=cold)
@@ -282,7 +282,8 @@ def _cold_start(*, workspace, user):
                     line.leave()
                     return session
             if candidates is None or time.monotonic() - candidates_at > 5.0:
-                candidates, candidates_at = placement.placement_candidates(template), time.monotonic()
+                candidates = placement.placement_candidates(template, tenant=workspace.tenant)
+                candidates_at = time.monotonic()
             usable = [node for node in candidates if node.pk not in down]
             if not usable:
                 if last_error is not None:

@@ -309,6 +309,9 @@ WORKSPACES_POOL_POLL_INTERVAL = env.float("WORKSPACES_POOL_POLL_INTERVAL", defau
 # an idle code-server tab sends keep-alives of about 20 bytes every 5 s on each of its two WebSockets (~500 bytes
 # a tick), a keystroke in the editor a few hundred bytes.
 WORKSPACES_ACTIVITY_MIN_CLIENT_BYTES = env.int("WORKSPACES_ACTIVITY_MIN_CLIENT_BYTES", default=1024)
+# Fair share: the most of a node's capacity (containers, CPU, memory; the largest) one tenant's live sessions may hold,
+# so one tenant cannot take a node others need; a tenant may always have one container on a node. 1.0: no limit.
+WORKSPACES_TENANT_NODE_SHARE = env.float("WORKSPACES_TENANT_NODE_SHARE", default=0.5)
 # workspaces.runtime: seconds before a Docker engine that does not answer counts as unavailable.
 HEARTH_DOCKER_TIMEOUT = env.float("HEARTH_DOCKER_TIMEOUT", default=15.0)
 # Only when several engines share one host: engine URL -> subnet of its Hearth network ("url=cidr,url=cidr").

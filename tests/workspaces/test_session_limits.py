@@ -8,6 +8,7 @@ import pytest
 from django.utils import timezone
 
 from metering.models import UsageEvent
+from tests.factories import MembershipFactory, TenantFactory
 from tests.workspaces.fixtures_pool import *  # noqa: F403
 from workspaces import pool, services
 from workspaces.models import Container, Session
@@ -57,3 +58,59 @@ def test_a_session_under_the_limit_or_without_one_goes_on(member, tenant_e, make
     assert services.sessions_reclaim() == 0
     young.refresh_from_db()
     assert young.ended_at is None
+
+
+# --- fair share of a node -----------------------------------------------------------------------------------------
+
+
+def test_a_tenant_stops_at_its_share_of_a_node_and_others_still_open(settings, node, tiny_template, tenant_e,
+                                                                       make_workspace, make_api_client):
+    settings.WORKSPACES_TENANT_NODE_SHARE = 0.5
+    node.max_containers = 6  # the tenant may hold 3
+    node.save()
+    pool.pool_fill()
+    heavy = MembershipFactory(tenant=tenant_e)
+    for name in ("a", "b", "c"):
+        services.workspace_open(workspace=make_workspace(heavy, name), user=heavy.user)
+    pool.pool_fill()
+    assert Container.objects.filter(node=node, state=Container.State.WARM).exists()  # there is room, just not for it
+
+    fourth = make_workspace(heavy, "d")
+    response = make_api_client(heavy).post(f"/api/v1/workspaces/{fourth.pk}/open")
+    assert response.status_code == 409, response.content
+    body = response.json()
+    assert body["code"] == "fair_share" and "50%" in body["detail"]
+    assert not Session.objects.filter(workspace=fourth).exists()
+
+    other = MembershipFactory(tenant=TenantFactory(plan=tenant_e.plan))
+    services.workspace_open(workspace=make_workspace(other, "theirs"), user=other.user)
+
+    settings.WORKSPACES_TENANT_NODE_SHARE = 1.0  # off
+    assert make_api_client(heavy).post(f"/api/v1/workspaces/{fourth.pk}/open").status_code == 200
+
+
+def test_placement_sends_a_tenant_at_its_share_to_another_node(settings, tiny_template, tenant_e):
+    """Rows only (no engine is asked): the tenant holds 2 of main's 4; placement offers only `spare`."""
+    from workspaces.models import Node, Workspace
+    from workspaces.pool import placement
+
+    settings.WORKSPACES_TENANT_NODE_SHARE = 0.5
+    main = Node.objects.create(name="fs-main", engine_url="unix:///nonexistent", cpus=64, memory_mb=65536,
+                               max_containers=4)
+    spare = Node.objects.create(name="fs-spare", engine_url="unix:///nonexistent", cpus=64, memory_mb=65536,
+                                max_containers=4)
+    heavy = MembershipFactory(tenant=tenant_e)
+    now = timezone.now()
+    for i in range(2):
+        container = Container.objects.create(node=main, template=tiny_template, state=Container.State.CLAIMED)
+        workspace = Workspace.objects.create(tenant=tenant_e, owner=heavy.user, name=f"w{i}", template=tiny_template,
+                                             host_key=f"fsw{i}{tenant_e.pk}", storage_path=f"/nonexistent/{i}")
+        Session.objects.create(tenant=tenant_e, workspace=workspace, user=heavy.user, container=container,
+                               started_at=now, last_activity_at=now)
+    assert placement.placement_candidates(tiny_template, tenant=tenant_e) == [spare]
+    other = TenantFactory(plan=tenant_e.plan)
+    assert set(placement.placement_candidates(tiny_template, tenant=other)) == {main, spare}
+    spare.enabled = False
+    spare.save()
+    with pytest.raises(placement.FairShareLimit):
+        placement.placement_candidates(tiny_template, tenant=tenant_e)

@@ -4,6 +4,7 @@ from django.db import connection, transaction
 from config import db
 from core import sql
 from workspaces.models import Container, Node, Session
+from workspaces.pool import placement
 
 State = Container.State
 
@@ -16,6 +17,7 @@ _CLAIM_SQL = f"""UPDATE {Container._meta.db_table} u
     WHERE id = (
         SELECT c.id FROM {Container._meta.db_table} c JOIN {Node._meta.db_table} n ON n.id = c.node_id
         WHERE c.template_id = %s AND c.state = '{State.WARM.value}' AND n.enabled AND NOT n.draining
+            AND {placement.FAIR_SHARE_SQL}
         ORDER BY c.id LIMIT 1
         FOR UPDATE OF c SKIP LOCKED
     )
@@ -35,7 +37,7 @@ def container_claim_for_session(*, template, session, now):
     the whole statement, so the container stays WARM. Returns the CLAIMED Container or None.
     """
     values = [field.get_db_prep_save(getattr(session, field.attname), connection) for field in _SESSION_FIELDS]
-    row = db.fetchone(_CLAIM_FOR_SESSION_SQL, [now, now, template.pk, *values])
+    row = db.fetchone(_CLAIM_FOR_SESSION_SQL, [*_claim_params(template, session.tenant_id, now), *values])
     return _claimed_container(row, template)
 
 
@@ -61,12 +63,17 @@ def _claimed_container(row, template):
     return container
 
 
-def container_claim(*, template, now):
-    """Inside the caller's transaction: take one WARM container of `template` (CLAIMED), or None.
+def container_claim(*, template, tenant, now):
+    """Inside the caller's transaction: take one WARM container of `template` (CLAIMED) for `tenant`, or None.
 
-    One statement: lock the oldest WARM row of a usable node with FOR UPDATE SKIP LOCKED (so concurrent claims
-    take different rows without waiting), mark it CLAIMED, return it.
+    One statement: lock the oldest WARM row of a usable node where the tenant stays within its fair share
+    (placement.FAIR_SHARE_SQL) with FOR UPDATE SKIP LOCKED (so concurrent claims take different rows without
+    waiting), mark it CLAIMED, return it.
     """
     if not transaction.get_connection().in_atomic_block:
         raise RuntimeError("container_claim must run inside the transaction that creates the session")
-    return _claimed_container(db.fetchone(_CLAIM_SQL, [now, now, template.pk]), template)
+    return _claimed_container(db.fetchone(_CLAIM_SQL, _claim_params(template, tenant.pk, now)), template)
+
+
+def _claim_params(template, tenant_id, now):
+    return [now, now, template.pk, *placement.fair_share_params(tenant_id=tenant_id, template=template)]

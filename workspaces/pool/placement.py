@@ -11,7 +11,7 @@ from django.db import DatabaseError, OperationalError, connection, transaction
 from django.db.models import Count, Sum
 
 from tenants.exceptions import Conflict, ServiceError
-from workspaces.models import Container, Node
+from workspaces.models import Container, Node, Session, WorkspaceTemplate
 
 log = logging.getLogger(__name__)
 
@@ -92,11 +92,55 @@ def node_loads(nodes):
     ]
 
 
-def placement_candidates(template):
-    """Usable nodes with room for one more container of `template`, least loaded first."""
+def placement_candidates(template, *, tenant=None):
+    """Usable nodes with room for one more container of `template`, least loaded first; for `tenant`, only those
+    where it stays within its fair share (FairShareLimit when that leaves none of the nodes with room)."""
     node_ensure_default()
     loads = [nl for nl in node_loads(list(usable_nodes())) if nl.room_for(template)]
+    if tenant is not None and loads:
+        within = fair_share_nodes(tenant_id=tenant.pk, template=template, node_ids=[nl.node.pk for nl in loads])
+        if not within:
+            raise FairShareLimit(
+                f"{tenant.name} already holds its share ({settings.WORKSPACES_TENANT_NODE_SHARE:.0%}) of every "
+                f"node with room, and other organisations need the rest: close a workspace, or try again later.")
+        loads = [nl for nl in loads if nl.node.pk in within]
     return [nl.node for nl in sorted(loads, key=lambda nl: (nl.load, nl.node.pk))]
+
+
+# --- fair share: no tenant holds more than WORKSPACES_TENANT_NODE_SHARE of a node ------------------------------------
+#
+# The one rule, as an SQL condition on a node `n` so that the warm claim (pool/claim.py) checks it inside its own
+# statement, at no extra round trip, and placement (above) with the same text. A tenant's load on a node is measured
+# as the node's own (the largest of containers, CPU and memory over its capacity) over the containers of the tenant's
+# live sessions there, counting the one being placed. A tenant with nothing on a node may always have one.
+
+class FairShareLimit(Conflict):
+    code = "fair_share"
+
+
+FAIR_SHARE_SQL = f"""(
+    SELECT count(*) = 0 OR greatest(
+        (count(*) + 1)::float / greatest(n.max_containers, 1),
+        (coalesce(sum(ft.cpus), 0) + %s)::float / greatest(n.cpus, 0.01),
+        (coalesce(sum(ft.memory_mb), 0) + %s)::float / greatest(n.memory_mb, 1)
+    ) <= %s
+    FROM {Session._meta.db_table} fs
+    JOIN {Container._meta.db_table} fc ON fc.id = fs.container_id
+    JOIN {WorkspaceTemplate._meta.db_table} ft ON ft.id = fc.template_id
+    WHERE fs.tenant_id = %s AND fs.ended_at IS NULL AND fc.node_id = n.id)"""
+
+
+def fair_share_params(*, tenant_id, template):
+    """FAIR_SHARE_SQL's parameters, in order."""
+    return [float(template.cpus), template.memory_mb, float(settings.WORKSPACES_TENANT_NODE_SHARE), tenant_id]
+
+
+def fair_share_nodes(*, tenant_id, template, node_ids):
+    """The ids among `node_ids` where `tenant_id` may have one more container of `template`."""
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT n.id FROM {Node._meta.db_table} n WHERE n.id = ANY(%s) AND {FAIR_SHARE_SQL}",
+                       [list(node_ids), *fair_share_params(tenant_id=tenant_id, template=template)])
+        return {row[0] for row in cursor.fetchall()}
 
 
 # --- provisioning slots --------------------------------------------------------------------------
