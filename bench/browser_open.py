@@ -155,7 +155,9 @@ def main():
                STORAGE_ROOT=str(ROOT / "var" / "browserbench-storage"), GATEWAY_RUN_DIR=str(run_dir),
                GATEWAY_JWT_KEYS="bench:" + "b" * 48, GATEWAY_HOST="localhost", HEARTH_GATEWAY_PORT=str(gateway_port),
                HEARTH_PORT=str(web_port), HEARTH_BASE_URL=f"http://localhost:{web_port}", LOG_LEVEL="WARNING",
-               DEBUG="false")
+               DEBUG="false",
+               # No Celery worker runs here: the cold case is the open that waits for its container, as before.
+               WORKSPACES_COLD_OPEN_ASYNC="false")
     os.environ.update(env)
     # Playwright's sync API runs an event loop in this thread; the ORM calls between its steps stay synchronous.
     os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"

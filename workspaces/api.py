@@ -3,6 +3,7 @@
 Every view is a TenantScopedView with write_roles=None: members create, open and close their own
 workspaces; the selectors decide who sees what (members: their own; owners/admins: the tenant's).
 """
+from django.conf import settings
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, inline_serializer
 from rest_framework import serializers, status
 from rest_framework.response import Response
@@ -137,6 +138,7 @@ class WorkspaceOpenApi(TenantScopedView):
 
     class OutputSerializer(serializers.Serializer):
         session = serializers.UUIDField(source="session.pk")
+        state = serializers.ChoiceField(choices=["starting", "live"])
         url = serializers.CharField()
         expires_at = serializers.DateTimeField()
         resumed = serializers.BooleanField()
@@ -146,31 +148,34 @@ class WorkspaceOpenApi(TenantScopedView):
     def scoped_queryset(self):
         return selectors.workspace_list(tenant=self.tenant, membership=self.membership)
 
-    @extend_schema(request=None, responses={200: OutputSerializer, **_errors(403, 404, 409, 503)},
+    @extend_schema(request=None, responses={200: OutputSerializer, 202: OutputSerializer,
+                                            **_errors(403, 404, 409, 503)},
+                   description="200: the session is live. 202: no warm container was free; the session is "
+                               "`starting` while a worker starts one (poll `GET sessions/{id}`, or open `url`: "
+                               "the gateway shows a page that reloads itself until the workspace answers).",
                    tags=["workspaces"])
     def post(self, request, pk):
         # workspace_open reads the workspace itself (one prepared lookup; an ORM get_object before it cost about
         # 1 ms of CPU) and, given the token's tenant, answers 404 for a workspace of any other tenant, as
         # scoped_queryset would: same tenant, same visibility (a member's own; a manager's 403 not_owner).
-        opened = services.workspace_open(workspace=Workspace(pk=pk), user=request.user, tenant=self.tenant)
-        return Response(self._represent(opened))
+        opened = services.workspace_open(workspace=Workspace(pk=pk), user=request.user, tenant=self.tenant,
+                                         start_later=settings.WORKSPACES_COLD_OPEN_ASYNC)
+        return Response(self._represent(opened),
+                        status=status.HTTP_202_ACCEPTED if opened.state == "starting" else status.HTTP_200_OK)
 
 
 class SessionOutputSerializer(serializers.Serializer):
     id = serializers.UUIDField()
     workspace = serializers.IntegerField(source="workspace_id")
     user = serializers.EmailField(source="user.email")
-    container = serializers.CharField(source="container.name")
-    node = serializers.CharField(source="container.node.name")
-    state = serializers.SerializerMethodField()
+    container = serializers.CharField(source="container.name", allow_null=True)
+    node = serializers.CharField(source="container.node.name", allow_null=True)
+    state = serializers.ChoiceField(choices=["starting", "live", "ended"])
     cold_start = serializers.BooleanField()
     started_at = serializers.DateTimeField()
     last_activity_at = serializers.DateTimeField()
     ended_at = serializers.DateTimeField()
     end_reason = serializers.CharField()
-
-    def get_state(self, session) -> str:
-        return "live" if session.ended_at is None else "ended"
 
 
 class SessionListApi(TenantScopedView):

@@ -154,7 +154,8 @@ class Session(models.Model):
     tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="workspace_sessions")
     workspace = models.ForeignKey(Workspace, on_delete=models.CASCADE, related_name="sessions")
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="workspace_sessions")
-    container = models.ForeignKey(Container, on_delete=models.PROTECT, related_name="sessions")
+    # None while the session is `starting`: a worker starts its container (workspaces.opening.session_start).
+    container = models.ForeignKey(Container, on_delete=models.PROTECT, related_name="sessions", null=True, blank=True)
     # False: served from the warm pool; True: the pool was empty and a container was started for it.
     cold_start = models.BooleanField(default=False)
     started_at = models.DateTimeField()
@@ -194,3 +195,10 @@ class Session(models.Model):
     @property
     def is_live(self):
         return self.ended_at is None
+
+    @property
+    def state(self):
+        """`starting` (no container yet), `live` or `ended`."""
+        if self.ended_at is not None:
+            return "ended"
+        return "starting" if self.container_id is None else "live"

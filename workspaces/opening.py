@@ -14,7 +14,7 @@ from config import db
 from core import sql
 from metering import services as metering_services
 from tenants import policy
-from tenants.exceptions import Conflict, Forbidden, NotFound, ServiceError
+from tenants.exceptions import Conflict, Forbidden, NotFound, ServiceError, Unavailable
 from tenants.models import Membership, Plan, Tenant
 from workspaces import network, routing, sessions, storage
 from workspaces import runtime as rt
@@ -38,6 +38,11 @@ class Opened:
     token: str
     expires_at: datetime
     resumed: bool = False
+
+    @property
+    def state(self):
+        """`starting` while a worker starts the session's container (the gateway shows its "starting" page)."""
+        return "starting" if self.session.container_id is None else "live"
 
 
 class _OpenLookup:
@@ -85,9 +90,12 @@ class _OpenLookup:
 _open_lookup = _OpenLookup()
 
 
-def workspace_open(*, workspace, user, tenant=None):
+def workspace_open(*, workspace, user, tenant=None, start_later=False):
     """Give `user` a running container with their workspace's files: warm claim, else a cold start. `tenant`: the
     one the caller acts in (an API token's); a workspace of another tenant is not found, as for a stranger.
+    `start_later` (the API and the portal): with no warm container, answer at once with the session `starting`
+    and let a worker start its container (`session_start`) instead of holding the caller up to
+    WORKSPACES_COLD_START_WAIT.
 
     Order: checks (tenant active, template enabled, pool not paused, entitlement), one claim transaction
     (container CLAIMED + Session), then the storage bind, the gateway route and the token. A failure after
@@ -119,6 +127,8 @@ def workspace_open(*, workspace, user, tenant=None):
 
     session = _claim(workspace=workspace, user=user)
     if session is None:
+        if start_later:
+            return _cold_open_later(workspace=workspace, user=user)
         session = _cold_start(workspace=workspace, user=user)
     failpoint("open.claimed")
     try:
@@ -138,8 +148,15 @@ def workspace_open(*, workspace, user, tenant=None):
 
 def _resume(session):
     """The workspace is already open: the same session (and container) with a fresh token; None if the session
-    ended since it was read (its container is being released: the caller opens a new one)."""
+    ended since it was read (its container is being released: the caller opens a new one). A session still
+    `starting` is answered as it is: its worker binds and routes it."""
     now = timezone.now()
+    if session.container_id is None:
+        if not routing.route_set_while_live(host_key=session.workspace.host_key, session_id=session.pk,
+                                            address=None):
+            return None
+        url, token, expires_at = _session_url_and_token(session)
+        return Opened(session=session, url=url, token=token, expires_at=expires_at, resumed=True)
     with transaction.atomic():
         # The row stays locked while binding and routing: a close (session_end locks it first) commits either
         # before, and the container is neither bound again nor routed while it is released, or after, and its
@@ -218,23 +235,39 @@ def _new_session(*, workspace, user, container, now, cold):
     return session
 
 
-def _claim(*, workspace, user, cold=False):
-    """`cold`: the open waited for this container (a cold open served by one that turned WARM meanwhile)."""
+def _claim(*, workspace, user, cold=False, starting=None):
+    """`cold`: the open waited for this container (a cold open served by one that turned WARM meanwhile).
+    `starting`: the session (already counted against the plan's concurrency) that takes the container."""
     now = timezone.now()
-    if workspace.tenant.plan.max_concurrent_workspaces is None and claim.single_statement_claims():
+    if starting is None and workspace.tenant.plan.max_concurrent_workspaces is None and (
+            claim.single_statement_claims()):
         return _claim_one_statement(workspace=workspace, user=user, now=now, cold=cold)
     try:
         with transaction.atomic():
-            _check_concurrency(workspace.tenant, now)
+            if starting is None:
+                _check_concurrency(workspace.tenant, now)
             container = claim.container_claim(template=workspace.template, tenant=workspace.tenant, now=now)
             if container is None:
                 return None
-            session = _new_session(workspace=workspace, user=user, container=container, now=now, cold=cold)
+            session = _session_for(workspace=workspace, user=user, container=container, now=now, cold=cold,
+                                   starting=starting)
             provisioning.pool_fill_enqueue(workspace.template_id)
     except IntegrityError:
         # A concurrent open of the same workspace won; the claim rolled back, the container stays WARM.
         return _existing_or_conflict(workspace)
     return session
+
+
+def _session_for(*, workspace, user, container, now, cold, starting):
+    """The session on `container`: a new one, or `starting` given its container (its time counts from now)."""
+    if starting is None:
+        return _new_session(workspace=workspace, user=user, container=container, now=now, cold=cold)
+    if not Session.objects.filter(pk=starting.pk, ended_at__isnull=True, container__isnull=True).update(
+            container=container, started_at=now, last_activity_at=now, metered_until=now):
+        raise Conflict("The session was closed while its container started.", code="session_ended")
+    starting.container, starting.started_at, starting.last_activity_at = container, now, now
+    starting.metered_until = now
+    return starting
 
 
 def _claim_one_statement(*, workspace, user, now, cold=False):
@@ -261,7 +294,7 @@ def _existing_or_conflict(workspace):
     return live
 
 
-def _cold_start(*, workspace, user):
+def _cold_start(*, workspace, user, starting=None):
     """The pool is empty: start a container for this session, or take one that warms up in the pool meanwhile.
 
     Starts are limited per node (placement.provision_slot_try): with a free slot on a candidate node (least loaded
@@ -277,7 +310,7 @@ def _cold_start(*, workspace, user):
     try:
         while True:
             if line.entered:
-                session = _claim(workspace=workspace, user=user, cold=True)
+                session = _claim(workspace=workspace, user=user, cold=True, starting=starting)
                 if session is not None:
                     line.leave()
                     return session
@@ -296,7 +329,7 @@ def _cold_start(*, workspace, user):
                 if slot is None:
                     continue
                 line.leave()  # the next open moves up and may take the next slot while this one starts
-                session, outcome = _cold_start_with_slot(workspace, user, node, slot)
+                session, outcome = _cold_start_with_slot(workspace, user, node, slot, starting)
                 if session is not None:
                     return session
                 full += outcome == "full"
@@ -319,13 +352,13 @@ def _cold_start(*, workspace, user):
         line.leave()
 
 
-def _cold_start_with_slot(workspace, user, node, slot):
+def _cold_start_with_slot(workspace, user, node, slot, starting=None):
     """(session, outcome): with a slot of `node` held, start a container there for the session; releases the slot.
 
     outcome "full": no room on the node after all; a NodeUnavailable: the engine did not answer.
     """
     try:
-        session = _cold_start_on(workspace=workspace, user=user, node=node)
+        session = _cold_start_on(workspace=workspace, user=user, node=node, starting=starting)
     except provisioning.NodeUnavailable as exc:
         return None, exc
     finally:
@@ -333,7 +366,7 @@ def _cold_start_with_slot(workspace, user, node, slot):
     return session, ("started" if session is not None else "full")
 
 
-def _cold_start_on(*, workspace, user, node):
+def _cold_start_on(*, workspace, user, node, starting=None):
     """Start a container on `node` (the caller holds one of its slots) and open the session on it; None: no room."""
     template = workspace.template
     container = provisioning.container_provision(template=template, node=node, for_warm=False, slot_held=True)
@@ -342,13 +375,15 @@ def _cold_start_on(*, workspace, user, node):
     now = timezone.now()
     try:
         with transaction.atomic():
-            _check_concurrency(workspace.tenant, now)
+            if starting is None:
+                _check_concurrency(workspace.tenant, now)
             if not Container.objects.filter(pk=container.pk, state=State.PROVISIONING).update(
                 state=State.CLAIMED, ready_at=now, claimed_at=now
             ):
                 raise ServiceError("The new container was given up while it started.", code="open_failed")
             container.state = State.CLAIMED
-            session = _new_session(workspace=workspace, user=user, container=container, now=now, cold=True)
+            session = _session_for(workspace=workspace, user=user, container=container, now=now, cold=True,
+                                   starting=starting)
             provisioning.pool_fill_enqueue(template.pk)
     except (ServiceError, IntegrityError) as exc:
         Container.objects.filter(pk=container.pk, state__in=(State.PROVISIONING, State.CLAIMED)).update(
@@ -357,4 +392,63 @@ def _cold_start_on(*, workspace, user, node):
         if isinstance(exc, IntegrityError):
             return _existing_or_conflict(workspace)
         raise
+    return session
+
+
+# --- the cold open that waits in a worker, not in a web thread ----------------------------------------------------
+
+
+def _cold_open_later(*, workspace, user):
+    """No warm container: the session now, `starting` (no container, routed to the gateway's "starting" page, its
+    token valid), and a worker starts its container after the commit (`session_start`)."""
+    # What the worker would refuse at once is refused now: no node with room, the tenant at its fair share.
+    if not placement.placement_candidates(workspace.template, tenant=workspace.tenant):
+        raise placement.NoCapacity(
+            f"No node has room for another '{workspace.template.slug}' workspace; try again shortly.")
+    now = timezone.now()
+    try:
+        with transaction.atomic():
+            _check_concurrency(workspace.tenant, now)
+            session = _new_session(workspace=workspace, user=user, container=None, now=now, cold=True)
+            transaction.on_commit(lambda: _session_start_enqueue(session.pk))
+    except IntegrityError:
+        # A concurrent open of the same workspace won: answer with its session.
+        opened = _resume(_existing_or_conflict(workspace))
+        if opened is None:
+            raise Conflict("The workspace is being opened by another request; try again.",
+                           code="open_in_progress") from None
+        return opened
+    routing.route_set_for_open(session)
+    url, token, expires_at = _session_url_and_token(session)
+    return Opened(session=session, url=url, token=token, expires_at=expires_at)
+
+
+def _session_start_enqueue(session_id):
+    from workspaces import tasks  # tasks imports the services, which import this module
+
+    try:
+        tasks.session_start.delay(str(session_id))
+    except Exception as exc:  # the broker's errors come in many types; without the task nothing would start it
+        log.exception("enqueueing the start of session %s failed", session_id)
+        sessions.session_end(session=Session(pk=session_id), reason=EndReason.FAILED)
+        raise Unavailable("The workspace could not be started now; try again shortly.",
+                          code="open_failed") from exc
+
+
+def session_start(*, session_id):
+    """The worker's half of a cold open: a container for a `starting` session (its own start, or one that turns
+    WARM while it waits in line), its storage bound and its route set, so the gateway's "starting" page turns into
+    the workspace. Safe to repeat. A failure ends the session (`failed`): the gateway then says it ended and the
+    portal shows why."""
+    session = Session.objects.select_related("workspace__template", "workspace__tenant__plan", "tenant__plan",
+                                             "user").filter(pk=session_id).first()
+    if session is None or session.ended_at is not None or session.container_id is not None:
+        return session
+    try:
+        session = _cold_start(workspace=session.workspace, user=session.user, starting=session)
+        _bind(session)
+        routing.route_set_for_open(session)
+    except Exception:
+        log.exception("starting %s failed", session)
+        sessions.session_end(session=session, reason=EndReason.FAILED)
     return session

@@ -36,7 +36,9 @@ def reconcile(*, now=None):
         if provisioning.engine_cleanup(row):
             Container.objects.filter(pk=row.pk).update(removed_at=now)
     # Live sessions on a container that is no longer claimed (lost, removed) end too.
-    for session in Session.objects.filter(ended_at__isnull=True).exclude(container__state=State.CLAIMED):
+    # (A `starting` session has no container yet: its worker, or the reclaim tick's time-out, settles it.)
+    for session in Session.objects.filter(ended_at__isnull=True, container__isnull=False).exclude(
+            container__state=State.CLAIMED):
         sessions.session_end(session=session, reason=EndReason.LOST)
         report["sessions_ended"] += 1
     report["slots_removed"] = _stale_slots_remove()

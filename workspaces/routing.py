@@ -28,7 +28,9 @@ def route_set_for_open(session):
     open's path it cost a transaction with a WAL flush (+25 % CPU per open at 20 concurrent opens).
     """
     host_key, session_id = session.workspace.host_key, str(session.pk)
-    route_set_locked(host_key=host_key, session_id=session.pk, address=session.container.address)
+    # A session still `starting` (no container yet) gets the gateway's "starting" page.
+    address = session.container.address if session.container_id is not None else None
+    route_set_locked(host_key=host_key, session_id=session.pk, address=address)
     if db.fetchone(_SESSION_LIVE_SQL, [session.pk]) is None:
         try:
             route = gateway_routes.route_get(host_key)

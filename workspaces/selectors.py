@@ -117,7 +117,7 @@ def live_routes():
     return [
         (host_key, str(session_id), address or None)
         for host_key, session_id, address in Session.objects.filter(
-            ended_at__isnull=True, container__state=Container.State.CLAIMED
+            Q(container__state=Container.State.CLAIMED) | Q(container__isnull=True), ended_at__isnull=True
         ).values_list("workspace__host_key", "pk", "container__address")
     ]
 

@@ -70,7 +70,7 @@ def session_end(*, session, reason, actor=None, metered_to=None):
         template_id = Container.objects.filter(pk=session.container_id).values_list("template_id", flat=True).first()
         provisioning.pool_fill_enqueue(template_id)
     failpoint("release.committed")
-    if not routing.route_delete_for(session.workspace):
+    if not routing.route_delete_for(session.workspace) or session.container_id is None:
         # The route may still lead to the container's address: removed now, the address would go to the next
         # container while the ended session's tokens still route there. The row stays RELEASING; the reconciler
         # deletes stale routes first, then finishes the release.
@@ -96,7 +96,13 @@ def sessions_reclaim(*, now=None):
             Exists(Membership.objects.filter(tenant=OuterRef("tenant"), user=OuterRef("user")))):
         session_end(session=session, reason=EndReason.CLOSED)
         ended += 1
-    live = list(Session.objects.filter(ended_at__isnull=True).select_related("workspace__template", "tenant__plan"))
+    # A `starting` session whose worker died (or never got the task) is given up; a live worker gives up sooner.
+    stuck_before = now - timedelta(seconds=settings.WORKSPACES_COLD_START_WAIT + settings.WORKSPACES_PROVISION_TIMEOUT)
+    for session in Session.objects.filter(ended_at__isnull=True, container__isnull=True, started_at__lt=stuck_before):
+        session_end(session=session, reason=EndReason.FAILED)
+        ended += 1
+    live = list(Session.objects.filter(ended_at__isnull=True, container__isnull=False).select_related(
+        "workspace__template", "tenant__plan"))
     running = []
     for session in live:
         minutes = min(session.workspace.template.idle_timeout_minutes, session.tenant.plan.idle_timeout_minutes)
@@ -176,9 +182,10 @@ def _end_sessions_on_access_lost(*, user, tenant, actor):
 
 
 def _usage_record(session, *, end):
-    """Advance session.metered_until to `end` and record the seconds; inside the caller's transaction."""
+    """Advance session.metered_until to `end` and record the seconds; inside the caller's transaction. A session
+    still `starting` holds no container: its time counts from when it gets one."""
     start = session.metered_until or session.started_at
-    if end <= start:
+    if end <= start or session.container_id is None:
         return
     metering_services.workspace_seconds_record(tenant=session.tenant, session_id=session.pk,
                                                user_id=session.user_id, workspace_id=session.workspace_id,

@@ -23,3 +23,9 @@ def reconcile():
     report = reconciler.reconcile()
     pool.pool_fill()
     return report
+
+
+@shared_task(acks_late=True, ignore_result=True)
+def session_start(session_id):
+    """Start the container of a `starting` session (a cold open answered at once); safe to repeat."""
+    services.session_start(session_id=session_id)

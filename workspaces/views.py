@@ -1,6 +1,10 @@
 """Portal pages of the workspaces app: list, create, open (in a new tab), close, delete; the dashboard card."""
+from datetime import timedelta
+
+from django.conf import settings
 from django.contrib import messages
 from django.shortcuts import redirect, render
+from django.utils import timezone
 from django.views.decorators.http import require_POST
 
 from tenants.exceptions import ServiceError
@@ -13,12 +17,19 @@ def workspace_list(request, membership):
     workspaces = list(selectors.workspace_list(tenant=membership.tenant, membership=membership))
     live = {s.workspace_id: s for s in selectors.session_list(tenant=membership.tenant, membership=membership)
             .filter(ended_at__isnull=True)}
+    # A cold open that failed in its worker (the user opened it in another tab, which now says the session ended).
+    failed = set(selectors.session_list(tenant=membership.tenant, membership=membership).filter(
+        end_reason="failed", ended_at__gte=timezone.now() - timedelta(minutes=10)).values_list("workspace_id",
+                                                                                                flat=True))
     for workspace in workspaces:
         workspace.live_session = live.get(workspace.pk)
+        workspace.start_failed = workspace.live_session is None and workspace.pk in failed
     return render(request, "workspaces/list.html", {
         "membership": membership,
         "workspaces": workspaces,
         "templates": selectors.template_list(),
+        # While a container starts the page reloads itself, so its status turns to "open" without a click.
+        "starting": any(s.state == "starting" for s in live.values()),
     })
 
 
@@ -44,7 +55,8 @@ def workspace_create(request, membership):
 def workspace_open(request, membership, pk):
     try:
         workspace = selectors.workspace_get(tenant=membership.tenant, membership=membership, workspace_id=pk)
-        opened = services.workspace_open(workspace=workspace, user=request.user)
+        opened = services.workspace_open(workspace=workspace, user=request.user,
+                                         start_later=settings.WORKSPACES_COLD_OPEN_ASYNC)
     except ServiceError as exc:
         return _fail(request, exc)
     return redirect(opened.url)

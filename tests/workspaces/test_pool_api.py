@@ -7,7 +7,7 @@ import pytest
 
 from tests.factories import MembershipFactory
 from tests.workspaces.fixtures_pool import *  # noqa: F403
-from workspaces import pool
+from workspaces import pool, services
 from workspaces.models import Container, Session, Workspace
 
 pytestmark = [pytest.mark.django_db, pytest.mark.docker]
@@ -149,14 +149,25 @@ def test_a_failed_open_answers_without_exception_text_or_paths(api, workspace, n
     assert not Session.objects.filter(ended_at__isnull=True).exists()
 
 
-def test_an_unreachable_engine_answers_503_without_its_url(api, workspace, pool_env, tiny_template, tmp_path):
+def test_an_unreachable_engine_answers_503_without_its_url(api, workspace, pool_env, tiny_template, tmp_path,
+                                                           settings):
     from workspaces.models import Node
 
     engine_url = f"unix://{tmp_path}/no-such-docker.sock"
     Node.objects.create(name="dead", engine_url=engine_url, cpus=8, memory_mb=8192)
+    settings.WORKSPACES_COLD_OPEN_ASYNC = False  # the open waits for its start, as before
     response = api.post(f"/api/v1/workspaces/{workspace.pk}/open")
     assert response.status_code == 503
     body = response.json()
     assert body["code"] == "node_unavailable", body
     assert str(tmp_path) not in json.dumps(body) and "unix://" not in json.dumps(body), body
     assert "cannot talk to the Docker engine" in Node.objects.get(name="dead").last_error  # staff see it in admin
+
+    # Answered at once instead (the default): the worker's start fails and the session says so, nothing more.
+    settings.WORKSPACES_COLD_OPEN_ASYNC = True
+    response = api.post(f"/api/v1/workspaces/{workspace.pk}/open")
+    assert response.status_code == 202 and response.json()["state"] == "starting"
+    services.session_start(session_id=response.json()["session"])
+    body = api.get(f"/api/v1/sessions/{response.json()['session']}").json()
+    assert (body["state"], body["end_reason"]) == ("ended", "failed"), body
+    assert str(tmp_path) not in json.dumps(body) and "unix://" not in json.dumps(body), body
