@@ -17,7 +17,7 @@ _CLAIM_SQL = f"""UPDATE {Container._meta.db_table} u
     WHERE id = (
         SELECT c.id FROM {Container._meta.db_table} c JOIN {Node._meta.db_table} n ON n.id = c.node_id
         WHERE c.template_id = %s AND c.state = '{State.WARM.value}' AND n.enabled AND NOT n.draining
-            AND {placement.FAIR_SHARE_SQL}
+            AND c.node_id NOT IN ({placement.FAIR_SHARE_FULL_NODES_SQL})
         ORDER BY c.id LIMIT 1
         FOR UPDATE OF c SKIP LOCKED
     )
@@ -67,7 +67,7 @@ def container_claim(*, template, tenant, now):
     """Inside the caller's transaction: take one WARM container of `template` (CLAIMED) for `tenant`, or None.
 
     One statement: lock the oldest WARM row of a usable node where the tenant stays within its fair share
-    (placement.FAIR_SHARE_SQL) with FOR UPDATE SKIP LOCKED (so concurrent claims take different rows without
+    (placement.FAIR_SHARE_FULL_NODES_SQL) with FOR UPDATE SKIP LOCKED (so concurrent claims take different rows without
     waiting), mark it CLAIMED, return it.
     """
     if not transaction.get_connection().in_atomic_block:

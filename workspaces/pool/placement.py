@@ -109,36 +109,41 @@ def placement_candidates(template, *, tenant=None):
 
 # --- fair share: no tenant holds more than WORKSPACES_TENANT_NODE_SHARE of a node ------------------------------------
 #
-# The one rule, as an SQL condition on a node `n` so that the warm claim (pool/claim.py) checks it inside its own
-# statement, at no extra round trip, and placement (above) with the same text. A tenant's load on a node is measured
-# as the node's own (the largest of containers, CPU and memory over its capacity) over the containers of the tenant's
-# live sessions there, counting the one being placed. A tenant with nothing on a node may always have one.
+# The one rule, as an SQL list of the nodes where a tenant is at its share, so that the warm claim (pool/claim.py)
+# checks it inside its own statement, at no extra round trip, and placement (above) with the same text. A tenant's
+# load on a node is measured as the node's own (the largest of containers, CPU and memory over its capacity) over the
+# containers of the tenant's live sessions there, counting the one being placed. A node where the tenant has nothing
+# is never in the list: a tenant may always have one container on a node. Not correlated with the claim's rows, so
+# PostgreSQL computes it once per statement (a hashed subplan), not once per WARM row it looks at.
 
 class FairShareLimit(Conflict):
     code = "fair_share"
 
 
-FAIR_SHARE_SQL = f"""(
-    SELECT count(*) = 0 OR greatest(
-        (count(*) + 1)::float / greatest(n.max_containers, 1),
-        (coalesce(sum(ft.cpus), 0) + %s)::float / greatest(n.cpus, 0.01),
-        (coalesce(sum(ft.memory_mb), 0) + %s)::float / greatest(n.memory_mb, 1)
-    ) <= %s
-    FROM {Session._meta.db_table} fs
+FAIR_SHARE_FULL_NODES_SQL = f"""
+    SELECT fc.node_id FROM {Session._meta.db_table} fs
     JOIN {Container._meta.db_table} fc ON fc.id = fs.container_id
     JOIN {WorkspaceTemplate._meta.db_table} ft ON ft.id = fc.template_id
-    WHERE fs.tenant_id = %s AND fs.ended_at IS NULL AND fc.node_id = n.id)"""
+    JOIN {Node._meta.db_table} fn ON fn.id = fc.node_id
+    WHERE fs.tenant_id = %s AND fs.ended_at IS NULL
+    GROUP BY fc.node_id, fn.max_containers, fn.cpus, fn.memory_mb
+    HAVING greatest(
+        (count(*) + 1)::float / greatest(fn.max_containers, 1),
+        (sum(ft.cpus) + %s)::float / greatest(fn.cpus, 0.01),
+        (sum(ft.memory_mb) + %s)::float / greatest(fn.memory_mb, 1)
+    ) > %s"""
 
 
 def fair_share_params(*, tenant_id, template):
-    """FAIR_SHARE_SQL's parameters, in order."""
-    return [float(template.cpus), template.memory_mb, float(settings.WORKSPACES_TENANT_NODE_SHARE), tenant_id]
+    """FAIR_SHARE_FULL_NODES_SQL's parameters, in order."""
+    return [tenant_id, float(template.cpus), template.memory_mb, float(settings.WORKSPACES_TENANT_NODE_SHARE)]
 
 
 def fair_share_nodes(*, tenant_id, template, node_ids):
     """The ids among `node_ids` where `tenant_id` may have one more container of `template`."""
     with connection.cursor() as cursor:
-        cursor.execute(f"SELECT n.id FROM {Node._meta.db_table} n WHERE n.id = ANY(%s) AND {FAIR_SHARE_SQL}",
+        cursor.execute(f"SELECT n.id FROM {Node._meta.db_table} n WHERE n.id = ANY(%s) "
+                       f"AND n.id NOT IN ({FAIR_SHARE_FULL_NODES_SQL})",
                        [list(node_ids), *fair_share_params(tenant_id=tenant_id, template=template)])
         return {row[0] for row in cursor.fetchall()}
 
