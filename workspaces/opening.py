@@ -146,17 +146,28 @@ def workspace_open(*, workspace, user, tenant=None, start_later=False):
     return Opened(session=session, url=url, token=token, expires_at=expires_at)
 
 
+_STARTING_LOCK_SQL = (f"SELECT container_id FROM {Session._meta.db_table} WHERE id = %s AND ended_at IS NULL "
+                      "FOR NO KEY UPDATE")
+
+
 def _resume(session):
     """The workspace is already open: the same session (and container) with a fresh token; None if the session
     ended since it was read (its container is being released: the caller opens a new one). A session still
     `starting` is answered as it is: its worker binds and routes it."""
     now = timezone.now()
     if session.container_id is None:
-        if not routing.route_set_while_live(host_key=session.workspace.host_key, session_id=session.pk,
-                                            address=None):
-            return None
-        url, token, expires_at = _session_url_and_token(session)
-        return Opened(session=session, url=url, token=token, expires_at=expires_at, resumed=True)
+        with transaction.atomic():
+            # Under the row lock: the worker's attach (an UPDATE of this row) commits either before, and the
+            # session is resumed as live below, or after, and its route with the address follows this one.
+            row = db.fetchone(_STARTING_LOCK_SQL, [session.pk])
+            if row is None:
+                return None
+            if row[0] is None:
+                routing.route_set_locked(host_key=session.workspace.host_key, session_id=session.pk, address=None)
+        if row[0] is None:
+            url, token, expires_at = _session_url_and_token(session)
+            return Opened(session=session, url=url, token=token, expires_at=expires_at, resumed=True)
+        session = Session.objects.select_related("container", "workspace", "tenant").get(pk=session.pk)
     with transaction.atomic():
         # The row stays locked while binding and routing: a close (session_end locks it first) commits either
         # before, and the container is neither bound again nor routed while it is released, or after, and its
@@ -410,7 +421,7 @@ def _cold_open_later(*, workspace, user):
         with transaction.atomic():
             _check_concurrency(workspace.tenant, now)
             session = _new_session(workspace=workspace, user=user, container=None, now=now, cold=True)
-            transaction.on_commit(lambda: _session_start_enqueue(session.pk))
+            transaction.on_commit(lambda: _session_start_enqueue(session))
     except IntegrityError:
         # A concurrent open of the same workspace won: answer with its session.
         opened = _resume(_existing_or_conflict(workspace))
@@ -418,19 +429,21 @@ def _cold_open_later(*, workspace, user):
             raise Conflict("The workspace is being opened by another request; try again.",
                            code="open_in_progress") from None
         return opened
-    routing.route_set_for_open(session)
     url, token, expires_at = _session_url_and_token(session)
     return Opened(session=session, url=url, token=token, expires_at=expires_at)
 
 
-def _session_start_enqueue(session_id):
+def _session_start_enqueue(session):
+    """After the commit: the "starting" route first, then the task, so the worker's route (with the container's
+    address) always comes after this one."""
     from workspaces import tasks  # tasks imports the services, which import this module
 
+    routing.route_set_for_open(session)
     try:
-        tasks.session_start.delay(str(session_id))
+        tasks.session_start.delay(str(session.pk))
     except Exception as exc:  # the broker's errors come in many types; without the task nothing would start it
-        log.exception("enqueueing the start of session %s failed", session_id)
-        sessions.session_end(session=Session(pk=session_id), reason=EndReason.FAILED)
+        log.exception("enqueueing the start of session %s failed", session.pk)
+        sessions.session_end(session=session, reason=EndReason.FAILED)
         raise Unavailable("The workspace could not be started now; try again shortly.",
                           code="open_failed") from exc
 

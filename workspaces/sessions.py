@@ -67,8 +67,10 @@ def session_end(*, session, reason, actor=None, metered_to=None):
         audit_record(tenant=session.tenant, actor=actor, action="session.ended", target=f"session:{session.pk}",
                      data={"reason": reason, "workspace": session.workspace_id,
                            "seconds": int((now - session.started_at).total_seconds())})
-        template_id = Container.objects.filter(pk=session.container_id).values_list("template_id", flat=True).first()
-        provisioning.pool_fill_enqueue(template_id)
+        if session.container_id is not None:  # a session ended while `starting` has no container to release
+            template_id = Container.objects.filter(pk=session.container_id).values_list("template_id",
+                                                                                        flat=True).first()
+            provisioning.pool_fill_enqueue(template_id)
     failpoint("release.committed")
     if not routing.route_delete_for(session.workspace) or session.container_id is None:
         # The route may still lead to the container's address: removed now, the address would go to the next
