@@ -14,8 +14,42 @@ env = environ.Env()
 environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
 
 DEBUG = env.bool("DEBUG", default=False)
-# The default key exists only so `make run` starts on a bare machine; production refuses to start without one.
-SECRET_KEY = env.str("SECRET_KEY", default="insecure-dev-only-set-SECRET_KEY-in-production")
+
+
+def _local_secret_key(path: Path) -> str:
+    """This checkout's own random key, made once (mode 0600) under var/: `make run` needs no SECRET_KEY, and no
+    key that anyone else knows ever signs a session. The first process to start writes it; the others read it."""
+    import os
+    import secrets
+
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        for _ in range(50):  # another process is writing it right now
+            key = path.read_text().strip()
+            if key:
+                return key
+            import time
+            time.sleep(0.02)
+        raise
+    key = secrets.token_urlsafe(50)
+    with os.fdopen(fd, "w") as f:
+        f.write(key + "\n")
+    return key
+
+
+# Known keys that must never sign anything outside DEBUG: the one Hearth shipped before keys were generated, and
+# Django's startproject placeholder.
+INSECURE_SECRET_KEYS = ("insecure-dev-only-set-SECRET_KEY-in-production",)
+SECRET_KEY = env.str("SECRET_KEY", default="")
+if not SECRET_KEY:
+    VAR_DIR.mkdir(parents=True, exist_ok=True)
+    SECRET_KEY = _local_secret_key(VAR_DIR / "secret_key")
+if not DEBUG and (SECRET_KEY in INSECURE_SECRET_KEYS or SECRET_KEY.startswith("django-insecure-")):
+    from django.core.exceptions import ImproperlyConfigured
+
+    raise ImproperlyConfigured("SECRET_KEY is a published development key; set a random one (or unset it for "
+                               "this checkout's own, kept in var/secret_key).")
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]", ".localhost", "testserver"])
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
 
@@ -135,6 +169,19 @@ ACCOUNT_UNIQUE_EMAIL = True
 ACCOUNT_ADAPTER = "tenants.accounts.AccountAdapter"
 ACCOUNT_SIGNUP_FORM_CLASS = "tenants.accounts.SignupForm"
 ACCOUNT_DEFAULT_HTTP_PROTOCOL = env.str("ACCOUNT_DEFAULT_HTTP_PROTOCOL", default="http")
+# Rate limits (allauth's: failed logins, signups, password resets, mail confirmations) count in Redis, so every web
+# process shares one count per client. The client is REMOTE_ADDR unless a proxy is trusted: ALLAUTH_TRUSTED_PROXY_COUNT
+# proxies of yours append to X-Forwarded-For, or ALLAUTH_TRUSTED_CLIENT_IP_HEADER names the header yours sets.
+CACHES = {
+    "default": {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": env.str("CACHE_URL", default=REDIS_URL),
+        "KEY_PREFIX": f"{HEARTH_INSTANCE}:cache",
+        "TIMEOUT": 300,
+    },
+}
+ALLAUTH_TRUSTED_PROXY_COUNT = env.int("ALLAUTH_TRUSTED_PROXY_COUNT", default=0)
+ALLAUTH_TRUSTED_CLIENT_IP_HEADER = env.str("ALLAUTH_TRUSTED_CLIENT_IP_HEADER", default="") or None
 # Portal: account mails say where they come from.
 ACCOUNT_EMAIL_SUBJECT_PREFIX = env.str("ACCOUNT_EMAIL_SUBJECT_PREFIX", default="[Hearth] ")
 # Invitations stay valid this long.
