@@ -168,7 +168,7 @@ def reconciliation_run(*, period_start=None, now=None):
         "period": f"{period_start:%Y-%m}",
         "tenants": tenant_count,
         "gaps": [{"tenant": gap.tenant_slug, "meter": slugs[gap.meter_id], "provider": gap.provider,
-                  "kind": gap.kind, "quantity": gap.quantity, "amount_cents": gap.amount_cents} for gap in gaps],
+                  "kind": str(gap.kind), "quantity": gap.quantity, "amount_cents": gap.amount_cents} for gap in gaps],
         "revenue_at_risk_cents": sum(gap.amount_cents for gap in gaps),
         "unchecked": unchecked,
     }
@@ -217,7 +217,7 @@ def reconciliation_gap_resend(*, gap, actor, now=None):
             outcome = _resend_unbilled(gap)
         audit_record(tenant=gap.tenant, actor=actor, action="billing.gap_resent",
                      target=f"{gap.meter.slug}:{gap.period_start:%Y-%m}:{gap.provider}",
-                     data={"gap": gap.pk, "kind": gap.kind, "quantity": gap.quantity,
+                     data={"gap": gap.pk, "kind": str(gap.kind), "quantity": gap.quantity,
                            "amount_cents": gap.amount_cents, **outcome})
         gap.resent_at = now
         gap.save(update_fields=["resent_at"])
