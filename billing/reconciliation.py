@@ -106,7 +106,9 @@ def reconciliation_compare(*, period_start):
 
     rows = {}
     for (tenant_id, meter), quantity in used.items():
-        tenant = tenants[tenant_id]
+        tenant = tenants.get(tenant_id)
+        if tenant is None:
+            continue  # roll-ups have no database foreign key: a tenant deleted since
         billable = None if tenant.synthetic or meter != WORKSPACE_SECONDS else overage_billable(tenant.plan, quantity)
         if not billable:
             continue

@@ -184,3 +184,13 @@ def test_the_staff_overview_shows_revenue_at_risk_and_the_resend_needs_its_permi
     resend_in_admin(client, staff("resend_gap"), [gap])
     gap.refresh_from_db()
     assert gap.resent_at is not None
+
+
+def test_the_nightly_task_reconciles_the_previous_and_the_open_month(db, settings):
+    from billing import tasks
+
+    assert settings.CELERY_BEAT_SCHEDULE["billing-reconcile"]["task"] == "billing.tasks.reconcile"
+    tenant = tenant_billed_by("invoice")
+    overage(tenant, ALLOWANCE + HOUR, 0)  # not delivered: a gap in the open month
+    assert tasks.reconcile() == [0, overage_amount_cents(HOUR, tenant.plan.overage_price_cents_per_hour)]
+    assert set(ReconciliationGap.objects.values_list("period_start", flat=True)) == {month()}
