@@ -189,3 +189,33 @@ class InvoiceLine(models.Model):
 
     def __str__(self):
         return f"{self.invoice_id}: {self.description}"
+
+
+class ReconciliationGap(models.Model):
+    """A difference reconciliation found for one tenant, meter, billing month and provider (billing/reconciliation.py);
+    each run of a month replaces that month's gaps."""
+
+    class Kind(models.TextChoices):
+        USED_NOT_REPORTED = "used_not_reported", "used but not reported"
+        REPORTED_NOT_BILLED = "reported_not_billed", "reported but not billed"
+        BILLED_NOT_METERED = "billed_not_metered", "billed but not metered"
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.SET_NULL, null=True, related_name="+")
+    tenant_slug = models.CharField(max_length=50)
+    meter = models.ForeignKey(Meter, on_delete=models.PROTECT, related_name="+")
+    period_start = models.DateTimeField(help_text="The billing month (UTC).")
+    provider = models.CharField(max_length=16, choices=Provider.choices)
+    kind = models.CharField(max_length=24, choices=Kind.choices)
+    quantity = models.BigIntegerField(help_text="In the meter's unit (seconds).")
+    amount_cents = models.BigIntegerField()
+    currency = models.CharField(max_length=3, default="usd")
+    found_at = models.DateTimeField(default=timezone.now)
+    resent_at = models.DateTimeField(null=True, blank=True, help_text="When staff re-sent it (fixed by the next run).")
+
+    class Meta:
+        ordering = ["-period_start", "tenant_slug", "meter_id", "provider", "kind"]
+        permissions = [("resend_gap", "Can re-send what a reconciliation gap is missing")]
+        indexes = [models.Index(fields=["period_start"], name="gap_period_idx")]
+
+    def __str__(self):
+        return f"{self.tenant_slug} {self.period_start:%Y-%m} {self.provider}: {self.get_kind_display()}"

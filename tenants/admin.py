@@ -75,6 +75,15 @@ def _run_service(modeladmin, request, objects, call, done):
 
 HEARTH_APPS = ("tenants", "metering", "workspaces", "billing")
 
+_overview_figures = []
+
+
+def staff_overview_figure(fn):
+    """Register fn(request) -> {"label", "value", "url"} (or None: nothing to show) for the staff overview: other
+    apps' headline figures (billing's revenue at risk) without the tenants app depending on them."""
+    _overview_figures.append(fn)
+    return fn
+
 
 def admin_actions_guard(site):
     """Give every action of other apps' model admins (allauth's make_verified, dj-stripe's resyncs) that declares no
@@ -416,6 +425,7 @@ class TenantAdmin(admin.ModelAdmin):
             "synthetic_total": live.filter(synthetic=True).count(),
             "members_total": Membership.objects.exclude(tenant__status=Tenant.Status.OFFBOARDED).count(),
             "list_price_mrr": mrr_cents / 100,
+            "figures": [figure for figure in (fn(request) for fn in _overview_figures) if figure],
         }
         return TemplateResponse(request, "admin/tenants/overview.html", context)
 

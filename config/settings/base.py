@@ -5,7 +5,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import environ
-from celery.schedules import schedule
+from celery.schedules import crontab, schedule
 
 BASE_DIR = Path(__file__).resolve().parent.parent.parent
 VAR_DIR = BASE_DIR / "var"
@@ -316,6 +316,8 @@ CELERY_BEAT_SCHEDULE = {
     "billing-invoices-issue": {"task": "billing.tasks.invoices_issue", "schedule": schedule(timedelta(hours=1))},
     # A past-due tenant whose grace ran out is suspended for payment within a minute (its sessions end).
     "billing-grace-expire": {"task": "billing.tasks.payment_grace_expire", "schedule": schedule(timedelta(minutes=1))},
+    # Nightly, off-peak (UTC): the previous and the open billing month are reconciled; gaps appear in admin.
+    "billing-reconcile": {"task": "billing.tasks.reconcile", "schedule": crontab(hour=3, minute=30)},
 }
 
 LOGGING = {
