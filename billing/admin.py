@@ -138,3 +138,6 @@ class InvoiceAdmin(ReadOnlyAdmin):
         name = invoice.number or f"draft-{invoice.tenant_slug}-{invoice.period_start:%Y-%m}"
         response["Content-Disposition"] = f'inline; filename="{name}.pdf"'
         return response
+
+# The cost model's page and unit prices live in their own module (Billing › Costs and margins).
+from billing import costs_admin  # noqa: E402, F401
