@@ -28,6 +28,11 @@ def money(value):
     return value.quantize(CENT, rounding=ROUND_HALF_UP)
 
 
+def plain(value):
+    """A price as written, without the column's trailing zeros (0.0000240000 → 0.000024)."""
+    return format(value.normalize(), "f")
+
+
 def figures(row):
     """The shown figures of a tenant's or plan's margin, rounded once here and as text (the template does no number
     formatting: 15,000 localized Decimals took seconds) for the page and the CSV alike."""
@@ -110,7 +115,9 @@ class CostRatesAdmin(admin.ModelAdmin):
         if report is not None:
             month = report.month_start
             context.update(
-                month=month, rates=report.rates,
+                month=month, rates=report.rates, prices={
+                    name: plain(getattr(report.rates, name))
+                    for name in ("vcpu_second", "memory_gb_second", "storage_gb_month", "egress_gb")},
                 previous=f"{periods.previous_month_start(month):%Y-%m}", following=f"{report.month_end:%Y-%m}",
                 plans=[{"name": plan.plan_name, **figures(plan)} for plan in report.plans],
                 total=figures(report.total),
