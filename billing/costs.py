@@ -185,12 +185,10 @@ class Margins:
         return total
 
 
-def billed_by_tenant(*, month_start, tenant_ids=None):
+def billed_by_tenant(*, month_start):
     """{tenant id: (fee cents, overage cents)} billing recorded for the month: its billing events (the invoice
-    provider's fees, overage for every provider). Stripe's subscription fee is not an event (see `_served`)."""
+    provider's fees, overage for every provider). Stripe's subscription fee is not an event (see `margins`)."""
     events = BillingEvent.objects.filter(period_start=month_start, tenant__isnull=False)
-    if tenant_ids is not None:
-        events = events.filter(tenant_id__in=tenant_ids)
     rows = (events.values("tenant_id").order_by("tenant_id")
             .annotate(fee=Sum("amount_cents", filter=Q(kind=BillingEvent.Kind.PLAN_FEE), default=0),
                       overage=Sum("amount_cents", filter=Q(kind=BillingEvent.Kind.USAGE), default=0)))
@@ -212,8 +210,8 @@ def _served(month_end, *, active_ids):
     rows = (Tenant.objects.filter(created_at__lt=month_end, synthetic=False)
             .order_by("plan__sort_order", "plan__slug", "slug")
             .values_list("pk", "slug", "name", "plan_id", "status", "subscription_id", "subscription_status"))
-    return [_Served(pk, slug, name, plan_id, bool(subscription) and status_there in LIVE)
-            for pk, slug, name, plan_id, status, subscription, status_there in rows
+    return [_Served(pk, slug, name, plan_id, bool(subscription_id) and subscription_status in LIVE)
+            for pk, slug, name, plan_id, status, subscription_id, subscription_status in rows
             if status != Tenant.Status.OFFBOARDED or pk in active_ids]
 
 

@@ -180,7 +180,7 @@ def storage_gb_months(*, tenant, month_start):
 def storage_gb_months_by_tenant(*, month_start, tenant=None):
     """{tenant id: GB-months} of every tenant with storage samples in the month (or one tenant's): one aggregate.
 
-    The month's day roll-ups are the days' peaks (days starting in the month, UTC); their sum over the days of
+    The day roll-ups starting within the month are the days' peaks (the tenant's days); their sum over the days of
     the month, in GiB, is the mean peak. A month still open counts its days so far over all its days.
     """
     _, month_end = periods.month_bounds(month_start)
