@@ -191,3 +191,5 @@ def revenue_at_risk_figure(request):
     return {"label": "Revenue at risk (reconciliation)",
             "value": f"{_money(risk['cents'])} in {risk['gaps']} gaps" + (f" ({months})" if months else ""),
             "url": reverse("admin:billing_reconciliationgap_changelist")}
+# The cost model's page and unit prices live in their own module (Billing › Costs and margins).
+from billing import costs_admin  # noqa: E402, F401
