@@ -35,9 +35,9 @@ say "building any missing workspace image (the first start takes a few minutes; 
 scripts/images/ensure.sh || say "could not build every workspace image; see above (\`make images\` to retry)"
 say "portal http://localhost:${HEARTH_PORT:-8000}/   admin http://localhost:${HEARTH_PORT:-8000}/admin/   API http://localhost:${HEARTH_PORT:-8000}/api/docs/"
 # Billing: the offline Stripe (the Procfile's `stripe`) unless STRIPE_SECRET_KEY names a real account.
-processes=(web worker beat gateway stripe)
+processes=(web worker beat gateway events stripe)
 if [ "$(DJANGO_SETTINGS_MODULE=${DJANGO_SETTINGS_MODULE:-config.settings.base} .venv/bin/python -c 'import django; django.setup(); from django.conf import settings; print(settings.STRIPE_OFFLINE)' 2>/dev/null)" = "False" ]; then
-  processes=(web worker beat gateway)
+  processes=(web worker beat gateway events)
   .venv/bin/python manage.py billing_stripe_setup
   say "Stripe: real account (STRIPE_SECRET_KEY); \`manage.py billing_sync_plans\` creates the plans' prices there"
 else

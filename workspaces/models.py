@@ -80,7 +80,12 @@ class Node(models.Model):
     max_containers = models.PositiveIntegerField(default=40)
     enabled = models.BooleanField(default=True)
     draining = models.BooleanField(default=False, help_text="No new containers; running sessions were ended.")
-    last_seen_at = models.DateTimeField(null=True, blank=True)
+    # Health (workspaces.pool.health has the rule): the last answer from the engine and the failed calls since.
+    last_seen_at = models.DateTimeField(null=True, blank=True, help_text="The engine's last answer (heartbeat).")
+    failed_calls = models.PositiveIntegerField(
+        default=0, help_text="Calls to the engine that failed in a row since its last answer.")
+    # The engine's time (ns) of the newest event the follower handled: it asks for events since then on reconnect.
+    events_cursor_ns = models.BigIntegerField(null=True, blank=True)
     last_error = models.TextField(blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 

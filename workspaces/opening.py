@@ -22,7 +22,7 @@ from workspaces.failpoints import failpoint
 from workspaces.gateway.tokens import session_token_issue
 from workspaces.gateway.urls import workspace_url
 from workspaces.models import Container, Session, Workspace, WorkspaceTemplate
-from workspaces.pool import claim, placement, provisioning
+from workspaces.pool import claim, health, placement, provisioning
 from workspaces.runtime.docker import DEFAULT_CPU_WEIGHT, DEFAULT_IO_WEIGHT
 
 log = logging.getLogger(__name__)
@@ -112,6 +112,10 @@ def workspace_open(*, workspace, user, tenant=None):
     if workspace.live_session_id is not None:
         live = Session.objects.select_related("container", "workspace", "tenant").filter(
             pk=workspace.live_session_id, ended_at__isnull=True).first()
+        if live is not None and not health.node_is_healthy(live.container.node_id):
+            # Its container may no longer run, and nothing may be ended on an engine that cannot be asked: the
+            # event follower or the reconciler ends the session once the engine answers (or an operator drains it).
+            raise provisioning.NodeUnavailable("The node running this workspace does not answer; try again shortly.")
         opened = _resume(live) if live is not None else None
         if opened is not None:
             return opened
@@ -186,7 +190,12 @@ def _resources_apply(container, plan):
     created = rt.Resources(cpu_weight=DEFAULT_CPU_WEIGHT, cpus=float(template.cpus), memory_mb=template.memory_mb,
                            pids_limit=template.pids_limit, io_weight=DEFAULT_IO_WEIGHT)
     if wanted != created:
-        rt.runtime_for(container.node).resources_set(container.engine_id, wanted)
+        try:
+            rt.runtime_for(container.node).resources_set(container.engine_id, wanted)
+        except rt.RuntimeUnavailable as exc:
+            health.node_call_failed(container.node, f"resources of {container}", exc)
+            raise provisioning.NodeUnavailable(
+                "The node of this workspace does not answer; try again shortly.") from exc
 
 
 def _session_url_and_token(session):
@@ -287,8 +296,7 @@ def _cold_start(*, workspace, user):
             if not usable:
                 if last_error is not None:
                     raise last_error  # every node with room failed to answer
-                raise placement.NoCapacity(
-                    f"No node has room for another '{template.slug}' workspace; try again shortly.")
+                raise placement.no_capacity(template)
             full = 0
             for node in usable:
                 slot = placement.provision_slot_try(node)
@@ -303,8 +311,7 @@ def _cold_start(*, workspace, user):
                     down.add(node.pk)
                     last_error = outcome
             if full and full == len(usable):
-                raise placement.NoCapacity(
-                    f"No node has room for another '{template.slug}' workspace; try again shortly.")
+                raise placement.no_capacity(template)
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise placement.PoolBusy(f"No '{template.slug}' container came free within "

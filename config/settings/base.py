@@ -352,6 +352,14 @@ WORKSPACES_COLD_START_WAIT = env.float("WORKSPACES_COLD_START_WAIT", default=60.
 WORKSPACES_POOL_POLL_INTERVAL = env.float("WORKSPACES_POOL_POLL_INTERVAL", default=0.05)
 # workspaces.runtime: seconds before a Docker engine that does not answer counts as unavailable.
 HEARTH_DOCKER_TIMEOUT = env.float("HEARTH_DOCKER_TIMEOUT", default=15.0)
+# Node health (workspaces.pool.health): a node with this many failed engine calls in a row, or without an answer for
+# this many seconds, takes no claims and no new containers until its engine answers again.
+WORKSPACES_NODE_FAILED_CALLS = env.int("WORKSPACES_NODE_FAILED_CALLS", default=2)
+WORKSPACES_NODE_HEARTBEAT_TIMEOUT = env.float("WORKSPACES_NODE_HEARTBEAT_TIMEOUT", default=60.0)
+# The engine-event follower (`manage.py engine_events`) pings each engine this often (seconds): the heartbeat.
+WORKSPACES_NODE_HEARTBEAT = env.float("WORKSPACES_NODE_HEARTBEAT", default=5.0)
+# Retry-After (seconds) of a 503 that only time fixes (no healthy node with room, a node that does not answer).
+WORKSPACES_RETRY_AFTER = env.int("WORKSPACES_RETRY_AFTER", default=10)
 # Only when several engines share one host: engine URL -> subnet of its Hearth network ("url=cidr,url=cidr").
 HEARTH_NETWORK_SUBNETS = env.dict("HEARTH_NETWORK_SUBNETS", default={})
 

@@ -4,18 +4,23 @@ from django.db import connection, transaction
 from config import db
 from core import sql
 from workspaces.models import Container, Node, Session
+from workspaces.pool import health
 
 State = Container.State
 
 
 # The states are literals, not parameters: a prepared statement then still uses the partial index on WARM rows.
 # RETURNING every column (from the model's fields): the claimed Container is a whole row, whatever fields it gains.
+# The node is joined under its table's own name, which the health rule's SQL names (a node that does not answer
+# hands out no container: it may no longer run).
 _CONTAINER = sql.Columns(Container, "u")
+_N = Node._meta.db_table
 _CLAIM_SQL = f"""UPDATE {Container._meta.db_table} u
     SET state = '{State.CLAIMED.value}', claimed_at = %s, updated_at = %s
     WHERE id = (
-        SELECT c.id FROM {Container._meta.db_table} c JOIN {Node._meta.db_table} n ON n.id = c.node_id
-        WHERE c.template_id = %s AND c.state = '{State.WARM.value}' AND n.enabled AND NOT n.draining
+        SELECT c.id FROM {Container._meta.db_table} c JOIN {_N} ON {_N}.id = c.node_id
+        WHERE c.template_id = %s AND c.state = '{State.WARM.value}' AND {_N}.enabled AND NOT {_N}.draining
+            AND {health.HEALTHY_SQL}
         ORDER BY c.id LIMIT 1
         FOR UPDATE OF c SKIP LOCKED
     )
@@ -35,7 +40,7 @@ def container_claim_for_session(*, template, session, now):
     the whole statement, so the container stays WARM. Returns the CLAIMED Container or None.
     """
     values = [field.get_db_prep_save(getattr(session, field.attname), connection) for field in _SESSION_FIELDS]
-    row = db.fetchone(_CLAIM_FOR_SESSION_SQL, [now, now, template.pk, *values])
+    row = db.fetchone(_CLAIM_FOR_SESSION_SQL, [now, now, template.pk, *health.healthy_params(), *values])
     return _claimed_container(row, template)
 
 
@@ -64,9 +69,9 @@ def _claimed_container(row, template):
 def container_claim(*, template, now):
     """Inside the caller's transaction: take one WARM container of `template` (CLAIMED), or None.
 
-    One statement: lock the oldest WARM row of a usable node with FOR UPDATE SKIP LOCKED (so concurrent claims
+    One statement: lock the oldest WARM row of a usable, healthy node with FOR UPDATE SKIP LOCKED (so concurrent claims
     take different rows without waiting), mark it CLAIMED, return it.
     """
     if not transaction.get_connection().in_atomic_block:
         raise RuntimeError("container_claim must run inside the transaction that creates the session")
-    return _claimed_container(db.fetchone(_CLAIM_SQL, [now, now, template.pk]), template)
+    return _claimed_container(db.fetchone(_CLAIM_SQL, [now, now, template.pk, *health.healthy_params()]), template)

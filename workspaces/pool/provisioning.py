@@ -24,6 +24,7 @@ from workspaces import network, storage
 from workspaces import runtime as rt
 from workspaces.failpoints import failpoint
 from workspaces.models import Container, Node, WorkspaceTemplate
+from workspaces.pool import health
 from workspaces.pool.placement import (
     node_ensure_default,
     node_loads,
@@ -43,6 +44,10 @@ State = Container.State
 class NodeUnavailable(ServiceError):
     status_code = 503
     code = "node_unavailable"
+
+    @property
+    def retry_after(self):
+        return settings.WORKSPACES_RETRY_AFTER
 
 
 class ProvisionFailed(ServiceError):
@@ -256,7 +261,7 @@ def _provision(container, *, template, node, for_warm):
         _start(container)
     except rt.RuntimeUnavailable as exc:
         _provision_failed(container, exc)
-        Node.objects.filter(pk=node.pk).update(last_error=f"{timezone.now():%Y-%m-%d %H:%M:%S} {exc}"[:2000])
+        health.node_call_failed(node, f"provisioning {container}", exc)
         # The engine's URL and error stay in the log and on the node (admin): an answer carries neither.
         raise NodeUnavailable(f"The Docker engine of node '{node.name}' does not answer; try again shortly.",
                               extra={"node": node.name}) from exc

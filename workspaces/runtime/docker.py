@@ -19,6 +19,7 @@ from docker.types import LogConfig, Mount
 
 from ..network import NetworkPolicyError, network_rules_ensure
 from .base import (
+    CONTAINER_END_EVENTS,
     ContainerExists,
     ContainerSpec,
     ImageNotFound,
@@ -26,6 +27,7 @@ from .base import (
     Runtime,
     RuntimeContainer,
     RuntimeError_,
+    RuntimeEvent,
     RuntimeUnavailable,
 )
 
@@ -316,6 +318,13 @@ class DockerRuntime(Runtime):
             for row in rows
         ]
 
+    def events(self, *, instance: str, since_ns: int | None = None) -> _EventStream:
+        # The engine takes "<seconds>.<nanoseconds>": a reconnect starts at the last event handled, none skipped.
+        since = None if since_ns is None else f"{since_ns // 10**9}.{since_ns % 10**9:09d}"
+        filters = {"type": ["container"], "event": list(CONTAINER_END_EVENTS), "label": [f"hearth.instance={instance}"]}
+        with _engine_errors(self, "follow events"):
+            return _EventStream(self.api.events(since=since, filters=filters, decode=True))
+
     def wait_ready(self, container: RuntimeContainer, *, timeout: float, path: str | None = None) -> bool:
         if not container.address:
             return False
@@ -349,6 +358,24 @@ class DockerRuntime(Runtime):
                 return True
             except docker.errors.ImageNotFound:
                 return False
+
+
+class _EventStream:
+    """The engine's event stream as RuntimeEvents; ends when the engine closes it (or close() from another thread)."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def __iter__(self):
+        for event in self._stream:  # the SDK ends the iteration when the connection breaks
+            actor = event.get("Actor") or {}
+            yield RuntimeEvent(action=event.get("Action") or event.get("status") or "",
+                               engine_id=actor.get("ID") or event.get("id") or "",
+                               labels=actor.get("Attributes") or {}, time_ns=int(event.get("timeNano") or 0))
+
+    def close(self):
+        with contextlib.suppress(Exception):  # already closed, or the socket is gone with the engine
+            self._stream.close()
 
 
 _runtimes: dict[tuple[int, str], DockerRuntime] = {}
