@@ -90,6 +90,10 @@ class Runtime(abc.ABC):
     def resources_set(self, engine_id: str, resources: Resources) -> None:
         """Change a running container's CPU, memory, process and I/O limits in place."""
 
+    def egress_read(self, engine_id: str) -> int | None:
+        """Bytes the container sent out by itself, cumulative since it started; None if this engine cannot tell."""
+        return None
+
     @abc.abstractmethod
     def wait_ready(self, container: RuntimeContainer, *, timeout: float, path: str | None = None) -> bool:
         """True once the container's port accepts connections (or, with `path`, answers HTTP below 500)."""
