@@ -121,6 +121,10 @@ def test_a_websocket_held_by_the_old_worker_is_activity(gateway, upstream, works
                 await asyncio.to_thread(gateway_reload, gateway.cfg)
             else:
                 await asyncio.to_thread(gateway_keys_rotate, gateway.cfg)
+            await asyncio.sleep(1.5)
+            # The new worker has not seen this session; the old one holds its WebSocket: open, so not idle at all.
+            seen = (await asyncio.to_thread(routes.counters_read))[str(session.pk)]
+            assert seen["active"] >= 1 and seen["idle_seconds"] == 0, seen
             long_ago = timezone.now() - timedelta(hours=3)
             await asyncio.to_thread(lambda: Session.objects.filter(pk=session.pk).update(last_activity_at=long_ago))
             await asyncio.to_thread(services.sessions_reclaim)
