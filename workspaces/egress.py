@@ -55,7 +55,7 @@ def egress_record(*, session_id, readings: dict, at) -> int:
 def egress_baseline(*, session) -> None:
     """At the claim, before the user's files are bound: what the container sent while warm is nobody's."""
     container = session.container
-    sent = rt.runtime_for(container.node).egress_read(container.engine_id) if container.engine_id else None
+    sent = _interface_reading(container)
     if sent is None:
         return
     source = interface_source(container.pk)
