@@ -168,7 +168,10 @@ class Session(models.Model):
     metered_until = models.DateTimeField(null=True, blank=True, help_text="Usage recorded up to here.")
     # db_default too: a row inserted outside the ORM still starts at 0.
     egress_bytes_metered = models.BigIntegerField(
-        default=0, db_default=0, help_text="The gateway's bytes-out counter for this session, as far as it is metered.")
+        default=0, db_default=0, help_text="Egress bytes metered for this session, from every source.")
+    # {source: counter value metered so far}: "gw:<HAProxy generation>" (bytes the gateway sent to the client),
+    # "if:<container>" (what the container sent out itself). Each only grows; a lower reading is stale, never a reset.
+    egress_marks = models.JSONField(default=dict, db_default={}, blank=True)
 
     class Meta:
         ordering = ["-started_at"]

@@ -16,7 +16,7 @@ from metering import services as metering_services
 from tenants import policy
 from tenants.exceptions import Conflict, Forbidden, NotFound, ServiceError
 from tenants.models import Membership, Plan, Tenant
-from workspaces import network, routing, sessions, storage
+from workspaces import egress, network, routing, sessions, storage
 from workspaces import runtime as rt
 from workspaces.failpoints import failpoint
 from workspaces.gateway.tokens import session_token_issue
@@ -165,6 +165,8 @@ def _bind(session, *, resumed=False):
     # session always binds; slot_bind replaces whatever might still be on the slot.
     if resumed and storage.is_mount_point(slot):
         return
+    if not resumed:
+        egress.egress_baseline(session=session)
     storage.user_volume_ensure(user_dir=Path(session.workspace.storage_path).parent,
                                size_mb=session.tenant.plan.storage_mb)
     storage.slot_bind(slot=slot, source=session.workspace.storage_path,

@@ -61,6 +61,8 @@ HEARTH_BASE_URL = env.str("HEARTH_BASE_URL", default=f"http://localhost:{HEARTH_
 HEARTH_INSTANCE = env.str("HEARTH_INSTANCE", default="hearth")
 # Firewall chains keeping workspaces off the host, private ranges and each other (workspaces/network.py).
 HEARTH_NETWORK_POLICY = env.bool("HEARTH_NETWORK_POLICY", default=True)
+# A counter in each local container's network namespace for egress_bytes (docs/RUNTIME.md).
+HEARTH_EGRESS_COUNTER = env.bool("HEARTH_EGRESS_COUNTER", default=True)
 # Containers run as host uids from here up, one per container (workspaces.pool.provisioning.container_uid).
 WORKSPACES_UID_BASE = env.int("WORKSPACES_UID_BASE", default=1_000_000_000)
 STORAGE_ROOT = Path(env.str("STORAGE_ROOT", default=str(VAR_DIR / "storage")))

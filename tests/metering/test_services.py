@@ -438,7 +438,7 @@ def test_gateway_egress_bytes_are_metered_by_the_reclaim_tick(monkeypatch):
 
     monkeypatch.setattr(gateway_routes, "counters_read", lambda **kw: {
         str(session.pk): {"requests": 40, "bytes_in": 20_000, "bytes_out": 5_000_000, "active": True,
-                          "idle_seconds": 0}})
+                          "idle_seconds": 0, "generations": {"1234.1796290000": 5_000_000}}})
     workspace_services.sessions_reclaim(now=now)
     egress = UsageRollup.objects.filter(tenant=tenant, period="month", meter__slug="egress_bytes").first()
     assert egress is not None and egress.quantity >= 5_000_000

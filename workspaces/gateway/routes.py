@@ -2,16 +2,16 @@
 import re
 from dataclasses import dataclass
 
+from workspaces.gateway import counters
 from workspaces.gateway.config import GatewayConfig, gateway_config, route_line, routes_map_write
 from workspaces.gateway.runtime_api import GatewayUnavailable, MasterCLI, RuntimeAPI
 
-TABLE = "hearth_sessions"
+TABLE = counters.TABLE
 _HOST_KEY_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 _SESSION_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _ADDRESS_RE = re.compile(r"^\d{1,3}(\.\d{1,3}){3}:\d{1,5}$")
 _SESS_HEAD_RE = re.compile(r"^(0x[0-9a-f]+): \[")
 _SERVER_ADDR_RE = re.compile(r"^\s+server=\S+ \(id=-?\d+\) addr=(\S+)")
-_TABLE_ROW_RE = re.compile(r"^0x[0-9a-f]+: key=(\S+) use=(\d+) exp=(\d+)(.*)$")
 
 __all__ = ["GatewayUnavailable", "route_set", "route_delete", "route_get", "routes_list", "routes_restore",
            "counters_read"]
@@ -149,47 +149,51 @@ def routes_restore(routes, *, cfg: GatewayConfig | None = None) -> int:
     return len(routes)
 
 
-def _parse_table(text: str, expire_ms: int) -> dict:
-    counters = {}
-    for line in text.splitlines():
-        m = _TABLE_ROW_RE.match(line)
-        if not m:
-            continue
-        key, use, exp, rest = m.group(1), int(m.group(2)), int(m.group(3)), m.group(4)
-        data = dict(kv.split("=", 1) for kv in rest.split() if "=" in kv)
-        active = int(data.get("conn_cur", 0))
-        counters[key] = {
-            "requests": int(data.get("http_req_cnt", 0)),
-            "bytes_in": int(data.get("bytes_in_cnt", 0)),
-            "bytes_out": int(data.get("bytes_out_cnt", 0)),
-            # Open streams: a WebSocket holds one for its whole life, so an open IDE counts as active.
-            "active": max(active, use),
-            "idle_seconds": 0.0 if max(active, use) else max(0.0, (expire_ms - exp) / 1000.0),
-        }
-    return counters
-
-
 def counters_read(*, cfg: GatewayConfig | None = None, tunnels: bool = False) -> dict:
-    """Per-session counters since the session's first request: {session_id: {"requests", "bytes_in",
-    "bytes_out", "active", "idle_seconds"}}.
+    """Per-session counters over every HAProxy generation: {session_id: {"requests", "bytes_in", "bytes_out",
+    "active", "idle_seconds", "generations": {generation: bytes_out}}}.
 
+    Every live worker is read, old ones still draining after a reload too (a WebSocket they hold is activity), and
+    the final tables of stopped workers (`counters.retire`) are added, so the sums never go back across a reload or
+    a graceful restart. Egress is metered per generation (`generations`), where a counter only ever grows.
     HAProxy 2.6 adds a WebSocket's bytes when it closes (the tunnel is forwarded without waking the stream),
     so while one is open the session reads as active (conn_cur) and its bytes arrive at close or route delete.
     With `tunnels=True`, a session whose only open streams are WebSockets gets the time since the last byte
     went through any of them as idle_seconds (from `show sess all`: costlier, read it every minute or so).
     """
-    cfg, api = _admin(cfg)
-    counters = _parse_table(api.command(f"show table {TABLE}"), _duration_ms(cfg.table_expire))
+    cfg = cfg or gateway_config()
+    tables, workers = counters.generations_read(cfg)
+    live = {generation for generation, _ in workers}
+    merged = {}
+    for generation, table in tables.items():
+        for session_id, c in table.items():
+            m = merged.setdefault(session_id, {"requests": 0, "bytes_in": 0, "bytes_out": 0, "active": 0,
+                                               "idle_seconds": None, "generations": {}})
+            for name in ("requests", "bytes_in", "bytes_out"):
+                m[name] += c[name]
+            m["generations"][generation] = c["bytes_out"]
+            if generation in live:
+                m["active"] += c["active"]
+                idle = c["idle_seconds"]
+                m["idle_seconds"] = idle if m["idle_seconds"] is None else min(m["idle_seconds"], idle)
+    for m in merged.values():
+        if m["active"]:
+            m["idle_seconds"] = 0.0
     if tunnels:
         sessions_by_address = {r.address: r.session_id for r in routes_list(cfg=cfg) if r.address}
-        for address, idle in tunnels_idle(api, _duration_ms(cfg.timeout_tunnel)).items():
-            session_id = sessions_by_address.get(address)
-            if session_id in counters and counters[session_id]["active"]:
-                counters[session_id]["idle_seconds"] = idle
-    return counters
+        idle_by_session = {}
+        for _, run in workers:
+            for address, idle in tunnels_idle(run, counters.duration_ms(cfg.timeout_tunnel)).items():
+                session_id = sessions_by_address.get(address)
+                if session_id is not None:
+                    idle_by_session[session_id] = min(idle, idle_by_session.get(session_id, idle))
+        for session_id, idle in idle_by_session.items():
+            if session_id in merged and merged[session_id]["active"]:
+                merged[session_id]["idle_seconds"] = idle
+    return merged
 
 
-def tunnels_idle(api: RuntimeAPI, tunnel_timeout_ms: int) -> dict:
+def tunnels_idle(run, tunnel_timeout_ms: int) -> dict:
     """{container address: seconds since the last byte on its liveliest open stream}; an HTTP request in
     flight counts as 0. A tunnel's read timeout is re-armed by every byte read, so idle = timeout - remaining."""
     idle, address, tunnel, remaining = {}, None, False, []
@@ -202,7 +206,7 @@ def tunnels_idle(api: RuntimeAPI, tunnel_timeout_ms: int) -> dict:
             seconds = max(0.0, (tunnel_timeout_ms - max(remaining)) / 1000.0)
         idle[address] = min(idle.get(address, seconds), seconds)
 
-    for line in api.command("show sess all").splitlines():
+    for line in run("show sess all").splitlines():
         if _SESS_HEAD_RE.match(line):
             flush()
             address, tunnel, remaining = None, False, []
@@ -224,10 +228,3 @@ def _human_ms(text: str) -> int:
     """HAProxy's short durations ("59m56s", "1h", "999ms", "1d2h") in milliseconds."""
     units = {"d": 86_400_000, "h": 3_600_000, "m": 60_000, "s": 1000, "ms": 1}
     return sum(int(n) * units[u] for n, u in re.findall(r"(\d+)(ms|d|h|m|s)", text))
-
-
-def _duration_ms(text: str) -> int:
-    m = re.fullmatch(r"(\d+)(ms|s|m|h|d)?", text)
-    if not m:
-        raise ValueError(f"bad duration {text!r}")
-    return int(m.group(1)) * {"ms": 1, "s": 1000, None: 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}[m.group(2)]

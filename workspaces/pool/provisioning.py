@@ -20,7 +20,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from tenants.exceptions import ServiceError
-from workspaces import network, storage
+from workspaces import egress, network, storage
 from workspaces import runtime as rt
 from workspaces.failpoints import failpoint
 from workspaces.models import Container, Node, WorkspaceTemplate
@@ -327,6 +327,11 @@ def container_release(container):
     """
     if container.slot_path:
         storage.slot_unbind(slot=Path(container.slot_path))
+    # Its counter goes with it: the last session's bytes since the last tick are metered now.
+    try:
+        egress.container_egress_final(container, at=timezone.now())
+    except Exception:  # metering must not keep a container; only what it sent since the last tick is lost
+        log.exception("final egress of %s not metered", container)
     # The address goes to the next container on the bridge, whatever its plan.
     network.container_egress_set(container=container, internet_access="none")
     if not engine_cleanup(container):

@@ -104,6 +104,10 @@ class Runtime(abc.ABC):
     def resources_set(self, engine_id: str, resources: Resources) -> None:
         """Change a running container's CPU, memory, process and I/O limits in place."""
 
+    def egress_read(self, engine_id: str) -> int | None:
+        """Bytes the container sent out by itself, cumulative since it started; None if this engine cannot tell."""
+        return None
+
     @abc.abstractmethod
     def events(self, *, instance: str, since_ns: int | None = None):
         """The installation's CONTAINER_END_EVENTS from `since_ns` (the engine's clock; None: from now), as an

@@ -18,6 +18,7 @@ import requests
 from docker.types import LogConfig, Mount
 
 from ..network import NetworkPolicyError, network_rules_ensure
+from . import egress_counter
 from .base import (
     CONTAINER_END_EVENTS,
     ContainerExists,
@@ -228,7 +229,8 @@ class DockerRuntime(Runtime):
                         f"start {spec.name} on node {self.node_name}: container is {container.status} without an "
                         f"address right after start; its log: {logs[-500:] or '(empty)'}"
                     )
-                return container
+            self._egress_counter_install(engine_id, spec.internal_port)
+            return container
         except BaseException:
             # Never leave a half-made container behind; if the engine is gone the reconciler removes it later.
             try:
@@ -296,6 +298,42 @@ class DockerRuntime(Runtime):
                                                           data=body), True)
         for warning in (answer or {}).get("Warnings") or []:  # e.g. no I/O weight without BFQ: the rest applies
             log.info("update %s on %s: %s", engine_id[:12], self.node_name, warning)
+
+    def _counts_egress(self) -> bool:
+        return bool(_setting("HEARTH_EGRESS_COUNTER", True)) and self.url.startswith("unix://")
+
+    def _pid(self, engine_id: str) -> int | None:
+        with _engine_errors(self, f"inspect {engine_id[:12]}"):
+            try:
+                state = self.api.inspect_container(engine_id)["State"]
+            except docker.errors.NotFound:
+                return None
+        return (state.get("Pid") or None) if state.get("Running") else None
+
+    def _egress_counter_install(self, engine_id: str, port: int) -> None:
+        if not self._counts_egress():
+            return
+        pid = self._pid(engine_id)
+        try:
+            if pid is None:
+                raise egress_counter.EgressCounterError("the container is not running")
+            egress_counter.counter_install(pid=pid, port=port)
+        except egress_counter.EgressCounterError as exc:
+            raise RuntimeError_(f"egress counter of {engine_id[:12]} on node {self.node_name}: {exc}") from exc
+
+    def egress_read(self, engine_id: str) -> int | None:
+        """Bytes the container sent out by itself (not its answers to the gateway); None when it cannot be read
+        (a remote engine, a container that is gone or stopped)."""
+        if not self._counts_egress():
+            return None
+        pid = self._pid(engine_id)
+        if pid is None:
+            return None
+        try:
+            return egress_counter.counter_read(pid=pid)
+        except egress_counter.EgressCounterError as exc:
+            log.warning("egress counter of %s on %s: %s", engine_id[:12], self.node_name, exc)
+            return None
 
     def inspect(self, engine_id: str) -> RuntimeContainer | None:
         with _engine_errors(self, f"inspect {engine_id[:12]}"):
