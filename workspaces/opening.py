@@ -166,8 +166,8 @@ def _bind(session, *, resumed=False):
     storage.slot_bind(slot=slot, source=session.workspace.storage_path,
                       uid=provisioning.container_uid(session.container_id))
     plan = session.tenant.plan
-    if plan.internet_access == "open":  # everything else leaves the container's address closed
-        network.container_egress_set(container=session.container, internet_access="open")
+    if plan.internet_access != "none":  # a warm container's address is closed already
+        network.container_egress_set(container=session.container, internet_access=plan.internet_access)
     if not resumed:
         _resources_apply(session.container, plan)
 
