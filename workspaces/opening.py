@@ -23,7 +23,6 @@ from workspaces.gateway.tokens import session_token_issue
 from workspaces.gateway.urls import workspace_url
 from workspaces.models import Container, Session, Workspace, WorkspaceTemplate
 from workspaces.pool import claim, placement, provisioning
-from workspaces.runtime.docker import DEFAULT_CPU_WEIGHT, DEFAULT_IO_WEIGHT
 
 log = logging.getLogger(__name__)
 
@@ -174,7 +173,7 @@ def _bind(session, *, resumed=False):
 
 def _resources_apply(container, plan):
     """The plan's CPU weight and I/O weight, and the lower of its caps and the template's (a warm container was
-    started for no plan in particular); nothing to do when they are the template's and the normal weights."""
+    started for no plan in particular, and at a low CPU weight: always applied)."""
     template = container.template
     wanted = rt.Resources(
         cpu_weight=plan.cpu_weight,
@@ -183,10 +182,7 @@ def _resources_apply(container, plan):
         pids_limit=min(template.pids_limit, plan.pids_limit or template.pids_limit),
         io_weight=plan.io_weight,
     )
-    created = rt.Resources(cpu_weight=DEFAULT_CPU_WEIGHT, cpus=float(template.cpus), memory_mb=template.memory_mb,
-                           pids_limit=template.pids_limit, io_weight=DEFAULT_IO_WEIGHT)
-    if wanted != created:
-        rt.runtime_for(container.node).resources_set(container.engine_id, wanted)
+    rt.runtime_for(container.node).resources_set(container.engine_id, wanted)
 
 
 def _session_url_and_token(session):

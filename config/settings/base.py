@@ -301,6 +301,9 @@ WORKSPACES_COLD_START_WAIT = env.float("WORKSPACES_COLD_START_WAIT", default=60.
 # How often the cold open at the head of its template's line looks for a free slot or a warm container (the rest wait
 # in PostgreSQL at no cost; this process's own releases wake it at once).
 WORKSPACES_POOL_POLL_INTERVAL = env.float("WORKSPACES_POOL_POLL_INTERVAL", default=0.05)
+# CPU weight (cgroup cpu.shares; 1024 normal) of a warm container until its claim sets the plan's: a refill's
+# code-server start then yields to the claimed containers' first page loads (docs/POOL.md, bench/browser_open.py).
+WORKSPACES_WARM_CPU_WEIGHT = env.int("WORKSPACES_WARM_CPU_WEIGHT", default=64)
 # workspaces.runtime: seconds before a Docker engine that does not answer counts as unavailable.
 HEARTH_DOCKER_TIMEOUT = env.float("HEARTH_DOCKER_TIMEOUT", default=15.0)
 # Only when several engines share one host: engine URL -> subnet of its Hearth network ("url=cidr,url=cidr").

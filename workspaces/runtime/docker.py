@@ -270,8 +270,8 @@ class DockerRuntime(Runtime):
                 mem_limit=memory,
                 memswap_limit=memory,  # no swap: a memory hog is OOM-killed, not slowed down
                 nano_cpus=int(spec.cpus * 1e9),
-                # The normal weights until the claim sets the plan's.
-                cpu_shares=DEFAULT_CPU_WEIGHT,
+                # The spec's CPU weight (a warm container's is low) and the normal I/O weight until the claim.
+                cpu_shares=int(spec.cpu_weight),
                 blkio_weight=DEFAULT_IO_WEIGHT,
                 pids_limit=int(spec.pids_limit),
                 mounts=[Mount(target=spec.mount_target, source=spec.slot_path, type="bind", propagation="rslave")],
