@@ -258,9 +258,16 @@ def main():
             services.session_end(session=session, reason=Session.EndReason.CLOSED)
 
     def fill():
-        pool.pool_fill(template_id=template.pk)
-        if not Container.objects.filter(template=template, state=Container.State.WARM).exists():
-            raise SystemExit("the pool has no warm code-server container")
+        """Wait for a warm container (the worker's refill may still be starting it) and for the refill to be done."""
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            pool.pool_fill(template_id=template.pk)
+            states = set(Container.objects.filter(template=template, state__in=(
+                Container.State.WARM, Container.State.PROVISIONING)).values_list("state", flat=True))
+            if states == {Container.State.WARM}:
+                return
+            time.sleep(0.2)
+        raise SystemExit("the pool has no warm code-server container")
 
     close_all()
     cfg = gateway_config(bind_address="127.0.0.1")
