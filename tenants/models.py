@@ -62,14 +62,13 @@ class Plan(models.Model):
     )
     class InternetAccess(models.TextChoices):
         NONE = "none"
-        # An allow-list egress proxy is not built yet: `proxy` blocks direct egress exactly as `none` does.
-        PROXY = "proxy"
+        PROXY = "proxy"  # HTTP(S) through the egress proxy's allow-list only (workspaces/egress_proxy.py)
         OPEN = "open"
 
     internet_access = models.CharField(
         max_length=8, choices=InternetAccess.choices, default=InternetAccess.PROXY,
-        help_text="From a workspace: none, through the egress proxy (not built yet: as none), or open. Private "
-                  "ranges, the host and other workspaces are never reachable.",
+        help_text="From a workspace: none, HTTP(S) through the egress proxy to allow-listed hosts "
+                  "(EGRESS_PROXY_ALLOW), or open. Private ranges, the host and other workspaces are never reachable.",
     )
     # Fair shares on a shared host, applied to a container at its claim (docs/RUNTIME.md, "Resources per plan").
     cpu_weight = models.PositiveIntegerField(

@@ -23,7 +23,6 @@ from workspaces.gateway.tokens import session_token_issue
 from workspaces.gateway.urls import workspace_url
 from workspaces.models import Container, Session, Workspace, WorkspaceTemplate
 from workspaces.pool import claim, health, placement, provisioning
-from workspaces.runtime.docker import DEFAULT_CPU_WEIGHT, DEFAULT_IO_WEIGHT
 
 log = logging.getLogger(__name__)
 
@@ -172,15 +171,15 @@ def _bind(session, *, resumed=False):
     storage.slot_bind(slot=slot, source=session.workspace.storage_path,
                       uid=provisioning.container_uid(session.container_id))
     plan = session.tenant.plan
-    if plan.internet_access == "open":  # everything else leaves the container's address closed
-        network.container_egress_set(container=session.container, internet_access="open")
+    if plan.internet_access != "none":  # a warm container's address is closed already
+        network.container_egress_set(container=session.container, internet_access=plan.internet_access)
     if not resumed:
         _resources_apply(session.container, plan)
 
 
 def _resources_apply(container, plan):
     """The plan's CPU weight and I/O weight, and the lower of its caps and the template's (a warm container was
-    started for no plan in particular); nothing to do when they are the template's and the normal weights."""
+    started for no plan in particular, and at a low CPU weight: always applied)."""
     template = container.template
     wanted = rt.Resources(
         cpu_weight=plan.cpu_weight,
@@ -189,15 +188,11 @@ def _resources_apply(container, plan):
         pids_limit=min(template.pids_limit, plan.pids_limit or template.pids_limit),
         io_weight=plan.io_weight,
     )
-    created = rt.Resources(cpu_weight=DEFAULT_CPU_WEIGHT, cpus=float(template.cpus), memory_mb=template.memory_mb,
-                           pids_limit=template.pids_limit, io_weight=DEFAULT_IO_WEIGHT)
-    if wanted != created:
-        try:
-            rt.runtime_for(container.node).resources_set(container.engine_id, wanted)
-        except rt.RuntimeUnavailable as exc:
-            health.node_call_failed(container.node, f"resources of {container}", exc)
-            raise provisioning.NodeUnavailable(
-                "The node of this workspace does not answer; try again shortly.") from exc
+    try:
+        rt.runtime_for(container.node).resources_set(container.engine_id, wanted)
+    except rt.RuntimeUnavailable as exc:
+        health.node_call_failed(container.node, f"resources of {container}", exc)
+        raise provisioning.NodeUnavailable("The node of this workspace does not answer; try again shortly.") from exc
 
 
 def _session_url_and_token(session):

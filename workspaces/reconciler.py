@@ -80,18 +80,19 @@ def container_lost(row, *, reason, report=None):
 
 
 def _stale_egress_close():
-    """Internet access stays only with the live sessions of open plans (a lost container's address is reused)."""
+    """Internet and proxy access stay only with the live sessions of open and proxy plans (a lost container's
+    address is reused)."""
     if not settings.HEARTH_NETWORK_POLICY:
         return 0
-    allowed = {
-        address.rsplit(":", 1)[0]
-        for address in Session.objects.filter(
-            ended_at__isnull=True, container__state=State.CLAIMED, tenant__plan__internet_access="open",
-        ).values_list("container__address", flat=True)
-        if address
-    }
+    live = {"open": set(), "proxy": set()}
+    for address, access in Session.objects.filter(
+        ended_at__isnull=True, container__state=State.CLAIMED, tenant__plan__internet_access__in=tuple(live),
+    ).values_list("container__address", "tenant__plan__internet_access"):
+        if address:
+            live[access].add(address.rsplit(":", 1)[0])
     try:
-        return network.egress_sync(instance=settings.HEARTH_INSTANCE, allowed=allowed)
+        return network.egress_sync(instance=settings.HEARTH_INSTANCE, allowed=live["open"], proxied=live["proxy"],
+                                   proxy_port=settings.EGRESS_PROXY_PORT or None)
     except network.NetworkPolicyError as exc:
         log.warning("closing stale Internet access failed: %s", exc)
         return 0

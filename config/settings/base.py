@@ -352,6 +352,9 @@ WORKSPACES_COLD_START_WAIT = env.float("WORKSPACES_COLD_START_WAIT", default=60.
 # How often the cold open at the head of its template's line looks for a free slot or a warm container (the rest wait
 # in PostgreSQL at no cost; this process's own releases wake it at once).
 WORKSPACES_POOL_POLL_INTERVAL = env.float("WORKSPACES_POOL_POLL_INTERVAL", default=0.05)
+# CPU weight (cgroup cpu.shares; 1024 normal) of a warm container until its claim sets the plan's: a refill's
+# code-server start then yields to the claimed containers' first page loads (docs/POOL.md, bench/browser_open.py).
+WORKSPACES_WARM_CPU_WEIGHT = env.int("WORKSPACES_WARM_CPU_WEIGHT", default=64)
 # workspaces.runtime: seconds before a Docker engine that does not answer counts as unavailable.
 HEARTH_DOCKER_TIMEOUT = env.float("HEARTH_DOCKER_TIMEOUT", default=15.0)
 # Node health (workspaces.pool.health): a node with this many failed engine calls in a row, or without an answer for
@@ -364,6 +367,22 @@ WORKSPACES_NODE_HEARTBEAT = env.float("WORKSPACES_NODE_HEARTBEAT", default=5.0)
 WORKSPACES_RETRY_AFTER = env.int("WORKSPACES_RETRY_AFTER", default=10)
 # Only when several engines share one host: engine URL -> subnet of its Hearth network ("url=cidr,url=cidr").
 HEARTH_NETWORK_SUBNETS = env.dict("HEARTH_NETWORK_SUBNETS", default={})
+
+# --- the egress proxy (tinyproxy) of plans with internet_access=proxy (workspaces/egress_proxy.py) ----------------
+# Its port on the instance's bridge gateway; the open plans' unfiltered proxy takes the next one. 0: no proxy
+# (`proxy` plans then reach nothing outside, as `none`).
+EGRESS_PROXY_PORT = env.int("EGRESS_PROXY_PORT", default=3128)
+# Host names reachable through it: `name` is that host exactly, `*.name` its subdomains; IPv4 addresses too.
+EGRESS_PROXY_ALLOW = env.list("EGRESS_PROXY_ALLOW", default=[
+    "pypi.org", "files.pythonhosted.org", "registry.npmjs.org", "registry.yarnpkg.com", "github.com",
+    "codeload.github.com", "objects.githubusercontent.com", "raw.githubusercontent.com",
+    "proxy.golang.org", "sum.golang.org", "crates.io", "static.crates.io",
+    "index.crates.io", "rubygems.org", "open-vsx.org", "*.open-vsx.org",
+])
+# The proxy drops to this user; it must be its own: the firewall refuses private addresses to every process of it.
+EGRESS_PROXY_USER = env.str("EGRESS_PROXY_USER", default="tinyproxy")
+EGRESS_PROXY_RUN_DIR = Path(env.str("EGRESS_PROXY_RUN_DIR", default=str(VAR_DIR / "egress-proxy")))
+TINYPROXY_BIN = env.str("TINYPROXY_BIN", default="tinyproxy")
 
 # --- the gateway (HAProxy): workspaces answer at <host_key>.<GATEWAY_HOST>:<HEARTH_GATEWAY_PORT> ----------------
 GATEWAY_HOST = env.str("GATEWAY_HOST", default="localhost")

@@ -35,6 +35,7 @@ from workspaces.pool.placement import (
     session_locks_drop,
     usable_nodes,
 )
+from workspaces.runtime.docker import DEFAULT_CPU_WEIGHT
 
 log = logging.getLogger(__name__)
 
@@ -171,7 +172,10 @@ def container_uid(pk) -> int:
 # --- the engine container ------------------------------------------------------------------------
 
 
-def _spec(container):
+def _spec(container, *, for_warm=True):
+    """A warm container starts at WORKSPACES_WARM_CPU_WEIGHT: its code-server start (about a CPU-second) then
+    yields to the claimed containers' first page loads; the claim raises it to the plan's. A cold start is for
+    the user waiting on it: the normal weight."""
     template = container.template
     env = {str(k): str(v) for k, v in (template.environment or {}).items()}
     return rt.ContainerSpec(
@@ -190,14 +194,15 @@ def _spec(container):
         },
         slot_path=container.slot_path,
         user=container_uid(container.pk),
+        cpu_weight=settings.WORKSPACES_WARM_CPU_WEIGHT if for_warm else DEFAULT_CPU_WEIGHT,
     )
 
 
-def _start(container):
+def _start(container, *, for_warm=True):
     """Create and start the engine container of a PROVISIONING row; returns when its port answers."""
     storage.slot_create(slot_key(container.pk), uid=container_uid(container.pk))
     runtime = rt.runtime_for(container.node)
-    created = runtime.create(_spec(container))
+    created = runtime.create(_spec(container, for_warm=for_warm))
     failpoint("provision.created")
     Container.objects.filter(pk=container.pk).update(engine_id=created.engine_id, address=created.address or "")
     container.engine_id, container.address = created.engine_id, created.address or ""
@@ -258,7 +263,7 @@ def container_provision(*, template, node, for_warm=True, slot_held=False):
 def _provision(container, *, template, node, for_warm):
     failpoint("provision.reserved")
     try:
-        _start(container)
+        _start(container, for_warm=for_warm)
     except rt.RuntimeUnavailable as exc:
         _provision_failed(container, exc)
         health.node_call_failed(node, f"provisioning {container}", exc)

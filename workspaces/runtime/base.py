@@ -39,6 +39,8 @@ class ContainerSpec:
     cap_add: tuple = ()
     # Scratch space on a read-only root: path -> tmpfs options. /tmp is always there (code-server's IPC sockets).
     tmpfs: dict = field(default_factory=dict)
+    # CPU weight until the claim sets the plan's: low for a warm container, so a refill yields to claimed ones.
+    cpu_weight: int = 1024
 
 
 @dataclass(frozen=True)

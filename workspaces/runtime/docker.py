@@ -17,7 +17,7 @@ import docker
 import requests
 from docker.types import LogConfig, Mount
 
-from ..network import NetworkPolicyError, network_rules_ensure
+from ..network import NetworkPolicyError, network_rules_ensure, proxy_environment, proxy_policy
 from . import egress_counter
 from .base import (
     CONTAINER_END_EVENTS,
@@ -99,6 +99,7 @@ class DockerRuntime(Runtime):
         self.network = network_name(self.instance)
         self._client = None
         self._network_id: str | None = None
+        self._bridge_address: tuple[str, str] | None = None  # (subnet, gateway) once the policy is ensured
         self._lock = threading.Lock()
         self._network_lock = threading.Lock()
 
@@ -174,12 +175,32 @@ class DockerRuntime(Runtime):
             self.ensure_network()  # which comes back here
             return
         with _engine_errors(self, "inspect network"):
-            options = self.api.inspect_network(self._network_id).get("Options") or {}
+            network = self.api.inspect_network(self._network_id)
+        options = network.get("Options") or {}
         bridge = options.get("com.docker.network.bridge.name") or f"br-{self._network_id[:12]}"
+        ipam = ((network.get("IPAM") or {}).get("Config") or [{}])[0]
         try:
-            network_rules_ensure(instance=self.instance, bridge=bridge)
+            port = int(_setting("EGRESS_PROXY_PORT", 0) or 0)
+            proxy = proxy_policy(port=port, user=_setting("EGRESS_PROXY_USER", "tinyproxy")) if port else None
+            network_rules_ensure(instance=self.instance, bridge=bridge, proxy=proxy)
         except NetworkPolicyError as exc:
             raise RuntimeError_(f"network policy of node {self.node_name}: {exc}") from exc
+        if ipam.get("Subnet") and ipam.get("Gateway"):
+            self._bridge_address = (ipam["Subnet"], ipam["Gateway"])
+
+    def bridge_address(self) -> tuple[str, str] | None:
+        """(subnet, gateway) of the instance's network on this local engine, where the egress proxy is reached."""
+        self.network_policy_ensure()
+        return self._bridge_address
+
+    def _proxy_environment(self) -> dict[str, str]:
+        """Every container gets the proxy's address (a warm container's plan is not known yet); the firewall decides
+        at the claim whether it reaches the allow-list proxy (proxy plans), the open one (open plans) or nothing."""
+        port = int(_setting("EGRESS_PROXY_PORT", 0) or 0)
+        if not port or self._bridge_address is None:
+            return {}
+        subnet, gateway = self._bridge_address
+        return proxy_environment(gateway=gateway, port=port, subnet=subnet)
 
     def _networks_named(self) -> list[dict]:
         found = [n for n in self.api.networks(names=[self.network]) if n["Name"] == self.network]
@@ -253,8 +274,8 @@ class DockerRuntime(Runtime):
                 mem_limit=memory,
                 memswap_limit=memory,  # no swap: a memory hog is OOM-killed, not slowed down
                 nano_cpus=int(spec.cpus * 1e9),
-                # The normal weights until the claim sets the plan's.
-                cpu_shares=DEFAULT_CPU_WEIGHT,
+                # The spec's CPU weight (a warm container's is low) and the normal I/O weight until the claim.
+                cpu_shares=int(spec.cpu_weight),
                 blkio_weight=DEFAULT_IO_WEIGHT,
                 pids_limit=int(spec.pids_limit),
                 mounts=[Mount(target=spec.mount_target, source=spec.slot_path, type="bind", propagation="rslave")],
@@ -268,7 +289,7 @@ class DockerRuntime(Runtime):
                 spec.image,
                 name=spec.name,
                 user=f"{int(spec.user)}:{int(spec.user)}",
-                environment={str(k): str(v) for k, v in spec.environment.items()},
+                environment={**{str(k): str(v) for k, v in spec.environment.items()}, **self._proxy_environment()},
                 labels=labels,
                 host_config=host_config,
                 detach=True,
