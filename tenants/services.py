@@ -542,9 +542,10 @@ def api_token_create(*, membership, name, actor, sso_login_at=None):
     if getattr(actor, "pk", None) != membership.user_id and not getattr(actor, "is_staff", False):
         raise Forbidden("A personal API token can only be created by its owner.")
     name = (name or "").strip()[:80] or "API token"
+    data = {"name": name, **({"sso_login_at": sso_login_at.isoformat()} if sso_login_at else {})}
     return API_TOKENS.create(tenant=membership.tenant, actor=actor, membership=membership, name=name,
                              sso_login_at=sso_login_at, target=lambda token: f"{membership.user.email}:{token.prefix}",
-                             data={"name": name, "sso": sso_login_at is not None})
+                             data=data)
 
 
 def api_token_revoke(*, token, actor):
