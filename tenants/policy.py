@@ -219,9 +219,9 @@ SSO_REQUIRED_API = ("{tenant} requires single sign-on: this API token was create
                     "sign-in. Sign in through your identity provider and create a new token.")
 
 
-def sso_check(tenant, *, plan=None):
-    """Forbidden(plan_without_sso) unless the tenant's plan (or `plan`) includes single sign-on."""
-    plan = plan or tenant.plan
+def sso_check(tenant):
+    """Forbidden(plan_without_sso) unless the tenant's plan includes single sign-on."""
+    plan = tenant.plan
     if not plan.sso_allowed:
         raise Forbidden(f"The {plan.name} plan does not include single sign-on: upgrade to a plan that does "
                         f"(Team or Enterprise).", code="plan_without_sso")

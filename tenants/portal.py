@@ -1,5 +1,6 @@
 """Which tenant a portal page acts on (chosen per browser session), the pending invitation, and dashboard cards."""
 import functools
+from datetime import datetime
 
 from django.contrib.auth.decorators import login_required
 from django.http import Http404
@@ -44,8 +45,6 @@ def sso_login_remember(request, *, tenant, at):
 
 def sso_login_at(request, tenant):
     """When this session signed in through `tenant`'s identity provider, or None (a password, or another tenant's)."""
-    from datetime import datetime
-
     recorded = request.session.get(SSO_LOGIN_SESSION_KEY) or {}
     if recorded.get("tenant") != tenant.pk:
         return None
