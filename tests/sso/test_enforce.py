@@ -83,3 +83,19 @@ def test_tokens_made_before_enforcement_or_without_sso_stop_working(client, acme
     tenant.plan = Plan.objects.get(slug="pro")
     tenant.save()
     assert before.get("/api/v1/tenant").status_code == 200
+
+
+def test_the_enforcement_check_costs_api_calls_no_query(acme, oidc_idp):
+    """The token's lookup already loads the tenant and its plan (tenants.tokens): the check reads them."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    tenant, owner, admin, member = acme
+    api = api_client_for(member)
+    api.get("/api/v1/tenant")  # last_used_at is written on the first call
+    with CaptureQueriesContext(connection) as plain:
+        assert api.get("/api/v1/tenant").status_code == 200
+    oidc_provider_for(tenant, oidc_idp, enforce_sso=True)
+    with CaptureQueriesContext(connection) as enforced:
+        assert api.get("/api/v1/tenant").status_code == 401
+    assert len(enforced) <= len(plain)
