@@ -192,3 +192,30 @@ def test_sign_in_page_asks_for_the_email_first(client):
     assert response.status_code == 400 and "is not an email address" in text(response)
     response = client.get(reverse("sso:login"), {"email": "someone@example.test"})
     assert response["Location"] == f"{reverse('account_login')}?email=someone%40example.test"
+
+
+def test_the_providers_error_is_shown_and_its_state_spent(client, acme, oidc_idp):
+    tenant, *_ = acme
+    oidc_provider_for(tenant, oidc_idp)
+    state = parse_qs(urlparse(start(client, "ada@acme.test")).query)["state"][0]
+    response = client.get(reverse("sso:oidc-callback"), {"state": state, "error": "access_denied",
+                                                         "error_description": "The user said no"})
+    assert response.status_code == 403 and "refused the sign-in: The user said no" in text(response)
+    assert state not in client.session["oidc_states"]
+
+
+def test_a_provider_that_does_not_answer_is_a_503_page(client, acme, oidc_idp):
+    from sso.models import IdentityProvider
+    from tests.sso.support import free_port
+
+    tenant, *_ = acme
+    provider = oidc_provider_for(tenant, oidc_idp)
+    IdentityProvider.objects.filter(pk=provider.pk).update(issuer=f"http://127.0.0.1:{free_port()}")
+    response = client.get(reverse("sso:login"), {"email": "ada@acme.test"})
+    response = client.get(response["Location"])
+    assert response.status_code == 503 and "did not answer" in text(response)
+
+
+def test_a_callback_without_a_sign_in_is_a_400_page(client, db):
+    response = client.get(reverse("sso:oidc-callback"))
+    assert response.status_code == 400 and "start again from the sign-in page" in text(response)
