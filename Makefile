@@ -21,6 +21,7 @@ run: venv
 test: venv
 	@scripts/services.sh postgres redis docker haproxy tinyproxy chromium imagetools
 	@scripts/images/ensure.sh
+	@scripts/test-idp.sh
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: venv

@@ -73,7 +73,7 @@ def _run_service(modeladmin, request, objects, call, done):
     return succeeded
 
 
-HEARTH_APPS = ("tenants", "metering", "workspaces", "billing")
+HEARTH_APPS = ("tenants", "metering", "workspaces", "billing", "sso")
 
 _overview_figures = []
 
@@ -165,10 +165,10 @@ class UserAdmin(BaseUserAdmin):
 class PlanAdmin(admin.ModelAdmin):
     list_display = [
         "slug", "name", "price", "daily_minutes", "monthly_hours", "storage_mb", "seats",
-        "max_concurrent_workspaces", "idle_timeout_minutes", "overage_price_cents_per_hour", "public",
+        "max_concurrent_workspaces", "idle_timeout_minutes", "overage_price_cents_per_hour", "public", "sso_allowed",
         "tenant_count",
     ]
-    list_filter = ["public"]
+    list_filter = ["public", "sso_allowed"]
     ordering = ["sort_order", "slug"]
 
     def get_queryset(self, request):

@@ -80,6 +80,8 @@ class Plan(models.Model):
     memory_mb = models.PositiveIntegerField(null=True, blank=True, help_text="Memory cap; empty: the template's.")
     pids_limit = models.PositiveIntegerField(null=True, blank=True, help_text="Process cap; empty: the template's.")
     public = models.BooleanField(default=True, help_text="Offered in sign-up and the plans page.")
+    sso_allowed = models.BooleanField(
+        default=False, help_text="Its tenants may sign in through their own identity provider (sso app).")
     sort_order = models.PositiveSmallIntegerField(default=0)
 
     class Meta:
@@ -117,6 +119,9 @@ class Tenant(models.Model):
         help_text="A downgrade (or Free after a cancellation) that takes effect at the end of the period.")
     payment_due_by = models.DateTimeField(
         null=True, blank=True, help_text="Past due: opens are refused (402) from this moment until it is paid.")
+    # Kept by the sso app's services: since when its members must sign in through its identity provider (no
+    # password; API tokens only if created after an SSO sign-in and after this moment). Loaded with every API token.
+    sso_enforced_at = models.DateTimeField(null=True, blank=True, editable=False)
 
     class Meta:
         ordering = ["slug"]
@@ -191,6 +196,8 @@ class ApiToken(BearerToken):
     """A personal API token: acts for one member of one tenant. Only its SHA-256 is stored."""
 
     membership = models.ForeignKey(Membership, on_delete=models.CASCADE, related_name="api_tokens")
+    # When the session that created it signed in through the tenant's identity provider; None: by password.
+    sso_login_at = models.DateTimeField(null=True, blank=True, editable=False)
 
 
 class AuditLog(models.Model):

@@ -87,6 +87,7 @@ INSTALLED_APPS = [
     "metering",
     "workspaces",
     "billing",
+    "sso",
 ]
 
 # Session, CSRF, login and messages: Django's own, skipped on the token-only API (/api/v1/; core/middleware.py).
@@ -146,6 +147,8 @@ AUTH_USER_MODEL = "tenants.User"
 AUTHENTICATION_BACKENDS = [
     "django.contrib.auth.backends.ModelBackend",
     "allauth.account.auth_backends.AuthenticationBackend",
+    # Only the callback of a tenant's OIDC identity provider (sso.oidc); passwords go through the two above.
+    "sso.oidc.TenantOidcBackend",
 ]
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
@@ -207,6 +210,23 @@ STATICFILES_DIRS = [BASE_DIR / "static"]
 MEDIA_ROOT = VAR_DIR / "media"
 # Offboarding archives: downloadable by the tenant's owner only, never served as static files.
 EXPORT_ROOT = Path(env.str("EXPORT_ROOT", default=str(VAR_DIR / "exports")))
+
+# --- single sign-on (sso/): each tenant's identity providers; docs/SSO.md --------------------------------------
+# Fernet keys for the IdPs' client secrets, newest first (rotation: prepend a new key, re-save, drop the old one).
+# Empty: one key derived from SECRET_KEY (changing SECRET_KEY then means entering the secrets again).
+SSO_ENCRYPTION_KEYS = env.list("SSO_ENCRYPTION_KEYS", default=[])
+# Domain verification reads TXT records from these resolvers ("ip" or "ip:port"); empty: the system's.
+SSO_DNS_NAMESERVERS = env.list("SSO_DNS_NAMESERVERS", default=[])
+SSO_DNS_TIMEOUT = env.float("SSO_DNS_TIMEOUT", default=5.0)
+# An IdP's discovery document is read again after this long.
+SSO_DISCOVERY_CACHE_SECONDS = env.int("SSO_DISCOVERY_CACHE_SECONDS", default=300)
+# Clock skew allowed on an ID token's exp and iat.
+SSO_CLOCK_LEEWAY = env.int("SSO_CLOCK_LEEWAY", default=60)
+# mozilla-django-oidc: one callback URL for every tenant's provider (the state says which); PKCE and nonce on.
+OIDC_AUTHENTICATION_CALLBACK_URL = "sso:oidc-callback"
+OIDC_USE_PKCE = True
+OIDC_USE_NONCE = True
+OIDC_TIMEOUT = env.float("OIDC_TIMEOUT", default=10.0)
 
 # --- the API (core/) ---------------------------------------------------------------------------------------------
 REST_FRAMEWORK = {
