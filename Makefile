@@ -19,8 +19,9 @@ run: venv
 	@scripts/run.sh
 
 test: venv
-	@scripts/services.sh postgres redis docker haproxy chromium imagetools
+	@scripts/services.sh postgres redis docker haproxy tinyproxy chromium imagetools
 	@scripts/images/ensure.sh
+	@scripts/test-idp.sh
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: venv

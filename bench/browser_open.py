@@ -13,6 +13,13 @@ new warm container of the same workspace, on the same host name.
         disk like a user's own browser, which also keeps V8's code cache (`--warm-profile incognito`: an in-memory
         context, HTTP cache only; within the noise of it here)
   cold  a new in-memory browser context per open (empty browser cache; HAProxy's static cache holds the assets)
+  direct  the same code-server, right after its Hearth open, opened in the warm browser without Hearth (no portal,
+        no gateway: a loopback TCP relay at direct.localhost, as docker-proxy would publish it, because Chromium gives
+        only localhost names a secure context); click -> workbench is quoted as a ratio to it, since the browser's
+        own work on these 2 cores dominates the absolute time. (It runs second, so its code-server is the warmer.)
+A Celery worker of the bench's instance takes the claim's refill as in production: the new warm container's
+code-server start (about a CPU-second) overlaps the user's first page load. `--warm-cpu-weight` sets the CPU weight
+warm containers start at (WORKSPACES_WARM_CPU_WEIGHT; 1024: the weight of the claimed container, as before).
 Sets up its own database (created and migrated on first use: about a minute), tenant, user, workspace, node and
 template; its containers carry the instance label `<HEARTH_INSTANCE>-browserbench` and are removed at the end.
 Prints one JSON line and a summary, with the p50 time after the click of each step (portal's open answer, the
@@ -31,6 +38,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -116,6 +124,47 @@ def _container_cpu(engine_id):
     return None
 
 
+class Relay:
+    """A loopback TCP relay to one container's port (what `docker run -p` does with docker-proxy): the direct arm."""
+
+    def __init__(self):
+        self.target = None
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = self.server.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                client, _ = self.server.accept()
+            except OSError:
+                return
+            try:
+                upstream = socket.create_connection(self.target, timeout=5)
+            except OSError:
+                client.close()
+                continue
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(src, dst):
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def close(self):
+        self.server.close()
+
+
 def cpu_snapshot(*, web_pid, gateway_pid, engine_id):
     """CPU seconds so far, per part and process, of what an open makes work: Chromium (its renderers apart), the
     IDE's container, HAProxy and the portal."""
@@ -142,6 +191,8 @@ def main():
     parser.add_argument("--warm-profile", choices=("persistent", "incognito"), default="persistent",
                         help="the warm case's browser: a profile on disk (default; like a user's browser, with V8's "
                              "code cache) or an in-memory context (HTTP cache only)")
+    parser.add_argument("--warm-cpu-weight", type=int, default=None,
+                        help="CPU weight warm containers start at (default: WORKSPACES_WARM_CPU_WEIGHT's)")
     parser.add_argument("--database-url", default=os.environ.get(
         "BENCH_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/hearth_browserbench"))
     args = parser.parse_args()
@@ -156,8 +207,11 @@ def main():
                GATEWAY_JWT_KEYS="bench:" + "b" * 48, GATEWAY_HOST="localhost", HEARTH_GATEWAY_PORT=str(gateway_port),
                HEARTH_PORT=str(web_port), HEARTH_BASE_URL=f"http://localhost:{web_port}", LOG_LEVEL="WARNING",
                DEBUG="false",
-               # No Celery worker runs here: the cold case is the open that waits for its container, as before.
+               # The cold case is the open that waits for its container, as before (the portal's asynchronous start
+               # would answer at once and reload the page).
                WORKSPACES_COLD_OPEN_ASYNC="false")
+    if args.warm_cpu_weight is not None:
+        env["WORKSPACES_WARM_CPU_WEIGHT"] = str(args.warm_cpu_weight)
     os.environ.update(env)
     # Playwright's sync API runs an event loop in this thread; the ORM calls between its steps stay synchronous.
     os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
@@ -207,9 +261,16 @@ def main():
             services.session_end(session=session, reason=Session.EndReason.CLOSED)
 
     def fill():
-        pool.pool_fill(template_id=template.pk)
-        if not Container.objects.filter(template=template, state=Container.State.WARM).exists():
-            raise SystemExit("the pool has no warm code-server container")
+        """Wait for a warm container (the worker's refill may still be starting it) and for the refill to be done."""
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            pool.pool_fill(template_id=template.pk)
+            states = set(Container.objects.filter(template=template, state__in=(
+                Container.State.WARM, Container.State.PROVISIONING)).values_list("state", flat=True))
+            if states == {Container.State.WARM}:
+                return
+            time.sleep(0.2)
+        raise SystemExit("the pool has no warm code-server container")
 
     close_all()
     cfg = gateway_config(bind_address="127.0.0.1")
@@ -217,9 +278,14 @@ def main():
     gateway.start()
     web = subprocess.Popen(["scripts/serve-web.sh"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
                            stderr=subprocess.DEVNULL, start_new_session=True)
+    # The claim's refill, taken by a worker of this instance as in production (the web process enqueues it).
+    worker = subprocess.Popen([sys.executable, "-m", "celery", "-A", "config", "worker", "--concurrency=1",
+                               "--loglevel=WARNING", "-n", f"browserbench-{os.getpid()}@%h"], cwd=ROOT, env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    relay = Relay()
     portal_url = f"http://localhost:{web_port}"
     results = {"bench": "browser_open", "opens": args.opens, "warm_profile": args.warm_profile, "image": IMAGE,
-               "cpus": os.cpu_count(),
+               "warm_cpu_weight": settings.WORKSPACES_WARM_CPU_WEIGHT, "cpus": os.cpu_count(),
                "load_avg_before": round(os.getloadavg()[0], 2)}
     try:
         wait_http(f"{portal_url}/accounts/login/")
@@ -292,6 +358,24 @@ def main():
                 page.close()
                 return elapsed
 
+            def open_direct(context):
+                """The code-server just opened through Hearth, again, straight from the browser."""
+                claimed = Session.objects.filter(ended_at__isnull=True, workspace=workspace).select_related(
+                    "container").get().container
+                host, port = claimed.address.rsplit(":", 1)
+                relay.target = (host, int(port))
+                started = time.monotonic()
+                page = context.new_page()
+                sockets = []
+                page.on("websocket", lambda ws: sockets.append(ws))
+                page.goto(f"http://direct.localhost:{relay.port}/", wait_until="commit")
+                page.wait_for_selector(".monaco-workbench", state="visible", timeout=60_000)
+                while not any(not ws.is_closed() for ws in sockets):
+                    page.wait_for_timeout(10)
+                elapsed = time.monotonic() - started
+                page.close()
+                return elapsed
+
             # The storage state holds the portal's session cookie only: a cold context's HTTP cache is empty.
             login_context = browser.new_context()
             log_in(login_context)
@@ -310,12 +394,14 @@ def main():
                 warm_context = browser.new_context(storage_state=portal_state)
             warm_portal = warm_context.new_page()
             open_once(warm_context, warm_portal)  # fills the browser's cache and HAProxy's static cache
-            cases = {"warm": [], "cold": []}
-            steps = {"warm": [], "cold": []}
-            cpus = {"warm": [], "cold": []}
+            open_direct(warm_context)  # and the direct origin's
+            cases = {"warm": [], "cold": [], "direct": []}
+            steps = {"warm": [], "cold": [], "direct": []}
+            cpus = {"warm": [], "cold": [], "direct": []}
             for _ in range(args.opens):
                 phases, cpu_used = steps["warm"], cpus["warm"]
                 cases["warm"].append(open_once(warm_context, warm_portal))
+                cases["direct"].append(open_direct(warm_context))
                 phases, cpu_used = steps["cold"], cpus["cold"]
                 context = browser.new_context(storage_state=portal_state)
                 cases["cold"].append(open_once(context, context.new_page()))
@@ -329,8 +415,14 @@ def main():
                                              for k in STEPS if any(k in p for p in steps[name])},
                              # CPU seconds each part used from the click to the open WebSocket (p50 per part).
                              "cpu_p50_s": {k: round(statistics.median(c[k] for c in cpus[name]), 3)
-                                           for k in cpus[name][0]}}
+                                           for k in (cpus[name][0] if cpus[name] else {})}}
+        # Per pair (the same code-server, one right after the other), then the median of the ratios.
+        results["warm_to_direct_p50"] = round(statistics.median(
+            w / d for w, d in zip(cases["warm"], cases["direct"], strict=True)), 2)
     finally:
+        relay.close()
+        os.killpg(worker.pid, signal.SIGTERM)
+        worker.wait(timeout=30)
         os.killpg(web.pid, signal.SIGTERM)
         web.wait(timeout=30)
         close_all()
@@ -351,6 +443,9 @@ def main():
     print(f"\nportal click on Open -> code-server's .monaco-workbench visible + WebSocket open, through HAProxy, "
           f"{args.opens} opens from a warm pool (load average {results['load_avg_before']:.1f} -> "
           f"{results['load_avg_after']:.1f} on {os.cpu_count()} cores)")
+    print(f"  warm-start CPU weight of the refill: {results['warm_cpu_weight']}; click -> workbench / direct open of "
+          f"the same code-server, p50 of the pairs: {results['warm_to_direct_p50']:.2f}x "
+          f"(direct p50 {results['direct']['p50_s']:.2f} s)")
     for name, target in (("warm", 1.2), ("cold", 2.0)):
         r = results[name]
         verdict = "meets" if r["p50_s"] <= target else "misses"

@@ -1,4 +1,5 @@
-"""The control plane of billing: accounts, billing events, deliveries (dead letters, retry), invoices (HTML, PDF)."""
+"""The control plane of billing: accounts, billing events, deliveries (dead letters, retry), invoices (HTML, PDF),
+reconciliation gaps (re-send) and revenue at risk on the staff overview."""
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
 from django.http import HttpResponse
@@ -14,8 +15,11 @@ from billing.models import (
     Invoice,
     InvoiceCounter,
     InvoiceLine,
+    ReconciliationGap,
     ReportedUsage,
 )
+from billing.reconciliation import revenue_at_risk
+from tenants.admin import _run_service, staff_overview_figure
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
@@ -138,3 +142,54 @@ class InvoiceAdmin(ReadOnlyAdmin):
         name = invoice.number or f"draft-{invoice.tenant_slug}-{invoice.period_start:%Y-%m}"
         response["Content-Disposition"] = f'inline; filename="{name}.pdf"'
         return response
+
+
+def _money(cents):
+    return f"{cents // 100}.{cents % 100:02d}"
+
+
+@admin.register(ReconciliationGap)
+class ReconciliationGapAdmin(ReadOnlyAdmin):
+    """What the last reconciliation of each month found (`manage.py reconcile_billing`, nightly); re-send from here."""
+
+    list_display = ("period", "tenant_slug", "meter", "provider", "kind", "quantity", "amount", "currency",
+                    "found_at", "resent_at")
+    list_filter = ("kind", "provider", "period_start")
+    search_fields = ("=tenant_slug",)
+    list_select_related = ("meter",)
+    actions = ["resend"]
+
+    @admin.display(description="month", ordering="period_start")
+    def period(self, obj):
+        return f"{obj.period_start:%Y-%m}"
+
+    @admin.display(description="amount", ordering="amount_cents")
+    def amount(self, obj):
+        return _money(obj.amount_cents)
+
+    def changelist_view(self, request, extra_context=None):
+        risk = revenue_at_risk()
+        extra = {"subtitle": f"Revenue at risk: {_money(risk['cents'])} in {risk['gaps']} gaps"}
+        return super().changelist_view(request, extra_context={**extra, **(extra_context or {})})
+
+    def has_resend_permission(self, request):
+        return request.user.has_perm("billing.resend_gap")
+
+    @admin.action(description="Re-send what the selected gaps are missing", permissions=["resend"])
+    def resend(self, request, queryset):
+        _run_service(self, request, queryset.select_related("tenant", "meter").order_by("pk"),
+                     lambda gap: services.reconciliation_gap_resend(gap=gap, actor=request.user),
+                     "Re-sent (the drain delivers now; the next reconciliation confirms)")
+
+
+@staff_overview_figure
+def revenue_at_risk_figure(request):
+    if not request.user.has_perm("billing.view_reconciliationgap"):
+        return None
+    risk = revenue_at_risk()
+    months = ", ".join(f"{month:%Y-%m}: {_money(cents)}" for month, cents in risk["months"][:3])
+    return {"label": "Revenue at risk (reconciliation)",
+            "value": f"{_money(risk['cents'])} in {risk['gaps']} gaps" + (f" ({months})" if months else ""),
+            "url": reverse("admin:billing_reconciliationgap_changelist")}
+# The cost model's page and unit prices live in their own module (Billing › Costs and margins).
+from billing import costs_admin  # noqa: E402, F401

@@ -1,6 +1,10 @@
-"""Billing's records: accounts, billing events and their deliveries to providers, reported usage, invoices."""
+"""Billing's records: accounts, billing events and their deliveries to providers, reported usage, invoices, and the
+cost model's rates."""
+from decimal import Decimal
+
 from django.conf import settings
 from django.contrib.postgres.fields import ArrayField
+from django.core.validators import MinValueValidator
 from django.db import models
 from django.utils import timezone
 
@@ -189,3 +193,86 @@ class InvoiceLine(models.Model):
 
     def __str__(self):
         return f"{self.invoice_id}: {self.description}"
+
+
+class ReconciliationGap(models.Model):
+    """A difference reconciliation found for one tenant, meter, billing month and provider (billing/reconciliation.py);
+    each run of a month replaces that month's gaps."""
+
+    class Kind(models.TextChoices):
+        USED_NOT_REPORTED = "used_not_reported", "used but not reported"
+        REPORTED_NOT_BILLED = "reported_not_billed", "reported but not billed"
+        BILLED_NOT_METERED = "billed_not_metered", "billed but not metered"
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.SET_NULL, null=True, related_name="+")
+    tenant_slug = models.CharField(max_length=50)
+    meter = models.ForeignKey(Meter, on_delete=models.PROTECT, related_name="+")
+    period_start = models.DateTimeField(help_text="The billing month (UTC).")
+    provider = models.CharField(max_length=16, choices=Provider.choices)
+    kind = models.CharField(max_length=24, choices=Kind.choices)
+    quantity = models.BigIntegerField(help_text="In the meter's unit (seconds).")
+    amount_cents = models.BigIntegerField()
+    currency = models.CharField(max_length=3, default="usd")
+    found_at = models.DateTimeField(default=timezone.now)
+    resent_at = models.DateTimeField(null=True, blank=True, help_text="When staff re-sent it (fixed by the next run).")
+
+    class Meta:
+        ordering = ["-period_start", "tenant_slug", "meter_id", "provider", "kind"]
+        permissions = [("resend_gap", "Can re-send what a reconciliation gap is missing")]
+        indexes = [models.Index(fields=["period_start"], name="gap_period_idx")]
+
+    def __str__(self):
+        return f"{self.tenant_slug} {self.period_start:%Y-%m} {self.provider}: {self.get_kind_display()}"
+NOT_NEGATIVE = [MinValueValidator(Decimal(0))]
+
+
+def _price(verbose_name, *, default, places=6, help_text=""):
+    """A non-negative amount of the rates' currency."""
+    return models.DecimalField(max_digits=places + 8, decimal_places=places, default=Decimal(default),
+                               validators=NOT_NEGATIVE, verbose_name=verbose_name, help_text=help_text)
+
+
+class CostRates(models.Model):
+    """What serving tenants costs Hearth: unit prices and monthly fixed costs, in one row staff edit in admin.
+
+    Amounts are in `currency`'s major unit (dollars), as Decimals: unit prices are fractions of a cent.
+    """
+
+    SINGLETON = 1
+
+    id = models.PositiveSmallIntegerField(primary_key=True, default=SINGLETON, editable=False)
+    currency = models.CharField(max_length=3, default="usd")
+    vcpu_second = _price("per vCPU-second", default="0.000024", places=10,
+                         help_text="A container-second costs the plan's CPU limit × this.")
+    memory_gb_second = _price("per GiB-second of memory", default="0", places=10,
+                              help_text="A container-second costs the plan's memory limit (GiB) × this; "
+                                        "0: memory is included in the vCPU price.")
+    default_vcpus = models.DecimalField(
+        max_digits=5, decimal_places=2, default=Decimal("1"), validators=NOT_NEGATIVE,
+        verbose_name="vCPUs when the plan sets none",
+        help_text="For plans without a CPU limit (their containers get the template's: 1 by default).")
+    default_memory_mb = models.PositiveIntegerField(
+        default=1024, verbose_name="memory (MiB) when the plan sets none",
+        help_text="For plans without a memory limit (their containers get the template's: 1024 by default).")
+    storage_gb_month = _price("per GiB-month of storage", default="0.30",
+                              help_text="Storage is the mean of the month's daily peaks.")
+    egress_gb = _price("per GiB of egress", default="0.12")
+    warm_pool_month = _price("warm pool, per month", default="30.00", places=2,
+                             help_text="The warm containers kept waiting for claims (two cost about 20–40 a month).")
+    file_storage_month = _price("file storage, per month", default="0", places=2,
+                                help_text="The storage host or volume, whatever tenants store.")
+    database_month = _price("database, per month", default="0", places=2)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        verbose_name = "costs and margins"
+        verbose_name_plural = "costs and margins"
+        constraints = [models.CheckConstraint(condition=models.Q(id=1), name="costrates_singleton")]
+
+    def __str__(self):
+        return "Cost rates"
+
+    @property
+    def fixed_month(self):
+        """The fixed costs of a month, shared by the tenants served in it."""
+        return self.warm_pool_month + self.file_storage_month + self.database_month

@@ -22,8 +22,13 @@ log = logging.getLogger(__name__)
 
 
 def providers_for(tenant):
-    """The providers billing a tenant: its account's, else Stripe for a priced plan and invoices for a custom one."""
-    account = BillingAccount.objects.filter(tenant=tenant).first()
+    """The providers billing a tenant (see `providers_billing`)."""
+    return providers_billing(tenant, BillingAccount.objects.filter(tenant=tenant).first())
+
+
+def providers_billing(tenant, account):
+    """The providers billing a tenant with this account (None: it has none): the account's, else Stripe for a priced
+    plan and invoices for a custom one."""
     if account is not None:
         return list(account.providers)
     return [Provider.STRIPE] if tenant.plan.monthly_price_cents is not None else [Provider.INVOICE]

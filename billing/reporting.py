@@ -26,6 +26,16 @@ def overage_amount_cents(seconds, cents_per_hour):
     return seconds * cents_per_hour // SECONDS_PER_HOUR
 
 
+def overage_billable(plan, used):
+    """The billable part of a month's workspace seconds on `plan` (beyond its monthly hours), or None where the plan
+    bills no overage (no overage price or no allowance). Reporting and reconciliation both apply this rule."""
+    price = plan.overage_price_cents_per_hour
+    allowance = included(plan, WORKSPACE_SECONDS, "month")
+    if price is None or allowance is None:
+        return None
+    return max(0, used - allowance)
+
+
 def _hours(seconds):
     minutes = seconds // 60
     return f"{minutes // 60} h {minutes % 60:02d} min"
@@ -84,8 +94,7 @@ def _fees(tenant, now):
 def _overage(tenant, now):
     plan = tenant.plan
     price = plan.overage_price_cents_per_hour
-    allowance = included(plan, WORKSPACE_SECONDS, "month")
-    if price is None or allowance is None:
+    if overage_billable(plan, 0) is None:
         return []
     meter = Meter.objects.get(slug=WORKSPACE_SECONDS)
     months = _months(now)
@@ -103,7 +112,7 @@ def _overage(tenant, now):
     names = providers_for(tenant)
     created = []
     for mark in marks:
-        billable = max(0, used.get(mark.period_start, 0) - allowance)
+        billable = overage_billable(plan, used.get(mark.period_start, 0))
         if billable <= mark.quantity:
             continue  # nothing new (an upgrade that raised the allowance is not credited back here)
         amount = overage_amount_cents(billable, price) - overage_amount_cents(mark.quantity, price)

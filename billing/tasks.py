@@ -1,5 +1,5 @@
 """Celery tasks of billing: thin periodic loops over its services (usage reports, deliveries, invoice issue, the end
-of a past-due grace period)."""
+of a past-due grace period, the nightly reconciliation)."""
 from celery import shared_task
 
 from billing import services
@@ -27,3 +27,9 @@ def invoices_issue():
 def payment_grace_expire():
     """Suspend for payment the past-due tenants whose grace ran out; idempotent."""
     return services.payment_grace_expire()
+
+
+@shared_task(acks_late=True, ignore_result=True)
+def reconcile():
+    """Reconcile the previous and the open billing month (their gaps replace the stored ones); idempotent."""
+    return [report["revenue_at_risk_cents"] for report in services.reconciliation_nightly()]

@@ -15,6 +15,7 @@ urlpatterns = [
     path("workspaces/", include("workspaces.urls")),
     path("usage/", include("metering.urls")),
     path("billing/", include("billing.urls")),
+    path("sso/", include("sso.urls")),
     # Stripe posts webhooks to /stripe/webhook/<uuid>/ (dj-stripe verifies them; billing.webhooks applies them).
     path("stripe/", include("djstripe.urls", namespace="djstripe")),
     path("", include("tenants.urls")),

@@ -29,6 +29,15 @@ class IsTenantManager(BasePermission):
         return policy.can_manage_members(request.auth.membership)
 
 
+class IsTenantOwner(BasePermission):
+    """For reads as well as writes (e.g. the tenant's identity providers)."""
+
+    message = policy.OWNERS_ONLY
+
+    def has_permission(self, request, view):
+        return policy.is_owner(request.auth.membership)
+
+
 class TenantScopedView(GenericAPIView):
     permission_classes = [IsAuthenticated, IsTenantMember]
     # Roles allowed to write (POST/PATCH/PUT/DELETE), named by tenants.policy; None: every member (the service

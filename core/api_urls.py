@@ -10,6 +10,7 @@ v1 = [
     path("", include("workspaces.api_urls")),
     path("", include("metering.api_urls")),
     path("", include("billing.api_urls")),
+    path("", include("sso.api_urls")),
 ]
 
 urlpatterns = [

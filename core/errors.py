@@ -15,12 +15,16 @@ def endpoint_not_found(request, *args, **kwargs):
 
 
 def exception_handler(exc, context):
-    """Every API error is JSON: {"code", "detail"} (+ "field") with a 4xx status."""
+    """Every API error is JSON: {"code", "detail"} (+ "field") with a 4xx status, or a 503 (+ Retry-After) for what
+    only time fixes."""
     if isinstance(exc, ServiceError):
         body = {"code": exc.code, "detail": exc.message, **exc.extra}
         if exc.field:
             body["field"] = exc.field
-        return Response(body, status=exc.status_code)
+        response = Response(body, status=exc.status_code)
+        if exc.retry_after is not None:
+            response["Retry-After"] = str(int(exc.retry_after))
+        return response
     if isinstance(exc, Http404):
         exc = exceptions.NotFound("Not found.")
     response = drf_exception_handler(exc, context)

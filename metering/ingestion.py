@@ -243,18 +243,19 @@ def workspace_seconds_record(*, tenant, session_id, user_id, workspace_id, start
     return inserted_seconds
 
 
-def egress_bytes_record(*, tenant, session_id, user_id, workspace_id, counted, counter, at):
-    """Record the bytes a session's gateway counter went from `counted` to `counter`; returns the bytes newly counted.
+def egress_bytes_record(*, tenant, session_id, user_id, workspace_id, source, counted, counter, at):
+    """Record the bytes a session's counter `source` went from `counted` to `counter`; returns the bytes newly counted.
 
-    The counter is cumulative per session (carried over gateway reloads). One that went down was reset (the
-    gateway restarted): all of it is new. The event id is (session, from, to), so a retry never counts twice.
+    A source's counter only grows (the caller keeps one per gateway generation and per container), so a counter at
+    or below `counted` is a stale reading and records nothing. The event id is (session, source, from, to): a retry
+    never counts twice.
     """
-    quantity = counter - counted if counter >= counted else counter
+    quantity = counter - counted
     if quantity <= 0:
         return 0
-    event = {"id": f"egress:{session_id}:{counted}:{counter}", "tenant": tenant, "meter": EGRESS_BYTES,
+    event = {"id": f"egress:{session_id}:{source}:{counted}:{counter}", "tenant": tenant, "meter": EGRESS_BYTES,
              "quantity": quantity, "timestamp": at,
-             "subject": {"user": user_id, "workspace": workspace_id, "session": session_id}}
+             "subject": {"user": user_id, "workspace": workspace_id, "session": session_id, "source": source}}
     with transaction.atomic():
         counted_now = usage_record_many([event], now=at).quantity
         if counted_now:

@@ -1,9 +1,11 @@
 """Reads of metering, from the roll-ups only (never an event scan): current usage, allowances, banners, charts."""
 import time
 from datetime import timedelta
+from decimal import Decimal
 
 from django.conf import settings
 from django.db import connection
+from django.db.models import Sum
 from django.utils import timezone
 
 from metering import periods
@@ -12,6 +14,7 @@ from metering.models import Meter, UsageRollup
 from tenants.models import Tenant
 
 MIB = 1024 * 1024
+GIB = 1024**3
 
 
 _meter_list = {"meters": None, "loaded_at": 0.0}
@@ -170,14 +173,37 @@ def storage_current(*, tenant, now=None):
 
 
 def storage_gb_months(*, tenant, month_start):
-    """Billable storage of a billing month in GB-month: the mean of the month's daily peaks, in GiB."""
+    """Billable storage of a billing month in GB-month: the mean of the month's daily peaks, in GiB (a Decimal)."""
+    return storage_gb_months_by_tenant(month_start=month_start, tenant=tenant).get(tenant.pk, Decimal(0))
+
+
+def storage_gb_months_by_tenant(*, month_start, tenant=None):
+    """{tenant id: GB-months} of every tenant with storage samples in the month (or one tenant's): one aggregate.
+
+    The day roll-ups starting within the month are the days' peaks (the tenant's days); their sum over the days of
+    the month, in GiB, is the mean peak. A month still open counts its days so far over all its days.
+    """
     _, month_end = periods.month_bounds(month_start)
     meter_id = Meter.objects.filter(slug=STORAGE_BYTES).values_list("pk", flat=True).first()
-    peaks = UsageRollup.objects.filter(tenant=tenant, meter_id=meter_id, period="day",
-                                       period_start__gte=month_start, period_start__lt=month_end)
-    days = (month_end - month_start).days
-    total = sum(peaks.values_list("quantity", flat=True))
-    return total / days / 1024**3
+    peaks = UsageRollup.objects.filter(meter_id=meter_id, period="day", period_start__gte=month_start,
+                                       period_start__lt=month_end)
+    if tenant is not None:
+        peaks = peaks.filter(tenant=tenant)
+    byte_days = peaks.values("tenant_id").order_by("tenant_id").annotate(total=Sum("quantity"))
+    divisor = Decimal((month_end - month_start).days * GIB)
+    return {row["tenant_id"]: Decimal(row["total"]) / divisor for row in byte_days}
+
+
+def month_totals_by_tenant(*, month_start, meters, tenant=None):
+    """{tenant id: {meter slug: quantity}}: the month roll-ups of counter `meters` for every tenant (or one)."""
+    by_id = dict(Meter.objects.filter(slug__in=meters).values_list("pk", "slug"))
+    rows = UsageRollup.objects.filter(period="month", period_start=month_start, meter_id__in=list(by_id))
+    if tenant is not None:
+        rows = rows.filter(tenant=tenant)
+    totals = {}
+    for tenant_id, meter_id, quantity in rows.values_list("tenant_id", "meter_id", "quantity"):
+        totals.setdefault(tenant_id, {})[by_id[meter_id]] = quantity
+    return totals
 
 
 def usage_limits(*, tenant, now=None):

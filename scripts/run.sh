@@ -10,7 +10,7 @@ say() { printf '\033[1m[hearth]\033[0m %s\n' "$*"; }
 database=(); [ -n "${DATABASE_URL:-}" ] || database=(postgres database)
 
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-  scripts/services.sh "${database[@]}" redis docker haproxy
+  scripts/services.sh "${database[@]}" redis docker haproxy tinyproxy
 else
   missing=()
   if [ ${#database[@]} -gt 0 ]; then
@@ -19,6 +19,7 @@ else
   redis-cli ping >/dev/null 2>&1 || missing+=("Redis (apt-get install redis-server; redis-server --daemonize yes)")
   docker info >/dev/null 2>&1 || missing+=("the Docker engine (apt-get install docker.io; dockerd)")
   command -v haproxy >/dev/null || missing+=("HAProxy (apt-get install haproxy)")
+  command -v tinyproxy >/dev/null || missing+=("tinyproxy, the workspaces' egress proxy (apt-get install tinyproxy)")
   if [ ${#missing[@]} -gt 0 ]; then
     say "Hearth needs these running; as root on Debian/Ubuntu \`make run\` installs them itself:"
     printf '  - %s\n' "${missing[@]}"
@@ -35,9 +36,9 @@ say "building any missing workspace image (the first start takes a few minutes; 
 scripts/images/ensure.sh || say "could not build every workspace image; see above (\`make images\` to retry)"
 say "portal http://localhost:${HEARTH_PORT:-8000}/   admin http://localhost:${HEARTH_PORT:-8000}/admin/   API http://localhost:${HEARTH_PORT:-8000}/api/docs/"
 # Billing: the offline Stripe (the Procfile's `stripe`) unless STRIPE_SECRET_KEY names a real account.
-processes=(web worker beat gateway stripe)
+processes=(web worker beat gateway events egress stripe)
 if [ "$(DJANGO_SETTINGS_MODULE=${DJANGO_SETTINGS_MODULE:-config.settings.base} .venv/bin/python -c 'import django; django.setup(); from django.conf import settings; print(settings.STRIPE_OFFLINE)' 2>/dev/null)" = "False" ]; then
-  processes=(web worker beat gateway)
+  processes=(web worker beat gateway events egress)
   .venv/bin/python manage.py billing_stripe_setup
   say "Stripe: real account (STRIPE_SECRET_KEY); \`manage.py billing_sync_plans\` creates the plans' prices there"
 else

@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# Installs (as root on Debian/Ubuntu) and starts the services Hearth needs: PostgreSQL, Redis, dockerd, HAProxy;
+# Installs (as root on Debian/Ubuntu) and starts the services Hearth needs: PostgreSQL, Redis, dockerd, HAProxy,
+# tinyproxy (the workspaces' egress proxy: installed here, configured and run by `manage.py egress_proxy`);
 # `database` creates `make run`'s own role and database (hearth, the default DATABASE_URL of config/settings/base.py).
-# Usage: scripts/services.sh [postgres] [database] [redis] [docker] [haproxy] [chromium] [imagetools]
-#        (no argument: postgres redis docker haproxy)
+# Usage: scripts/services.sh [postgres] [database] [redis] [docker] [haproxy] [tinyproxy] [chromium] [imagetools]
+#        (no argument: postgres redis docker haproxy tinyproxy)
 set -euo pipefail
 
 want=("$@")
-[ ${#want[@]} -gt 0 ] || want=(postgres redis docker haproxy)
+[ ${#want[@]} -gt 0 ] || want=(postgres redis docker haproxy tinyproxy)
 
 log() { printf '[services] %s\n' "$*"; }
 
@@ -88,6 +89,8 @@ start_docker() {
 }
 
 install_haproxy() { command -v haproxy >/dev/null || apt_install haproxy; }
+# Debian's package also enables a tinyproxy service of its own on port 8888; Hearth runs its own processes instead.
+install_tinyproxy() { command -v tinyproxy >/dev/null || apt_install tinyproxy; }
 install_imagetools() {
   # What `make images` needs to build the workspace images offline (debootstrap, npm native builds, ripgrep).
   local need=()
@@ -105,6 +108,7 @@ for s in "${want[@]}"; do
     redis) start_redis ;;
     docker) start_docker ;;
     haproxy) install_haproxy ;;
+    tinyproxy) install_tinyproxy ;;
     chromium) install_chromium ;;
     imagetools) install_imagetools ;;
     *) log "unknown service $s"; exit 2 ;;

@@ -15,7 +15,19 @@ class _InvalidFormIs400:
 
 
 class LoginView(_InvalidFormIs400, allauth_views.LoginView):
-    pass
+    """Two steps: the address first (GET /sso/login routes it to a single sign-on provider or back here with
+    ?email=), then the password."""
+
+    def get_initial(self):
+        initial = super().get_initial()
+        if self.request.GET.get("email"):
+            initial["login"] = self.request.GET["email"][:254]
+        return initial
+
+    def get_context_data(self, **kwargs):
+        context = super().get_context_data(**kwargs)
+        context["password_step"] = self.request.method == "POST" or bool(self.request.GET.get("email"))
+        return context
 
 
 class SignupView(_InvalidFormIs400, allauth_views.SignupView):

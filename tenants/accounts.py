@@ -28,6 +28,17 @@ def pending_invitation(request):
 
 
 class AccountAdapter(DefaultAccountAdapter):
+    def authenticate(self, request, **credentials):
+        """A right password is still refused to members of a tenant that enforces single sign-on, with a message
+        pointing to it (checked after the password, so the answer says nothing about an address to a guesser)."""
+        user = super().authenticate(request, **credentials)
+        if user is not None:
+            try:
+                policy.password_login_check(user)
+            except ServiceError as exc:
+                raise forms.ValidationError(exc.message, code=exc.code) from None
+        return user
+
     def save_user(self, request, user, form, commit=True):
         """The user and their tenant are created in one transaction: never a user without a tenant.
 

@@ -73,7 +73,16 @@ def _run_service(modeladmin, request, objects, call, done):
     return succeeded
 
 
-HEARTH_APPS = ("tenants", "metering", "workspaces", "billing")
+HEARTH_APPS = ("tenants", "metering", "workspaces", "billing", "sso")
+
+_overview_figures = []
+
+
+def staff_overview_figure(fn):
+    """Register fn(request) -> {"label", "value", "url"} (or None: nothing to show) for the staff overview: other
+    apps' headline figures (billing's revenue at risk) without the tenants app depending on them."""
+    _overview_figures.append(fn)
+    return fn
 
 
 def admin_actions_guard(site):
@@ -157,9 +166,9 @@ class PlanAdmin(admin.ModelAdmin):
     list_display = [
         "slug", "name", "price", "daily_minutes", "monthly_hours", "storage_mb", "seats",
         "max_concurrent_workspaces", "idle_timeout_minutes", "max_session_hours", "overage_price_cents_per_hour",
-        "public", "tenant_count",
+        "public", "sso_allowed", "tenant_count",
     ]
-    list_filter = ["public"]
+    list_filter = ["public", "sso_allowed"]
     ordering = ["sort_order", "slug"]
 
     def get_queryset(self, request):
@@ -416,6 +425,7 @@ class TenantAdmin(admin.ModelAdmin):
             "synthetic_total": live.filter(synthetic=True).count(),
             "members_total": Membership.objects.exclude(tenant__status=Tenant.Status.OFFBOARDED).count(),
             "list_price_mrr": mrr_cents / 100,
+            "figures": [figure for figure in (fn(request) for fn in _overview_figures) if figure],
         }
         return TemplateResponse(request, "admin/tenants/overview.html", context)
 

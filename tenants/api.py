@@ -389,7 +389,9 @@ class TokenCreateApi(TenantScopedView):
     @extend_schema(request=InputSerializer, responses={201: OutputSerializer, **_errors(400)}, tags=["tokens"])
     def post(self, request):
         data = _validated(self.InputSerializer, request.data)
-        token, plaintext = services.api_token_create(membership=self.membership, name=data["name"], actor=request.user)
+        # A token made with a token made after an SSO sign-in counts as made after that sign-in.
+        token, plaintext = services.api_token_create(membership=self.membership, name=data["name"], actor=request.user,
+                                                     sso_login_at=request.auth.sso_login_at)
         token.plaintext = plaintext
         return Response(self.OutputSerializer(token).data, status=status.HTTP_201_CREATED)
 

@@ -3,6 +3,8 @@ from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from rest_framework import exceptions
 from rest_framework.authentication import BaseAuthentication, get_authorization_header
 
+from tenants import policy
+from tenants.exceptions import Forbidden
 from tenants.tokens import api_token_authenticate
 
 
@@ -20,6 +22,10 @@ class ApiTokenAuthentication(BaseAuthentication):
         token = api_token_authenticate(parts[1].decode(errors="replace"))
         if token is None:
             raise exceptions.AuthenticationFailed("Invalid or revoked API token.")
+        try:
+            policy.api_token_sso_check(token)
+        except Forbidden as exc:
+            raise exceptions.AuthenticationFailed(exc.message, code=exc.code) from None
         return token.membership.user, token
 
     def authenticate_header(self, request):

@@ -6,6 +6,8 @@ class ServiceError(Exception):
 
     status_code = 400
     code = "invalid"
+    # Seconds after which the same request may succeed (a Retry-After header on a 503); None: no header.
+    retry_after = None
 
     def __init__(self, message, *, code=None, field=None, extra=None):
         super().__init__(message)

@@ -66,14 +66,13 @@ class Plan(models.Model):
     )
     class InternetAccess(models.TextChoices):
         NONE = "none"
-        # An allow-list egress proxy is not built yet: `proxy` blocks direct egress exactly as `none` does.
-        PROXY = "proxy"
+        PROXY = "proxy"  # HTTP(S) through the egress proxy's allow-list only (workspaces/egress_proxy.py)
         OPEN = "open"
 
     internet_access = models.CharField(
         max_length=8, choices=InternetAccess.choices, default=InternetAccess.PROXY,
-        help_text="From a workspace: none, through the egress proxy (not built yet: as none), or open. Private "
-                  "ranges, the host and other workspaces are never reachable.",
+        help_text="From a workspace: none, HTTP(S) through the egress proxy to allow-listed hosts "
+                  "(EGRESS_PROXY_ALLOW), or open. Private ranges, the host and other workspaces are never reachable.",
     )
     # Fair shares on a shared host, applied to a container at its claim (docs/RUNTIME.md, "Resources per plan").
     cpu_weight = models.PositiveIntegerField(
@@ -85,6 +84,8 @@ class Plan(models.Model):
     memory_mb = models.PositiveIntegerField(null=True, blank=True, help_text="Memory cap; empty: the template's.")
     pids_limit = models.PositiveIntegerField(null=True, blank=True, help_text="Process cap; empty: the template's.")
     public = models.BooleanField(default=True, help_text="Offered in sign-up and the plans page.")
+    sso_allowed = models.BooleanField(
+        default=False, help_text="Its tenants may sign in through their own identity provider (sso app).")
     sort_order = models.PositiveSmallIntegerField(default=0)
 
     class Meta:
@@ -122,6 +123,9 @@ class Tenant(models.Model):
         help_text="A downgrade (or Free after a cancellation) that takes effect at the end of the period.")
     payment_due_by = models.DateTimeField(
         null=True, blank=True, help_text="Past due: opens are refused (402) from this moment until it is paid.")
+    # Kept by the sso app's services: since when its members must sign in through its identity provider (no
+    # password; API tokens only if created after an SSO sign-in and after this moment). Loaded with every API token.
+    sso_enforced_at = models.DateTimeField(null=True, blank=True, editable=False)
 
     class Meta:
         ordering = ["slug"]
@@ -196,6 +200,8 @@ class ApiToken(BearerToken):
     """A personal API token: acts for one member of one tenant. Only its SHA-256 is stored."""
 
     membership = models.ForeignKey(Membership, on_delete=models.CASCADE, related_name="api_tokens")
+    # When the session that created it signed in through the tenant's identity provider; None: by password.
+    sso_login_at = models.DateTimeField(null=True, blank=True, editable=False)
 
 
 class AuditLog(models.Model):

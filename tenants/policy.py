@@ -249,3 +249,41 @@ def session_ends_at(*, plan, started_at):
     if plan.max_session_hours is None:
         return None
     return started_at + timedelta(hours=plan.max_session_hours)
+
+
+# --- single sign-on (the sso app keeps the identity providers; the rules on who must use them are here) ----------
+
+SSO_REQUIRED_API = ("{tenant} requires single sign-on: this API token was created before it did, or without an SSO "
+                    "sign-in. Sign in through your identity provider and create a new token.")
+
+
+def sso_check(tenant):
+    """Forbidden(plan_without_sso) unless the tenant's plan includes single sign-on."""
+    plan = tenant.plan
+    if not plan.sso_allowed:
+        raise Forbidden(f"The {plan.name} plan does not include single sign-on: upgrade to a plan that does "
+                        f"(Team or Enterprise).", code="plan_without_sso")
+
+
+def is_sso_enforced(tenant) -> bool:
+    """Its members cannot use a password, and only API tokens made after an SSO sign-in work. A plan without SSO
+    lifts the enforcement (else nobody could sign in at all)."""
+    return tenant.sso_enforced_at is not None and tenant.plan.sso_allowed
+
+
+def password_login_check(user):
+    """Forbidden(sso_required) when one of the user's tenants enforces single sign-on: then the identity provider
+    is the only way in, for all of the user's tenants (a password would bypass the IdP's own checks)."""
+    enforcing = (Tenant.objects.filter(memberships__user=user, sso_enforced_at__isnull=False, plan__sso_allowed=True)
+                 .order_by("name").first())
+    if enforcing is not None:
+        raise Forbidden(f"{enforcing.name} signs in through its identity provider, not with a password: enter your "
+                        f"work email on the sign-in page and continue with single sign-on.", code="sso_required")
+
+
+def api_token_sso_check(token):
+    """Forbidden(sso_required) when the token's tenant enforces SSO and the token was made before the enforcement
+    or by a session that did not sign in through the identity provider."""
+    tenant = token.membership.tenant
+    if is_sso_enforced(tenant) and (token.sso_login_at is None or token.created_at < tenant.sso_enforced_at):
+        raise Forbidden(SSO_REQUIRED_API.format(tenant=tenant.name), code="sso_required")

@@ -1,5 +1,6 @@
 """Which tenant a portal page acts on (chosen per browser session), the pending invitation, and dashboard cards."""
 import functools
+from datetime import datetime
 
 from django.contrib.auth.decorators import login_required
 from django.http import Http404
@@ -11,6 +12,8 @@ from tenants.selectors import memberships_of
 SESSION_KEY = "hearth_tenant"
 # An invitation token opened while signed out: accepted right after the next sign-in or email confirmation.
 INVITATION_SESSION_KEY = "hearth_invitation"
+# {"tenant": pk, "at": ISO time}: this session signed in through that tenant's identity provider (the sso app).
+SSO_LOGIN_SESSION_KEY = "hearth_sso_login"
 
 
 def user_memberships(request):
@@ -33,6 +36,19 @@ def current_membership(request):
     membership = next((m for m in memberships if m.tenant.slug == chosen), memberships[0] if memberships else None)
     request._hearth_membership = membership
     return membership
+
+
+def sso_login_remember(request, *, tenant, at):
+    """Called right after an SSO sign-in (after auth.login, which cycles the session)."""
+    request.session[SSO_LOGIN_SESSION_KEY] = {"tenant": tenant.pk, "at": at.isoformat()}
+
+
+def sso_login_at(request, tenant):
+    """When this session signed in through `tenant`'s identity provider, or None (a password, or another tenant's)."""
+    recorded = request.session.get(SSO_LOGIN_SESSION_KEY) or {}
+    if recorded.get("tenant") != tenant.pk:
+        return None
+    return datetime.fromisoformat(recorded["at"])
 
 
 def choose_tenant(request, slug):

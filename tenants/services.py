@@ -551,13 +551,16 @@ def _storage_remove(path):
 # --- API tokens (the shared implementation and the lookup: core.tokens, tenants.tokens) ------------------------
 
 
-def api_token_create(*, membership, name, actor):
-    """Create a personal token for one membership; returns (ApiToken, plaintext shown once)."""
+def api_token_create(*, membership, name, actor, sso_login_at=None):
+    """Create a personal token for one membership; returns (ApiToken, plaintext shown once). `sso_login_at`: when
+    the creating session signed in through the tenant's identity provider (tenants.policy.api_token_sso_check)."""
     if getattr(actor, "pk", None) != membership.user_id and not getattr(actor, "is_staff", False):
         raise Forbidden("A personal API token can only be created by its owner.")
     name = (name or "").strip()[:80] or "API token"
+    data = {"name": name, **({"sso_login_at": sso_login_at.isoformat()} if sso_login_at else {})}
     return API_TOKENS.create(tenant=membership.tenant, actor=actor, membership=membership, name=name,
-                             target=lambda token: f"{membership.user.email}:{token.prefix}", data={"name": name})
+                             sso_login_at=sso_login_at, target=lambda token: f"{membership.user.email}:{token.prefix}",
+                             data=data)
 
 
 def api_token_revoke(*, token, actor):

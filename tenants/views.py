@@ -32,6 +32,7 @@ from tenants.portal import (
     choose_tenant,
     current_membership,
     dashboard_cards,
+    sso_login_at,
     tenant_view,
     user_memberships,
 )
@@ -304,8 +305,9 @@ def api_tokens(request, membership):
             status = 400
         else:
             try:
-                token, plaintext = services.api_token_create(membership=membership, name=form.cleaned_data["name"],
-                                                             actor=request.user)
+                token, plaintext = services.api_token_create(
+                    membership=membership, name=form.cleaned_data["name"], actor=request.user,
+                    sso_login_at=sso_login_at(request, membership.tenant))
             except ServiceError as exc:
                 add_service_error(form, exc)
                 status = _error_status(exc)

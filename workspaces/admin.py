@@ -7,6 +7,7 @@ from django.utils.html import format_html
 
 from workspaces import pool, reconciler, selectors, services
 from workspaces.models import Container, Node, Session, Workspace, WorkspaceTemplate
+from workspaces.pool import health
 
 
 @admin.register(WorkspaceTemplate)
@@ -60,14 +61,20 @@ class WorkspaceTemplateAdmin(admin.ModelAdmin):
 
 @admin.register(Node)
 class NodeAdmin(admin.ModelAdmin):
-    list_display = ("name", "engine_url", "enabled", "draining", "cpus", "memory_mb", "max_containers",
-                    "active_containers", "last_seen_at", "last_error_short")
+    list_display = ("name", "engine_url", "enabled", "draining", "healthy", "failed_calls", "last_seen_at",
+                    "cpus", "memory_mb", "max_containers", "active_containers", "last_error_short")
     list_filter = ("enabled", "draining")
+    readonly_fields = ("last_seen_at", "failed_calls", "events_cursor_ns", "last_error")
     actions = ("drain", "undrain", "reconcile_now")
 
     def get_queryset(self, request):
         return super().get_queryset(request).annotate(
-            _active=Count("containers", filter=Q(containers__state__in=Container.ACTIVE_STATES)))
+            _active=Count("containers", filter=Q(containers__state__in=Container.ACTIVE_STATES)),
+            _healthy=health.node_healthy())
+
+    @admin.display(description="healthy", boolean=True, ordering="_healthy")
+    def healthy(self, obj):
+        return obj._healthy
 
     @admin.display(description="containers", ordering="_active")
     def active_containers(self, obj):

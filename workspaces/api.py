@@ -24,7 +24,8 @@ def _errors(*codes):
         403: "Not allowed: the tenant is suspended, the quota is used up, or only the owner may open it.",
         404: "No such workspace or session in the caller's tenant (or not visible to the caller).",
         409: "Conflicts with the current state (pool paused, concurrency limit, session ended).",
-        503: "The Docker node does not answer.",
+        503: ("Try again after Retry-After seconds: no healthy node has room (no_capacity), the workspace's node does "
+              "not answer (node_unavailable), or no container came free in time (pool_busy)."),
     }
     return {code: OpenApiResponse(ErrorSerializer, description=described[code]) for code in (401, *codes)}
 

@@ -80,7 +80,12 @@ class Node(models.Model):
     max_containers = models.PositiveIntegerField(default=40)
     enabled = models.BooleanField(default=True)
     draining = models.BooleanField(default=False, help_text="No new containers; running sessions were ended.")
-    last_seen_at = models.DateTimeField(null=True, blank=True)
+    # Health (workspaces.pool.health has the rule): the last answer from the engine and the failed calls since.
+    last_seen_at = models.DateTimeField(null=True, blank=True, help_text="The engine's last answer (heartbeat).")
+    failed_calls = models.PositiveIntegerField(
+        default=0, help_text="Calls to the engine that failed in a row since its last answer.")
+    # The engine's time (ns) of the newest event the follower handled: it asks for events since then on reconnect.
+    events_cursor_ns = models.BigIntegerField(null=True, blank=True)
     last_error = models.TextField(blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
@@ -165,7 +170,10 @@ class Session(models.Model):
     metered_until = models.DateTimeField(null=True, blank=True, help_text="Usage recorded up to here.")
     # db_default too: a row inserted outside the ORM still starts at 0.
     egress_bytes_metered = models.BigIntegerField(
-        default=0, db_default=0, help_text="The gateway's bytes-out counter for this session, as far as it is metered.")
+        default=0, db_default=0, help_text="Egress bytes metered for this session, from every source.")
+    # {source: counter value metered so far}: "gw:<HAProxy generation>" (bytes the gateway sent to the client),
+    # "if:<container>" (what the container sent out itself). Each only grows; a lower reading is stale, never a reset.
+    egress_marks = models.JSONField(default=dict, db_default={}, blank=True)
     client_bytes_seen = models.BigIntegerField(
         default=0, db_default=0, help_text="Bytes the browser had sent through the gateway at the last reclaim tick.")
 

@@ -16,14 +16,13 @@ from metering import services as metering_services
 from tenants import policy
 from tenants.exceptions import Conflict, Forbidden, NotFound, ServiceError, Unavailable
 from tenants.models import Membership, Plan, Tenant
-from workspaces import network, routing, sessions, storage
+from workspaces import egress, network, routing, sessions, storage
 from workspaces import runtime as rt
 from workspaces.failpoints import failpoint
 from workspaces.gateway.tokens import session_token_issue
 from workspaces.gateway.urls import workspace_url
 from workspaces.models import Container, Session, Workspace, WorkspaceTemplate
-from workspaces.pool import claim, placement, provisioning
-from workspaces.runtime.docker import DEFAULT_CPU_WEIGHT, DEFAULT_IO_WEIGHT
+from workspaces.pool import claim, health, placement, provisioning
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +119,11 @@ def workspace_open(*, workspace, user, tenant=None, start_later=False):
     if workspace.live_session_id is not None:
         live = Session.objects.select_related("container", "workspace", "tenant").filter(
             pk=workspace.live_session_id, ended_at__isnull=True).first()
+        if (live is not None and live.container_id is not None
+                and not health.node_is_healthy(live.container.node_id)):
+            # Its container may no longer run, and nothing may be ended on an engine that cannot be asked: the
+            # event follower or the reconciler ends the session once the engine answers (or an operator drains it).
+            raise provisioning.NodeUnavailable("The node running this workspace does not answer; try again shortly.")
         opened = _resume(live) if live is not None else None
         if opened is not None:
             return opened
@@ -189,20 +193,22 @@ def _bind(session, *, resumed=False):
     # session always binds; slot_bind replaces whatever might still be on the slot.
     if resumed and storage.is_mount_point(slot):
         return
+    if not resumed:
+        egress.egress_baseline(session=session)
     storage.user_volume_ensure(user_dir=Path(session.workspace.storage_path).parent,
                                size_mb=session.tenant.plan.storage_mb)
     storage.slot_bind(slot=slot, source=session.workspace.storage_path,
                       uid=provisioning.container_uid(session.container_id))
     plan = session.tenant.plan
-    if plan.internet_access == "open":  # everything else leaves the container's address closed
-        network.container_egress_set(container=session.container, internet_access="open")
+    if plan.internet_access != "none":  # a warm container's address is closed already
+        network.container_egress_set(container=session.container, internet_access=plan.internet_access)
     if not resumed:
         _resources_apply(session.container, plan)
 
 
 def _resources_apply(container, plan):
     """The plan's CPU weight and I/O weight, and the lower of its caps and the template's (a warm container was
-    started for no plan in particular); nothing to do when they are the template's and the normal weights."""
+    started for no plan in particular, and at a low CPU weight: always applied)."""
     template = container.template
     wanted = rt.Resources(
         cpu_weight=plan.cpu_weight,
@@ -211,10 +217,11 @@ def _resources_apply(container, plan):
         pids_limit=min(template.pids_limit, plan.pids_limit or template.pids_limit),
         io_weight=plan.io_weight,
     )
-    created = rt.Resources(cpu_weight=DEFAULT_CPU_WEIGHT, cpus=float(template.cpus), memory_mb=template.memory_mb,
-                           pids_limit=template.pids_limit, io_weight=DEFAULT_IO_WEIGHT)
-    if wanted != created:
+    try:
         rt.runtime_for(container.node).resources_set(container.engine_id, wanted)
+    except rt.RuntimeUnavailable as exc:
+        health.node_call_failed(container.node, f"resources of {container}", exc)
+        raise provisioning.NodeUnavailable("The node of this workspace does not answer; try again shortly.") from exc
 
 
 def _session_url_and_token(session):
@@ -332,8 +339,7 @@ def _cold_start(*, workspace, user, starting=None):
             if not usable:
                 if last_error is not None:
                     raise last_error  # every node with room failed to answer
-                raise placement.NoCapacity(
-                    f"No node has room for another '{template.slug}' workspace; try again shortly.")
+                raise placement.no_capacity(template)
             full = 0
             for node in usable:
                 slot = placement.provision_slot_try(node)
@@ -348,8 +354,7 @@ def _cold_start(*, workspace, user, starting=None):
                     down.add(node.pk)
                     last_error = outcome
             if full and full == len(usable):
-                raise placement.NoCapacity(
-                    f"No node has room for another '{template.slug}' workspace; try again shortly.")
+                raise placement.no_capacity(template)
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise placement.PoolBusy(f"No '{template.slug}' container came free within "

@@ -14,7 +14,7 @@ from django.utils import timezone
 from workspaces import network, routing, sessions, storage
 from workspaces import runtime as rt
 from workspaces.models import Container, Node, Session
-from workspaces.pool import provisioning
+from workspaces.pool import health, provisioning
 
 log = logging.getLogger(__name__)
 
@@ -22,11 +22,15 @@ State = Container.State
 EndReason = Session.EndReason
 
 
+def _report():
+    return {"orphans_removed": 0, "lost": 0, "failed": 0, "released": 0, "slots_removed": 0,
+            "sessions_ended": 0, "nodes_unreachable": []}
+
+
 def reconcile(*, now=None):
     """Make the gateway, the database and every engine agree. Returns a report of what was fixed."""
     now = now or timezone.now()
-    report = {"orphans_removed": 0, "lost": 0, "failed": 0, "released": 0, "slots_removed": 0,
-              "sessions_ended": 0, "nodes_unreachable": []}
+    report = _report()
     routing.gateway_routes_sync()
     for node in Node.objects.filter(enabled=True).order_by("pk"):
         _node_reconcile(node, now=now, report=report)
@@ -51,19 +55,46 @@ def reconcile(*, now=None):
     return report
 
 
+def node_reconcile(node, *, now=None):
+    """The pass for one node only, with the routes synced around it: what the engine-event follower runs each time
+    it (re)connects, for whatever happened on the engine while no stream was open (a restart loses its events)."""
+    now = now or timezone.now()
+    report = _report()
+    routing.gateway_routes_sync()
+    _node_reconcile(node, now=now, report=report)
+    routing.gateway_routes_sync()
+    return report
+
+
+def container_lost(row, *, reason, report=None):
+    """A WARM or CLAIMED container that no longer runs on its engine: LOST, its sessions ended (`lost`: metered to
+    now, route deleted) and whatever is left of it removed. A no-op (False) if the row has moved on meanwhile."""
+    if not Container.objects.filter(pk=row.pk, state=row.state, state__in=(State.WARM, State.CLAIMED)).update(
+            state=State.LOST, last_error=reason):
+        return False
+    report = report if report is not None else _report()
+    report["lost"] += 1
+    for session in Session.objects.filter(container=row, ended_at__isnull=True):
+        sessions.session_end(session=session, reason=EndReason.LOST)
+        report["sessions_ended"] += 1
+    provisioning.engine_cleanup(row)
+    return True
+
+
 def _stale_egress_close():
-    """Internet access stays only with the live sessions of open plans (a lost container's address is reused)."""
+    """Internet and proxy access stay only with the live sessions of open and proxy plans (a lost container's
+    address is reused)."""
     if not settings.HEARTH_NETWORK_POLICY:
         return 0
-    allowed = {
-        address.rsplit(":", 1)[0]
-        for address in Session.objects.filter(
-            ended_at__isnull=True, container__state=State.CLAIMED, tenant__plan__internet_access="open",
-        ).values_list("container__address", flat=True)
-        if address
-    }
+    live = {"open": set(), "proxy": set()}
+    for address, access in Session.objects.filter(
+        ended_at__isnull=True, container__state=State.CLAIMED, tenant__plan__internet_access__in=tuple(live),
+    ).values_list("container__address", "tenant__plan__internet_access"):
+        if address:
+            live[access].add(address.rsplit(":", 1)[0])
     try:
-        return network.egress_sync(instance=settings.HEARTH_INSTANCE, allowed=allowed)
+        return network.egress_sync(instance=settings.HEARTH_INSTANCE, allowed=live["open"], proxied=live["proxy"],
+                                   proxy_port=settings.EGRESS_PROXY_PORT or None)
     except network.NetworkPolicyError as exc:
         log.warning("closing stale Internet access failed: %s", exc)
         return 0
@@ -74,11 +105,16 @@ def _node_reconcile(node, *, now, report):
     try:
         rt.runtime_for(node).network_policy_ensure()  # rules lost to a firewall reload come back within a tick
         engine = rt.runtime_for(node).list(instance=provisioning.instance())
-    except (rt.RuntimeUnavailable, rt.RuntimeError_) as exc:
+    except rt.RuntimeUnavailable as exc:
+        # Nothing on an engine that cannot be asked is marked LOST; the node is unhealthy after enough of these.
+        health.node_call_failed(node, "reconcile", exc, now=now)
+        report["nodes_unreachable"].append(node.name)
+        return
+    except rt.RuntimeError_ as exc:  # it answered (so it is alive) but refused: say why in admin, fix nothing
         Node.objects.filter(pk=node.pk).update(last_error=f"{now:%Y-%m-%d %H:%M:%S} reconcile: {exc}"[:2000])
         report["nodes_unreachable"].append(node.name)
         return
-    Node.objects.filter(pk=node.pk).update(last_seen_at=now, last_error="")
+    health.node_answered(node, now=now)
     by_pk = {}
     for found in engine:
         if found.labels.get("hearth.node", node.name) == node.name:
@@ -101,14 +137,7 @@ def _node_reconcile(node, *, now, report):
             continue
         running = any(f.status == "running" for f in found)
         if not running:
-            if Container.objects.filter(pk=row.pk, state=row.state).update(
-                state=State.LOST, last_error="missing or stopped on the engine"
-            ):
-                report["lost"] += 1
-                for session in Session.objects.filter(container=row, ended_at__isnull=True):
-                    sessions.session_end(session=session, reason=EndReason.LOST)
-                    report["sessions_ended"] += 1
-                provisioning.engine_cleanup(row)
+            container_lost(row, reason="missing or stopped on the engine", report=report)
             continue
         if row.state == State.CLAIMED and not Session.objects.filter(container=row, ended_at__isnull=True).exists():
             # Its session ended but the release did not happen (worker killed): finish it.

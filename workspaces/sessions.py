@@ -16,7 +16,7 @@ from tenants import offboarding, policy
 from tenants.audit import audit_record
 from tenants.exceptions import Conflict, NotFound
 from tenants.models import Membership
-from workspaces import routing, selectors
+from workspaces import egress, routing, selectors
 from workspaces.failpoints import failpoint
 from workspaces.gateway import routes as gateway_routes
 from workspaces.models import Container, Session
@@ -205,7 +205,7 @@ def _activity_from_gateway(now):
     except Exception as exc:  # no counters this tick: sessions keep their last activity; the next tick counts
         log.warning("counters_read failed: %s", exc)
         return 0
-    _egress_from_gateway(counters, now)
+    egress.egress_meter_all(counters=counters, now=now)
     readings = {}
     for session_id, c in counters.items():
         try:
@@ -225,34 +225,3 @@ def _activity_from_gateway(now):
         Session.objects.filter(pk=pk, ended_at__isnull=True).update(**update)
         touched += active
     return touched
-
-
-def _egress_from_gateway(counters, now):
-    """Meter each session's bytes sent to the client since the last tick, from the gateway's cumulative counters.
-
-    Ended sessions too: a WebSocket's bytes reach the counter when it closes, often when the end cuts it, and the
-    entry outlives the route (two days). The counted mark and the usage event commit together under the session's
-    row lock, so a tick that dies half-way or runs twice counts every byte once."""
-    readings = {}
-    for session_id, c in counters.items():
-        try:
-            readings[str(uuid.UUID(session_id))] = int(c.get("bytes_out") or 0)
-        except (TypeError, ValueError):
-            continue  # not one of ours (another install behind the same gateway)
-    marks = Session.objects.filter(pk__in=list(readings)).values_list("pk", "egress_bytes_metered")
-    pending = [pk for pk, counted in marks if readings[str(pk)] != counted]
-    recorded = 0
-    for pk in pending:
-        try:
-            with transaction.atomic():
-                session = Session.objects.select_for_update().select_related("tenant").get(pk=pk)
-                counter = readings[str(pk)]
-                if counter == session.egress_bytes_metered:
-                    continue
-                recorded += metering_services.egress_bytes_record(
-                    tenant=session.tenant, session_id=str(pk), user_id=session.user_id,
-                    workspace_id=session.workspace_id, counted=session.egress_bytes_metered, counter=counter, at=now)
-                Session.objects.filter(pk=pk).update(egress_bytes_metered=counter)
-        except Exception:  # one session's failure must not stop the others' metering; the next tick retries
-            log.exception("metering egress of session %s failed", pk)
-    return recorded

@@ -32,6 +32,12 @@ class BillingProvider:
         """Send or record the event; return the provider's reference. Repeating it with the same key is harmless."""
         raise NotImplementedError
 
+    def billed_usage(self, *, period_start, tenants):
+        """What this provider billed of usage beyond the allowance in a billing month, for reconciliation:
+        {(tenant id, meter slug): (quantity in the meter's unit, amount_cents)} for `tenants` (loaded with their plan
+        and billing account). None: it cannot tell, and reconciliation compares only what it was sent."""
+        return None
+
 
 _registry = {}
 

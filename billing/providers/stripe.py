@@ -5,6 +5,7 @@ creates (`BILLING_METER_EVENT_NAME`), summed per customer and priced per hour, s
 of the month's billable hours (see `meter_value`).
 """
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from decimal import ROUND_HALF_UP, Decimal
 
@@ -14,6 +15,7 @@ from django.conf import settings
 from billing.models import BillingEvent
 from billing.providers import BillingProvider, PermanentError, TransientError
 from metering import periods
+from metering.meters import WORKSPACE_SECONDS
 
 SECONDS_PER_HOUR = 3600
 # Millionths of an hour (3.6 ms): Stripe keeps 15 significant digits, enough for a billion hours at this precision.
@@ -85,3 +87,50 @@ class StripeProvider(BillingProvider):
                 raise TransientError(message) from exc
             raise PermanentError(message) from exc
         return meter_event.get("identifier") or event.identifier
+
+    def billed_usage(self, *, period_start, tenants):
+        """What Stripe's meter holds for each tenant's customer in the month (its invoice charges the meter's sum at
+        the plan's hourly price), in seconds and cents (Stripe rounds the line half up). The month, not Stripe's
+        invoices: a subscription's cycle need not start on the 1st, and the provider dates each event inside its
+        month. One request per customer, BILLING_DRAIN_CONCURRENCY at a time."""
+        start, end = periods.month_bounds(period_start)
+        customers = [(tenant, tenant.billing_account.stripe_customer_id) for tenant in tenants
+                     if getattr(tenant, "billing_account", None) and tenant.billing_account.stripe_customer_id]
+        if not customers:
+            return {}
+        meter_id = _meter_id()
+
+        def read(item):
+            tenant, customer = item
+            summaries = _call(lambda: _client().v1.billing.meters.event_summaries.list(
+                meter_id, params={"customer": customer, "start_time": int(start.timestamp()),
+                                  "end_time": int(end.timestamp())}))
+            value = sum((Decimal(str(s.aggregated_value)) for s in summaries.data), Decimal(0))
+            price = tenant.plan.overage_price_cents_per_hour or 0
+            return (tenant.pk, WORKSPACE_SECONDS), (_whole(value * SECONDS_PER_HOUR), _whole(value * price))
+
+        width = max(1, min(settings.BILLING_DRAIN_CONCURRENCY, len(customers)))
+        with ThreadPoolExecutor(max_workers=width, thread_name_prefix="billing-reconcile") as pool:
+            return dict(pool.map(read, customers))
+
+
+def _whole(value):
+    return int(value.quantize(Decimal(1), rounding=ROUND_HALF_UP))
+
+
+def _meter_id():
+    """The id of the active meter `billing_sync_plans` made for BILLING_METER_EVENT_NAME."""
+    meters = _call(lambda: _client().v1.billing.meters.list(params={"status": "active", "limit": 100}))
+    for meter in meters.auto_paging_iter():
+        if meter.event_name == settings.BILLING_METER_EVENT_NAME:
+            return meter.id
+    raise PermanentError(f"Stripe has no active meter {settings.BILLING_METER_EVENT_NAME!r} (billing_sync_plans)")
+
+
+def _call(request):
+    try:
+        return request()
+    except stripe.APIConnectionError as exc:
+        raise TransientError(f"Stripe unreachable: {exc}") from exc
+    except stripe.StripeError as exc:
+        raise PermanentError(f"Stripe answered {exc.http_status}: {exc.user_message or exc}") from exc

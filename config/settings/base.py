@@ -5,7 +5,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import environ
-from celery.schedules import schedule
+from celery.schedules import crontab, schedule
 
 BASE_DIR = Path(__file__).resolve().parent.parent.parent
 VAR_DIR = BASE_DIR / "var"
@@ -14,8 +14,42 @@ env = environ.Env()
 environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
 
 DEBUG = env.bool("DEBUG", default=False)
-# The default key exists only so `make run` starts on a bare machine; production refuses to start without one.
-SECRET_KEY = env.str("SECRET_KEY", default="insecure-dev-only-set-SECRET_KEY-in-production")
+
+
+def _local_secret_key(path: Path) -> str:
+    """This checkout's own random key, made once (mode 0600) under var/: `make run` needs no SECRET_KEY, and no
+    key that anyone else knows ever signs a session. The first process to start writes it; the others read it."""
+    import os
+    import secrets
+
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        for _ in range(50):  # another process is writing it right now
+            key = path.read_text().strip()
+            if key:
+                return key
+            import time
+            time.sleep(0.02)
+        raise
+    key = secrets.token_urlsafe(50)
+    with os.fdopen(fd, "w") as f:
+        f.write(key + "\n")
+    return key
+
+
+# Known keys that must never sign anything outside DEBUG: the one Hearth shipped before keys were generated, and
+# Django's startproject placeholder.
+INSECURE_SECRET_KEYS = ("insecure-dev-only-set-SECRET_KEY-in-production",)
+SECRET_KEY = env.str("SECRET_KEY", default="")
+if not SECRET_KEY:
+    VAR_DIR.mkdir(parents=True, exist_ok=True)
+    SECRET_KEY = _local_secret_key(VAR_DIR / "secret_key")
+if not DEBUG and (SECRET_KEY in INSECURE_SECRET_KEYS or SECRET_KEY.startswith("django-insecure-")):
+    from django.core.exceptions import ImproperlyConfigured
+
+    raise ImproperlyConfigured("SECRET_KEY is a published development key; set a random one (or unset it for "
+                               "this checkout's own, kept in var/secret_key).")
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]", ".localhost", "testserver"])
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
 
@@ -27,6 +61,8 @@ HEARTH_BASE_URL = env.str("HEARTH_BASE_URL", default=f"http://localhost:{HEARTH_
 HEARTH_INSTANCE = env.str("HEARTH_INSTANCE", default="hearth")
 # Firewall chains keeping workspaces off the host, private ranges and each other (workspaces/network.py).
 HEARTH_NETWORK_POLICY = env.bool("HEARTH_NETWORK_POLICY", default=True)
+# A counter in each local container's network namespace for egress_bytes (docs/RUNTIME.md).
+HEARTH_EGRESS_COUNTER = env.bool("HEARTH_EGRESS_COUNTER", default=True)
 # Containers run as host uids from here up, one per container (workspaces.pool.provisioning.container_uid).
 WORKSPACES_UID_BASE = env.int("WORKSPACES_UID_BASE", default=1_000_000_000)
 STORAGE_ROOT = Path(env.str("STORAGE_ROOT", default=str(VAR_DIR / "storage")))
@@ -51,6 +87,7 @@ INSTALLED_APPS = [
     "metering",
     "workspaces",
     "billing",
+    "sso",
 ]
 
 # Session, CSRF, login and messages: Django's own, skipped on the token-only API (/api/v1/; core/middleware.py).
@@ -110,6 +147,8 @@ AUTH_USER_MODEL = "tenants.User"
 AUTHENTICATION_BACKENDS = [
     "django.contrib.auth.backends.ModelBackend",
     "allauth.account.auth_backends.AuthenticationBackend",
+    # Only the callback of a tenant's OIDC identity provider (sso.oidc); passwords go through the two above.
+    "sso.oidc.TenantOidcBackend",
 ]
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
@@ -135,6 +174,19 @@ ACCOUNT_UNIQUE_EMAIL = True
 ACCOUNT_ADAPTER = "tenants.accounts.AccountAdapter"
 ACCOUNT_SIGNUP_FORM_CLASS = "tenants.accounts.SignupForm"
 ACCOUNT_DEFAULT_HTTP_PROTOCOL = env.str("ACCOUNT_DEFAULT_HTTP_PROTOCOL", default="http")
+# Rate limits (allauth's: failed logins, signups, password resets, mail confirmations) count in Redis, so every web
+# process shares one count per client. The client is REMOTE_ADDR unless a proxy is trusted: ALLAUTH_TRUSTED_PROXY_COUNT
+# proxies of yours append to X-Forwarded-For, or ALLAUTH_TRUSTED_CLIENT_IP_HEADER names the header yours sets.
+CACHES = {
+    "default": {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": env.str("CACHE_URL", default=REDIS_URL),
+        "KEY_PREFIX": f"{HEARTH_INSTANCE}:cache",
+        "TIMEOUT": 300,
+    },
+}
+ALLAUTH_TRUSTED_PROXY_COUNT = env.int("ALLAUTH_TRUSTED_PROXY_COUNT", default=0)
+ALLAUTH_TRUSTED_CLIENT_IP_HEADER = env.str("ALLAUTH_TRUSTED_CLIENT_IP_HEADER", default="") or None
 # Portal: account mails say where they come from.
 ACCOUNT_EMAIL_SUBJECT_PREFIX = env.str("ACCOUNT_EMAIL_SUBJECT_PREFIX", default="[Hearth] ")
 # Invitations stay valid this long.
@@ -162,6 +214,23 @@ STATICFILES_DIRS = [BASE_DIR / "static"]
 MEDIA_ROOT = VAR_DIR / "media"
 # Offboarding archives: downloadable by the tenant's owner only, never served as static files.
 EXPORT_ROOT = Path(env.str("EXPORT_ROOT", default=str(VAR_DIR / "exports")))
+
+# --- single sign-on (sso/): each tenant's identity providers; docs/SSO.md --------------------------------------
+# Fernet keys for the IdPs' client secrets, newest first (rotation: prepend a new key, re-save, drop the old one).
+# Empty: one key derived from SECRET_KEY (changing SECRET_KEY then means entering the secrets again).
+SSO_ENCRYPTION_KEYS = env.list("SSO_ENCRYPTION_KEYS", default=[])
+# Domain verification reads TXT records from these resolvers ("ip" or "ip:port"); empty: the system's.
+SSO_DNS_NAMESERVERS = env.list("SSO_DNS_NAMESERVERS", default=[])
+SSO_DNS_TIMEOUT = env.float("SSO_DNS_TIMEOUT", default=5.0)
+# An IdP's discovery document is read again after this long.
+SSO_DISCOVERY_CACHE_SECONDS = env.int("SSO_DISCOVERY_CACHE_SECONDS", default=300)
+# Clock skew allowed on an ID token's exp and iat.
+SSO_CLOCK_LEEWAY = env.int("SSO_CLOCK_LEEWAY", default=60)
+# mozilla-django-oidc: one callback URL for every tenant's provider (the state says which); PKCE and nonce on.
+OIDC_AUTHENTICATION_CALLBACK_URL = "sso:oidc-callback"
+OIDC_USE_PKCE = True
+OIDC_USE_NONCE = True
+OIDC_TIMEOUT = env.float("OIDC_TIMEOUT", default=10.0)
 
 # --- the API (core/) ---------------------------------------------------------------------------------------------
 REST_FRAMEWORK = {
@@ -273,6 +342,8 @@ CELERY_BEAT_SCHEDULE = {
     "billing-invoices-issue": {"task": "billing.tasks.invoices_issue", "schedule": schedule(timedelta(hours=1))},
     # A past-due tenant whose grace ran out is suspended for payment within a minute (its sessions end).
     "billing-grace-expire": {"task": "billing.tasks.payment_grace_expire", "schedule": schedule(timedelta(minutes=1))},
+    # Nightly, off-peak (UTC): the previous and the open billing month are reconciled; gaps appear in admin.
+    "billing-reconcile": {"task": "billing.tasks.reconcile", "schedule": crontab(hour=3, minute=30)},
 }
 
 LOGGING = {
@@ -315,10 +386,37 @@ WORKSPACES_ACTIVITY_MIN_CLIENT_BYTES = env.int("WORKSPACES_ACTIVITY_MIN_CLIENT_B
 # Fair share: the most of a node's capacity (containers, CPU, memory; the largest) one tenant's live sessions may hold,
 # so one tenant cannot take a node others need; a tenant may always have one container on a node. 1.0: no limit.
 WORKSPACES_TENANT_NODE_SHARE = env.float("WORKSPACES_TENANT_NODE_SHARE", default=0.5)
+# CPU weight (cgroup cpu.shares; 1024 normal) of a warm container until its claim sets the plan's: a refill's
+# code-server start then yields to the claimed containers' first page loads (docs/POOL.md, bench/browser_open.py).
+WORKSPACES_WARM_CPU_WEIGHT = env.int("WORKSPACES_WARM_CPU_WEIGHT", default=64)
 # workspaces.runtime: seconds before a Docker engine that does not answer counts as unavailable.
 HEARTH_DOCKER_TIMEOUT = env.float("HEARTH_DOCKER_TIMEOUT", default=15.0)
+# Node health (workspaces.pool.health): a node with this many failed engine calls in a row, or without an answer for
+# this many seconds, takes no claims and no new containers until its engine answers again.
+WORKSPACES_NODE_FAILED_CALLS = env.int("WORKSPACES_NODE_FAILED_CALLS", default=2)
+WORKSPACES_NODE_HEARTBEAT_TIMEOUT = env.float("WORKSPACES_NODE_HEARTBEAT_TIMEOUT", default=60.0)
+# The engine-event follower (`manage.py engine_events`) pings each engine this often (seconds): the heartbeat.
+WORKSPACES_NODE_HEARTBEAT = env.float("WORKSPACES_NODE_HEARTBEAT", default=5.0)
+# Retry-After (seconds) of a 503 that only time fixes (no healthy node with room, a node that does not answer).
+WORKSPACES_RETRY_AFTER = env.int("WORKSPACES_RETRY_AFTER", default=10)
 # Only when several engines share one host: engine URL -> subnet of its Hearth network ("url=cidr,url=cidr").
 HEARTH_NETWORK_SUBNETS = env.dict("HEARTH_NETWORK_SUBNETS", default={})
+
+# --- the egress proxy (tinyproxy) of plans with internet_access=proxy (workspaces/egress_proxy.py) ----------------
+# Its port on the instance's bridge gateway; the open plans' unfiltered proxy takes the next one. 0: no proxy
+# (`proxy` plans then reach nothing outside, as `none`).
+EGRESS_PROXY_PORT = env.int("EGRESS_PROXY_PORT", default=3128)
+# Host names reachable through it: `name` is that host exactly, `*.name` its subdomains; IPv4 addresses too.
+EGRESS_PROXY_ALLOW = env.list("EGRESS_PROXY_ALLOW", default=[
+    "pypi.org", "files.pythonhosted.org", "registry.npmjs.org", "registry.yarnpkg.com", "github.com",
+    "codeload.github.com", "objects.githubusercontent.com", "raw.githubusercontent.com",
+    "proxy.golang.org", "sum.golang.org", "crates.io", "static.crates.io",
+    "index.crates.io", "rubygems.org", "open-vsx.org", "*.open-vsx.org",
+])
+# The proxy drops to this user; it must be its own: the firewall refuses private addresses to every process of it.
+EGRESS_PROXY_USER = env.str("EGRESS_PROXY_USER", default="tinyproxy")
+EGRESS_PROXY_RUN_DIR = Path(env.str("EGRESS_PROXY_RUN_DIR", default=str(VAR_DIR / "egress-proxy")))
+TINYPROXY_BIN = env.str("TINYPROXY_BIN", default="tinyproxy")
 
 # --- the gateway (HAProxy): workspaces answer at <host_key>.<GATEWAY_HOST>:<HEARTH_GATEWAY_PORT> ----------------
 GATEWAY_HOST = env.str("GATEWAY_HOST", default="localhost")

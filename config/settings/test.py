@@ -1,11 +1,18 @@
 """Test settings: PostgreSQL (DATABASE_URL), fast hashing, mail to a real SMTP server the tests start."""
 import os
+import secrets
 
 os.environ.setdefault("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/hearth")
 os.environ.setdefault("HEARTH_INSTANCE", "hearth-test")
 
 from config.settings.base import *  # noqa: E402,F403
-from config.settings.base import BASE_DIR, STATIC_ROOT, VAR_DIR, env  # noqa: E402
+from config.settings.base import BASE_DIR, CACHES, HEARTH_INSTANCE, STATIC_ROOT, VAR_DIR, env  # noqa: E402
+
+# Each run counts its own rate limits (allauth's, in Redis) and never meets the last run's; the processes the tests
+# start inherit HEARTH_TEST_RUN and share the run's counts, as a deployment's web processes do.
+os.environ.setdefault("HEARTH_TEST_RUN", secrets.token_hex(4))
+CACHES = {"default": {**CACHES["default"],
+                      "KEY_PREFIX": f"{HEARTH_INSTANCE}:cache:{os.environ['HEARTH_TEST_RUN']}"}}
 
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"

@@ -97,6 +97,7 @@ def test_code_server_opens_from_the_portal_and_keeps_files_across_sessions(
 
     portal.goto(f"{live_server.url}/accounts/login/")
     portal.get_by_label("Email").fill(portal_member.user.email)
+    portal.get_by_role("button", name="Continue").click()  # no single sign-on for this domain: the password form
     portal.get_by_label("Password").fill(PASSWORD)
     portal.get_by_role("button", name="Sign in").click()
     portal.get_by_role("heading", name="Lovelace Labs", level=1).wait_for()

@@ -54,6 +54,9 @@ def test_migrations_from_zero_load_the_default_plans(fresh_database):
     for slug, price, daily, hours, storage, seats, public, currency in rows:
         assert (price, daily, hours, storage, seats) == EXPECTED[slug], slug
         assert public == (slug != "enterprise") and currency == "usd"
+    with connect() as conn:
+        sso = [r[0] for r in conn.execute("SELECT slug FROM tenants_plan WHERE sso_allowed ORDER BY slug")]
+    assert sso == ["enterprise", "team"]  # single sign-on: Team and Enterprise by default (tenants/0007_sso)
     # Nothing is left for makemigrations to write, and migrating again changes nothing.
     check = manage(url, "makemigrations", "--check", "--dry-run")
     assert check.returncode == 0, check.stdout + check.stderr

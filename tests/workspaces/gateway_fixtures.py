@@ -146,6 +146,8 @@ def start_gateway(run_dir: Path, *, routes_source=None, **overrides):
     from workspaces.gateway.config import gateway_config
     from workspaces.gateway.process import GatewayProcess
 
+    # A new gateway, not a restart: the counters kept by an earlier test's gateway in this run dir are not its own.
+    shutil.rmtree(Path(run_dir) / "counters", ignore_errors=True)
     cfg = gateway_config(run_dir=run_dir, port=free_port(), gateway_host=GATEWAY_HOST,
                          portal_url=PORTAL_URL, bind_address="127.0.0.1", cache_total_mb=64,
                          cache_max_object_bytes=16 * 1024 * 1024, maxconn=2000, **overrides)

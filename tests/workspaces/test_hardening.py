@@ -113,7 +113,9 @@ def test_another_workspace_is_unreachable(make_container, docker_runtime):
 
     def probe(name, url):
         # busybox 1.35's `wget -T` crashes (SIGSEGV): bound it with `timeout` instead.
-        results[name] = docker_exec(docker_runtime, a.engine_id, "timeout", "3", "wget", "-q", "-O", "-", url)
+        # `-Y off`: not through HTTP_PROXY (every container has it; busybox's wget ignores NO_PROXY).
+        results[name] = docker_exec(docker_runtime, a.engine_id, "timeout", "3", "wget", "-Y", "off", "-q", "-O", "-",
+                                    url)
 
     threads = [
         threading.Thread(target=probe, args=("other", f"http://{b.address}/healthz")),

@@ -384,7 +384,7 @@ def test_a_fork_flood_in_one_workspace_leaves_another_tenants_working(node, tiny
 
 
 def test_a_claim_sets_the_plans_cpu_weight_and_caps(node, tiny_template, make_workspace):
-    """Warm containers start at the normal weights and the template's limits; the claim applies the plan's weights
+    """Warm containers start at the template's limits (and a low CPU weight); the claim applies the plan's weights
     and the lower of its caps and the template's (Free: a quarter of the CPU weight, at most 1 core, 2 GB, 512
     processes; the tiny template is lower still in cpus, memory and pids)."""
     from tenants.models import Plan
@@ -400,3 +400,27 @@ def test_a_claim_sets_the_plans_cpu_weight_and_caps(node, tiny_template, make_wo
         shown[name] = (host["CpuShares"], host["NanoCpus"], host["Memory"] >> 20, host["PidsLimit"])
     assert shown["free"] == (256, int(0.10 * 1e9), 64, 32)
     assert shown["big"] == (Plan.objects.get(slug="enterprise").cpu_weight, int(0.10 * 1e9), 64, 64)
+
+
+def test_a_refill_starts_at_a_low_cpu_weight_and_the_claim_raises_it(settings, node, tiny_template, make_workspace):
+    """A refill's start competes with the claimed workspace's first page load on the same cores: warm containers
+    start at WORKSPACES_WARM_CPU_WEIGHT, below every plan's, until their own claim; a cold start, which the user
+    waits for, at the normal weight."""
+    from tenants.models import Plan
+    from tests.factories import MembershipFactory, TenantFactory
+    from workspaces import pool
+    from workspaces.pool import provisioning
+
+    def shares(container):
+        return runtime_for(node).api.inspect_container(container.engine_id)["HostConfig"]["CpuShares"]
+
+    settings.WORKSPACES_WARM_CPU_WEIGHT = 48
+    pool.pool_fill(template_id=tiny_template.pk)
+    warm = list(Container.objects.filter(template=tiny_template, state=Container.State.WARM))
+    assert warm and {shares(c) for c in warm} == {48}
+    free = MembershipFactory(tenant=TenantFactory(plan=Plan.objects.get(slug="free")))
+    claimed = services.workspace_open(workspace=make_workspace(free, "w"), user=free.user).session.container
+    assert claimed.pk in {c.pk for c in warm}
+    assert shares(claimed) == Plan.objects.get(slug="free").cpu_weight > 48
+    cold = provisioning.container_provision(template=tiny_template, node=node, for_warm=False)
+    assert shares(cold) == 1024

@@ -10,9 +10,10 @@ from collections.abc import Callable, Iterable
 from django.conf import settings
 from django.utils.module_loading import import_string
 
-from workspaces.gateway import tokens
+from workspaces.gateway import counters, tokens
 from workspaces.gateway.config import GatewayConfig, config_check, config_render, gateway_config, routes_map_write
-from workspaces.gateway.routes import TABLE, counters_read, routes_list, routes_restore
+from workspaces.gateway.counters import TABLE
+from workspaces.gateway.routes import routes_list, routes_restore
 from workspaces.gateway.runtime_api import GatewayUnavailable, MasterCLI, RuntimeAPI
 
 log = logging.getLogger(__name__)
@@ -56,8 +57,8 @@ def gateway_reload(cfg: GatewayConfig | None = None, *, routes_source: RoutesSou
     """Re-render (new keys, settings) and reload hitlessly: the new worker takes new connections, the old one
     finishes its streams (WebSockets included, up to hard-stop-after).
 
-    The per-session counters are carried over by Hearth: read before, added back after (`set table`). What
-    the old worker counts after the snapshot (a draining WebSocket's bytes at close) is not carried over.
+    The per-session counters stay where they are: readers add up every live worker's (`counters`), so the new
+    worker starts at 0 and nothing is copied (a copy raced with readers and lost what the old worker counted later).
 
     The live routes are copied into the map file first so the new worker starts with them; afterwards they
     are restored from `routes_source` (the database) when given, which also covers changes made mid-reload.
@@ -66,11 +67,12 @@ def gateway_reload(cfg: GatewayConfig | None = None, *, routes_source: RoutesSou
     master = MasterCLI(cfg.master_socket)
     admin = RuntimeAPI(cfg.admin_socket)
     live = [(r.host_key, r.session_id, r.address) for r in routes_list(cfg=cfg)]
-    snapshot = counters_read(cfg=cfg)
     routes_map_write(cfg, live)
     config_render(cfg)
     config_check(cfg)
     before, old_workers = _master_state(master)
+    # A stopping worker drops every table entry no stream uses at once (HAProxy 2.6): its tables are kept now.
+    counters_keep(cfg, cut=False)
     master.reload()
 
     def reloaded():
@@ -79,23 +81,32 @@ def gateway_reload(cfg: GatewayConfig | None = None, *, routes_source: RoutesSou
         return reloads > before and new and admin.ping()
 
     _wait(reloaded, timeout=timeout, what="the reloaded HAProxy worker")
-    counters_carry_over(snapshot, cfg=cfg)
     if routes_source is not None:
         routes_restore(routes_source(), cfg=cfg)
 
 
-def counters_carry_over(snapshot: dict, *, cfg: GatewayConfig) -> None:
-    """Add the counters read from the previous worker to the current one's, so they keep growing."""
-    admin = RuntimeAPI(cfg.admin_socket)
-    now = counters_read(cfg=cfg)
-    for session_id, old in snapshot.items():
-        new = now.get(session_id, {})
-        admin.command(
-            f"set table {TABLE} key {session_id}"
-            f" data.http_req_cnt {old['requests'] + new.get('requests', 0)}"
-            f" data.bytes_in_cnt {old['bytes_in'] + new.get('bytes_in', 0)}"
-            f" data.bytes_out_cnt {old['bytes_out'] + new.get('bytes_out', 0)}"
-        )
+def counters_keep(cfg: GatewayConfig, *, cut: bool = True, timeout: float = 3.0) -> int:
+    """Keep every live worker's table in the run dir, where `counters_read` finds it once the worker is gone.
+
+    Right before a reload, as they are (`cut=False`). Before a stop: no new requests, every stream cut (a
+    WebSocket's bytes are counted when it closes), then the tables. Returns how many were kept. What a worker
+    counts after its table was kept for a reload (requests finishing in it, WebSockets open across the reload)
+    is lost: a stopping worker drops an entry as its last stream closes (see docs/GATEWAY.md)."""
+    workers = counters.workers_list(cfg)
+    if cut:
+        for _, run in workers:
+            run("disable frontend hearth_gateway")
+        for _, run in workers:
+            for line in run("show sess").splitlines():
+                if any(fe in line for fe in (" fe=hearth_gateway ", " fe=hearth_static_compress ")):
+                    run(f"shutdown session {line.split(':', 1)[0]}")
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and any(counters.streams_open(run) for _, run in workers):
+            time.sleep(0.02)
+    expire_ms = counters.duration_ms(cfg.table_expire)
+    for generation, run in workers:
+        counters.retire(cfg, generation, counters.table_parse(run(f"show table {TABLE}"), expire_ms))
+    return len(workers)
 
 
 def gateway_keys_rotate(cfg: GatewayConfig | None = None, **reload_kwargs) -> str:
@@ -137,6 +148,7 @@ class GatewayProcess:
                 log.exception("gateway: could not read the live routes; starting with none")
         for path in (self.cfg.admin_socket, self.cfg.master_socket):
             path.unlink(missing_ok=True)
+        counters.retired_prune(self.cfg, older_than_seconds=counters.duration_ms(self.cfg.table_expire) / 1000)
         config_render(self.cfg, routes=routes)
         config_check(self.cfg)
         self.proc = subprocess.Popen(
@@ -165,6 +177,10 @@ class GatewayProcess:
     def stop(self, *, timeout: float = 10.0) -> None:
         if self.proc is None or self.proc.poll() is not None:
             return
+        try:
+            counters_keep(self.cfg)
+        except Exception:  # stop anyway; the counters since the last reclaim tick are lost
+            log.exception("gateway: could not keep the counters before stopping")
         self.proc.send_signal(signal.SIGTERM)  # hard stop: the master stops its workers, then exits
         try:
             self.proc.wait(timeout=timeout)

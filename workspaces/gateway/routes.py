@@ -2,16 +2,16 @@
 import re
 from dataclasses import dataclass
 
+from workspaces.gateway import counters
 from workspaces.gateway.config import GatewayConfig, gateway_config, route_line, routes_map_write
 from workspaces.gateway.runtime_api import GatewayUnavailable, MasterCLI, RuntimeAPI
 
-TABLE = "hearth_sessions"
+TABLE = counters.TABLE
 _HOST_KEY_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 _SESSION_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _ADDRESS_RE = re.compile(r"^\d{1,3}(\.\d{1,3}){3}:\d{1,5}$")
 _SESS_HEAD_RE = re.compile(r"^(0x[0-9a-f]+): \[")
 _SERVER_ADDR_RE = re.compile(r"^\s+server=\S+ \(id=-?\d+\) addr=(\S+)")
-_TABLE_ROW_RE = re.compile(r"^0x[0-9a-f]+: key=(\S+) use=(\d+) exp=(\d+)(.*)$")
 
 __all__ = ["GatewayUnavailable", "route_set", "route_delete", "route_get", "routes_list", "routes_restore",
            "counters_read"]
@@ -149,54 +149,58 @@ def routes_restore(routes, *, cfg: GatewayConfig | None = None) -> int:
     return len(routes)
 
 
-def _parse_table(text: str, expire_ms: int) -> dict:
-    counters = {}
-    for line in text.splitlines():
-        m = _TABLE_ROW_RE.match(line)
-        if not m:
-            continue
-        key, use, exp, rest = m.group(1), int(m.group(2)), int(m.group(3)), m.group(4)
-        data = dict(kv.split("=", 1) for kv in rest.split() if "=" in kv)
-        active = int(data.get("conn_cur", 0))
-        counters[key] = {
-            "requests": int(data.get("http_req_cnt", 0)),
-            "bytes_in": int(data.get("bytes_in_cnt", 0)),
-            "bytes_out": int(data.get("bytes_out_cnt", 0)),
-            # Open streams: a WebSocket holds one for its whole life, so an open IDE counts as active.
-            "active": max(active, use),
-            "idle_seconds": 0.0 if max(active, use) else max(0.0, (expire_ms - exp) / 1000.0),
-        }
-    return counters
-
-
 def counters_read(*, cfg: GatewayConfig | None = None, tunnels: bool = False) -> dict:
-    """Per-session counters since the session's first request: {session_id: {"requests", "bytes_in",
-    "bytes_out", "client_bytes", "active", "idle_seconds"}}.
+    """Per-session counters over every HAProxy generation: {session_id: {"requests", "bytes_in", "bytes_out",
+    "client_bytes", "active", "idle_seconds", "generations": {generation: bytes_out}}}.
 
+    Every live worker is read, old ones still draining after a reload too (a WebSocket they hold is activity), and
+    the final tables of stopped workers (`counters.retire`) are added, so the sums never go back across a reload or
+    a graceful restart. Egress is metered per generation (`generations`), where a counter only ever grows.
     HAProxy 2.6 adds a WebSocket's bytes when it closes (the tunnel is forwarded without waking the stream),
     so while one is open the session reads as active (conn_cur) and its bytes arrive at close or route delete.
-    With `tunnels=True` (from `show sess all`: costlier, the reclaim tick reads it) `client_bytes` also counts the
-    bytes the browser has sent so far on the session's open WebSockets (their request channel's `total`, which
-    moves with every frame), so it grows only with what the client sends; and a session whose only open streams
-    are WebSockets gets the time since the last byte went through any of them, either way, as idle_seconds.
-    Without it, `client_bytes` is `bytes_in`.
+    With `tunnels=True` (from `show sess all` of every live worker: costlier, the reclaim tick reads it)
+    `client_bytes` also counts the bytes the browser has sent so far on the session's open WebSockets (their request
+    channel's `total`, which moves with every frame), so it grows only with what the client sends; and a session
+    whose only open streams are WebSockets gets the time since the last byte went through any of them, either way,
+    as idle_seconds. Without it, `client_bytes` is `bytes_in`.
     """
-    cfg, api = _admin(cfg)
-    counters = _parse_table(api.command(f"show table {TABLE}"), _duration_ms(cfg.table_expire))
-    for c in counters.values():
-        c["client_bytes"] = c["bytes_in"]
+    cfg = cfg or gateway_config()
+    tables, workers = counters.generations_read(cfg)
+    live = {generation for generation, _ in workers}
+    merged = {}
+    for generation, table in tables.items():
+        for session_id, c in table.items():
+            m = merged.setdefault(session_id, {"requests": 0, "bytes_in": 0, "bytes_out": 0, "active": 0,
+                                               "idle_seconds": None, "generations": {}})
+            for name in ("requests", "bytes_in", "bytes_out"):
+                m[name] += c[name]
+            m["generations"][generation] = c["bytes_out"]
+            if generation in live:
+                m["active"] += c["active"]
+                idle = c["idle_seconds"]
+                m["idle_seconds"] = idle if m["idle_seconds"] is None else min(m["idle_seconds"], idle)
+    for m in merged.values():
+        m["client_bytes"] = m["bytes_in"]
+        if m["active"]:
+            m["idle_seconds"] = 0.0
     if tunnels:
         sessions_by_address = {r.address: r.session_id for r in routes_list(cfg=cfg) if r.address}
-        streams = _tunnel_streams(api)
-        for address, idle in tunnels_idle(api, _duration_ms(cfg.timeout_tunnel), streams=streams).items():
-            session_id = sessions_by_address.get(address)
-            if session_id in counters and counters[session_id]["active"]:
-                counters[session_id]["idle_seconds"] = idle
-        for stream in streams:
-            session_id = sessions_by_address.get(stream.address)
-            if stream.tunnel and session_id in counters:
-                counters[session_id]["client_bytes"] += stream.client_bytes
-    return counters
+        idle_by_session = {}
+        timeout_ms = counters.duration_ms(cfg.timeout_tunnel)
+        for _, run in workers:
+            streams = _tunnel_streams(run)
+            for address, idle in tunnels_idle(run, timeout_ms, streams=streams).items():
+                session_id = sessions_by_address.get(address)
+                if session_id is not None:
+                    idle_by_session[session_id] = min(idle, idle_by_session.get(session_id, idle))
+            for stream in streams:
+                session_id = sessions_by_address.get(stream.address)
+                if stream.tunnel and session_id in merged:
+                    merged[session_id]["client_bytes"] += stream.client_bytes
+        for session_id, idle in idle_by_session.items():
+            if session_id in merged and merged[session_id]["active"]:
+                merged[session_id]["idle_seconds"] = idle
+    return merged
 
 
 @dataclass
@@ -210,10 +214,11 @@ class _Stream:
 _CHANNEL_RE = re.compile(r"^\s+(req|res)=0x[0-9a-f]+ \(.*\btotal=(\d+)\)")
 
 
-def _tunnel_streams(api: RuntimeAPI) -> list[_Stream]:
-    """The streams of `show sess all` with their server address, tunnel state, client bytes and read timeouts."""
+def _tunnel_streams(run) -> list[_Stream]:
+    """The streams of one worker's `show sess all` (`run` sends it a command) with their server address, tunnel
+    state, client bytes and read timeouts."""
     streams = []
-    for line in api.command("show sess all").splitlines():
+    for line in run("show sess all").splitlines():
         if _SESS_HEAD_RE.match(line):
             streams.append(_Stream(remaining=[]))
             continue
@@ -235,12 +240,12 @@ def _tunnel_streams(api: RuntimeAPI) -> list[_Stream]:
     return [s for s in streams if s.address is not None]
 
 
-def tunnels_idle(api: RuntimeAPI, tunnel_timeout_ms: int, *, streams=None) -> dict:
+def tunnels_idle(run, tunnel_timeout_ms: int, *, streams=None) -> dict:
     """{container address: seconds since the last byte on its liveliest open stream}; an HTTP request in
     flight counts as 0. A tunnel's read timeout is re-armed by every byte read, in either direction (HAProxy
     refreshes both sides of a tunnel together), so idle = timeout - remaining says nothing of who sent it."""
     idle = {}
-    for stream in streams if streams is not None else _tunnel_streams(api):
+    for stream in streams if streams is not None else _tunnel_streams(run):
         seconds = 0.0
         if stream.tunnel and stream.remaining:
             seconds = max(0.0, (tunnel_timeout_ms - max(stream.remaining)) / 1000.0)
@@ -252,10 +257,3 @@ def _human_ms(text: str) -> int:
     """HAProxy's short durations ("59m56s", "1h", "999ms", "1d2h") in milliseconds."""
     units = {"d": 86_400_000, "h": 3_600_000, "m": 60_000, "s": 1000, "ms": 1}
     return sum(int(n) * units[u] for n, u in re.findall(r"(\d+)(ms|d|h|m|s)", text))
-
-
-def _duration_ms(text: str) -> int:
-    m = re.fullmatch(r"(\d+)(ms|s|m|h|d)?", text)
-    if not m:
-        raise ValueError(f"bad duration {text!r}")
-    return int(m.group(1)) * {"ms": 1, "s": 1000, None: 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}[m.group(2)]

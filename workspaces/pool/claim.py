@@ -4,19 +4,23 @@ from django.db import connection, transaction
 from config import db
 from core import sql
 from workspaces.models import Container, Node, Session
-from workspaces.pool import placement
+from workspaces.pool import health, placement
 
 State = Container.State
 
 
 # The states are literals, not parameters: a prepared statement then still uses the partial index on WARM rows.
 # RETURNING every column (from the model's fields): the claimed Container is a whole row, whatever fields it gains.
+# The node is joined under its table's own name, which the health rule's SQL names (a node that does not answer
+# hands out no container: it may no longer run).
 _CONTAINER = sql.Columns(Container, "u")
+_N = Node._meta.db_table
 _CLAIM_SQL = f"""UPDATE {Container._meta.db_table} u
     SET state = '{State.CLAIMED.value}', claimed_at = %s, updated_at = %s
     WHERE id = (
-        SELECT c.id FROM {Container._meta.db_table} c JOIN {Node._meta.db_table} n ON n.id = c.node_id
-        WHERE c.template_id = %s AND c.state = '{State.WARM.value}' AND n.enabled AND NOT n.draining
+        SELECT c.id FROM {Container._meta.db_table} c JOIN {_N} ON {_N}.id = c.node_id
+        WHERE c.template_id = %s AND c.state = '{State.WARM.value}' AND {_N}.enabled AND NOT {_N}.draining
+            AND {health.HEALTHY_SQL}
             AND c.node_id NOT IN ({placement.FAIR_SHARE_FULL_NODES_SQL})
         ORDER BY c.id LIMIT 1
         FOR UPDATE OF c SKIP LOCKED
@@ -66,7 +70,7 @@ def _claimed_container(row, template):
 def container_claim(*, template, tenant, now):
     """Inside the caller's transaction: take one WARM container of `template` (CLAIMED) for `tenant`, or None.
 
-    One statement: lock the oldest WARM row of a usable node where the tenant stays within its fair share
+    One statement: lock the oldest WARM row of a usable, healthy node where the tenant stays within its fair share
     (placement.FAIR_SHARE_FULL_NODES_SQL) with FOR UPDATE SKIP LOCKED (so concurrent claims take different rows without
     waiting), mark it CLAIMED, return it.
     """
@@ -76,4 +80,5 @@ def container_claim(*, template, tenant, now):
 
 
 def _claim_params(template, tenant_id, now):
-    return [now, now, template.pk, *placement.fair_share_params(tenant_id=tenant_id, template=template)]
+    return [now, now, template.pk, *health.healthy_params(),
+            *placement.fair_share_params(tenant_id=tenant_id, template=template)]

@@ -12,12 +12,27 @@ from django.db.models import Count, Sum
 
 from tenants.exceptions import Conflict, ServiceError
 from workspaces.models import Container, Node, Session, WorkspaceTemplate
+from workspaces.pool.health import node_healthy
 
 log = logging.getLogger(__name__)
 
 
-class NoCapacity(Conflict):
+class NoCapacity(ServiceError):
+    """No usable, healthy node has room: temporary (containers are released, engines come back), so a 503."""
+
+    status_code = 503
     code = "no_capacity"
+
+    @property
+    def retry_after(self):
+        return settings.WORKSPACES_RETRY_AFTER
+
+
+def no_capacity(template):
+    """The NoCapacity for `template`, saying whether any node can take containers at all (never which engine)."""
+    if not usable_nodes().exists():
+        return NoCapacity("No workspace node is available right now; try again shortly.")
+    return NoCapacity(f"No node has room for another '{template.slug}' workspace; try again shortly.")
 
 
 class PoolBusy(ServiceError):
@@ -52,7 +67,8 @@ def _host_memory_mb():
 
 
 def usable_nodes():
-    return Node.objects.filter(enabled=True, draining=False).order_by("pk")
+    """Nodes that take new containers and claims: enabled, not draining and healthy (pool.health)."""
+    return Node.objects.filter(node_healthy(), enabled=True, draining=False).order_by("pk")
 
 
 @dataclass

@@ -20,10 +20,11 @@ from django.db.models import Q
 from django.utils import timezone
 
 from tenants.exceptions import ServiceError
-from workspaces import network, storage
+from workspaces import egress, network, storage
 from workspaces import runtime as rt
 from workspaces.failpoints import failpoint
 from workspaces.models import Container, Node, WorkspaceTemplate
+from workspaces.pool import health
 from workspaces.pool.placement import (
     node_ensure_default,
     node_loads,
@@ -34,6 +35,7 @@ from workspaces.pool.placement import (
     session_locks_drop,
     usable_nodes,
 )
+from workspaces.runtime.docker import DEFAULT_CPU_WEIGHT
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +45,10 @@ State = Container.State
 class NodeUnavailable(ServiceError):
     status_code = 503
     code = "node_unavailable"
+
+    @property
+    def retry_after(self):
+        return settings.WORKSPACES_RETRY_AFTER
 
 
 class ProvisionFailed(ServiceError):
@@ -166,7 +172,10 @@ def container_uid(pk) -> int:
 # --- the engine container ------------------------------------------------------------------------
 
 
-def _spec(container):
+def _spec(container, *, for_warm=True):
+    """A warm container starts at WORKSPACES_WARM_CPU_WEIGHT: its code-server start (about a CPU-second) then
+    yields to the claimed containers' first page loads; the claim raises it to the plan's. A cold start is for
+    the user waiting on it: the normal weight."""
     template = container.template
     env = {str(k): str(v) for k, v in (template.environment or {}).items()}
     return rt.ContainerSpec(
@@ -185,14 +194,15 @@ def _spec(container):
         },
         slot_path=container.slot_path,
         user=container_uid(container.pk),
+        cpu_weight=settings.WORKSPACES_WARM_CPU_WEIGHT if for_warm else DEFAULT_CPU_WEIGHT,
     )
 
 
-def _start(container):
+def _start(container, *, for_warm=True):
     """Create and start the engine container of a PROVISIONING row; returns when its port answers."""
     storage.slot_create(slot_key(container.pk), uid=container_uid(container.pk))
     runtime = rt.runtime_for(container.node)
-    created = runtime.create(_spec(container))
+    created = runtime.create(_spec(container, for_warm=for_warm))
     failpoint("provision.created")
     Container.objects.filter(pk=container.pk).update(engine_id=created.engine_id, address=created.address or "")
     container.engine_id, container.address = created.engine_id, created.address or ""
@@ -253,10 +263,10 @@ def container_provision(*, template, node, for_warm=True, slot_held=False):
 def _provision(container, *, template, node, for_warm):
     failpoint("provision.reserved")
     try:
-        _start(container)
+        _start(container, for_warm=for_warm)
     except rt.RuntimeUnavailable as exc:
         _provision_failed(container, exc)
-        Node.objects.filter(pk=node.pk).update(last_error=f"{timezone.now():%Y-%m-%d %H:%M:%S} {exc}"[:2000])
+        health.node_call_failed(node, f"provisioning {container}", exc)
         # The engine's URL and error stay in the log and on the node (admin): an answer carries neither.
         raise NodeUnavailable(f"The Docker engine of node '{node.name}' does not answer; try again shortly.",
                               extra={"node": node.name}) from exc
@@ -322,6 +332,11 @@ def container_release(container):
     """
     if container.slot_path:
         storage.slot_unbind(slot=Path(container.slot_path))
+    # Its counter goes with it: the last session's bytes since the last tick are metered now.
+    try:
+        egress.container_egress_final(container, at=timezone.now())
+    except Exception:  # metering must not keep a container; only what it sent since the last tick is lost
+        log.exception("final egress of %s not metered", container)
     # The address goes to the next container on the bridge, whatever its plan.
     network.container_egress_set(container=container, internet_access="none")
     if not engine_cleanup(container):

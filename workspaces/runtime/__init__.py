@@ -1,5 +1,6 @@
 """Container runtimes: the Runtime interface and its Docker implementation, one engine per Node."""
 from .base import (
+    CONTAINER_END_EVENTS,
     ContainerExists,
     ContainerSpec,
     ImageNotFound,
@@ -7,11 +8,13 @@ from .base import (
     Runtime,
     RuntimeContainer,
     RuntimeError_,
+    RuntimeEvent,
     RuntimeUnavailable,
 )
 from .docker import DockerRuntime, network_name, runtime_for
 
 __all__ = [
+    "CONTAINER_END_EVENTS",
     "ContainerExists",
     "ContainerSpec",
     "DockerRuntime",
@@ -20,6 +23,7 @@ __all__ = [
     "Runtime",
     "RuntimeContainer",
     "RuntimeError_",
+    "RuntimeEvent",
     "RuntimeUnavailable",
     "network_name",
     "runtime_for",

@@ -39,6 +39,8 @@ class ContainerSpec:
     cap_add: tuple = ()
     # Scratch space on a read-only root: path -> tmpfs options. /tmp is always there (code-server's IPC sockets).
     tmpfs: dict = field(default_factory=dict)
+    # CPU weight until the claim sets the plan's: low for a warm container, so a refill yields to claimed ones.
+    cpu_weight: int = 1024
 
 
 @dataclass(frozen=True)
@@ -65,6 +67,20 @@ class RuntimeContainer:
         return self.address.rsplit(":", 1)[0] if self.address else None
 
 
+@dataclass(frozen=True)
+class RuntimeEvent:
+    """A container of the installation ended on the engine, as the engine's event stream says."""
+
+    action: str  # die, oom or destroy
+    engine_id: str
+    labels: dict
+    time_ns: int  # the engine's clock: where a reconnect asks the stream to start again
+
+
+# What the event stream reports: the ways a container stops running (a `stop` or `kill` is followed by `die`).
+CONTAINER_END_EVENTS = ("die", "oom", "destroy")
+
+
 class Runtime(abc.ABC):
     """One container engine (a Node). Every call may raise RuntimeUnavailable or RuntimeError_."""
 
@@ -89,6 +105,16 @@ class Runtime(abc.ABC):
     @abc.abstractmethod
     def resources_set(self, engine_id: str, resources: Resources) -> None:
         """Change a running container's CPU, memory, process and I/O limits in place."""
+
+    def egress_read(self, engine_id: str) -> int | None:
+        """Bytes the container sent out by itself, cumulative since it started; None if this engine cannot tell."""
+        return None
+
+    @abc.abstractmethod
+    def events(self, *, instance: str, since_ns: int | None = None):
+        """The installation's CONTAINER_END_EVENTS from `since_ns` (the engine's clock; None: from now), as an
+        iterator of RuntimeEvent that blocks for the next one, ends when the engine closes the stream, and has a
+        close() that ends it from another thread."""
 
     @abc.abstractmethod
     def wait_ready(self, container: RuntimeContainer, *, timeout: float, path: str | None = None) -> bool:

@@ -17,8 +17,10 @@ import docker
 import requests
 from docker.types import LogConfig, Mount
 
-from ..network import NetworkPolicyError, network_rules_ensure
+from ..network import NetworkPolicyError, network_rules_ensure, proxy_environment, proxy_policy
+from . import egress_counter
 from .base import (
+    CONTAINER_END_EVENTS,
     ContainerExists,
     ContainerSpec,
     ImageNotFound,
@@ -26,6 +28,7 @@ from .base import (
     Runtime,
     RuntimeContainer,
     RuntimeError_,
+    RuntimeEvent,
     RuntimeUnavailable,
 )
 
@@ -96,6 +99,7 @@ class DockerRuntime(Runtime):
         self.network = network_name(self.instance)
         self._client = None
         self._network_id: str | None = None
+        self._bridge_address: tuple[str, str] | None = None  # (subnet, gateway) once the policy is ensured
         self._lock = threading.Lock()
         self._network_lock = threading.Lock()
 
@@ -171,12 +175,32 @@ class DockerRuntime(Runtime):
             self.ensure_network()  # which comes back here
             return
         with _engine_errors(self, "inspect network"):
-            options = self.api.inspect_network(self._network_id).get("Options") or {}
+            network = self.api.inspect_network(self._network_id)
+        options = network.get("Options") or {}
         bridge = options.get("com.docker.network.bridge.name") or f"br-{self._network_id[:12]}"
+        ipam = ((network.get("IPAM") or {}).get("Config") or [{}])[0]
         try:
-            network_rules_ensure(instance=self.instance, bridge=bridge)
+            port = int(_setting("EGRESS_PROXY_PORT", 0) or 0)
+            proxy = proxy_policy(port=port, user=_setting("EGRESS_PROXY_USER", "tinyproxy")) if port else None
+            network_rules_ensure(instance=self.instance, bridge=bridge, proxy=proxy)
         except NetworkPolicyError as exc:
             raise RuntimeError_(f"network policy of node {self.node_name}: {exc}") from exc
+        if ipam.get("Subnet") and ipam.get("Gateway"):
+            self._bridge_address = (ipam["Subnet"], ipam["Gateway"])
+
+    def bridge_address(self) -> tuple[str, str] | None:
+        """(subnet, gateway) of the instance's network on this local engine, where the egress proxy is reached."""
+        self.network_policy_ensure()
+        return self._bridge_address
+
+    def _proxy_environment(self) -> dict[str, str]:
+        """Every container gets the proxy's address (a warm container's plan is not known yet); the firewall decides
+        at the claim whether it reaches the allow-list proxy (proxy plans), the open one (open plans) or nothing."""
+        port = int(_setting("EGRESS_PROXY_PORT", 0) or 0)
+        if not port or self._bridge_address is None:
+            return {}
+        subnet, gateway = self._bridge_address
+        return proxy_environment(gateway=gateway, port=port, subnet=subnet)
 
     def _networks_named(self) -> list[dict]:
         found = [n for n in self.api.networks(names=[self.network]) if n["Name"] == self.network]
@@ -226,7 +250,8 @@ class DockerRuntime(Runtime):
                         f"start {spec.name} on node {self.node_name}: container is {container.status} without an "
                         f"address right after start; its log: {logs[-500:] or '(empty)'}"
                     )
-                return container
+            self._egress_counter_install(engine_id, spec.internal_port)
+            return container
         except BaseException:
             # Never leave a half-made container behind; if the engine is gone the reconciler removes it later.
             try:
@@ -249,8 +274,8 @@ class DockerRuntime(Runtime):
                 mem_limit=memory,
                 memswap_limit=memory,  # no swap: a memory hog is OOM-killed, not slowed down
                 nano_cpus=int(spec.cpus * 1e9),
-                # The normal weights until the claim sets the plan's.
-                cpu_shares=DEFAULT_CPU_WEIGHT,
+                # The spec's CPU weight (a warm container's is low) and the normal I/O weight until the claim.
+                cpu_shares=int(spec.cpu_weight),
                 blkio_weight=DEFAULT_IO_WEIGHT,
                 pids_limit=int(spec.pids_limit),
                 mounts=[Mount(target=spec.mount_target, source=spec.slot_path, type="bind", propagation="rslave")],
@@ -264,7 +289,7 @@ class DockerRuntime(Runtime):
                 spec.image,
                 name=spec.name,
                 user=f"{int(spec.user)}:{int(spec.user)}",
-                environment={str(k): str(v) for k, v in spec.environment.items()},
+                environment={**{str(k): str(v) for k, v in spec.environment.items()}, **self._proxy_environment()},
                 labels=labels,
                 host_config=host_config,
                 detach=True,
@@ -295,6 +320,42 @@ class DockerRuntime(Runtime):
         for warning in (answer or {}).get("Warnings") or []:  # e.g. no I/O weight without BFQ: the rest applies
             log.info("update %s on %s: %s", engine_id[:12], self.node_name, warning)
 
+    def _counts_egress(self) -> bool:
+        return bool(_setting("HEARTH_EGRESS_COUNTER", True)) and self.url.startswith("unix://")
+
+    def _pid(self, engine_id: str) -> int | None:
+        with _engine_errors(self, f"inspect {engine_id[:12]}"):
+            try:
+                state = self.api.inspect_container(engine_id)["State"]
+            except docker.errors.NotFound:
+                return None
+        return (state.get("Pid") or None) if state.get("Running") else None
+
+    def _egress_counter_install(self, engine_id: str, port: int) -> None:
+        if not self._counts_egress():
+            return
+        pid = self._pid(engine_id)
+        try:
+            if pid is None:
+                raise egress_counter.EgressCounterError("the container is not running")
+            egress_counter.counter_install(pid=pid, port=port)
+        except egress_counter.EgressCounterError as exc:
+            raise RuntimeError_(f"egress counter of {engine_id[:12]} on node {self.node_name}: {exc}") from exc
+
+    def egress_read(self, engine_id: str) -> int | None:
+        """Bytes the container sent out by itself (not its answers to the gateway); None when it cannot be read
+        (a remote engine, a container that is gone or stopped)."""
+        if not self._counts_egress():
+            return None
+        pid = self._pid(engine_id)
+        if pid is None:
+            return None
+        try:
+            return egress_counter.counter_read(pid=pid)
+        except egress_counter.EgressCounterError as exc:
+            log.warning("egress counter of %s on %s: %s", engine_id[:12], self.node_name, exc)
+            return None
+
     def inspect(self, engine_id: str) -> RuntimeContainer | None:
         with _engine_errors(self, f"inspect {engine_id[:12]}"):
             try:
@@ -315,6 +376,13 @@ class DockerRuntime(Runtime):
             )
             for row in rows
         ]
+
+    def events(self, *, instance: str, since_ns: int | None = None) -> _EventStream:
+        # The engine takes "<seconds>.<nanoseconds>": a reconnect starts at the last event handled, none skipped.
+        since = None if since_ns is None else f"{since_ns // 10**9}.{since_ns % 10**9:09d}"
+        filters = {"type": ["container"], "event": list(CONTAINER_END_EVENTS), "label": [f"hearth.instance={instance}"]}
+        with _engine_errors(self, "follow events"):
+            return _EventStream(self.api.events(since=since, filters=filters, decode=True))
 
     def wait_ready(self, container: RuntimeContainer, *, timeout: float, path: str | None = None) -> bool:
         if not container.address:
@@ -349,6 +417,24 @@ class DockerRuntime(Runtime):
                 return True
             except docker.errors.ImageNotFound:
                 return False
+
+
+class _EventStream:
+    """The engine's event stream as RuntimeEvents; ends when the engine closes it (or close() from another thread)."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def __iter__(self):
+        for event in self._stream:  # the SDK ends the iteration when the connection breaks
+            actor = event.get("Actor") or {}
+            yield RuntimeEvent(action=event.get("Action") or event.get("status") or "",
+                               engine_id=actor.get("ID") or event.get("id") or "",
+                               labels=actor.get("Attributes") or {}, time_ns=int(event.get("timeNano") or 0))
+
+    def close(self):
+        with contextlib.suppress(Exception):  # already closed, or the socket is gone with the engine
+            self._stream.close()
 
 
 _runtimes: dict[tuple[int, str], DockerRuntime] = {}

@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('tenants', '0005_auditlog_tenant_key'),
+        ('tenants', '0007_sso'),
     ]
 
     operations = [

@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('workspaces', '0004_session_client_bytes_seen'),
+        ('workspaces', '0006_session_client_bytes_seen'),
     ]
 
     operations = [

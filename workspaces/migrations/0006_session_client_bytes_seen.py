@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('workspaces', '0003_session_egress_bytes_metered'),
+        ('workspaces', '0005_session_egress_marks'),
     ]
 
     operations = [

@@ -7,7 +7,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('workspaces', '0005_session_end_reason_max_length'),
+        ('workspaces', '0007_session_end_reason_max_length'),
     ]
 
     operations = [

@@ -1,0 +1,137 @@
+"""Staff edit identity providers in the control plane; every save goes through sso.services (audit rows, domain
+rules, enforcement), and staff can vouch for a domain or check its DNS record."""
+from django import forms
+from django.contrib import admin
+from django.utils.html import format_html_join
+
+from sso import services
+from sso.models import IdentityProvider, SsoDomain, SsoIdentity
+from tenants.admin import _run_service
+from tenants.exceptions import ServiceError
+
+_FIELDS = ("issuer", "client_id", "scopes", "claim_mapping", "metadata_url", "metadata_xml", "entity_id",
+           "attribute_mapping", "default_role", "group_roles", "enforce_sso")
+
+
+class IdentityProviderForm(forms.ModelForm):
+    client_secret = forms.CharField(required=False, widget=forms.PasswordInput(render_value=False),
+                                    help_text="Stored encrypted and never shown; leave empty to keep the current one.")
+    domains_text = forms.CharField(label="Domains", required=False, widget=forms.Textarea(attrs={"rows": 3}),
+                                   help_text="One per line. A new domain routes sign-ins once verified.")
+
+    class Meta:
+        model = IdentityProvider
+        fields = ["tenant", "kind", *_FIELDS]
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.instance.pk:
+            self.fields["domains_text"].initial = "\n".join(d.domain for d in self.instance.domains.all())
+            self.fields["tenant"].disabled = self.fields["kind"].disabled = True
+
+    def domains(self):
+        return [line.strip() for line in self.cleaned_data.get("domains_text", "").replace(",", "\n").splitlines()
+                if line.strip()]
+
+    def clean(self):
+        """The service saves here, so that its refusals show on the form (admin runs this in its transaction)."""
+        cleaned = super().clean()
+        if self.errors:
+            return cleaned
+        change = bool(self.instance.pk)
+        kind = self.instance.kind if change else cleaned.get("kind")
+        # A new provider is given the fields of its kind only (the form shows both kinds' fields).
+        own = services.COMMON_FIELDS + (services.OIDC_FIELDS if kind == IdentityProvider.Kind.OIDC
+                                        else services.SAML_FIELDS)
+        values = {f: cleaned.get(f) for f in _FIELDS if (f in self.changed_data if change else f in own)}
+        values = {k: v for k, v in values.items() if v not in (None, "") or change}
+        if cleaned.get("client_secret"):
+            values["client_secret"] = cleaned["client_secret"]
+        values["domains"] = self.domains()
+        try:
+            if change:
+                self.saved = services.identity_provider_update(
+                    identity_provider=IdentityProvider.objects.get(pk=self.instance.pk), actor=self.request.user,
+                    **values)
+            else:
+                self.saved = services.identity_provider_create(tenant=cleaned["tenant"], kind=cleaned["kind"],
+                                                               actor=self.request.user, **values)
+        except ServiceError as exc:
+            field = {"domains": "domains_text"}.get(exc.field, exc.field)
+            self.add_error(field if field in self.fields else None, exc.message)
+        return cleaned
+
+
+@admin.register(IdentityProvider)
+class IdentityProviderAdmin(admin.ModelAdmin):
+    form = IdentityProviderForm
+    list_display = ["id", "tenant", "kind", "issuer", "client_id", "enforce_sso", "domain_list"]
+    list_filter = ["kind", "enforce_sso"]
+    search_fields = ["tenant__slug", "issuer", "client_id", "domains__domain"]
+    readonly_fields = ["domain_status"]
+    actions = ["verify_domains_by_staff", "verify_domains_by_dns"]
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).select_related("tenant").prefetch_related("domains")
+
+    @admin.display(description="domains")
+    def domain_list(self, obj):
+        return ", ".join(f"{d.domain}{'' if d.verified_at else ' (unverified)'}" for d in obj.domains.all())
+
+    @admin.display(description="verification")
+    def domain_status(self, obj):
+        rows = [(d.domain, f"verified {d.verified_at:%Y-%m-%d} by {d.verified_by}" if d.verified_at
+                 else f"TXT {d.txt_record}") for d in obj.domains.all()]
+        return format_html_join("", "<div><strong>{}</strong>: {}</div>", rows) or "—"
+
+    def get_form(self, request, obj=None, **kwargs):
+        form = super().get_form(request, obj, **kwargs)
+        form.request = request
+        return form
+
+    def save_model(self, request, obj, form, change):
+        obj.pk = form.saved.pk  # saved by the service in the form's clean()
+        obj.refresh_from_db()
+
+    def save_related(self, request, form, formsets, change):
+        pass  # the domains were saved by the service
+
+    def delete_model(self, request, obj):
+        services.identity_provider_delete(identity_provider=obj, actor=request.user)
+
+    def delete_queryset(self, request, queryset):
+        for obj in queryset:
+            services.identity_provider_delete(identity_provider=obj, actor=request.user)
+
+    @admin.action(description="Verify their domains (staff vouch for them)", permissions=["change"])
+    def verify_domains_by_staff(self, request, queryset):
+        def verify(provider):
+            for row in provider.domains.filter(verified_at__isnull=True):
+                services.domain_verify_by_staff(domain=row.domain, actor=request.user, identity_provider=provider)
+
+        _run_service(self, request, queryset, verify, "Identity providers whose domains are verified")
+
+    @admin.action(description="Check their domains' DNS TXT records now", permissions=["change"])
+    def verify_domains_by_dns(self, request, queryset):
+        _run_service(self, request, queryset,
+                     lambda provider: services.domains_verify_dns(identity_provider=provider, actor=request.user),
+                     "Identity providers checked")
+
+
+@admin.register(SsoIdentity)
+class SsoIdentityAdmin(admin.ModelAdmin):
+    list_display = ["subject", "identity_provider", "user", "first_login_at", "last_login_at"]
+    search_fields = ["subject", "user__email"]
+    readonly_fields = ["identity_provider", "subject", "user", "first_login_at", "last_login_at"]
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+
+admin.site.register(SsoDomain, list_display=["domain", "identity_provider", "verified_at", "verified_by"],
+                    search_fields=["domain"], readonly_fields=["identity_provider", "domain", "verified_at",
+                                                               "verified_by"],
+                    has_add_permission=lambda self, request, obj=None: False)

@@ -1,0 +1,98 @@
+"""Single sign-on: each tenant's identity providers (OIDC now, SAML fields ready), the email domains that route to
+them, and the IdP accounts linked to Hearth users."""
+from django.conf import settings
+from django.db import models
+from django.db.models.functions import Lower
+
+from tenants.models import Role, Tenant
+
+DEFAULT_OIDC_SCOPES = "openid email profile"
+# Where each value is read in the IdP's claims (OIDC) or attributes (SAML), unless claim_mapping says otherwise.
+DEFAULT_CLAIMS = {"email": "email", "email_verified": "email_verified", "name": "name", "given_name": "given_name",
+                  "family_name": "family_name", "groups": "groups"}
+
+
+class IdentityProvider(models.Model):
+    """A tenant's identity provider. Logins route to it by the verified domains of the email address."""
+
+    class Kind(models.TextChoices):
+        OIDC = "oidc", "OpenID Connect"
+        # The fields are stored and edited; the SAML login itself is not built yet (docs/SSO.md).
+        SAML = "saml", "SAML 2.0 (login not built yet)"
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="identity_providers")
+    kind = models.CharField(max_length=8, choices=Kind.choices, default=Kind.OIDC)
+    # --- OIDC
+    issuer = models.URLField(max_length=500, blank=True,
+                             help_text="The issuer (or its /.well-known/openid-configuration URL).")
+    client_id = models.CharField(max_length=255, blank=True)
+    client_secret_encrypted = models.TextField(blank=True, editable=False,
+                                               help_text="Fernet token (sso.encryption); never shown.")
+    scopes = models.CharField(max_length=300, default=DEFAULT_OIDC_SCOPES)
+    claim_mapping = models.JSONField(default=dict, blank=True,
+                                     help_text=f"Hearth's name → the IdP's claim; defaults: {DEFAULT_CLAIMS}.")
+    # --- SAML (stored now; the login comes with djangosaml2)
+    metadata_url = models.URLField(max_length=500, blank=True)
+    metadata_xml = models.TextField(blank=True)
+    entity_id = models.CharField(max_length=500, blank=True)
+    attribute_mapping = models.JSONField(default=dict, blank=True)
+    # --- membership
+    default_role = models.CharField(max_length=16, choices=[(r, r) for r in (Role.MEMBER, Role.ADMIN)],
+                                    default=Role.MEMBER)
+    group_roles = models.JSONField(default=dict, blank=True,
+                                   help_text='IdP group → role, e.g. {"platform-admins": "admin"}.')
+    enforce_sso = models.BooleanField(default=False,
+                                      help_text="The tenant's members cannot use a password (once a domain is "
+                                                "verified).")
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["tenant", "pk"]
+
+    def __str__(self):
+        return f"{self.tenant.slug}: {self.get_kind_display()} {self.issuer or self.entity_id or self.metadata_url}"
+
+
+class SsoDomain(models.Model):
+    """An email domain routed to an identity provider once verified. Several tenants may claim a domain; only one
+    can verify it (a partial unique index), so nobody captures another company's logins."""
+
+    identity_provider = models.ForeignKey(IdentityProvider, on_delete=models.CASCADE, related_name="domains")
+    domain = models.CharField(max_length=253)
+    verification_token = models.CharField(max_length=64, editable=False)
+    verified_at = models.DateTimeField(null=True, blank=True, editable=False)
+    verified_by = models.CharField(max_length=254, blank=True, editable=False, help_text="dns, or who verified it.")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["domain"]
+        constraints = [
+            models.UniqueConstraint(Lower("domain"), "identity_provider", name="sso_domain_unique_per_idp"),
+            models.UniqueConstraint(Lower("domain"), condition=models.Q(verified_at__isnull=False),
+                                    name="sso_domain_verified_once"),
+        ]
+
+    def __str__(self):
+        return self.domain
+
+    @property
+    def txt_record(self):
+        """The TXT record the tenant publishes at the domain to prove it owns it."""
+        return f"hearth-verification={self.verification_token}"
+
+
+class SsoIdentity(models.Model):
+    """An account at an identity provider (its stable `sub`) linked to a Hearth user."""
+
+    identity_provider = models.ForeignKey(IdentityProvider, on_delete=models.CASCADE, related_name="identities")
+    subject = models.CharField(max_length=255)
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="sso_identities")
+    first_login_at = models.DateTimeField(auto_now_add=True)
+    last_login_at = models.DateTimeField()
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["identity_provider", "subject"], name="sso_identity_unique")]
+
+    def __str__(self):
+        return f"{self.subject} at {self.identity_provider_id} → {self.user_id}"

@@ -1,0 +1,72 @@
+"""Fixtures of the SSO tests: a real OpenID provider and a real DNS server, both on loopback."""
+import shutil
+
+import pytest
+
+from tests.conftest import require_service
+from tests.factories import MembershipFactory, TenantFactory
+from tests.sso.support import IDP_DIR, DnsServer, OidcProvider
+
+# The Django test client's host: the redirect URI registered at the provider.
+CALLBACK = "http://testserver/sso/oidc/callback/"
+CLIENT_A = {"client_id": "hearth-acme", "client_secret": "acme-secret", "redirect_uris": [CALLBACK]}
+CLIENT_B = {"client_id": "hearth-globex", "client_secret": "globex-secret", "redirect_uris": [CALLBACK]}
+ACCOUNTS = {
+    "ada@acme.test": {"name": "Ada Lovelace", "given_name": "Ada", "family_name": "Lovelace",
+                      "groups": ["platform-admins", "staff"]},
+    "unverified@acme.test": {"email_verified": False},
+}
+
+
+def idp_start(**kwargs):
+    def check():
+        if shutil.which("node") is None:
+            raise FileNotFoundError("node")
+        if not (IDP_DIR / "node_modules" / "oidc-provider").exists():
+            raise FileNotFoundError(f"{IDP_DIR}/node_modules (run `npm ci` there; `make test` does)")
+    require_service("The test OpenID provider (Node + npm oidc-provider)", check)
+    return OidcProvider(**kwargs)
+
+
+@pytest.fixture(scope="session")
+def oidc_idp():
+    provider = idp_start(clients=[CLIENT_A, CLIENT_B], accounts=ACCOUNTS)
+    yield provider
+    provider.stop()
+
+
+@pytest.fixture
+def dns_server(settings):
+    server = DnsServer()
+    settings.SSO_DNS_NAMESERVERS = [f"127.0.0.1:{server.port}"]
+    settings.SSO_DNS_TIMEOUT = 2.0
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def acme(db):
+    """An Enterprise tenant (SSO, unlimited seats) with an owner, an admin and a member."""
+    from tenants.models import Plan
+
+    tenant = TenantFactory(name="Acme", slug="acme", plan=Plan.objects.get(slug="enterprise"))
+    owner = MembershipFactory(tenant=tenant, role="owner", user__email="owner@acme.test")
+    admin = MembershipFactory(tenant=tenant, role="admin", user__email="admin@acme.test")
+    member = MembershipFactory(tenant=tenant, role="member", user__email="member@acme.test")
+    return tenant, owner, admin, member
+
+
+def oidc_provider_for(tenant, idp, *, client=CLIENT_A, domains=("acme.test",), verified=True, **fields):
+    """An OIDC identity provider of `tenant` at the test provider, its domains verified by staff."""
+    from sso import services
+
+    owner = tenant.memberships.filter(role="owner").first().user
+    provider = services.identity_provider_create(
+        tenant=tenant, actor=owner, kind="oidc", issuer=idp.issuer, client_id=client["client_id"],
+        client_secret=client["client_secret"], scopes="openid email profile groups", domains=list(domains),
+        **fields)
+    if verified:
+        for domain in domains:
+            services.domain_verify_by_staff(domain=domain, actor="test", identity_provider=provider)
+    provider.refresh_from_db()
+    return provider

@@ -1,0 +1,219 @@
+"""Egress metering: every byte leaving a workspace counted once (issue 11; issue 12, items 7 and 8).
+
+Real HAProxy (the gateway's own fixtures), real tiny containers with their interface counters, real PostgreSQL.
+The one stand-in: a session's route is pointed at the fixtures' WebSocket echo server where a WebSocket is needed
+(the tiny image's busybox httpd speaks no WebSocket; code-server would).
+"""
+import asyncio
+import os
+import subprocess
+import sys
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+from tests.workspaces.fixtures_pool import *  # noqa: F403
+from tests.workspaces.fixtures_runtime import docker_exec
+from tests.workspaces.gateway_fixtures import gateway_env, start_gateway, upstream  # noqa: F401
+from workspaces import pool, services
+from workspaces.gateway import routes
+from workspaces.gateway.process import gateway_keys_rotate, gateway_reload
+from workspaces.models import Session
+from workspaces.runtime import runtime_for
+
+pytestmark = [pytest.mark.django_db, pytest.mark.docker, pytest.mark.slow]
+
+
+@pytest.fixture
+def gateway(gateway_env):  # noqa: F811
+    from workspaces import selectors
+
+    gw = start_gateway(gateway_env, routes_source=selectors.live_routes)
+    yield gw
+    gw.process.stop()
+
+
+def _egress(tenant):
+    from metering.models import UsageRollup
+
+    rollup = UsageRollup.objects.filter(tenant=tenant, period="month", meter__slug="egress_bytes").first()
+    return rollup.quantity if rollup else 0
+
+
+def _open(workspace, member, gateway, requests=0):
+    pool.pool_fill()
+    opened = services.workspace_open(workspace=workspace, user=member.user)
+    for _ in range(requests):
+        assert gateway.get(workspace.host_key, "/", token=opened.token).status_code == 200
+    return opened
+
+
+def _tick_with(monkeypatch, reading):
+    """One reclaim tick that sees `reading` (a real counters_read() answer taken earlier): an overlapping run."""
+    monkeypatch.setattr(routes, "counters_read", lambda **kw: reading)
+    services.sessions_reclaim()
+    monkeypatch.undo()
+
+
+def _gateway_bytes(session_id):
+    return routes.counters_read()[session_id]["bytes_out"]
+
+
+def test_overlapping_ticks_never_bill_a_stale_reading(gateway, workspace, member, node, tiny_template,  # noqa: F811
+                                                     monkeypatch):
+    """Two reclaim runs read the counters at different moments; the later reading commits first. The earlier one
+    is below the mark: stale, not a reset, so it bills nothing (it used to bill all of it again)."""
+    opened = _open(workspace, member, gateway, requests=2)
+    session_id = str(opened.session.pk)
+    stale = routes.counters_read()
+    assert gateway.get(workspace.host_key, "/", token=opened.token).status_code == 200
+    fresh = routes.counters_read()
+    assert fresh[session_id]["bytes_out"] > stale[session_id]["bytes_out"] > 0
+    _tick_with(monkeypatch, fresh)
+    _tick_with(monkeypatch, stale)
+    _tick_with(monkeypatch, fresh)
+    assert _egress(workspace.tenant) == fresh[session_id]["bytes_out"]
+
+
+def test_a_reload_and_a_restart_lose_and_repeat_nothing(gateway, workspace, member, node, tiny_template,  # noqa: F811
+                                                       monkeypatch):
+    """Bytes before and after a reload, and before and after a graceful restart, each billed once; a reading taken
+    before the reload and applied after it changes nothing."""
+    opened = _open(workspace, member, gateway, requests=3)
+    session_id = str(opened.session.pk)
+    per_request = _gateway_bytes(session_id) // 3
+    assert per_request * 3 == _gateway_bytes(session_id)
+    before_reload = routes.counters_read()
+    services.sessions_reclaim()
+    gateway_reload(gateway.cfg)
+    for _ in range(2):
+        assert gateway.get(workspace.host_key, "/", token=opened.token).status_code == 200
+    services.sessions_reclaim()
+    _tick_with(monkeypatch, before_reload)
+    assert _egress(workspace.tenant) == 5 * per_request
+
+    # A restart with no tick since the last requests: the stopping gateway keeps its counters for the next one.
+    assert gateway.get(workspace.host_key, "/", token=opened.token).status_code == 200
+    gateway.process.stop()
+    gateway.process.start()
+    services.sessions_reclaim()
+    assert _egress(workspace.tenant) == 6 * per_request
+    assert gateway.get(workspace.host_key, "/", token=opened.token).status_code == 200
+    services.sessions_reclaim()
+    assert _gateway_bytes(session_id) == 7 * per_request == _egress(workspace.tenant)
+
+
+@pytest.mark.parametrize("change", ["reload", "key rotation"])
+def test_a_websocket_held_by_the_old_worker_is_activity(gateway, upstream, workspace, member, node,  # noqa: F811
+                                                        tiny_template, change):
+    """An editor's WebSocket opened before a reload (or a key rotation: two reloads) lives on in the old worker;
+    the session stays active past the idle timeout instead of being ended as idle."""
+    opened = _open(workspace, member, gateway)
+    session = opened.session
+    routes.route_set(host_key=workspace.host_key, session_id=str(session.pk), address=upstream.ws_address)
+
+    async def run():
+        async with gateway.websocket(workspace.host_key, opened.token) as ws:
+            await ws.send("hello")
+            assert await ws.recv() == "hello"
+            if change == "reload":
+                await asyncio.to_thread(gateway_reload, gateway.cfg)
+            else:
+                await asyncio.to_thread(gateway_keys_rotate, gateway.cfg)
+            await asyncio.sleep(1.5)
+            # The new worker has not seen this session; the old one holds its WebSocket: open, so not idle at all.
+            seen = (await asyncio.to_thread(routes.counters_read))[str(session.pk)]
+            assert seen["active"] >= 1 and seen["idle_seconds"] == 0, seen
+            long_ago = timezone.now() - timedelta(hours=3)
+            await asyncio.to_thread(lambda: Session.objects.filter(pk=session.pk).update(last_activity_at=long_ago))
+            await asyncio.to_thread(services.sessions_reclaim)
+            await ws.send("still here")
+            assert await ws.recv() == "still here"
+
+    asyncio.run(run())
+    session.refresh_from_db()
+    assert session.ended_at is None, session.end_reason
+    assert session.last_activity_at > timezone.now() - timedelta(minutes=1)
+
+
+_SINK = """
+import socket, sys
+server = socket.socket(); server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+server.bind(("0.0.0.0", 9000)); server.listen(); print("ready", flush=True)
+while True:
+    conn, _ = server.accept(); total = 0
+    while chunk := conn.recv(65536):
+        total += len(chunk)
+    conn.close(); print(total, flush=True)
+"""
+
+
+@pytest.fixture
+def outside():
+    """A host outside this one, as far as the workspace can tell: a network namespace behind a veth pair with a
+    TEST-NET-2 address (outside every blocked range, so an open plan's packets are forwarded to it), running a
+    TCP sink that prints how many bytes each connection brought."""
+    tag = f"{os.getpid() % 60000:x}"
+    ns, host_if, ns_if = f"heg{tag}", f"hegh{tag}", f"hegn{tag}"
+    octet = 4 * (os.getpid() % 63) + 1
+    host_ip, ns_ip = f"198.51.100.{octet}", f"198.51.100.{octet + 1}"
+
+    def ip(*args):
+        subprocess.run(["ip", *args], check=True, capture_output=True)
+
+    ip("netns", "add", ns)
+    try:
+        ip("link", "add", host_if, "type", "veth", "peer", "name", ns_if)
+        ip("link", "set", ns_if, "netns", ns)
+        ip("addr", "add", f"{host_ip}/30", "dev", host_if)
+        ip("link", "set", host_if, "up")
+        ip("-n", ns, "addr", "add", f"{ns_ip}/30", "dev", ns_if)
+        ip("-n", ns, "link", "set", ns_if, "up")
+        ip("-n", ns, "route", "add", "default", "via", host_ip)
+        sink = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-c", _SINK], stdout=subprocess.PIPE,
+                                text=True)
+        assert sink.stdout.readline().strip() == "ready"
+        yield ns_ip, sink
+        sink.kill()
+        sink.wait()
+    finally:
+        subprocess.run(["ip", "link", "del", host_if], capture_output=True)
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+
+
+def test_bytes_sent_out_directly_show_in_egress_bytes_once(gateway, workspace, member, node,  # noqa: F811
+                                                           tiny_template, outside):
+    """An open plan's workspace sends 200,000 bytes from its shell to a server outside: its interface counter has
+    them (with their TCP/IP headers) and egress_bytes gets them once, next to the gateway's bytes, which the
+    interface counter leaves out (the answers on the service port)."""
+    address, sink = outside
+    plan = workspace.tenant.plan
+    plan.internet_access = "open"
+    plan.save(update_fields=["internet_access"])
+    opened = _open(workspace, member, gateway, requests=2)
+    session_id = str(opened.session.pk)
+    container = opened.session.container
+    services.sessions_reclaim()
+    gateway_only = _egress(workspace.tenant)
+    assert gateway_only == _gateway_bytes(session_id) > 0  # the two pages through the gateway: nothing else
+
+    code, out = docker_exec(runtime_for(container.node), container.engine_id, "sh", "-c",
+                            f"dd if=/dev/zero bs=1000 count=200 2>/dev/null | nc -w 3 {address} 9000")
+    assert code == 0 and sink.stdout.readline().strip() == "200000", out
+    services.sessions_reclaim()
+    direct = _egress(workspace.tenant) - gateway_only
+    assert 200_000 < direct <= 200_000 * 1.1, direct  # the payload and its TCP/IP headers
+    services.sessions_reclaim()
+    assert _egress(workspace.tenant) == gateway_only + direct  # read again: nothing new
+
+    # The release reads the counter one last time before the container (and its counter) is removed.
+    docker_exec(runtime_for(container.node), container.engine_id, "sh", "-c",
+                f"dd if=/dev/zero bs=1000 count=50 2>/dev/null | nc -w 3 {address} 9000")
+    assert sink.stdout.readline().strip() == "50000"
+    services.session_close(session=opened.session, actor=member.user)
+    assert 50_000 < _egress(workspace.tenant) - gateway_only - direct <= 50_000 * 1.1
+    session = Session.objects.get(pk=session_id)
+    assert session.egress_bytes_metered == _egress(workspace.tenant)
+    assert set(session.egress_marks) == {f"if:{container.pk}", *(f"gw:{g}" for g in
+                                                                 routes.counters_read()[session_id]["generations"])}

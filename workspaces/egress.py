@@ -1,0 +1,117 @@
+"""Egress metering (`egress_bytes`): every byte leaving a workspace counted once, for the session that sent it.
+
+Two sources that never see the same byte:
+- `gw:<generation>`: what the gateway sent to the client for the session, per HAProxy worker process (its counter
+  only grows while it lives; the final tables of stopped workers are kept, `gateway.counters`);
+- `if:<container>`: what the container sent out of its own interface, except its answers on its service port (the
+  gateway's connections), from a counter in its network namespace (`runtime.egress_counter`).
+Each session keeps a mark per source (`Session.egress_marks`); a reading at or below its mark is stale (an earlier
+read committed late) and changes nothing, so overlapping ticks, reloads and restarts can neither bill twice nor move
+a mark back. Mark and usage event commit together under the session's row lock; the event id names the source and
+the range, so a retry is a duplicate.
+"""
+import logging
+import uuid
+
+from django.db import transaction
+from django.db.models import F
+
+from metering import services as metering_services
+from workspaces import runtime as rt
+from workspaces.models import Session
+
+log = logging.getLogger(__name__)
+
+
+def gateway_source(generation: str) -> str:
+    return f"gw:{generation}"
+
+
+def interface_source(container_id) -> str:
+    return f"if:{container_id}"
+
+
+def egress_record(*, session_id, readings: dict, at) -> int:
+    """Meter `readings` ({source: cumulative counter}) of one session; returns the bytes newly counted."""
+    with transaction.atomic():
+        session = Session.objects.select_for_update().select_related("tenant").get(pk=session_id)
+        marks = dict(session.egress_marks or {})
+        recorded = advanced = 0
+        for source in sorted(readings):
+            counter, counted = int(readings[source]), int(marks.get(source, 0))
+            if counter <= counted:
+                continue  # stale: a later reading was metered first
+            recorded += metering_services.egress_bytes_record(
+                tenant=session.tenant, session_id=str(session.pk), user_id=session.user_id,
+                workspace_id=session.workspace_id, source=source, counted=counted, counter=counter, at=at)
+            advanced += counter - counted
+            marks[source] = counter
+        if advanced:
+            Session.objects.filter(pk=session.pk).update(
+                egress_marks=marks, egress_bytes_metered=F("egress_bytes_metered") + advanced)
+    return recorded
+
+
+def egress_baseline(*, session) -> None:
+    """At the claim, before the user's files are bound: what the container sent while warm is nobody's."""
+    container = session.container
+    sent = _interface_reading(container)
+    if sent is None:
+        return
+    source = interface_source(container.pk)
+    with transaction.atomic():
+        locked = Session.objects.select_for_update().get(pk=session.pk)
+        if source not in locked.egress_marks:
+            marks = {**locked.egress_marks, source: sent}
+            Session.objects.filter(pk=session.pk).update(egress_marks=marks)
+            session.egress_marks = marks
+
+
+def _interface_reading(container) -> int | None:
+    if not container.engine_id:
+        return None
+    try:
+        return rt.runtime_for(container.node).egress_read(container.engine_id)
+    except (rt.RuntimeUnavailable, rt.RuntimeError_) as exc:
+        log.warning("egress of %s not read: %s", container, exc)
+        return None
+
+
+def egress_meter_all(*, counters: dict, now) -> int:
+    """The metering tick: the gateway's per-generation counters of every session it knows, and the interface
+    counter of every live session's container. Returns the bytes newly counted."""
+    readings = {}
+    for session_id, c in counters.items():
+        try:
+            key = str(uuid.UUID(session_id))
+        except (TypeError, ValueError):
+            continue  # not one of ours (another install behind the same gateway)
+        readings[key] = {gateway_source(g): v for g, v in (c.get("generations") or {}).items()}
+    # A session still starting (asynchronous cold open) has no container yet: nothing of it to read.
+    for session in Session.objects.filter(ended_at__isnull=True, container__isnull=False).select_related(
+            "container__node"):
+        sent = _interface_reading(session.container)
+        if sent is not None:
+            readings.setdefault(str(session.pk), {})[interface_source(session.container_id)] = sent
+    marks = dict(Session.objects.filter(pk__in=list(readings)).values_list("pk", "egress_marks"))
+    recorded = 0
+    for pk, counted in marks.items():
+        pending = {s: v for s, v in readings[str(pk)].items() if v > int((counted or {}).get(s, 0))}
+        if not pending:
+            continue
+        try:
+            recorded += egress_record(session_id=pk, readings=pending, at=now)
+        except Exception:  # one session's failure must not stop the others' metering; the next tick retries
+            log.exception("metering egress of session %s failed", pk)
+    return recorded
+
+
+def container_egress_final(container, *, at) -> int:
+    """At release, before the container (and its counter) is removed: its last session's remaining bytes."""
+    session = Session.objects.filter(container=container).order_by("-started_at").only("pk").first()
+    if session is None:
+        return 0
+    sent = _interface_reading(container)
+    if sent is None:
+        return 0
+    return egress_record(session_id=session.pk, readings={interface_source(container.pk): sent}, at=at)
