@@ -19,7 +19,9 @@ restart of Redis, PostgreSQL and the Docker engine. After each fault it polls un
 Time to consistency runs from the fault to the first poll where all hold. Then the load stops (every unanswered
 batch resent until answered) and the strict check runs: acknowledged = stored, and no request went past its
 client timeout without an answer (connection errors while a process is dead are answers: counted apart).
-Prints a table (one fault per row) and one JSON line; exits 1 if any fault failed.
+One opener keeps its session open and visits it every second (so a container that dies under it must be found
+and its session ended); when the visit fails it opens again. Prints a table (one fault per row) and one JSON line;
+exits 1 if any fault failed.
 """
 import argparse
 import json
@@ -30,7 +32,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
@@ -38,7 +40,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 from chaos_stack import Stack  # noqa: E402
 
 FAULTS = ("web", "worker", "beat", "gateway", "redis", "postgres", "docker")
-OPENERS, INGESTERS, BATCH = 3, 2, 5
+OPENERS, INGESTERS, BATCH = 4, 2, 5  # the first opener holds its session (a faulted container must end it)
 OPEN_TIMEOUT, CLOSE_TIMEOUT, GATEWAY_TIMEOUT, INGEST_TIMEOUT = 20.0, 20.0, 5.0, 10.0
 DEAD_SESSION_GRACE = 30.0  # the issue: no live session on a dead container 30 s after recovery
 CONSISTENCY_BUDGET = 60.0  # after recovery; past it the fault fails
@@ -127,16 +129,27 @@ class Load:
                 time.sleep(0.5)
                 continue
             body = opened.json()
-            url = urlsplit(body["url"])
-            self.call("gateway", lambda u=url: gateway.get(
-                f"http://127.0.0.1:{self.gateway_port}{u.path}?{u.query}", headers={"Host": u.netloc},
-                timeout=GATEWAY_TIMEOUT), (200, 303))
+            self._visit(gateway, body)
+            if user.get("holds"):  # keeps its session: visits it until it ends (a fault), then opens again
+                while not self.stop.is_set():
+                    time.sleep(1.0)
+                    visit = self._visit(gateway, body)
+                    if visit is not None and visit.status_code != 200:
+                        break
+                continue
             time.sleep(0.3)
             self.call("close", lambda b=body: client.post(f"/sessions/{b['session']}/close", timeout=CLOSE_TIMEOUT),
                       (200, 204))
             time.sleep(0.2)
         client.close()
         gateway.close()
+
+    def _visit(self, gateway, opened):
+        """A page of the workspace through the gateway, as the browser asks for it (token cookie, host name)."""
+        url = urlsplit(opened["url"])
+        return self.call("gateway", lambda: gateway.get(
+            f"http://127.0.0.1:{self.gateway_port}/", headers={"Host": url.netloc},
+            cookies={"hearth_gw": parse_qs(url.query)["token"][0]}, timeout=GATEWAY_TIMEOUT), (200,))
 
     def _ingester(self, k):
         import httpx
@@ -355,7 +368,7 @@ def seed(stack, seed_from):
         membership = Membership.objects.create(tenant=tenant, user=user, role=Role.MEMBER)
         workspace = services.workspace_create(tenant=tenant, owner=user, name=f"w{i}", template=template)
         _, token = api_token_create(membership=membership, name="chaos", actor=user)
-        users.append({"token": token, "workspace": workspace.pk})
+        users.append({"token": token, "workspace": workspace.pk, "holds": i == 0})
     _, service_token = service_token_create(name="chaos", meters=[METER], tenants=[slug])
     ctx = {"tenant": tenant, "meter": meter_get(METER), "seconds": meter_get("workspace_seconds"),
            "engine_url": stack.dockerd.url, "instance": stack.instance}
