@@ -188,13 +188,29 @@ class Load:
 
 
 def usage_problems(ctx, load, final=False):
+    from django.db import connection, transaction
     from django.db.models import Sum
 
     from metering.models import UsageEvent, UsageRollup
     from workspaces.models import Session
 
-    acked, sent = load.snapshot()
-    stored = dict(UsageEvent.objects.filter(event_id__startswith=load.prefix).values_list("event_id", "quantity"))
+    acked, _ = load.snapshot()  # before the read: every id acknowledged by then must be stored
+    with transaction.atomic():  # one snapshot for events, roll-ups and sessions while ingestion goes on
+        with connection.cursor() as cursor:
+            cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        stored = dict(UsageEvent.objects.filter(event_id__startswith=load.prefix).values_list("event_id",
+                                                                                                "quantity"))
+        rollup = UsageRollup.objects.filter(tenant=ctx["tenant"], meter=ctx["meter"], period="month").aggregate(
+            q=Sum("quantity"))["q"] or 0
+        total = sum(UsageEvent.objects.filter(tenant=ctx["tenant"], meter=ctx["meter"]).values_list(
+            "quantity", flat=True))
+        seconds = {}
+        for subject, quantity in UsageEvent.objects.filter(tenant=ctx["tenant"], meter=ctx["seconds"]).values_list(
+                "subject", "quantity"):
+            seconds[subject.get("session")] = seconds.get(subject.get("session"), 0) + quantity
+        sessions = list(Session.objects.filter(tenant=ctx["tenant"]).only("id", "started_at", "ended_at",
+                                                                           "metered_until"))
+    _, sent = load.snapshot()  # after the read: every id stored by then was sent
     problems = []
     lost = [i for i in acked if i not in stored]
     unsent = [i for i in stored if i not in sent]
@@ -208,17 +224,9 @@ def usage_problems(ctx, load, final=False):
         problems.append(f"stored {len(stored)} events, acknowledged {len(acked)} (sent {len(sent)})")
     if load.rejected:
         problems.append(f"{len(load.rejected)} events rejected (e.g. {load.rejected[:3]})")
-    rollup = UsageRollup.objects.filter(tenant=ctx["tenant"], meter=ctx["meter"], period="month").aggregate(
-        q=Sum("quantity"))["q"] or 0
-    total = sum(UsageEvent.objects.filter(tenant=ctx["tenant"], meter=ctx["meter"]).values_list("quantity",
-                                                                                                 flat=True))
     if rollup != total:
         problems.append(f"month roll-up {rollup} != events' sum {total}")
-    seconds = {}
-    for subject, quantity in UsageEvent.objects.filter(tenant=ctx["tenant"], meter=ctx["seconds"]).values_list(
-            "subject", "quantity"):
-        seconds[subject.get("session")] = seconds.get(subject.get("session"), 0) + quantity
-    for s in Session.objects.filter(tenant=ctx["tenant"]).only("id", "started_at", "ended_at", "metered_until"):
+    for s in sessions:
         until = s.ended_at or s.metered_until
         want = int(until.timestamp()) - int(s.started_at.timestamp()) if until else 0
         got = seconds.get(str(s.id), 0)
