@@ -149,6 +149,7 @@ class Supervised:
     def __init__(self, name, argv, env, log_dir, ready):
         self.name, self.argv, self.env, self.ready = name, argv, env, ready
         self.log_path = Path(log_dir) / f"{name}.log"
+        self._log_start = 0  # where this start's lines begin (ready checks read only those)
         self.proc = None
 
     @property
@@ -302,7 +303,6 @@ class Stack:
         for name, (argv, ready) in specs.items():
             proc = Supervised(name, argv, self.env, self.root, ready)
             self.processes[name] = proc
-            proc._log_start = 0
             proc.start()
 
     def restart_process(self, name):
@@ -321,8 +321,18 @@ class Stack:
         _collect(errors, self.redis.stop)
         _collect(errors, lambda: self.postgres.stop("immediate"))
         _collect(errors, self._storage_release)
+        _collect(errors, self._logs_keep)
         shutil.rmtree(self.root, ignore_errors=True)
         return errors
+
+    def _logs_keep(self):
+        """Every process's log to var/artifacts/chaos/ (the run's temp dir goes): what to read when a fault fails."""
+        keep = ROOT / "var" / "artifacts" / "chaos"
+        shutil.rmtree(keep, ignore_errors=True)
+        keep.mkdir(parents=True)
+        for log in [*self.root.glob("*.log"), self.root / "pg" / "postgres.log", Path(f"/tmp/{self.dockerd.name}.log")]:
+            if log.exists():
+                shutil.copy(log, keep / log.name)
 
     def _engine_cleanup(self):
         from workspaces.runtime import DockerRuntime
