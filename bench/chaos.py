@@ -19,8 +19,9 @@ restart of Redis, PostgreSQL and the Docker engine. After each fault it polls un
 Time to consistency runs from the fault to the first poll where all hold. Then the load stops (every unanswered
 batch resent until answered) and the strict check runs: acknowledged = stored, and no request went past its
 client timeout without an answer (connection errors while a process is dead are answers: counted apart).
-One opener keeps its session open and visits it every second (so a container that dies under it must be found
-and its session ended); when the visit fails it opens again. Prints a table (one fault per row) and one JSON line;
+One opener keeps its session open and visits it every second; when a visit fails it opens again (a resume must
+not route it to a container that stopped). Another keeps its session open and idle, like a forgotten tab: only the
+reconciler can find its container dead and end it (check 2). Prints a table (one fault per row) and one JSON line;
 exits 1 if any fault failed.
 """
 import argparse
@@ -40,7 +41,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 from chaos_stack import Stack  # noqa: E402
 
 FAULTS = ("web", "worker", "beat", "gateway", "redis", "postgres", "docker")
-OPENERS, INGESTERS, BATCH = 4, 2, 5  # the first opener holds its session (a faulted container must end it)
+OPENERS, INGESTERS, BATCH = 5, 2, 5  # openers 0 and 1 hold their sessions (see the module's docstring)
 OPEN_TIMEOUT, CLOSE_TIMEOUT, GATEWAY_TIMEOUT, INGEST_TIMEOUT = 20.0, 20.0, 5.0, 10.0
 DEAD_SESSION_GRACE = 30.0  # the issue: no live session on a dead container 30 s after recovery
 CONSISTENCY_BUDGET = 60.0  # after recovery; past it the fault fails
@@ -130,6 +131,9 @@ class Load:
                 continue
             body = opened.json()
             self._visit(gateway, body)
+            if user.get("holds") == "idle":  # an open tab nobody looks at: only the reconciler can find it dead
+                self.stop.wait()
+                continue
             if user.get("holds"):  # keeps its session: visits it until it ends (a fault), then opens again
                 while not self.stop.is_set():
                     time.sleep(1.0)
@@ -376,7 +380,7 @@ def seed(stack, seed_from):
         membership = Membership.objects.create(tenant=tenant, user=user, role=Role.MEMBER)
         workspace = services.workspace_create(tenant=tenant, owner=user, name=f"w{i}", template=template)
         _, token = api_token_create(membership=membership, name="chaos", actor=user)
-        users.append({"token": token, "workspace": workspace.pk, "holds": i == 0})
+        users.append({"token": token, "workspace": workspace.pk, "holds": {0: "visits", 1: "idle"}.get(i)})
     _, service_token = service_token_create(name="chaos", meters=[METER], tenants=[slug])
     ctx = {"tenant": tenant, "meter": meter_get(METER), "seconds": meter_get("workspace_seconds"),
            "engine_url": stack.dockerd.url, "instance": stack.instance}
