@@ -164,7 +164,7 @@ def _container_serves(container):
     cannot tell, and the open answers 503 node_unavailable (as a cold start there would)."""
     try:
         found = rt.runtime_for(container.node).inspect(container.engine_id)
-    except rt.RuntimeUnavailable as exc:
+    except (rt.RuntimeUnavailable, rt.RuntimeError_) as exc:
         log.warning("resuming on %s: %s", container.name, exc)
         raise provisioning.NodeUnavailable(
             f"The Docker engine of node '{container.node.name}' does not answer; try again shortly.",
