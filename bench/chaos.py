@@ -57,7 +57,7 @@ class Load:
         self.api, self.gateway_port, self.users = api, gateway_port, users
         self.service_token, self.tenant_slug, self.prefix = service_token, tenant_slug, prefix
         self.lock = threading.Lock()
-        self.sent, self.acked, self.retried, self.rejected = {}, {}, set(), []
+        self.sent, self.acked, self.rejected = {}, {}, []
         self.stop, self.hard_stop = threading.Event(), threading.Event()
         self.threads, self.seq = [], 0
         self.reset()
@@ -67,6 +67,7 @@ class Load:
             self.counts = {"requests": 0, "errors": 0, "conn_errors": 0, "timeouts": 0}
             self.statuses, self.samples = {}, []
             self.last_ok = {}
+            self.retried = set()  # ids of batches resent after no answer or an error (stored once all the same)
 
     def call(self, kind, send, ok_statuses):
         """One request: its outcome counted; the response if answered, else None."""
@@ -336,6 +337,7 @@ def run_fault(stack, ctx, load, fault, baseline):
         failures.append(f"{counts['timeouts']} requests got no answer within their timeout")
     return {"fault": fault, "recovery_s": round(recovered_at - fault_at, 1),
             "consistent_s": None if elapsed is None else round(elapsed, 1), **counts,
+            "events_acknowledged_total": len(load.acked), "events_resent": len(load.retried),
             "statuses": dict(load.statuses), "samples": list(load.samples), "failures": failures[:10],
             "result": "FAIL" if failures else "PASS"}
 
