@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: run test venv services lint bench clean migrate
+.PHONY: run test chaos venv services lint bench clean migrate
 
 venv: $(VENV)/.installed
 
@@ -23,6 +23,11 @@ test: venv
 	@scripts/images/ensure.sh
 	@scripts/test-idp.sh
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# Issue 12's chaos suite alone (`make test` runs it too: tests/chaos, marked `chaos`); prints the table.
+chaos: venv
+	@scripts/services.sh postgres redis docker haproxy
+	$(PY) -m pytest -m chaos tests/chaos -s $(PYTEST_ARGS)
 
 lint: venv
 	$(VENV)/bin/ruff check .

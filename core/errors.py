@@ -1,4 +1,7 @@
 """Every API error is JSON: the DRF exception handler (settings: EXCEPTION_HANDLER) and the 404 for unknown /api/."""
+import logging
+
+from django.db import InterfaceError, OperationalError
 from django.http import Http404, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from rest_framework import exceptions, status
@@ -6,6 +9,10 @@ from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
 from tenants.exceptions import ServiceError
+
+logger = logging.getLogger(__name__)
+# A client retries after this many seconds when the database did not answer (PostgreSQL restarting, a cut connection).
+DATABASE_RETRY_AFTER = 1
 
 
 @csrf_exempt  # it changes nothing; a CSRF check would answer an unknown path's POST with the HTML 403 page
@@ -25,6 +32,14 @@ def exception_handler(exc, context):
         if exc.retry_after is not None:
             response["Retry-After"] = str(int(exc.retry_after))
         return response
+    if isinstance(exc, (OperationalError, InterfaceError)):
+        # The database went away under the request (seen in the chaos suite while PostgreSQL restarts): the request
+        # did nothing, so say so in the API's shape, not Django's HTML 500 page. Django closes the broken connection
+        # at the request's end (errors_occurred), and the next request connects again.
+        logger.warning("database unavailable during %s", context.get("request") and context["request"].path,
+                       exc_info=exc)
+        return Response({"code": "database_unavailable", "detail": "The database did not answer; try again shortly."},
+                        status=status.HTTP_503_SERVICE_UNAVAILABLE, headers={"Retry-After": str(DATABASE_RETRY_AFTER)})
     if isinstance(exc, Http404):
         exc = exceptions.NotFound("Not found.")
     response = drf_exception_handler(exc, context)

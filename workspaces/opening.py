@@ -172,6 +172,11 @@ def _resume(session):
             url, token, expires_at = _session_url_and_token(session)
             return Opened(session=session, url=url, token=token, expires_at=expires_at, resumed=True)
         session = Session.objects.select_related("container", "workspace", "tenant").get(pk=session.pk)
+    if not _container_serves(session.container):
+        # An engine restart stops every container, and the next one it starts may get this address: routing the user
+        # there would show them another session's container (found by the chaos suite). The session is lost.
+        sessions.session_end(session=session, reason=EndReason.LOST)
+        return None
     with transaction.atomic():
         # The row stays locked while binding and routing: a close (session_end locks it first) commits either
         # before, and the container is neither bound again nor routed while it is released, or after, and its
@@ -184,6 +189,19 @@ def _resume(session):
                                  address=session.container.address)
     url, token, expires_at = _session_url_and_token(session)
     return Opened(session=session, url=url, token=token, expires_at=expires_at, resumed=True)
+
+
+def _container_serves(container):
+    """The container runs on its engine at the address its session is routed to; an engine that does not answer
+    cannot tell, and the open answers 503 node_unavailable (as a cold start there would)."""
+    try:
+        found = rt.runtime_for(container.node).inspect(container.engine_id)
+    except (rt.RuntimeUnavailable, rt.RuntimeError_) as exc:
+        health.node_call_failed(container.node, f"resuming on {container.name}", exc)
+        raise provisioning.NodeUnavailable(
+            f"The Docker engine of node '{container.node.name}' does not answer; try again shortly.",
+            extra={"node": container.node.name}) from exc
+    return found is not None and found.status == "running" and found.address == container.address
 
 
 def _bind(session, *, resumed=False):

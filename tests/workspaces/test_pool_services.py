@@ -84,6 +84,21 @@ def test_open_twice_resumes_the_same_session(node, tiny_template, workspace, mem
     assert storage.is_mount_point(Path(first.session.container.slot_path))
 
 
+def test_open_does_not_resume_a_session_whose_container_stopped(node, tiny_template, workspace, member):
+    """An engine restart stops every container, and the next one it starts may get the old one's address: a resume
+    there would route the user to another session's container (found by the chaos suite). The session is lost and
+    the open gets a new container."""
+    pool.pool_fill()
+    first = services.workspace_open(workspace=workspace, user=member.user).session
+    runtime_for(node).api.stop(first.container.engine_id, timeout=1)  # what a dockerd restart does to it
+
+    again = services.workspace_open(workspace=workspace, user=member.user)
+    assert not again.resumed and again.session.container_id != first.container_id
+    first.refresh_from_db()
+    assert first.ended_at is not None and first.end_reason == Session.EndReason.LOST
+    assert _http_get(Container.objects.get(pk=again.session.container_id), "/healthz").strip() == "ok"
+
+
 def test_empty_pool_falls_back_to_a_cold_start(node, tiny_template, workspace, member):
     assert Container.objects.count() == 0
     opened = services.workspace_open(workspace=workspace, user=member.user)
