@@ -44,6 +44,8 @@ FAULTS = ("web", "worker", "beat", "gateway", "events", "redis", "postgres", "do
 OPENERS, INGESTERS, BATCH = 5, 2, 5  # openers 0 and 1 hold their sessions (see the module's docstring)
 OPEN_TIMEOUT, CLOSE_TIMEOUT, GATEWAY_TIMEOUT, INGEST_TIMEOUT = 20.0, 20.0, 5.0, 10.0
 DEAD_SESSION_GRACE = 30.0  # the issue: no live session on a dead container 30 s after recovery
+# A cold open's start lost with a killed worker is enqueued again by the reclaim tick (every 30 s) once it is 15 s old.
+STARTING_GRACE = 60.0
 CONSISTENCY_BUDGET = 60.0  # after recovery; past it the fault fails
 DRAIN_BUDGET = 60.0  # resending unanswered batches once the load stops
 METER = "ai_builder_tokens"
@@ -88,6 +90,8 @@ class Load:
             self.statuses[key] = self.statuses.get(key, 0) + 1
             if response.status_code in ok_statuses:
                 self.last_ok[kind] = time.monotonic()
+            elif response.status_code == 202:
+                pass  # a cold open answered at once, `starting`: the client asks again (resumed, then 200)
             else:
                 self.counts["errors"] += 1
                 if len(self.samples) < 8:
@@ -254,12 +258,16 @@ def state_problems(ctx):
     finally:
         runtime.close()
     live = list(Session.objects.filter(ended_at__isnull=True).values_list("id", "container_id"))
-    dead = [f"live session {sid} on c{cid}, not running" for sid, cid in live if str(cid) not in running]
+    # A session still `starting` is on no container: it must get one (or be given up), checked with its own grace.
+    dead = [f"live session {sid} on c{cid}, not running" for sid, cid in live
+            if cid is not None and str(cid) not in running]
+    starting = [f"session {sid} still starting" for sid, cid in live if cid is None]
     other = []
     per_container = {}
     for sid, cid in live:
         per_container.setdefault(cid, []).append(sid)
-    other += [f"c{cid} serves {len(sids)} sessions" for cid, sids in per_container.items() if len(sids) > 1]
+    other += [f"c{cid} serves {len(sids)} sessions" for cid, sids in per_container.items()
+              if cid is not None and len(sids) > 1]
     # Routes read before and after the sessions: an open or close in flight between the two reads (its commit and
     # its route change are two steps) shows in one read only; a real difference shows in both.
     before = {(r.host_key, r.session_id, r.address) for r in routes.routes_list()}
@@ -270,7 +278,7 @@ def state_problems(ctx):
     extra, missing = (before - wanted) & (after - wanted), (wanted - before) & (wanted - after)
     if extra or missing:
         other.append(f"gateway routes: {sorted(extra)} extra, {sorted(missing)} missing")
-    return dead, other
+    return dead, other, starting
 
 
 def poll(ctx, load, fault_at, recovered_at):
@@ -282,16 +290,18 @@ def poll(ctx, load, fault_at, recovered_at):
         now = time.monotonic()
         try:
             close_old_connections()
-            dead, other = state_problems(ctx)
-            problems = dead + other + usage_problems(ctx, load)
+            dead, other, starting = state_problems(ctx)
+            problems = dead + other + starting + usage_problems(ctx, load)
             with load.lock:
                 stale = [k for k in ("open", "gateway", "ingest") if load.last_ok.get(k, 0) <= fault_at]
             problems += [f"no {k} has succeeded since the fault" for k in stale]
         except Exception as exc:  # the fault's own service may still be coming back
             connections.close_all()
-            dead, problems = [], [f"check failed: {type(exc).__name__}: {exc}"[:300]]
-        if dead and now - recovered_at > DEAD_SESSION_GRACE:
-            late_dead = dead
+            dead, starting, problems = [], [], [f"check failed: {type(exc).__name__}: {exc}"[:300]]
+        late = (dead if now - recovered_at > DEAD_SESSION_GRACE else []) + (
+            starting if now - recovered_at > STARTING_GRACE else [])
+        if late:
+            late_dead = late
         if not problems:
             return now - fault_at, [], late_dead
         if now - recovered_at > CONSISTENCY_BUDGET:
@@ -332,7 +342,8 @@ def run_fault(stack, ctx, load, fault, baseline):
     final = usage_problems(ctx, load, final=True)
     counts = dict(load.counts)
     failures = list(problems) + final + [f"still hanging: {stuck}"] * bool(stuck)
-    failures += [f"dead session past {DEAD_SESSION_GRACE:.0f} s: {d}" for d in late_dead[:3]]
+    failures += [f"past its grace ({DEAD_SESSION_GRACE:.0f} s on a dead container, {STARTING_GRACE:.0f} s "
+                 f"starting): {d}" for d in late_dead[:3]]
     if counts["timeouts"]:
         failures.append(f"{counts['timeouts']} requests got no answer within their timeout")
     crashed = [f"{name} ×{proc.crashes - crashed_before[name]}" for name, proc in stack.processes.items()

@@ -485,6 +485,10 @@ def session_start(*, session_id):
         _bind(session)
         routing.route_set_for_open(session)
     except Exception:
+        # A repeat (the reclaim tick enqueues a start again when its task was lost) may lose the race to the first:
+        # the session then has its container and is not this run's to end.
+        if Session.objects.filter(pk=session.pk, ended_at__isnull=True, container__isnull=False).exists():
+            return session
         log.exception("starting %s failed", session)
         sessions.session_end(session=session, reason=EndReason.FAILED)
     return session

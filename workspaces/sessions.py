@@ -103,6 +103,9 @@ def sessions_reclaim(*, now=None):
     for session in Session.objects.filter(ended_at__isnull=True, container__isnull=True, started_at__lt=stuck_before):
         session_end(session=session, reason=EndReason.FAILED)
         ended += 1
+    # Before that, its start is enqueued again: a worker killed mid-start (or a broker restart) loses the task, which
+    # Redis would hand out again only after its visibility timeout (an hour). A repeat is harmless (session_start).
+    _starts_requeue(now=now, stuck_before=stuck_before)
     live = list(Session.objects.filter(ended_at__isnull=True, container__isnull=False).select_related(
         "workspace__template", "tenant__plan"))
     running = []
@@ -225,3 +228,15 @@ def _activity_from_gateway(now):
         Session.objects.filter(pk=pk, ended_at__isnull=True).update(**update)
         touched += active
     return touched
+
+
+def _starts_requeue(*, now, stuck_before):
+    from workspaces import tasks  # tasks imports the services, which import this module
+
+    late = now - timedelta(seconds=settings.WORKSPACES_STARTING_REQUEUE_AFTER)
+    for pk in Session.objects.filter(ended_at__isnull=True, container__isnull=True, started_at__lt=late,
+                                     started_at__gte=stuck_before).values_list("pk", flat=True):
+        try:
+            tasks.session_start.delay(str(pk))
+        except Exception as exc:  # the broker is down: the next tick tries again
+            log.warning("enqueueing the start of session %s again failed: %s", pk, exc)

@@ -373,6 +373,9 @@ WORKSPACES_WARMUP_PATH = env.str("WORKSPACES_WARMUP_PATH", default="/")
 WORKSPACES_PROVISION_CONCURRENCY = env.int("WORKSPACES_PROVISION_CONCURRENCY", default=16)
 # A cold open waits this long for a container (its own, or one warming up in the pool) before answering 503.
 WORKSPACES_COLD_START_WAIT = env.float("WORKSPACES_COLD_START_WAIT", default=60.0)
+# A `starting` session still without a container this many seconds after its open gets its start enqueued again by
+# the reclaim tick (its task was lost with a killed worker or a restarted broker).
+WORKSPACES_STARTING_REQUEUE_AFTER = env.float("WORKSPACES_STARTING_REQUEUE_AFTER", default=15.0)
 # The API and the portal answer a cold open at once with the session `starting` and a worker starts its container
 # (workspaces.tasks.session_start); False: the web request waits for it as before (up to WORKSPACES_COLD_START_WAIT).
 WORKSPACES_COLD_OPEN_ASYNC = env.bool("WORKSPACES_COLD_OPEN_ASYNC", default=True)
