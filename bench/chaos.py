@@ -44,8 +44,10 @@ FAULTS = ("web", "worker", "beat", "gateway", "events", "redis", "postgres", "do
 OPENERS, INGESTERS, BATCH = 5, 2, 5  # openers 0 and 1 hold their sessions (see the module's docstring)
 OPEN_TIMEOUT, CLOSE_TIMEOUT, GATEWAY_TIMEOUT, INGEST_TIMEOUT = 20.0, 20.0, 5.0, 10.0
 DEAD_SESSION_GRACE = 30.0  # the issue: no live session on a dead container 30 s after recovery
-# A cold open's start lost with a killed worker is enqueued again by the reclaim tick (every 30 s) once it is 15 s old.
-STARTING_GRACE = 60.0
+# A session `starting` (an asynchronous cold open) is work in flight, not an inconsistency: its worker may wait for a
+# node (WORKSPACES_COLD_START_WAIT) and its start (WORKSPACES_PROVISION_TIMEOUT); a start lost with a killed worker is
+# enqueued again by the reclaim tick (every 30 s). Past that bound it must have a container or have been given up.
+STARTING_GRACE = 60.0 + 40.0 + 30.0
 CONSISTENCY_BUDGET = 60.0  # after recovery; past it the fault fails
 DRAIN_BUDGET = 60.0  # resending unanswered batches once the load stops
 METER = "ai_builder_tokens"
@@ -218,7 +220,7 @@ def usage_problems(ctx, load, final=False):
                 "subject", "quantity"):
             seconds[subject.get("session")] = seconds.get(subject.get("session"), 0) + quantity
         sessions = list(Session.objects.filter(tenant=ctx["tenant"]).only("id", "started_at", "ended_at",
-                                                                           "metered_until"))
+                                                                           "metered_until", "container"))
     _, sent = load.snapshot()  # after the read: every id stored by then was sent
     problems = []
     lost = [i for i in acked if i not in stored]
@@ -238,6 +240,8 @@ def usage_problems(ctx, load, final=False):
     for s in sessions:
         until = s.ended_at or s.metered_until
         want = int(until.timestamp()) - int(s.started_at.timestamp()) if until else 0
+        if s.container_id is None:
+            want = 0  # never got a container (given up while starting): nothing to meter
         got = seconds.get(str(s.id), 0)
         if s.ended_at is not None and got != want or s.ended_at is None and got > want:
             problems.append(f"session {s.id}: {got} workspace seconds metered for {want} s")
@@ -291,7 +295,7 @@ def poll(ctx, load, fault_at, recovered_at):
         try:
             close_old_connections()
             dead, other, starting = state_problems(ctx)
-            problems = dead + other + starting + usage_problems(ctx, load)
+            problems = dead + other + usage_problems(ctx, load)
             with load.lock:
                 stale = [k for k in ("open", "gateway", "ingest") if load.last_ok.get(k, 0) <= fault_at]
             problems += [f"no {k} has succeeded since the fault" for k in stale]
