@@ -1,7 +1,9 @@
 """Fixtures for the runtime and storage layers: the tiny image, Docker runtimes (a second dockerd too), slots."""
 import os
 import shutil
+import socket
 import subprocess
+import threading
 import uuid
 from pathlib import Path
 
@@ -151,3 +153,26 @@ def second_engine(second_dockerd, tiny_image):
     except Exception:  # the daemon may be down after a restart test; it is stopped next anyway
         pass
     runtime.close()
+
+
+@pytest.fixture
+def host_listener():
+    """A TCP server on the host's 0.0.0.0 (as the web server once was): (port, accepted connections)."""
+    server = socket.socket()
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    server.bind(("0.0.0.0", 0))
+    server.listen(8)
+    accepted = []
+
+    def serve():
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            accepted.append(True)
+            conn.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    yield server.getsockname()[1], accepted
+    server.close()

@@ -16,7 +16,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -26,7 +25,7 @@ from django.core.exceptions import ImproperlyConfigured
 
 from tests.conftest import require_service
 from tests.workspaces.fixtures_pool import *  # noqa: F403
-from tests.workspaces.fixtures_runtime import docker_exec
+from tests.workspaces.fixtures_runtime import docker_exec, host_listener  # noqa: F401
 from workspaces import network, services
 from workspaces.egress_proxy import allow_patterns, egress_proxy_from_settings
 from workspaces.models import Container, Session
@@ -86,29 +85,6 @@ def internet():
         shutil.rmtree(docroot, ignore_errors=True)
 
 
-@pytest.fixture
-def host_listener():
-    """A TCP server on the host's 0.0.0.0: (port, accepted connections)."""
-    server = socket.socket()
-    server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    server.bind(("0.0.0.0", 0))
-    server.listen(8)
-    accepted = []
-
-    def serve():
-        while True:
-            try:
-                conn, _ = server.accept()
-            except OSError:
-                return
-            accepted.append(True)
-            conn.close()
-
-    threading.Thread(target=serve, daemon=True).start()
-    yield server.getsockname()[1], accepted
-    server.close()
-
-
 def _free_port_pair():
     """A port whose next one is free too (the open proxy's)."""
     for _ in range(50):
@@ -125,7 +101,7 @@ def _free_port_pair():
 
 
 @pytest.fixture
-def egress_proxy(settings, node, internet, host_listener):
+def egress_proxy(settings, node, internet, host_listener):  # noqa: F811
     """The instance's proxy as `manage.py egress_proxy` runs it; allow-listed: the allowed host and two names of
     the host itself (an operator's mistake, or a registry name that a hostile resolver points home)."""
     require_service("tinyproxy", lambda: subprocess.run(["tinyproxy", "-v"], check=True, capture_output=True))
@@ -170,7 +146,7 @@ def _connect_through_proxy(container, target):
 
 
 def test_a_proxy_plan_reaches_an_allow_listed_host_through_the_proxy_and_no_other(
-        node, tiny_template, make_workspace, egress_proxy, internet, host_listener):
+        node, tiny_template, make_workspace, egress_proxy, internet, host_listener):  # noqa: F811
     from tenants.models import Plan
 
     host_ip, allowed, refused = internet

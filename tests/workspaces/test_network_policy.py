@@ -2,14 +2,13 @@
 addresses, link-local metadata, private ranges and other workspaces are refused at once, and direct Internet egress
 only for open plans. Every refused address is REJECTed on this host: nothing is sent off the machine."""
 import socket
-import threading
 import time
 
 import pytest
 from django.conf import settings
 
 from tests.workspaces.fixtures_pool import *  # noqa: F403
-from tests.workspaces.fixtures_runtime import docker_exec
+from tests.workspaces.fixtures_runtime import docker_exec, host_listener  # noqa: F401
 from workspaces import network, services
 from workspaces.models import Container
 from workspaces.runtime import runtime_for
@@ -25,36 +24,13 @@ def _connect(container, host, port):
     return "refused" in out.lower(), out, time.monotonic() - started
 
 
-@pytest.fixture
-def host_listener():
-    """A TCP server on 0.0.0.0 of the host (as the web server was): its port."""
-    server = socket.socket()
-    server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    server.bind(("0.0.0.0", 0))
-    server.listen(8)
-    accepted = []
-
-    def serve():
-        while True:
-            try:
-                conn, _ = server.accept()
-            except OSError:
-                return
-            accepted.append(True)
-            conn.close()
-
-    threading.Thread(target=serve, daemon=True).start()
-    yield server.getsockname()[1], accepted
-    server.close()
-
-
 def _claimed(membership, make_workspace, name):
     opened = services.workspace_open(workspace=make_workspace(membership, name), user=membership.user)
     return Container.objects.select_related("node").get(pk=opened.session.container_id)
 
 
 def test_a_workspace_reaches_neither_the_host_nor_metadata_nor_private_ranges_nor_another_workspace(
-        node, tiny_template, tenant_e, make_workspace, host_listener):
+        node, tiny_template, tenant_e, make_workspace, host_listener):  # noqa: F811
     from tests.factories import MembershipFactory, TenantFactory
 
     port, accepted = host_listener
