@@ -19,20 +19,8 @@ from billing.models import (
     ReportedUsage,
 )
 from billing.reconciliation import revenue_at_risk
+from metering.admin import ReadOnlyAdmin  # money records too: written by services only, never edited here
 from tenants.admin import _run_service, staff_overview_figure
-
-
-class ReadOnlyAdmin(admin.ModelAdmin):
-    """Money records: written by services only, never edited or deleted here."""
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
 
 
 @admin.register(BillingAccount)
