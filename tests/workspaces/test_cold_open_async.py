@@ -163,3 +163,21 @@ def test_through_a_real_celery_worker(live_db, gateway, node, empty_pool, member
         services.session_close(session=Session.objects.get(pk=body["session"]), actor=member.user)
     finally:
         _kill(worker)
+
+
+def test_a_start_lost_with_its_worker_is_enqueued_again_by_the_reclaim_tick(gateway, node, empty_pool, member,  # noqa: F811
+                                                                            workspace, settings, monkeypatch):
+    from workspaces import tasks
+
+    enqueued = []
+    monkeypatch.setattr(tasks.session_start, "delay", enqueued.append)  # the broker is checked elsewhere
+    opened = services.workspace_open(workspace=workspace, user=member.user, start_later=True)
+    enqueued.clear()  # the open's own enqueue (or its lack: the task is "lost")
+    services.sessions_reclaim()
+    assert enqueued == []  # too young: its worker may still be on it
+    age = settings.WORKSPACES_STARTING_REQUEUE_AFTER + 1
+    Session.objects.filter(pk=opened.session.pk).update(started_at=timezone.now() - timedelta(seconds=age))
+    assert services.sessions_reclaim() == 0
+    assert enqueued == [str(opened.session.pk)]
+    opened.session.refresh_from_db()
+    assert opened.session.ended_at is None and opened.session.container_id is None
