@@ -1,0 +1,53 @@
+"""The warm target's pure rule (workspaces/pool/demand.py): what pool_fill and the simulator both run."""
+from workspaces.pool.demand import DAY, Bounds, demand_quantile, expected_rate, recent_rate, surplus, target_decide
+
+BOUNDS = Bounds(minimum=2, maximum=20)
+
+
+def test_no_demand_keeps_the_minimum():
+    decision = target_decide(bounds=BOUNDS, opens=[], now=10 * DAY, lead_time_s=2.0)
+    assert (decision.target, decision.reason) == (2, "minimum")
+
+
+def test_steady_demand_sizes_the_pool_for_the_lead_time():
+    now = 1000.0
+    opens = [now - 300 + i * 5 for i in range(60)]  # 12 a minute for five minutes
+    decision = target_decide(bounds=BOUNDS, opens=opens, now=now, lead_time_s=10.0, window_s=300)
+    # 0.2 opens/s × 10 s = 2 expected: 2 + 2.33·√2 → 6
+    assert decision.target == demand_quantile(2.0) == 6
+    assert decision.reason == "recent demand"
+    assert abs(decision.rate_per_min - 12.0) < 0.5
+
+
+def test_a_rising_ramp_is_met_ahead_of_its_plain_rate():
+    now = 600.0
+    # the rate rises linearly from 0: twice as many opens in the window's second half as in its first, and more
+    opens = sorted(now - 300 + 300 * (i / 90) ** 0.5 for i in range(90))
+    plain = len(opens) / 300
+    assert recent_rate(opens, now=now, window_s=300, lead_time_s=30) > plain * 1.3
+
+
+def test_the_time_of_day_raises_the_target_before_the_daily_peak():
+    peak = 3 * DAY + 9 * 3600  # 09:00 on day 3
+    history = sorted(peak - d * DAY + i * 10 for d in (1, 2) for i in range(90))  # 09:00-09:15, 6/min, two days
+    now = peak - 60  # one minute before the peak, no opens yet today
+    assert expected_rate(history, now=now, lookahead_s=900, days=2) > 0.09
+    decision = target_decide(bounds=BOUNDS, opens=history, now=now, lead_time_s=20.0)
+    assert decision.reason == "time of day"
+    assert decision.target > BOUNDS.minimum
+
+
+def test_the_maximum_bounds_a_flood():
+    now = 100.0
+    opens = [now - i * 0.1 for i in range(1000)][::-1]
+    decision = target_decide(bounds=BOUNDS, opens=opens, now=now, lead_time_s=5.0)
+    assert (decision.target, decision.reason) == (20, "maximum")
+
+
+def test_falling_demand_releases_the_surplus():
+    now = 5000.0
+    busy = [now - 2000 + i for i in range(300)]  # busy half an hour ago, quiet since
+    decision = target_decide(bounds=BOUNDS, opens=busy, now=now, lead_time_s=10.0)
+    assert decision.target == 2
+    assert surplus(warm=9, target=decision.target) == 7
+    assert surplus(warm=1, target=decision.target) == 0
