@@ -52,19 +52,17 @@ def egress_record(*, session_id, readings: dict, at) -> int:
     return recorded
 
 
-def egress_baseline(*, session) -> None:
-    """At the claim, before the user's files are bound: what the container sent while warm is nobody's."""
-    container = session.container
-    sent = _interface_reading(container)
-    if sent is None:
-        return
-    source = interface_source(container.pk)
-    with transaction.atomic():
-        locked = Session.objects.select_for_update().get(pk=session.pk)
-        if source not in locked.egress_marks:
-            marks = {**locked.egress_marks, source: sent}
-            Session.objects.filter(pk=session.pk).update(egress_marks=marks)
-            session.egress_marks = marks
+def egress_baseline_read(container) -> int | None:
+    """Where the provisioning finishes (off the request path): the counter a claim starts its session from."""
+    return _interface_reading(container)
+
+
+def initial_marks(container) -> dict:
+    """A new session's marks on `container`: what the container sent before it was ready is nobody's. (What a WARM
+    container sends while it waits is nothing that leaves: its address has no Internet access until a claim.)"""
+    if container.egress_baseline_bytes is None:
+        return {}
+    return {interface_source(container.pk): container.egress_baseline_bytes}
 
 
 def _interface_reading(container) -> int | None:

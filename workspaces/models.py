@@ -125,6 +125,10 @@ class Container(models.Model):
     removed_at = models.DateTimeField(null=True, blank=True)
     updated_at = models.DateTimeField(auto_now=True)
     last_error = models.TextField(blank=True)
+    # Its own egress counter (runtime.egress_counter) when it was ready: what it sent until then (starting, warming
+    # up) is nobody's. Read off the request path, where the provisioning finishes; a claim makes it the session's
+    # first mark (workspaces.egress.initial_marks). None: not read (a remote engine), so its session counts from 0.
+    egress_baseline_bytes = models.BigIntegerField(null=True, blank=True, editable=False)
 
     class Meta:
         ordering = ["-pk"]

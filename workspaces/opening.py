@@ -211,8 +211,6 @@ def _bind(session, *, resumed=False):
     # session always binds; slot_bind replaces whatever might still be on the slot.
     if resumed and storage.is_mount_point(slot):
         return
-    if not resumed:
-        egress.egress_baseline(session=session)
     storage.user_volume_ensure(user_dir=Path(session.workspace.storage_path).parent,
                                size_mb=session.tenant.plan.storage_mb)
     storage.slot_bind(slot=slot, source=session.workspace.storage_path,
@@ -264,7 +262,7 @@ def _check_concurrency(tenant, now):
 def _new_session(*, workspace, user, container, now, cold):
     session = Session.objects.create(
         tenant=workspace.tenant, workspace=workspace, user=user, container=container, cold_start=cold,
-        started_at=now, last_activity_at=now, metered_until=now,
+        started_at=now, last_activity_at=now, metered_until=now, egress_marks=egress.initial_marks(container),
     )
     # No audit row: the Session is itself the record of who opened what, when (GET /api/v1/sessions).
     session.workspace, session.container = workspace, container
@@ -298,10 +296,12 @@ def _session_for(*, workspace, user, container, now, cold, starting):
     """The session on `container`: a new one, or `starting` given its container (its time counts from now)."""
     if starting is None:
         return _new_session(workspace=workspace, user=user, container=container, now=now, cold=cold)
+    marks = egress.initial_marks(container)
     if not Session.objects.filter(pk=starting.pk, ended_at__isnull=True, container__isnull=True).update(
-            container=container, started_at=now, last_activity_at=now, metered_until=now):
+            container=container, started_at=now, last_activity_at=now, metered_until=now, egress_marks=marks):
         raise Conflict("The session was closed while its container started.", code="session_ended")
     starting.container, starting.started_at, starting.last_activity_at = container, now, now
+    starting.egress_marks = marks
     starting.metered_until = now
     return starting
 
@@ -317,6 +317,7 @@ def _claim_one_statement(*, workspace, user, now, cold=False):
     if container is None:
         return None
     session.container = container
+    session.egress_marks = egress.initial_marks(container)  # as the statement wrote them
     sql.loaded(session)
     provisioning.pool_fill_enqueue(workspace.template_id)  # autocommit: runs at once, the statement has committed
     return session

@@ -217,3 +217,25 @@ def test_bytes_sent_out_directly_show_in_egress_bytes_once(gateway, workspace, m
     assert session.egress_bytes_metered == _egress(workspace.tenant)
     assert set(session.egress_marks) == {f"if:{container.pk}", *(f"gw:{g}" for g in
                                                                  routes.counters_read()[session_id]["generations"])}
+
+
+@pytest.mark.parametrize("one_statement", [True, False], ids=["one-statement claim", "claim in a transaction"])
+def test_a_claim_starts_the_session_at_the_counter_read_when_the_container_was_ready(
+        workspace, member, node, tiny_template, one_statement):  # noqa: F811
+    """The baseline is read where the provisioning finishes, off the open's path; the claim makes it the session's
+    first mark (both claim paths). A WARM container sends nothing while it waits: its counter has not moved."""
+    from workspaces import egress
+
+    if not one_statement:  # a concurrency limit takes the claim into a transaction (opening._claim)
+        plan = workspace.tenant.plan
+        plan.max_concurrent_workspaces = 5
+        plan.save(update_fields=["max_concurrent_workspaces"])
+    pool.pool_fill()
+    warm = tiny_template.containers.filter(state="warm").order_by("pk").first()
+    assert warm.egress_baseline_bytes is not None
+    assert egress.egress_baseline_read(warm) == warm.egress_baseline_bytes
+    opened = services.workspace_open(workspace=workspace, user=member.user)
+    assert opened.session.container_id == warm.pk
+    expected = {f"if:{warm.pk}": warm.egress_baseline_bytes}
+    assert opened.session.egress_marks == expected
+    assert Session.objects.get(pk=opened.session.pk).egress_marks == expected

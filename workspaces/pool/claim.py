@@ -48,12 +48,24 @@ def container_claim_for_session(*, template, session, now):
 # Every column of Session but the container (the claimed row's id), from the model's fields and with the session's
 # values, so a field added to Session is inserted without touching this statement. Each value is cast to its
 # column's type: a None (ended_at) would otherwise reach PostgreSQL untyped, which INSERT ... SELECT takes for text.
+# The egress marks are the claimed row's too: its counter's baseline (workspaces.egress.initial_marks, in SQL).
 _SESSION_FIELDS = [field for field in Session._meta.concrete_fields if field.attname != "container_id"]
+_BASELINE = Container._meta.get_field("egress_baseline_bytes").column
+
+
+def _insert_value(field):
+    cast = f"%s::{field.db_type(connection)}"
+    if field.attname != "egress_marks":
+        return cast
+    return (f"CASE WHEN claimed.{_BASELINE} IS NULL THEN {cast} "
+            f"ELSE jsonb_build_object('if:' || claimed.id, claimed.{_BASELINE}) END")
+
+
 _CLAIM_FOR_SESSION_SQL = f"""
     WITH claimed AS ({_CLAIM_SQL}),
     opened AS (
         INSERT INTO {Session._meta.db_table} ({", ".join(f'"{f.column}"' for f in _SESSION_FIELDS)}, "container_id")
-        SELECT {", ".join(f"%s::{f.db_type(connection)}" for f in _SESSION_FIELDS)}, claimed.id FROM claimed
+        SELECT {", ".join(_insert_value(f) for f in _SESSION_FIELDS)}, claimed.id FROM claimed
         RETURNING container_id
     )
     SELECT claimed.* FROM claimed JOIN opened ON opened.container_id = claimed.id"""

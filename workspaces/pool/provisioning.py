@@ -275,16 +275,19 @@ def _provision(container, *, template, node, for_warm):
         raise ProvisionFailed(f"Could not start a '{template.slug}' container on node '{node.name}'; "
                               "try again shortly.") from exc
     failpoint("provision.started")
+    # What it sent while it started is nobody's: its session's egress counts from here (egress.initial_marks).
+    container.egress_baseline_bytes = egress.egress_baseline_read(container)
     if not for_warm:
         # Started: the row is the cold start's to claim now, so the reconciler must not take it for abandoned
         # once the provisioner lock is released (it fails only PROVISIONING rows without ready_at).
         container.ready_at = timezone.now()
-        Container.objects.filter(pk=container.pk, state=State.PROVISIONING).update(ready_at=container.ready_at)
+        Container.objects.filter(pk=container.pk, state=State.PROVISIONING).update(
+            ready_at=container.ready_at, egress_baseline_bytes=container.egress_baseline_bytes)
         failpoint("provision.handed")
         return container
     now = timezone.now()
     if not Container.objects.filter(pk=container.pk, state=State.PROVISIONING).update(
-        state=State.WARM, ready_at=now
+        state=State.WARM, ready_at=now, egress_baseline_bytes=container.egress_baseline_bytes
     ):
         # The reconciler gave up on it while it started: it is not ours to hand out any more.
         container_release(container)
