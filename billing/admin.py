@@ -19,8 +19,9 @@ from billing.models import (
     ReportedUsage,
 )
 from billing.reconciliation import revenue_at_risk
+from core.admin_actions import run_service
 from metering.admin import ReadOnlyAdmin  # money records too: written by services only, never edited here
-from tenants.admin import _run_service, staff_overview_figure
+from tenants.admin import staff_overview_figure
 
 
 @admin.register(BillingAccount)
@@ -165,7 +166,7 @@ class ReconciliationGapAdmin(ReadOnlyAdmin):
 
     @admin.action(description="Re-send what the selected gaps are missing", permissions=["resend"])
     def resend(self, request, queryset):
-        _run_service(self, request, queryset.select_related("tenant", "meter").order_by("pk"),
+        run_service(self, request, queryset.select_related("tenant", "meter").order_by("pk"),
                      lambda gap: services.reconciliation_gap_resend(gap=gap, actor=request.user),
                      "Re-sent (the drain delivers now; the next reconciliation confirms)")
 

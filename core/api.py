@@ -5,6 +5,7 @@ Subclasses of TenantScopedView get `self.tenant` and `self.membership` from the 
 `scoped_queryset()`; overriding `get_queryset` is refused at class creation, so no view can forget the
 tenant filter. The escape hatch is named `dangerously_get_queryset` and must be justified where used.
 """
+from drf_spectacular.utils import OpenApiResponse, inline_serializer
 from rest_framework import exceptions, serializers
 from rest_framework.generics import GenericAPIView
 from rest_framework.permissions import BasePermission, IsAuthenticated
@@ -110,3 +111,20 @@ class StrictInputSerializer(serializers.Serializer):
                     for key in unknown
                 })
         return super().to_internal_value(data)
+
+
+# The one error shape of every endpoint (core.errors writes it), for the OpenAPI schema.
+ErrorSerializer = inline_serializer("Error", fields={
+    "code": serializers.CharField(), "detail": serializers.CharField(), "field": serializers.CharField(required=False)})
+
+
+def error_responses(described, *codes):
+    """The schema's error answers: 401 (every endpoint needs a token) and `codes`, each with its app's description."""
+    return {code: OpenApiResponse(ErrorSerializer, description=described[code]) for code in (401, *codes)}
+
+
+def validated(serializer_class, data):
+    """The input's validated data; a 400 with the fields' messages otherwise."""
+    serializer = serializer_class(data=data)
+    serializer.is_valid(raise_exception=True)
+    return serializer.validated_data

@@ -4,9 +4,9 @@ from django import forms
 from django.contrib import admin
 from django.utils.html import format_html_join
 
+from core.admin_actions import run_service
 from sso import services
 from sso.models import IdentityProvider, SsoDomain, SsoIdentity
-from tenants.admin import _run_service
 from tenants.exceptions import ServiceError
 
 _FIELDS = ("issuer", "client_id", "scopes", "claim_mapping", "metadata_url", "metadata_xml", "entity_id",
@@ -109,11 +109,11 @@ class IdentityProviderAdmin(admin.ModelAdmin):
             for row in provider.domains.filter(verified_at__isnull=True):
                 services.domain_verify_by_staff(domain=row.domain, actor=request.user, identity_provider=provider)
 
-        _run_service(self, request, queryset, verify, "Identity providers whose domains are verified")
+        run_service(self, request, queryset, verify, "Identity providers whose domains are verified")
 
     @admin.action(description="Check their domains' DNS TXT records now", permissions=["change"])
     def verify_domains_by_dns(self, request, queryset):
-        _run_service(self, request, queryset,
+        run_service(self, request, queryset,
                      lambda provider: services.domains_verify_dns(identity_provider=provider, actor=request.user),
                      "Identity providers checked")
 

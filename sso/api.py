@@ -1,27 +1,27 @@
 """REST API v1 of the sso app: the tenant's identity providers, for its owners only (reads too: they show how the
 tenant signs in). The client secret is accepted, stored encrypted and never returned."""
-from drf_spectacular.utils import OpenApiResponse, extend_schema
+from drf_spectacular.utils import extend_schema
 from rest_framework import serializers, status
 from rest_framework.permissions import IsAuthenticated
 from rest_framework.response import Response
 
-from core.api import IsTenantMember, IsTenantOwner, StrictInputSerializer, TenantScopedView
+from core.api import IsTenantMember, IsTenantOwner, StrictInputSerializer, TenantScopedView, error_responses, validated
 from sso import selectors, services
 from sso.models import IdentityProvider
 from tenants import policy
-from tenants.api import ErrorSerializer, _validated
 
-
-def _errors(*codes):
-    described = {
+_DESCRIBED = {
         400: "Invalid input (unknown field, bad URL or domain, a role an IdP cannot give, missing client secret).",
         401: "Missing, invalid or revoked API token.",
         403: "Not an owner, or the plan does not include single sign-on.",
         404: "No such identity provider in the caller's tenant.",
         409: "A domain is already verified by another tenant.",
         503: "The DNS lookup failed.",
-    }
-    return {code: OpenApiResponse(ErrorSerializer, description=described[code]) for code in (401, *codes)}
+}
+
+
+def _errors(*codes):
+    return error_responses(_DESCRIBED, *codes)
 
 
 class DomainOutputSerializer(serializers.Serializer):
@@ -98,7 +98,7 @@ class IdentityProviderCreateApi(_OwnersView):
     @extend_schema(request=IdentityProviderInputSerializer,
                    responses={201: IdentityProviderOutputSerializer, **_errors(400, 403, 409)}, tags=["sso"])
     def post(self, request):
-        data = _validated(IdentityProviderInputSerializer, request.data)
+        data = validated(IdentityProviderInputSerializer, request.data)
         provider = services.identity_provider_create(tenant=self.tenant, actor=request.user, **data)
         return Response(self.represent(provider), status=status.HTTP_201_CREATED)
 
@@ -114,7 +114,7 @@ class IdentityProviderUpdateApi(_OwnersView):
                    responses={200: IdentityProviderOutputSerializer, **_errors(400, 403, 404, 409)}, tags=["sso"])
     def patch(self, request, pk):
         provider = self.provider(pk)
-        data = _validated(IdentityProviderInputSerializer, request.data)
+        data = validated(IdentityProviderInputSerializer, request.data)
         provider = services.identity_provider_update(identity_provider=provider, actor=request.user, **data)
         return Response(self.represent(provider))
 

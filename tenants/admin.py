@@ -24,6 +24,7 @@ from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 
+from core.admin_actions import run_service
 from tenants import events, services
 from tenants.audit import audit_record
 from tenants.exceptions import ServiceError
@@ -56,21 +57,6 @@ class ReadOnlyAdminMixin:
 
     def has_delete_permission(self, request, obj=None):
         return False
-
-
-def _run_service(modeladmin, request, objects, call, done):
-    """Call a service per object; report successes and each refusal with its message."""
-    succeeded = 0
-    for obj in objects:
-        try:
-            call(obj)
-        except ServiceError as exc:
-            modeladmin.message_user(request, f"{obj}: {exc.message}", messages.ERROR)
-        else:
-            succeeded += 1
-    if succeeded:
-        modeladmin.message_user(request, f"{done}: {succeeded}.", messages.SUCCESS)
-    return succeeded
 
 
 HEARTH_APPS = ("tenants", "metering", "workspaces", "billing", "sso")
@@ -325,7 +311,7 @@ class TenantAdmin(admin.ModelAdmin):
             form = SuspendForm(request.POST)
             if form.is_valid():
                 reason = form.cleaned_data["reason"] or "suspended by staff"
-                _run_service(self, request, queryset,
+                run_service(self, request, queryset,
                              lambda t: services.tenant_suspend(tenant=t, actor=request.user, reason=reason),
                              "Suspended")
                 return None
@@ -335,7 +321,7 @@ class TenantAdmin(admin.ModelAdmin):
 
     @admin.action(description="Resume selected tenants", permissions=["change"])
     def resume(self, request, queryset):
-        _run_service(self, request, queryset, lambda t: services.tenant_resume(tenant=t, actor=request.user),
+        run_service(self, request, queryset, lambda t: services.tenant_resume(tenant=t, actor=request.user),
                      "Resumed")
 
     @admin.action(description="Change the plan of selected tenants…", permissions=["change"])
@@ -344,7 +330,7 @@ class TenantAdmin(admin.ModelAdmin):
             form = ChangePlanForm(request.POST)
             if form.is_valid():
                 plan = form.cleaned_data["plan"]
-                _run_service(self, request, queryset,
+                run_service(self, request, queryset,
                              lambda t: services.tenant_change_plan(tenant=t, plan=plan, actor=request.user),
                              f"Moved to {plan.name}")
                 return None
@@ -362,7 +348,7 @@ class TenantAdmin(admin.ModelAdmin):
         if "apply" in request.POST:
             form = OffboardForm(request.POST)
             if form.is_valid():
-                _run_service(self, request, queryset,
+                run_service(self, request, queryset,
                              lambda t: services.tenant_offboard(tenant=t, actor=request.user),
                              "Offboarded (archives under Tenant exports)")
                 return None
@@ -466,7 +452,7 @@ class InvitationAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
 
     @admin.action(description="Revoke selected invitations", permissions=["revoke"])
     def revoke(self, request, queryset):
-        _run_service(self, request, queryset.select_related("tenant"),
+        run_service(self, request, queryset.select_related("tenant"),
                      lambda i: services.invitation_revoke(invitation=i, actor=request.user), "Revoked")
 
 
@@ -491,7 +477,7 @@ class ApiTokenAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
 
     @admin.action(description="Revoke selected tokens", permissions=["revoke"])
     def revoke(self, request, queryset):
-        _run_service(self, request, queryset.select_related("membership__tenant", "membership__user"),
+        run_service(self, request, queryset.select_related("membership__tenant", "membership__user"),
                      lambda t: services.api_token_revoke(token=t, actor=request.user), "Revoked")
 
 

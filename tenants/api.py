@@ -5,36 +5,28 @@ tenant's rows answer 404 exactly like ids that do not exist. Invitation tokens n
 the link goes only to the invitee's mailbox, so an admin's API token cannot be used to join as someone else.
 """
 from django.conf import settings
-from drf_spectacular.utils import OpenApiResponse, extend_schema, inline_serializer
+from drf_spectacular.utils import extend_schema
 from rest_framework import serializers, status
 from rest_framework.response import Response
 
-from core.api import StrictInputSerializer, TenantScopedView, shared_representation
+from core.api import StrictInputSerializer, TenantScopedView, error_responses, shared_representation, validated
 from core.pagination import PAGE_PARAMETERS, paged_response
 from tenants import policy, selectors, services
 from tenants.exceptions import NotFound
 from tenants.models import ApiToken, Invitation, Membership, Plan, Role
 from tenants.models import Tenant as TenantModel
 
-ErrorSerializer = inline_serializer(
-    "Error",
-    fields={
-        "code": serializers.CharField(),
-        "detail": serializers.CharField(),
-        "field": serializers.CharField(required=False),
-    },
-)
-
-
-def _errors(*codes):
-    described = {
+_DESCRIBED = {
         400: "Invalid input (malformed JSON, unknown or refused field, unknown plan).",
         401: "Missing, invalid or revoked API token.",
         403: "The member's role does not allow this.",
         404: "No such object in the caller's tenant.",
         409: "Conflicts with the current state (seat limit, last owner, duplicate invitation).",
-    }
-    return {code: OpenApiResponse(ErrorSerializer, description=described[code]) for code in (401, *codes)}
+}
+
+
+def _errors(*codes):
+    return error_responses(_DESCRIBED, *codes)
 
 
 # --- plans -------------------------------------------------------------------------------------------
@@ -118,7 +110,7 @@ class TenantUpdateApi(TenantScopedView):
     @extend_schema(request=InputSerializer, responses={200: TenantOutputSerializer, **_errors(400, 403)},
                    tags=["tenant"])
     def patch(self, request):
-        data = _validated(self.InputSerializer, request.data)
+        data = validated(self.InputSerializer, request.data)
         services.tenant_rename(tenant=self.tenant, name=data["name"], actor=request.user)
         return Response(_tenant_representation(self.get_queryset().get()))
 
@@ -153,7 +145,7 @@ class TenantChangePlanApi(TenantScopedView):
     @extend_schema(request=InputSerializer, responses={200: OutputSerializer, 202: CheckoutSerializer,
                                                        **_errors(400, 403, 409)}, tags=["tenant"])
     def post(self, request):
-        data = _validated(self.InputSerializer, request.data)
+        data = validated(self.InputSerializer, request.data)
         result = services.tenant_request_plan(tenant=self.tenant, plan=data["plan"], actor=request.user,
                                               return_url=f"{settings.HEARTH_BASE_URL.rstrip('/')}/billing/")
         if result.checkout_url:
@@ -215,7 +207,7 @@ class MemberSetRoleApi(TenantScopedView):
                    tags=["members"])
     def patch(self, request, pk):
         membership = selectors.member_get(tenant=self.tenant, membership_id=pk)
-        data = _validated(self.InputSerializer, request.data)
+        data = validated(self.InputSerializer, request.data)
         membership = services.member_set_role(membership=membership, role=data["role"], actor=request.user)
         return Response(self.OutputSerializer(membership).data)
 
@@ -277,7 +269,7 @@ class MemberInviteApi(TenantScopedView):
     @extend_schema(request=InputSerializer, responses={201: OutputSerializer, **_errors(400, 403, 409)},
                    tags=["members"])
     def post(self, request):
-        data = _validated(self.InputSerializer, request.data)
+        data = validated(self.InputSerializer, request.data)
         invitation, token = services.member_invite(tenant=self.tenant, email=data["email"], role=data["role"],
                                                    actor=request.user)
         invitation.mail_sent = services.invitation_send_mail(invitation=invitation, token=token)
@@ -339,7 +331,7 @@ class InvitationAcceptApi(TenantScopedView):
     @extend_schema(request=InputSerializer, responses={201: OutputSerializer, **_errors(400, 403, 404, 409)},
                    tags=["invitations"])
     def post(self, request):
-        data = _validated(self.InputSerializer, request.data)
+        data = validated(self.InputSerializer, request.data)
         membership = services.invitation_accept(token=data["token"], user=request.user)
         return Response(self.OutputSerializer(membership).data, status=status.HTTP_201_CREATED)
 
@@ -388,7 +380,7 @@ class TokenCreateApi(TenantScopedView):
 
     @extend_schema(request=InputSerializer, responses={201: OutputSerializer, **_errors(400)}, tags=["tokens"])
     def post(self, request):
-        data = _validated(self.InputSerializer, request.data)
+        data = validated(self.InputSerializer, request.data)
         # A token made with a token made after an SSO sign-in counts as made after that sign-in.
         token, plaintext = services.api_token_create(membership=self.membership, name=data["name"], actor=request.user,
                                                      sso_login_at=request.auth.sso_login_at)
@@ -409,9 +401,3 @@ class TokenRevokeApi(TenantScopedView):
             raise NotFound("No such API token.")
         services.api_token_revoke(token=token, actor=request.user)
         return Response(status=status.HTTP_204_NO_CONTENT)
-
-
-def _validated(serializer_class, data):
-    serializer = serializer_class(data=data)
-    serializer.is_valid(raise_exception=True)
-    return serializer.validated_data

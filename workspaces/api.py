@@ -4,21 +4,16 @@ Every view is a TenantScopedView with write_roles=None: members create, open and
 workspaces; the selectors decide who sees what (members: their own; owners/admins: the tenant's).
 """
 from django.conf import settings
-from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, inline_serializer
+from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers, status
 from rest_framework.response import Response
 
-from core.api import StrictInputSerializer, TenantScopedView, shared_representation
+from core.api import StrictInputSerializer, TenantScopedView, error_responses, shared_representation
 from core.pagination import PAGE_PARAMETERS, Page, paged_response
 from workspaces import selectors, services
 from workspaces.models import Workspace
 
-ErrorSerializer = inline_serializer("WorkspacesError", fields={
-    "code": serializers.CharField(), "detail": serializers.CharField(), "field": serializers.CharField(required=False)})
-
-
-def _errors(*codes):
-    described = {
+_DESCRIBED = {
         400: "Invalid input (unknown or disabled template, missing confirmation).",
         401: "Missing, invalid or revoked API token.",
         403: "Not allowed: the tenant is suspended, the quota is used up, or only the owner may open it.",
@@ -26,8 +21,11 @@ def _errors(*codes):
         409: "Conflicts with the current state (pool paused, concurrency limit, session ended).",
         503: ("Try again after Retry-After seconds: no healthy node has room (no_capacity), the workspace's node does "
               "not answer (node_unavailable), or no container came free in time (pool_busy)."),
-    }
-    return {code: OpenApiResponse(ErrorSerializer, description=described[code]) for code in (401, *codes)}
+}
+
+
+def _errors(*codes):
+    return error_responses(_DESCRIBED, *codes)
 
 
 class TemplateListApi(TenantScopedView):
