@@ -59,8 +59,9 @@ def egress_baseline_read(container) -> int | None:
 
 def initial_marks(container) -> dict:
     """A new session's marks on `container`: what the container sent before it was ready is nobody's. (What a WARM
-    container sends while it waits is nothing that leaves: its address has no Internet access until a claim.)"""
-    if container.egress_baseline_bytes is None:
+    container sends while it waits is nothing that leaves: its address has no Internet access until a claim.)
+    No container yet (a session still `starting`): no marks."""
+    if container is None or container.egress_baseline_bytes is None:
         return {}
     return {interface_source(container.pk): container.egress_baseline_bytes}
 
