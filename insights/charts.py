@@ -4,7 +4,7 @@ from django.utils.html import escape
 from django.utils.safestring import mark_safe
 
 WIDTH, HEIGHT = 760, 260
-LEFT, RIGHT, TOP, BOTTOM = 64, 16, 16, 48
+LEFT, RIGHT, TOP, BOTTOM = 64, 40, 16, 48  # room for the y values and a centred last x label
 COLOURS = ("#417690", "#e08b2c", "#5b9e47", "#ba2121", "#7b5ea7", "#2c8c8c", "#8c6d2c", "#666666")
 MAX_LABELS = 12  # x labels shown at most; the others every k-th
 

@@ -135,5 +135,8 @@ def mrr_movement(*, months, now):
                 row.expansion += after - before
             else:
                 row.contraction += before - after
-        result += [rows[currency] for currency in sorted(rows)]
-    return result
+        result.append(rows)
+    # A month before any tenant of a currency existed still has its row, of zeros.
+    currencies = sorted({currency for rows in result for currency in rows})
+    return [rows.get(currency) or MrrMonth(month=month, currency=currency)
+            for month, rows in zip(months, result, strict=True) for currency in currencies]

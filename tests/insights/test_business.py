@@ -158,11 +158,12 @@ def table_and_csv(client, name, **query):
 
 def test_mrr_and_its_movement_per_month(client, seed):
     client.force_login(staff())
-    rows = table_and_csv(client, "mrr", start="2026-09-01", end="2026-11-20")
+    rows = table_and_csv(client, "mrr", start="2026-08-01", end="2026-11-20")
     # September: alpha (starter 5), gamma (pro 10), epsilon (pro 10), delta (team 25) are new; synth never counts.
     # October: alpha starter → pro (+5), beta new on team (25), epsilon offboarded (churn 10).
     # November (so far): eta new on a 200.00 contract, delta team → pro (−15), gamma pro → free (churn 10).
     assert rows == [
+        ["2026-08", "usd", "0.00", "0.00", "0.00", "0.00", "0.00", "0.00", "0.00", "0"],  # before any tenant
         ["2026-09", "usd", "0.00", "50.00", "0.00", "0.00", "0.00", "50.00", "50.00", "4"],
         ["2026-10", "usd", "50.00", "25.00", "5.00", "0.00", "10.00", "70.00", "20.00", "4"],
         ["2026-11", "usd", "70.00", "200.00", "0.00", "15.00", "10.00", "245.00", "175.00", "4"],
