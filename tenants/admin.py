@@ -73,7 +73,7 @@ def _run_service(modeladmin, request, objects, call, done):
     return succeeded
 
 
-HEARTH_APPS = ("tenants", "metering", "workspaces", "billing", "sso")
+HEARTH_APPS = ("tenants", "metering", "workspaces", "billing", "sso", "insights")
 
 _overview_figures = []
 

@@ -3,6 +3,7 @@ import functools
 from datetime import datetime
 
 from django.contrib.auth.decorators import login_required
+from django.core.paginator import Paginator
 from django.http import Http404
 from django.shortcuts import redirect
 
@@ -113,8 +114,6 @@ ACTIVITY_PAGE_SIZE = 50
 def activity_page(form, rows):
     """The page of `rows` the valid ActivityForm `form` asks for, or None with the form's error (a page past the
     last). Refusing members is the views' (tenants.policy.can_see_activity)."""
-    from django.core.paginator import Paginator
-
     paginator = Paginator(rows, ACTIVITY_PAGE_SIZE)
     number = form.cleaned_data.get("page") or 1
     if number > paginator.num_pages:
