@@ -178,3 +178,11 @@ def test_the_api_sessions_carry_their_egress_and_stay_within_the_tenant(make_api
     # A member sees their own sessions only (as before), never the tenant's others.
     mine = make_api_client(world.member_a).get("/api/v1/sessions").json()
     assert [row["user"] for row in mine] == ["member@a.test"]
+
+
+def test_a_tenant_without_sessions_is_told_so(client, world):
+    owner = UserFactory()
+    services.tenant_onboard(name="Gamma", slug="gamma", owner=owner, plan="team", actor=world.owner_a)
+    page = login(client, owner).get(SESSIONS)
+    assert page.status_code == 200 and "No session yet." in page.content.decode()
+    assert "owner@a.test" not in page.content.decode() and "beta-secret-ws" not in page.content.decode()
