@@ -59,7 +59,7 @@ class ReadOnlyAdminMixin:
         return False
 
 
-HEARTH_APPS = ("tenants", "metering", "workspaces", "billing", "sso")
+HEARTH_APPS = ("tenants", "metering", "workspaces", "billing", "sso", "insights")
 
 _overview_figures = []
 

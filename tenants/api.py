@@ -5,15 +5,23 @@ tenant's rows answer 404 exactly like ids that do not exist. Invitation tokens n
 the link goes only to the invitee's mailbox, so an admin's API token cannot be used to join as someone else.
 """
 from django.conf import settings
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers, status
+from rest_framework.permissions import BasePermission, IsAuthenticated
 from rest_framework.response import Response
 
-from core.api import StrictInputSerializer, TenantScopedView, error_responses, shared_representation, validated
+from core.api import (
+    IsTenantMember,
+    StrictInputSerializer,
+    TenantScopedView,
+    error_responses,
+    shared_representation,
+    validated,
+)
 from core.pagination import PAGE_PARAMETERS, paged_response
 from tenants import policy, selectors, services
 from tenants.exceptions import NotFound
-from tenants.models import ApiToken, Invitation, Membership, Plan, Role
+from tenants.models import ApiToken, AuditLog, Invitation, Membership, Plan, Role
 from tenants.models import Tenant as TenantModel
 
 _DESCRIBED = {
@@ -401,3 +409,38 @@ class TokenRevokeApi(TenantScopedView):
             raise NotFound("No such API token.")
         services.api_token_revoke(token=token, actor=request.user)
         return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class CanSeeActivity(BasePermission):
+    message = policy.MANAGERS_ONLY
+
+    def has_permission(self, request, view):
+        return policy.can_see_activity(request.auth.membership)
+
+
+class AuditLogOutputSerializer(serializers.ModelSerializer):
+    actor = serializers.CharField(source="actor_label")
+
+    class Meta:
+        model = AuditLog
+        fields = ["id", "created_at", "actor", "action", "target", "data"]
+        read_only_fields = fields
+
+
+class AuditLogListApi(TenantScopedView):
+    """The tenant's audit trail, newest first (owners and admins), as the portal's Audit trail page shows it."""
+
+    permission_classes = [IsAuthenticated, IsTenantMember, CanSeeActivity]
+    OutputSerializer = AuditLogOutputSerializer
+
+    def scoped_queryset(self):
+        return selectors.audit_log_list(tenant=self.tenant)
+
+    @extend_schema(parameters=[OpenApiParameter("action", str, description="Only rows of this action, e.g. "
+                                                                          "member.joined."), *PAGE_PARAMETERS],
+                   responses={200: AuditLogOutputSerializer(many=True), **_errors(400, 403)}, tags=["audit"])
+    def get(self, request):
+        rows = self.get_queryset()
+        if action := request.query_params.get("action"):
+            rows = rows.filter(action=action)
+        return paged_response(request, rows, self.OutputSerializer, order=("-created_at", "-pk"))

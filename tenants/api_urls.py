@@ -17,4 +17,5 @@ urlpatterns = [
     path("invitations/<int:pk>", api.InvitationRevokeApi.as_view(), name="api-invitation"),
     path("tokens", route_by_method(get=api.TokenListApi, post=api.TokenCreateApi), name="api-tokens"),
     path("tokens/<int:pk>", api.TokenRevokeApi.as_view(), name="api-token"),
+    path("audit-log", api.AuditLogListApi.as_view(), name="api-audit-log"),
 ]

@@ -43,3 +43,17 @@ def add_service_error(form, exc):
     """Put a ServiceError on the form field it concerns, or on the form as a whole."""
     field = exc.field if exc.field in form.fields else None
     form.add_error(field, exc.message)
+
+
+class ActivityForm(forms.Form):
+    """The query of the portal's activity pages (sessions, audit trail): a page, and an action to filter by."""
+
+    page = forms.IntegerField(required=False, min_value=1,
+                              error_messages={"invalid": "The page is a whole number, 1 or more.",
+                                              "min_value": "The page is a whole number, 1 or more."})
+    action = forms.ChoiceField(required=False, error_messages={
+        "invalid_choice": "%(value)s is not an action of this audit trail."})
+
+    def __init__(self, data, *, actions=()):
+        super().__init__(data)
+        self.fields["action"].choices = [("", "All actions"), *((action, action) for action in actions)]

@@ -73,6 +73,22 @@ def can_end_session(membership, session) -> bool:
     return session.user_id == membership.user_id or can_manage_members(membership)
 
 
+def can_see_activity(membership) -> bool:
+    """The tenant's activity pages (every member's sessions, the audit trail): its owners and admins."""
+    return can_manage_members(membership)
+
+
+# --- Hearth's staff ------------------------------------------------------------------------------------------------
+
+BUSINESS_METRICS_PERMISSION = "insights.view_businessmetrics"
+
+
+def can_see_business_metrics(user) -> bool:
+    """Every tenant's revenue, usage and margin (admin › Insights): active staff with the view permission."""
+    return bool(user is not None and user.is_active and user.is_staff
+                and user.has_perm(BUSINESS_METRICS_PERMISSION))
+
+
 # --- who acts: a member, or staff from the control plane --------------------------------------------------------
 
 

@@ -3,6 +3,7 @@ import functools
 from datetime import datetime
 
 from django.contrib.auth.decorators import login_required
+from django.core.paginator import Paginator
 from django.http import Http404
 from django.shortcuts import redirect
 
@@ -103,3 +104,20 @@ def dashboard_cards(request, membership):
         context = provider(request, membership) if provider else None
         cards.append({"name": name, "template": f"portal/cards/{name}.html", "context": context})
     return cards
+
+
+# --- the activity pages (sessions, audit trail): owners and admins, a page at a time ------------------------------
+
+ACTIVITY_PAGE_SIZE = 50
+
+
+def activity_page(form, rows):
+    """The page of `rows` the valid ActivityForm `form` asks for, or None with the form's error (a page past the
+    last). Refusing members is the views' (tenants.policy.can_see_activity)."""
+    paginator = Paginator(rows, ACTIVITY_PAGE_SIZE)
+    number = form.cleaned_data.get("page") or 1
+    if number > paginator.num_pages:
+        form.add_error("page", f"There {'is' if paginator.num_pages == 1 else 'are'} only {paginator.num_pages} "
+                               f"page{'s' if paginator.num_pages != 1 else ''}.")
+        return None
+    return paginator.page(number)

@@ -2,7 +2,7 @@
 from django.utils import timezone
 
 from tenants.exceptions import NotFound
-from tenants.models import ApiToken, Invitation, Membership, Plan, Tenant, TenantExport
+from tenants.models import ApiToken, AuditLog, Invitation, Membership, Plan, Tenant, TenantExport
 
 
 def plan_list(*, public_only=True):
@@ -79,3 +79,16 @@ def export_get(*, user, export_id):
         return export_list(user=user).get(pk=export_id)
     except (TenantExport.DoesNotExist, ValueError, TypeError):
         raise NotFound("No such export.") from None
+
+
+def audit_log_list(*, tenant, action=None):
+    """The tenant's audit trail, newest first (by its kept key: rows of a former tenant with the same slug are not
+    its own); `action`: only rows of that action."""
+    rows = AuditLog.objects.filter(tenant_key=tenant.pk).order_by("-created_at", "-pk")
+    return rows.filter(action=action) if action else rows
+
+
+def audit_actions(*, tenant):
+    """The actions the tenant's audit trail has rows of, for a filter's choices."""
+    return list(AuditLog.objects.filter(tenant_key=tenant.pk).order_by("action").values_list("action", flat=True)
+                .distinct())

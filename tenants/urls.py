@@ -19,4 +19,5 @@ urlpatterns = [
     path("exports/", views.exports, name="exports"),
     path("exports/<int:export_id>/download/", views.export_download, name="export_download"),
     path("settings/", views.tenant_settings, name="tenant_settings"),
+    path("audit/", views.audit_log, name="audit_log"),
 ]

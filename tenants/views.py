@@ -3,6 +3,7 @@
 Every write goes through tenants.services; a ServiceError becomes a message on the page with its 4xx status.
 Objects are looked up within the current tenant, so another tenant's look exactly like missing ones (404).
 """
+import json
 from pathlib import Path
 
 from django.contrib import messages
@@ -17,6 +18,7 @@ from django.views.decorators.http import require_http_methods, require_POST
 from tenants import policy, selectors, services
 from tenants.exceptions import NotFound, ServiceError
 from tenants.forms import (
+    ActivityForm,
     ApiTokenForm,
     InviteForm,
     PlanChangeForm,
@@ -29,6 +31,7 @@ from tenants.forms import (
 from tenants.models import Role
 from tenants.portal import (
     INVITATION_SESSION_KEY,
+    activity_page,
     choose_tenant,
     current_membership,
     dashboard_cards,
@@ -378,3 +381,20 @@ def tenant_settings(request, membership):
                 return redirect("portal:tenant_settings")
     context = {"form": form}
     return render(request, "portal/tenant_settings.html", context, status=status)
+
+
+@tenant_view
+def audit_log(request, membership):
+    """The tenant's audit trail, newest first, a page at a time, filtered by action: owners and admins."""
+    tenant = membership.tenant
+    if not policy.can_see_activity(membership):
+        return render(request, "portal/audit_log.html", {"refused": policy.MANAGERS_ONLY}, status=403)
+    form = ActivityForm(request.GET, actions=selectors.audit_actions(tenant=tenant))
+    page = None
+    if form.is_valid():
+        page = activity_page(form, selectors.audit_log_list(tenant=tenant, action=form.cleaned_data["action"]))
+    for row in page or ():
+        row.details = json.dumps(row.data, sort_keys=True) if row.data else ""
+    query = {"action": form.cleaned_data.get("action", "")} if form.is_valid() else {}
+    return render(request, "portal/audit_log.html", {"form": form, "page": page, "query": query},
+                  status=200 if page is not None else 400)

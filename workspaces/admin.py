@@ -116,7 +116,7 @@ class ContainerAdmin(admin.ModelAdmin):
 
 @admin.register(Session)
 class SessionAdmin(admin.ModelAdmin):
-    list_display = ("id", "tenant", "user", "workspace", "container_link", "cold_start", "started_at",
+    list_display = ("id", "tenant", "user", "workspace", "container_link", "cold_start", "open_ms", "started_at",
                     "last_activity_at", "ended_at", "end_reason")
     list_filter = ("end_reason", "cold_start", ("ended_at", admin.EmptyFieldListFilter), "tenant")
     search_fields = ("user__email", "workspace__name", "tenant__slug")

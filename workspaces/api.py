@@ -175,6 +175,7 @@ class SessionOutputSerializer(serializers.Serializer):
     last_activity_at = serializers.DateTimeField()
     ended_at = serializers.DateTimeField()
     end_reason = serializers.CharField()
+    egress_bytes = serializers.IntegerField(source="egress_bytes_metered", help_text="Sent out so far, metered.")
 
 
 class SessionListApi(TenantScopedView):

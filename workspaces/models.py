@@ -180,6 +180,9 @@ class Session(models.Model):
     egress_marks = models.JSONField(default=dict, db_default={}, blank=True)
     client_bytes_seen = models.BigIntegerField(
         default=0, db_default=0, help_text="Bytes the browser had sent through the gateway at the last reclaim tick.")
+    # The business dashboards' open latency (docs/OBSERVABILITY.md): from the open request to the session having its
+    # container (warm claim, or cold start, synchronous or in a worker). None: opened before it was recorded.
+    open_ms = models.PositiveIntegerField(null=True, blank=True, help_text="Open request → container, in ms.")
 
     class Meta:
         ordering = ["-started_at"]

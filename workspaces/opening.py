@@ -100,6 +100,7 @@ def workspace_open(*, workspace, user, tenant=None, start_later=False):
     (container CLAIMED + Session), then the storage bind, the gateway route and the token. A failure after
     the claim ends the session (reason `failed`) and releases the container: nothing is left half-made.
     """
+    requested_at = timezone.now()
     workspace = _open_lookup(workspace_id=workspace.pk, user_id=getattr(user, "pk", None))
     if workspace is None or workspace.user_role is None or (tenant is not None and workspace.tenant_id != tenant.pk):
         raise NotFound("No such workspace.")
@@ -109,6 +110,7 @@ def workspace_open(*, workspace, user, tenant=None, start_later=False):
         if policy.sees_all_workspaces(viewer):
             raise Forbidden("Only the workspace's owner can open it: its files are theirs.", code="not_owner")
         raise NotFound("No such workspace.")
+    workspace.open_requested_at = requested_at  # the claim paths all get the workspace: it carries the start time
     tenant, template = workspace.tenant, workspace.template
     policy.require_active(tenant, doing="workspaces cannot be opened.")
     if not template.enabled:
@@ -259,10 +261,17 @@ def _check_concurrency(tenant, now):
     policy.concurrent_workspaces_check(tenant=tenant, running=running)
 
 
+def _open_ms(workspace, now):
+    """Milliseconds from the open request (workspace_open) to `now`, when the session gets its container."""
+    requested_at = getattr(workspace, "open_requested_at", None)
+    return None if requested_at is None else max(0, round((now - requested_at).total_seconds() * 1000))
+
+
 def _new_session(*, workspace, user, container, now, cold):
     session = Session.objects.create(
         tenant=workspace.tenant, workspace=workspace, user=user, container=container, cold_start=cold,
         started_at=now, last_activity_at=now, metered_until=now, egress_marks=egress.initial_marks(container),
+        open_ms=_open_ms(workspace, now) if container is not None else None,
     )
     # No audit row: the Session is itself the record of who opened what, when (GET /api/v1/sessions).
     session.workspace, session.container = workspace, container
@@ -296,12 +305,15 @@ def _session_for(*, workspace, user, container, now, cold, starting):
     """The session on `container`: a new one, or `starting` given its container (its time counts from now)."""
     if starting is None:
         return _new_session(workspace=workspace, user=user, container=container, now=now, cold=cold)
+    # A `starting` session was created at the open request: its old start time is when the user asked.
+    open_ms = max(0, round((now - starting.started_at).total_seconds() * 1000))
     marks = egress.initial_marks(container)
     if not Session.objects.filter(pk=starting.pk, ended_at__isnull=True, container__isnull=True).update(
-            container=container, started_at=now, last_activity_at=now, metered_until=now, egress_marks=marks):
+            container=container, started_at=now, last_activity_at=now, metered_until=now, open_ms=open_ms,
+            egress_marks=marks):
         raise Conflict("The session was closed while its container started.", code="session_ended")
     starting.container, starting.started_at, starting.last_activity_at = container, now, now
-    starting.egress_marks = marks
+    starting.open_ms, starting.egress_marks = open_ms, marks
     starting.metered_until = now
     return starting
 
@@ -309,7 +321,7 @@ def _session_for(*, workspace, user, container, now, cold, starting):
 def _claim_one_statement(*, workspace, user, now, cold=False):
     """The claim and the Session insert as one statement, hence one transaction and one round trip."""
     session = Session(tenant=workspace.tenant, workspace=workspace, user=user, cold_start=cold, started_at=now,
-                      last_activity_at=now, metered_until=now)
+                      last_activity_at=now, metered_until=now, open_ms=_open_ms(workspace, now))
     try:
         container = claim.container_claim_for_session(template=workspace.template, session=session, now=now)
     except IntegrityError:

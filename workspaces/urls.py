@@ -9,5 +9,6 @@ urlpatterns = [
     path("create", views.workspace_create, name="create"),
     path("<int:pk>/open", views.workspace_open, name="open"),
     path("<int:pk>/delete", views.workspace_delete, name="delete"),
+    path("sessions/", views.session_list, name="sessions"),
     path("sessions/<uuid:pk>/close", views.session_close, name="session-close"),
 ]

@@ -7,8 +7,10 @@ from django.shortcuts import redirect, render
 from django.utils import timezone
 from django.views.decorators.http import require_POST
 
+from tenants import policy
 from tenants.exceptions import ServiceError
-from tenants.portal import dashboard_card, tenant_view
+from tenants.forms import ActivityForm
+from tenants.portal import activity_page, dashboard_card, tenant_view
 from workspaces import selectors, services
 
 
@@ -31,6 +33,31 @@ def workspace_list(request, membership):
         # While a container starts the page reloads itself, so its status turns to "open" without a click.
         "starting": any(s.state == "starting" for s in live.values()),
     })
+
+
+@tenant_view
+def session_list(request, membership):
+    """Every session of the tenant, newest first, a page at a time: who, which workspace, when, why it ended, egress
+    (owners and admins; members see their own workspaces' state on the workspaces page)."""
+    if not policy.can_see_activity(membership):
+        return render(request, "workspaces/sessions.html", {"refused": policy.MANAGERS_ONLY}, status=403)
+    form = ActivityForm(request.GET)
+    page = None
+    if form.is_valid():
+        page = activity_page(form, selectors.session_list(tenant=membership.tenant, membership=membership))
+    now = timezone.now()
+    for session in page or ():
+        session.duration = _duration((session.ended_at or now) - session.started_at)
+    return render(request, "workspaces/sessions.html", {"form": form, "page": page},
+                  status=200 if page is not None else 400)
+
+
+def _duration(elapsed):
+    seconds = max(0, int(elapsed.total_seconds()))
+    if seconds < 60:
+        return f"{seconds} s"
+    minutes = seconds // 60
+    return f"{minutes // 60} h {minutes % 60:02d} min" if minutes >= 60 else f"{minutes} min"
 
 
 def _fail(request, exc):

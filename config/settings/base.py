@@ -88,6 +88,7 @@ INSTALLED_APPS = [
     "workspaces",
     "billing",
     "sso",
+    "insights",
 ]
 
 # Session, CSRF, login and messages: Django's own, skipped on the token-only API (/api/v1/; core/middleware.py).

@@ -57,7 +57,12 @@ def test_the_api_answers_a_cold_open_at_once_and_the_worker_makes_it_live(gatewa
     page = gateway.get(workspace.host_key, "/", token=token)
     assert page.status_code == 503 and "starting" in page.text
 
+    assert Session.objects.get(pk=body["session"]).open_ms is None  # no container yet
     services.session_start(session_id=body["session"])  # the Celery task's body
+    # From the request to the worker's container: the start is in it.
+    started_session = Session.objects.select_related("container").get(pk=body["session"])
+    assert started_session.open_ms >= (started_session.container.ready_at
+                                       - started_session.container.created_at).total_seconds() * 1000 - 5
 
     session = api.get(f"/api/v1/sessions/{body['session']}").json()
     assert session["state"] == "live" and session["container"] and session["cold_start"] is True

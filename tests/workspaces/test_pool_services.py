@@ -52,6 +52,8 @@ def test_open_claims_warm_binds_storage_and_close_removes_the_container(node, ti
     session = opened.session
     container = Container.objects.get(pk=session.container_id)
     assert container.state == State.CLAIMED and not session.cold_start
+    # The business dashboards' open latency: recorded with the claim, a warm one in well under a second.
+    assert Session.objects.get(pk=session.pk).open_ms is not None and session.open_ms < 1000
     assert workspace.host_key in opened.url and opened.token and opened.expires_at > timezone.now()
     assert _http_get(container, "/home/notes.txt") == "mine"
     assert Container.objects.filter(state=State.WARM).count() == 1
@@ -105,6 +107,9 @@ def test_empty_pool_falls_back_to_a_cold_start(node, tiny_template, workspace, m
     container = Container.objects.get(pk=opened.session.container_id)
     assert opened.session.cold_start and container.state == State.CLAIMED
     assert _http_get(container, "/healthz").strip() == "ok"
+    # The open waited for the container's start: its latency (recorded) includes it.
+    assert Session.objects.get(pk=opened.session.pk).open_ms == opened.session.open_ms
+    assert opened.session.open_ms >= (container.ready_at - container.created_at).total_seconds() * 1000 - 5
 
 
 def test_storage_of_user_a_is_not_in_user_b_container(node, tiny_template, tenant_e, make_workspace):
