@@ -17,6 +17,7 @@ def current_tenant(request):
         "memberships": user_memberships(request),
         "can_manage_members": policy.can_manage_members(membership),
         "can_change_plan": policy.can_change_plan(membership),
+        "can_configure_sso": policy.can_configure_sso(membership),
         # Looked up only by the pages that show it (sign-up, sign-in, verification sent).
         "pending_invitation": functools.cache(lambda: pending_invitation(request)),
     }

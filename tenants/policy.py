@@ -43,6 +43,11 @@ def can_change_plan(membership) -> bool:
     return is_owner(membership)
 
 
+def can_configure_sso(membership) -> bool:
+    """Identity providers, their domains and enforcing single sign-on are the owners' (it decides who gets in)."""
+    return is_owner(membership)
+
+
 def can_see_billing(membership) -> bool:
     """Amounts and invoices are shown to owners only."""
     return is_owner(membership)
