@@ -11,6 +11,8 @@ from sso.models import DEFAULT_OIDC_SCOPES, IdentityProvider
 # The fields of each kind, in the order the form shows them (the services' lists say which a kind accepts).
 KIND_FIELDS = {IdentityProvider.Kind.OIDC: services.OIDC_FIELDS, IdentityProvider.Kind.SAML: services.SAML_FIELDS}
 MAPPINGS = ("claim_mapping", "attribute_mapping", "group_roles")
+# Shown without "(optional)" (sso.services._require_complete; SAML needs the metadata URL or XML, so neither alone).
+NEEDED = {IdentityProvider.Kind.OIDC: ("issuer", "client_id"), IdentityProvider.Kind.SAML: ()}
 
 
 def _lines_to_mapping(text):
@@ -45,7 +47,7 @@ class IdentityProviderForm(forms.Form):
                              help_text="Space-separated; must include <code>openid</code>. Add <code>groups</code> "
                                        "(or your IdP's name for it) to map roles from groups.")
     claim_mapping = forms.CharField(
-        label="Claim names", required=False, widget=forms.Textarea(attrs={"rows": 3}),
+        label="Claim names", required=False, widget=forms.Textarea(attrs={"rows": 2}),
         help_text="Only if your IdP uses other names: one <code>hearth name = IdP claim</code> per line, e.g. "
                   "<code>groups = roles</code>. Names: email, email_verified, name, given_name, family_name, "
                   "groups.")
@@ -56,7 +58,7 @@ class IdentityProviderForm(forms.Form):
                                    help_text="Instead of the URL: paste the IdP's metadata document.")
     entity_id = forms.CharField(label="IdP entity ID", max_length=500, required=False)
     attribute_mapping = forms.CharField(
-        label="Attribute names", required=False, widget=forms.Textarea(attrs={"rows": 3}),
+        label="Attribute names", required=False, widget=forms.Textarea(attrs={"rows": 2}),
         help_text="One <code>hearth name = SAML attribute</code> per line, e.g. "
                   "<code>email = http://schemas.xmlsoap.org/ws/2005/05/identity/claims/emailaddress</code>.")
     # --- both
@@ -67,7 +69,7 @@ class IdentityProviderForm(forms.Form):
     default_role = forms.ChoiceField(label="Role of new members", choices=[(r, r.capitalize()) for r in
                                                                           services.MAPPABLE_ROLES])
     group_roles = forms.CharField(
-        label="Group → role", required=False, widget=forms.Textarea(attrs={"rows": 3}),
+        label="Group → role", required=False, widget=forms.Textarea(attrs={"rows": 2}),
         help_text="One <code>IdP group = role</code> per line (member or admin), e.g. "
                   "<code>platform-admins = admin</code>. Owners are made in Hearth only.")
     enforce_sso = forms.BooleanField(
@@ -83,6 +85,10 @@ class IdentityProviderForm(forms.Form):
         for name in KIND_FIELDS[IdentityProvider.Kind.SAML if kind == IdentityProvider.Kind.OIDC
                                 else IdentityProvider.Kind.OIDC]:
             self.fields.pop(name, None)
+        # Needed, though not required by the form: sso.services says what is missing, for the API and this form alike.
+        for name in NEEDED[kind] + (("client_secret",) if kind == IdentityProvider.Kind.OIDC and identity_provider
+                                    is None else ()):
+            self.fields[name].needed = True
         if "client_secret" in self.fields:
             self.fields["client_secret"].help_text = (
                 "Stored encrypted and never shown. Leave empty to keep the current one."
