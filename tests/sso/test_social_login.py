@@ -110,6 +110,19 @@ def test_github_sign_up_creates_the_user_and_their_tenant(client, github):
     assert signed_in_user(client) == user and User.objects.filter(email="dan@example.com").count() == 1
 
 
+def test_a_new_user_with_an_unverified_address_confirms_it_by_mail_first(client, github, smtp_server):
+    github.add_account("uma", uid=999, emails=[("uma@example.com", False)])
+
+    response = github_sign_in(client, github, "uma")
+
+    assert response.status_code == 302 and response["Location"] == reverse("account_email_verification_sent")
+    assert signed_in_user(client) is None
+    user = User.objects.get(email="uma@example.com")
+    assert not EmailAddress.objects.get(user=user).verified
+    assert Membership.objects.get(user=user).role == "owner"  # the tenant is made with the account, as for passwords
+    smtp_server.wait_for(to="uma@example.com", subject_contains="confirm")
+
+
 def test_a_verified_github_address_links_the_existing_account(client, github):
     carol = UserFactory(email="carol@example.com")
     carol.set_password("a-long-password-1")
