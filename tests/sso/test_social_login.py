@@ -123,6 +123,23 @@ def test_a_new_user_with_an_unverified_address_confirms_it_by_mail_first(client,
     smtp_server.wait_for(to="uma@example.com", subject_contains="confirm")
 
 
+def test_without_an_address_the_sign_up_form_asks_for_one_and_makes_one_tenant(client, github, smtp_server):
+    github.add_account("nomail", uid=1001, emails=[])
+
+    response = github_sign_in(client, github, "nomail")
+
+    assert response.status_code == 302 and response["Location"] == reverse("socialaccount_signup")
+    page = client.get(reverse("socialaccount_signup"))
+    assert page.status_code == 200 and 'name="organisation"' in text(page)
+    response = client.post(reverse("socialaccount_signup"),
+                           {"email": "nomail@example.com", "organisation": "Nomail Ltd", "plan": "free"})
+    assert response.status_code == 302, text(response)[:1500]
+    user = User.objects.get(email="nomail@example.com")
+    assert [m.tenant.name for m in Membership.objects.filter(user=user)] == ["Nomail Ltd"]
+    assert SocialAccount.objects.get(user=user).uid == "1001"
+    smtp_server.wait_for(to="nomail@example.com", subject_contains="confirm")
+
+
 def test_a_verified_github_address_links_the_existing_account(client, github):
     carol = UserFactory(email="carol@example.com")
     carol.set_password("a-long-password-1")
