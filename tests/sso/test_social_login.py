@@ -187,12 +187,16 @@ def test_a_wrong_state_is_refused(client, github):
     back = urlparse(at_github.headers["Location"])
     query = {k: v[0] for k, v in parse_qs(back.query).items()}
     assert query["state"]
+    exchanges = github.requests.count(("POST", "/login/oauth/access_token"))
 
     response = client.get(back.path, {**query, "state": "not-the-state-we-sent"})
 
     assert response.status_code == 401
     assert signed_in_user(client) is None and not User.objects.filter(email="erin@example.com").exists()
-    assert ("POST", "/login/oauth/access_token") not in github.requests[-1:]  # the code was never exchanged
+    assert github.requests.count(("POST", "/login/oauth/access_token")) == exchanges  # the code was never exchanged
+    # The state sent still works once (the forged one did not use it up), and not twice.
+    assert client.get(back.path, query).status_code == 302 and signed_in_user(client) is not None
+    assert client.get(back.path, query).status_code == 401  # same session: the state was used up
 
 
 def test_social_sign_in_does_not_bypass_enforced_sso(client, github):
