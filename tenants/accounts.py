@@ -1,9 +1,14 @@
-"""allauth glue: sign-up creates the user's tenant, or joins the inviting one once the address is verified."""
+"""allauth glue: sign-up (with a password, or GitHub or Google) creates the user's tenant, or joins the inviting one
+once the address is verified."""
 from allauth.account.adapter import DefaultAccountAdapter
+from allauth.core.exceptions import ImmediateHttpResponse
+from allauth.socialaccount.adapter import DefaultSocialAccountAdapter
+from allauth.socialaccount.models import SocialApp
 from django import forms
 from django.contrib import messages
 from django.db import transaction
-from django.shortcuts import redirect
+from django.http import Http404
+from django.shortcuts import redirect, render
 
 from tenants import policy, services
 from tenants.exceptions import ServiceError
@@ -27,6 +32,28 @@ def pending_invitation(request):
     return invitation if invitation_state(invitation) == "pending" else None
 
 
+def signup_tenant_create(request, user, *, data):
+    """The new user's own tenant, in the caller's transaction: never a user without a tenant. `data` is the sign-up
+    form's (organisation, plan, invitation_token; empty for a social sign-up without a form).
+
+    Signing up through an invitation for this very address creates no tenant: the user joins the inviting one in
+    `post_login`, after the address is verified."""
+    if data.get("invitation_token"):
+        request.session[INVITATION_SESSION_KEY] = data["invitation_token"]
+        return None
+    invitation = pending_invitation(request)
+    if invitation is not None and invitation.email.lower() == user.email.lower():
+        return None
+    name = (data.get("organisation") or "").strip() or f"{user.email.split('@')[0]}'s team"
+    # A paid plan starts only when it is paid: the tenant starts on Free, and the owner is sent to checkout once
+    # signed in (post_login), in the browser that signed up.
+    tenant = services.tenant_onboard(name=name, owner=user, plan="free")
+    chosen = data.get("plan")
+    if chosen is not None and chosen.slug != tenant.plan.slug:
+        request.session[PLAN_SESSION_KEY] = chosen.slug
+    return tenant
+
+
 class AccountAdapter(DefaultAccountAdapter):
     def authenticate(self, request, **credentials):
         """A right password is still refused to members of a tenant that enforces single sign-on, with a message
@@ -40,29 +67,12 @@ class AccountAdapter(DefaultAccountAdapter):
         return user
 
     def save_user(self, request, user, form, commit=True):
-        """The user and their tenant are created in one transaction: never a user without a tenant.
-
-        Signing up through an invitation for this very address creates no tenant: the user joins the
-        inviting one in `post_login`, after the address is verified.
-        """
+        """The user and their tenant are created in one transaction (signup_tenant_create)."""
         if not commit:
             return super().save_user(request, user, form, commit=False)
         with transaction.atomic():
             user = super().save_user(request, user, form, commit=True)
-            data = getattr(form, "cleaned_data", {})
-            if data.get("invitation_token"):
-                request.session[INVITATION_SESSION_KEY] = data["invitation_token"]
-                return user
-            invitation = pending_invitation(request)
-            if invitation is not None and invitation.email.lower() == user.email.lower():
-                return user
-            name = (data.get("organisation") or "").strip() or f"{user.email.split('@')[0]}'s team"
-            # A paid plan starts only when it is paid: the tenant starts on Free, and the owner is sent to checkout
-            # once signed in (post_login), in the browser that signed up.
-            tenant = services.tenant_onboard(name=name, owner=user, plan="free")
-            chosen = data.get("plan")
-            if chosen is not None and chosen.slug != tenant.plan.slug:
-                request.session[PLAN_SESSION_KEY] = chosen.slug
+            signup_tenant_create(request, user, data=getattr(form, "cleaned_data", {}))
         return user
 
     def post_login(self, request, user, **kwargs):
@@ -96,6 +106,49 @@ class AccountAdapter(DefaultAccountAdapter):
             return None
         choose_tenant(request, membership.tenant.slug)
         return redirect(result.checkout_url) if result.checkout_url else None
+
+
+class _NoSocialApp(SocialApp.DoesNotExist, Http404):
+    """A provider that is not configured: its URLs answer 404 (allauth's own callers still see DoesNotExist)."""
+
+
+def _refused(request, exc):
+    return render(request, "sso/login_failed.html", {"error": exc, "title": "Sign-in refused"}, status=exc.status_code)
+
+
+class SocialAccountAdapter(DefaultSocialAccountAdapter):
+    """GitHub and Google sign-in: on only when configured (settings.SOCIAL_*), a new user gets a tenant as a
+    password sign-up does, and members of a tenant enforcing single sign-on are sent to their identity provider.
+    Linking to an existing account by address is allauth's email authentication, which only ever uses the
+    addresses the provider marks verified."""
+
+    def get_app(self, request, provider, client_id=None):
+        try:
+            return super().get_app(request, provider, client_id=client_id)
+        except SocialApp.DoesNotExist:
+            raise _NoSocialApp(f"Sign-in with {provider} is not configured.") from None
+
+    def pre_social_login(self, request, sociallogin):
+        """Refused before anything is linked: the account found (by its link or its verified address) belongs to a
+        tenant that enforces single sign-on."""
+        user = sociallogin.user
+        if user is not None and user.pk:
+            try:
+                policy.password_login_check(user, method=sociallogin.provider.name)
+            except ServiceError as exc:
+                raise ImmediateHttpResponse(_refused(request, exc)) from None
+
+    def save_user(self, request, sociallogin, form=None):
+        """The user, their social account and their tenant in one transaction. With a form (the address was
+        missing or taken), allauth hands it to AccountAdapter.save_user, which makes the tenant."""
+        try:
+            with transaction.atomic():
+                user = super().save_user(request, sociallogin, form=form)
+                if form is None:
+                    signup_tenant_create(request, user, data={})
+        except ServiceError as exc:  # e.g. the tenant limits (TENANTS_MAX_*_PER_USER): no user is left behind
+            raise ImmediateHttpResponse(_refused(request, exc)) from None
+        return user
 
 
 class SignupForm(forms.Form):

@@ -18,6 +18,7 @@ def current_tenant(request):
         "can_manage_members": policy.can_manage_members(membership),
         "can_change_plan": policy.can_change_plan(membership),
         "can_see_activity": policy.can_see_activity(membership),
+        "can_configure_sso": policy.can_configure_sso(membership),
         # Looked up only by the pages that show it (sign-up, sign-in, verification sent).
         "pending_invitation": functools.cache(lambda: pending_invitation(request)),
     }

@@ -43,6 +43,11 @@ def can_change_plan(membership) -> bool:
     return is_owner(membership)
 
 
+def can_configure_sso(membership) -> bool:
+    """Identity providers, their domains and enforcing single sign-on are the owners' (it decides who gets in)."""
+    return is_owner(membership)
+
+
 def can_see_billing(membership) -> bool:
     """Amounts and invoices are shown to owners only."""
     return is_owner(membership)
@@ -287,13 +292,14 @@ def is_sso_enforced(tenant) -> bool:
     return tenant.sso_enforced_at is not None and tenant.plan.sso_allowed
 
 
-def password_login_check(user):
+def password_login_check(user, *, method="a password"):
     """Forbidden(sso_required) when one of the user's tenants enforces single sign-on: then the identity provider
-    is the only way in, for all of the user's tenants (a password would bypass the IdP's own checks)."""
+    is the only way in, for all of the user's tenants (a password, or a GitHub or Google sign-in (`method`), would
+    bypass the IdP's own checks)."""
     enforcing = (Tenant.objects.filter(memberships__user=user, sso_enforced_at__isnull=False, plan__sso_allowed=True)
                  .order_by("name").first())
     if enforcing is not None:
-        raise Forbidden(f"{enforcing.name} signs in through its identity provider, not with a password: enter your "
+        raise Forbidden(f"{enforcing.name} signs in through its identity provider, not with {method}: enter your "
                         f"work email on the sign-in page and continue with single sign-on.", code="sso_required")
 
 

@@ -82,6 +82,10 @@ INSTALLED_APPS = [
     "drf_spectacular_sidecar",
     "allauth",
     "allauth.account",
+    # Social sign-in for self-serve sign-up; each provider is on only when configured (SOCIAL_* below).
+    "allauth.socialaccount",
+    "allauth.socialaccount.providers.github",
+    "allauth.socialaccount.providers.openid_connect",
     "djstripe",
     "tenants",
     "metering",
@@ -188,6 +192,39 @@ CACHES = {
 }
 ALLAUTH_TRUSTED_PROXY_COUNT = env.int("ALLAUTH_TRUSTED_PROXY_COUNT", default=0)
 ALLAUTH_TRUSTED_CLIENT_IP_HEADER = env.str("ALLAUTH_TRUSTED_CLIENT_IP_HEADER", default="") or None
+# Social sign-in (docs/SSO_PROVIDERS.md): GitHub (OAuth2) and Google (OpenID Connect), each on only when its client
+# id and secret are set; otherwise no button and its URLs answer 404 (tenants.accounts.SocialAccountAdapter). The
+# apps live in settings, not in the database. An account links to an existing one only by an address the provider
+# says is verified (allauth's email authentication); members of a tenant enforcing SSO go through their IdP.
+SOCIAL_GITHUB_CLIENT_ID = env.str("SOCIAL_GITHUB_CLIENT_ID", default="")
+SOCIAL_GITHUB_CLIENT_SECRET = env.str("SOCIAL_GITHUB_CLIENT_SECRET", default="")
+# GitHub Enterprise Server: its web URL (allauth reads the API at <url>/api/v3); empty: github.com.
+SOCIAL_GITHUB_URL = env.str("SOCIAL_GITHUB_URL", default="")
+SOCIAL_GOOGLE_CLIENT_ID = env.str("SOCIAL_GOOGLE_CLIENT_ID", default="")
+SOCIAL_GOOGLE_CLIENT_SECRET = env.str("SOCIAL_GOOGLE_CLIENT_SECRET", default="")
+# The OpenID issuer (its /.well-known/openid-configuration is read); Google's unless overridden.
+SOCIAL_GOOGLE_SERVER_URL = env.str("SOCIAL_GOOGLE_SERVER_URL", default="https://accounts.google.com")
+SOCIALACCOUNT_PROVIDERS = {}
+if SOCIAL_GITHUB_CLIENT_ID and SOCIAL_GITHUB_CLIENT_SECRET:
+    SOCIALACCOUNT_PROVIDERS["github"] = {
+        "APP": {"client_id": SOCIAL_GITHUB_CLIENT_ID, "secret": SOCIAL_GITHUB_CLIENT_SECRET},
+        "SCOPE": ["read:user", "user:email"],
+        **({"GITHUB_URL": SOCIAL_GITHUB_URL} if SOCIAL_GITHUB_URL else {}),
+    }
+if SOCIAL_GOOGLE_CLIENT_ID and SOCIAL_GOOGLE_CLIENT_SECRET:
+    SOCIALACCOUNT_PROVIDERS["openid_connect"] = {"APPS": [{
+        "provider_id": "google", "name": "Google",
+        "client_id": SOCIAL_GOOGLE_CLIENT_ID, "secret": SOCIAL_GOOGLE_CLIENT_SECRET,
+        "settings": {"server_url": SOCIAL_GOOGLE_SERVER_URL, "scope": ["openid", "email", "profile"],
+                     "oauth_pkce_enabled": True},
+    }]}
+SOCIALACCOUNT_ADAPTER = "tenants.accounts.SocialAccountAdapter"
+SOCIALACCOUNT_QUERY_EMAIL = True
+SOCIALACCOUNT_EMAIL_REQUIRED = True
+SOCIALACCOUNT_EMAIL_AUTHENTICATION = True
+SOCIALACCOUNT_EMAIL_AUTHENTICATION_AUTO_CONNECT = True
+SOCIALACCOUNT_STORE_TOKENS = False
+SOCIALACCOUNT_REQUESTS_TIMEOUT = env.int("SOCIALACCOUNT_REQUESTS_TIMEOUT", default=10)
 # Portal: account mails say where they come from.
 ACCOUNT_EMAIL_SUBJECT_PREFIX = env.str("ACCOUNT_EMAIL_SUBJECT_PREFIX", default="[Hearth] ")
 # Invitations stay valid this long.
