@@ -76,10 +76,11 @@ class _ProviderConfig:
 
     _sp_config = None
     with_idp = True
+    signing = True
 
     def get_sp_config(self, request):
         if self._sp_config is None:
-            self._sp_config = saml_config.sp_config(self.provider, with_idp=self.with_idp)
+            self._sp_config = saml_config.sp_config(self.provider, with_idp=self.with_idp, signing=self.signing)
         return self._sp_config
 
 
@@ -107,6 +108,7 @@ class SamlAcsView(_ProviderConfig, AssertionConsumerServiceView):
     checks the assertion's single use and provisions the member."""
 
     rejection = None
+    signing = False
 
     def post(self, request, identity_provider_id):
         try:

@@ -157,16 +157,18 @@ def _xmlsec_binary():
     return settings.SSO_SAML_XMLSEC_BINARY or get_xmlsec_binary(["/usr/bin", "/usr/local/bin"])
 
 
-def sp_config(provider, *, with_idp=True):
+def sp_config(provider, *, with_idp=True, signing=True):
     """pysaml2's SPConfig of Hearth as the SP of `provider`. Without the IdP (`with_idp=False`) for Hearth's own
-    metadata, which must be published before the IdP is configured."""
+    metadata, which must be published before the IdP is configured. Without the signing key (`signing=False`) for
+    the ACS, which signs nothing: pysaml2 loads (and checks) that RSA key each time it builds a security context,
+    about a tenth of a second here, twice a request; decrypting an encrypted assertion uses the same key as a file
+    given to xmlsec1."""
     key_file, cert_file = _key_files(provider)
     acs = sp_acs_url(provider)
     config = {
         "entityid": sp_entity_id(provider),
         "xmlsec_binary": _xmlsec_binary(),
-        "key_file": key_file,
-        "cert_file": cert_file,
+        **({"key_file": key_file, "cert_file": cert_file} if signing else {}),
         "encryption_keypairs": [{"key_file": key_file, "cert_file": cert_file}],
         "allow_unknown_attributes": True,
         "accepted_time_diff": settings.SSO_CLOCK_LEEWAY,
