@@ -4,7 +4,8 @@ thread (http.server). Its key and certificate are made at start with `cryptograp
 GET /sso/redirect?SAMLRequest=…&RelayState=… (the HTTP-Redirect binding) answers a login page; POSTing it
 (`login` = an address of ACCOUNTS or any) answers the auto-posting HTML form that carries the signed Response to the
 SP's ACS (the HTTP-POST binding). The form's other fields make a wrong IdP on purpose, for the refusal tests:
-`unsigned=1`, `audience=…`, `in_response_to=…`, `destination=…`.
+`unsigned=1`, `audience=…`, `in_response_to=…`, `destination=…`; `encrypt=1` encrypts the signed assertion with
+the SP's certificate from its metadata, as IdPs configured to encrypt do.
 """
 import html
 import re
@@ -85,10 +86,18 @@ class SamlIdp:
             response = self.server.create_authn_response(
                 identity, userid=email, name_id=NameID(format=NAMEID_FORMAT_PERSISTENT, text=f"id-{email}"),
                 authn={"class_ref": saml2.saml.AUTHN_PASSWORD, "authn_auth": self.url},
-                sign_assertion=form.get("unsigned") != "1", sign_response=False, **args)
+                sign_assertion=form.get("unsigned") != "1", sign_response=False,
+                **self._encryption(request.issuer.text, form.get("encrypt") == "1"), **args)
             http_args = self.server.apply_binding(saml2.BINDING_HTTP_POST, str(response), args["destination"],
                                                   relay_state, response=True)
         return http_args["data"]
+
+
+    def _encryption(self, sp_entity_id, wanted):
+        if not wanted:
+            return {}
+        certificate = self.server.metadata.certs(sp_entity_id, "spsso", use="encryption")[0][1]
+        return {"encrypt_assertion": True, "encrypt_cert_assertion": certificate}
 
 
 class _Handler(BaseHTTPRequestHandler):

@@ -104,6 +104,17 @@ def test_later_sign_ins_update_the_role_and_the_session_cookie_follows_a_cross_s
     assert User.objects.filter(email="ada@acme.test").count() == 1
 
 
+def test_an_encrypted_assertion_is_decrypted_with_the_sp_key(client, acme, saml_idp):
+    tenant, *_ = acme
+    saml_provider_for(tenant, saml_idp)
+    action, fields = idp_answer(start(client, "ada@acme.test"), login="ada@acme.test", encrypt="1")
+    xml = base64.b64decode(fields["SAMLResponse"]).decode()
+    assert "EncryptedAssertion" in xml and "ada@acme.test" not in xml
+    response = acs_post(client, action, fields)
+    assert response.status_code == 302, text(response)[:2000]
+    assert signed_in_user(client).email == "ada@acme.test"
+
+
 def test_an_unsigned_assertion_is_refused(client, acme, saml_idp):
     tenant, *_ = acme
     saml_provider_for(tenant, saml_idp)
