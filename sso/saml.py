@@ -171,8 +171,9 @@ def acs_rejection(exc):
         return TokenRejected("The identity provider's assertion is expired or not yet valid (check the clocks).",
                              code="sso_saml_expired")
     if isinstance(exc, StatusError):
-        return Forbidden(f"The identity provider refused the sign-in: {text or type(exc).__name__}",
-                         code="sso_idp_refused")
+        # pysaml2's text: "Unsuccessful operation: <the Status XML>\n<its StatusMessage> from <its status code>"
+        detail = text.split("\n", 1)[-1].rsplit(" from ", 1)[0].strip() or type(exc).__name__
+        return Forbidden(f"The identity provider refused the sign-in: {detail}", code="sso_idp_refused")
     if "AudienceRestrictions" in text:
         return TokenRejected("The assertion is meant for another service (its audience is not Hearth's entity id for "
                              "this identity provider).", code="sso_saml_audience")

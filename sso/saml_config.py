@@ -11,6 +11,7 @@ import datetime
 import hashlib
 import shutil
 import tempfile
+import threading
 from functools import cache
 from pathlib import Path
 
@@ -67,7 +68,7 @@ def _key_files(provider):
     key_file, cert_file = stem.with_suffix(".key"), stem.with_suffix(".crt")
     if not key_file.exists():
         cert_file.write_text(provider.sp_certificate)
-        partial = stem.with_suffix(".tmp")
+        partial = stem.with_suffix(f".{threading.get_ident()}.tmp")  # threads of a process may write at once
         partial.touch(mode=0o600)
         partial.write_text(encryption.decrypt(provider.sp_private_key_encrypted))
         partial.replace(key_file)

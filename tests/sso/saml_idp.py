@@ -4,7 +4,8 @@ thread (http.server). Its key and certificate are made at start with `cryptograp
 GET /sso/redirect?SAMLRequest=…&RelayState=… (the HTTP-Redirect binding) answers a login page; POSTing it
 (`login` = an address of ACCOUNTS or any) answers the auto-posting HTML form that carries the signed Response to the
 SP's ACS (the HTTP-POST binding). The form's other fields make a wrong IdP on purpose, for the refusal tests:
-`unsigned=1`, `audience=…`, `in_response_to=…`, `destination=…`; `encrypt=1` encrypts the signed assertion with
+`unsigned=1`, `audience=…`, `in_response_to=…`, `destination=…`, `refuse=<message>` (an error status, as an
+IdP answers a user it denies); `encrypt=1` encrypts the signed assertion with
 the SP's certificate from its metadata, as IdPs configured to encrypt do.
 """
 import html
@@ -16,6 +17,7 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
 import saml2
+import saml2.samlp
 from saml2.config import IdPConfig
 from saml2.metadata import entity_descriptor
 from saml2.saml import NAMEID_FORMAT_PERSISTENT, NameID
@@ -83,11 +85,15 @@ class SamlIdp:
             args["in_response_to"] = form.get("in_response_to") or args["in_response_to"]
             args["destination"] = form.get("destination") or args["destination"]
             args["sp_entity_id"] = form.get("audience") or args["sp_entity_id"]
-            response = self.server.create_authn_response(
-                identity, userid=email, name_id=NameID(format=NAMEID_FORMAT_PERSISTENT, text=f"id-{email}"),
-                authn={"class_ref": saml2.saml.AUTHN_PASSWORD, "authn_auth": self.url},
-                sign_assertion=form.get("unsigned") != "1", sign_response=False,
-                **self._encryption(request.issuer.text, form.get("encrypt") == "1"), **args)
+            if form.get("refuse"):
+                response = self.server.create_error_response(
+                    args["in_response_to"], args["destination"], (saml2.samlp.STATUS_REQUEST_DENIED, form["refuse"]))
+            else:
+                response = self.server.create_authn_response(
+                    identity, userid=email, name_id=NameID(format=NAMEID_FORMAT_PERSISTENT, text=f"id-{email}"),
+                    authn={"class_ref": saml2.saml.AUTHN_PASSWORD, "authn_auth": self.url},
+                    sign_assertion=form.get("unsigned") != "1", sign_response=False,
+                    **self._encryption(request.issuer.text, form.get("encrypt") == "1"), **args)
             http_args = self.server.apply_binding(saml2.BINDING_HTTP_POST, str(response), args["destination"],
                                                   relay_state, response=True)
         return http_args["data"]

@@ -210,6 +210,14 @@ def test_a_response_to_a_request_sent_to_another_idp_is_refused(client, acme, sa
     assert signed_in_user(client) is None
 
 
+def test_the_idps_refusal_is_shown(client, acme, saml_idp):
+    tenant, *_ = acme
+    saml_provider_for(tenant, saml_idp)
+    response = sign_in(client, "ada@acme.test", refuse="Ada is not assigned to Hearth")
+    assert response.status_code == 403 and "refused the sign-in: Ada is not assigned to Hearth" in text(response)
+    assert 'data-code="sso_idp_refused"' in text(response) and signed_in_user(client) is None
+
+
 def test_tenant_a_idp_cannot_sign_in_an_address_of_tenant_b(client, acme, saml_idp):
     tenant, *_ = acme
     globex = TenantFactory(name="Globex", slug="globex")
