@@ -124,10 +124,16 @@ class SamlAcsView(_ProviderConfig, AssertionConsumerServiceView):
             return login_failed(request, exc)
 
     def custom_validation(self, response):
+        """The assertion's issuer (and the response's, which is optional) is the IdP of the configured metadata:
+        pysaml2 accepts any IdP the metadata describes."""
         expected = self.get_sp_config(self.request).hearth_idp_entity_id
-        if response.issuer() != expected:
-            self.rejection = TokenRejected(f"The response was issued by '{response.issuer()}', not by this identity "
-                                           f"provider ('{expected}').", code="sso_saml_issuer")
+        assertion_issuer = response.assertion.issuer
+        issuers = {(assertion_issuer.text or "").strip() if assertion_issuer is not None else ""}
+        if response.response.issuer is not None:
+            issuers.add(response.issuer())
+        if issuers != {expected}:
+            self.rejection = TokenRejected(f"The response was issued by {', '.join(sorted(issuers))}, not by this "
+                                           f"identity provider ({expected}).", code="sso_saml_issuer")
             raise self.rejection
 
     def handle_acs_failure(self, request, exception=None, status=403, **kwargs):

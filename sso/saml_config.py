@@ -33,6 +33,8 @@ from tenants.exceptions import ServiceError, Unavailable
 
 SP_KEY_BITS = 2048
 SP_CERT_DAYS = 3650
+# One IdP's metadata is a few kilobytes; a federation's aggregate (megabytes) is not what metadata_url is for.
+METADATA_MAX_BYTES = 1_000_000
 
 
 # --- Hearth's key pair as the SP of one IdP --------------------------------------------------------------------------
@@ -136,18 +138,23 @@ def idp_metadata(provider):
     if cached is not None:
         return cached
     try:
-        response = requests.get(url, timeout=settings.OIDC_TIMEOUT)
-        response.raise_for_status()
+        with requests.get(url, timeout=settings.OIDC_TIMEOUT, stream=True) as response:
+            response.raise_for_status()
+            body = response.raw.read(METADATA_MAX_BYTES + 1, decode_content=True)
     except requests.RequestException as exc:
         raise Unavailable(f"The identity provider's metadata at {url} could not be read ({type(exc).__name__}); "
                           f"try again later or ask your administrator.", code="sso_idp_unavailable") from None
+    if len(body) > METADATA_MAX_BYTES:
+        raise Unavailable(f"The identity provider's metadata at {url} is larger than {METADATA_MAX_BYTES} bytes: "
+                          f"give the metadata of your IdP alone.", code="sso_idp_misconfigured")
+    xml = body.decode("utf-8", errors="replace")
     try:
-        entity_id = metadata_check(response.text, entity_id=provider.entity_id)
+        entity_id = metadata_check(xml, entity_id=provider.entity_id)
     except ServiceError as exc:
         raise Unavailable(f"The identity provider's metadata at {url} cannot be used: {exc.message}",
                           code="sso_idp_misconfigured") from None
-    django_cache.set(key, (response.text, entity_id), settings.SSO_SAML_METADATA_CACHE_SECONDS)
-    return response.text, entity_id
+    django_cache.set(key, (xml, entity_id), settings.SSO_SAML_METADATA_CACHE_SECONDS)
+    return xml, entity_id
 
 
 # --- pysaml2's configuration -----------------------------------------------------------------------------------------

@@ -100,8 +100,9 @@ def saml_provider_for(tenant, idp, *, domains=("acme.test",), verified=True, **f
     from sso import services
 
     owner = tenant.memberships.filter(role="owner").first().user
-    provider = services.identity_provider_create(tenant=tenant, actor=owner, kind="saml",
-                                                 metadata_xml=idp.metadata_xml, domains=list(domains), **fields)
+    fields.setdefault("metadata_xml", idp.metadata_xml)
+    provider = services.identity_provider_create(tenant=tenant, actor=owner, kind="saml", domains=list(domains),
+                                                 **fields)
     if verified:
         for domain in domains:
             services.domain_verify_by_staff(domain=domain, actor="test", identity_provider=provider)

@@ -35,7 +35,8 @@ LOGIN_PAGE = """<!doctype html><html><head><title>Test IdP</title></head><body><
 class SamlIdp:
     """A running test IdP: its base URL, metadata (for Hearth's `metadata_xml`) and accounts."""
 
-    def __init__(self, *, accounts=None):
+    def __init__(self, *, accounts=None, sso_url=None):
+        """`sso_url`: the single sign-on URL it calls its own (another IdP's, to answer requests sent there)."""
         self.accounts = accounts or {}
         self._dir = tempfile.TemporaryDirectory(prefix="hearth-test-idp-")
         key_pem, cert_pem = sp_keypair_generate("Hearth test IdP")
@@ -52,7 +53,8 @@ class SamlIdp:
             "key_file": str(key_file), "cert_file": str(cert_file),
             "service": {"idp": {
                 "name": "Hearth test IdP",
-                "endpoints": {"single_sign_on_service": [(f"{self.url}/sso/redirect", saml2.BINDING_HTTP_REDIRECT)]},
+                "endpoints": {"single_sign_on_service": [(sso_url or f"{self.url}/sso/redirect",
+                                                          saml2.BINDING_HTTP_REDIRECT)]},
                 "name_id_format": [NAMEID_FORMAT_PERSISTENT],
                 "policy": {"default": {"lifetime": {"minutes": 5}, "attribute_restrictions": None}},
             }},

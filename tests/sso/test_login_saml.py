@@ -280,3 +280,25 @@ def test_an_idp_metadata_url_that_does_not_answer_is_a_503_page(client, acme, sa
     IdentityProvider.objects.filter(pk=provider.pk).update(metadata_url=f"{saml_idp.url}/metadata")
     response = client.get(reverse("sso:saml-login", args=[provider.pk]))
     assert response.status_code == 302 and response["Location"].startswith(f"{saml_idp.url}/sso/redirect?")
+
+
+def test_another_idp_of_the_same_metadata_is_refused(client, acme, saml_idp):
+    """Metadata that describes several IdPs (a federation's aggregate): only the one named by entity_id signs in,
+    though pysaml2 accepts a signature of any of them."""
+    from tests.sso.saml_idp import SamlIdp
+
+    other = SamlIdp(accounts={}, sso_url=f"{saml_idp.url}/sso/redirect")  # it answers requests sent to the first
+    try:
+        tenant, *_ = acme
+        strip = lambda xml: xml.split("?>", 1)[-1] if xml.startswith("<?xml") else xml  # noqa: E731
+        aggregate = ('<md:EntitiesDescriptor xmlns:md="urn:oasis:names:tc:SAML:2.0:metadata">'
+                     f"{strip(saml_idp.metadata_xml)}{strip(other.metadata_xml)}</md:EntitiesDescriptor>")
+        provider = saml_provider_for(tenant, saml_idp, metadata_xml=aggregate, entity_id=saml_idp.entity_id)
+        other.trust(client.get(f"/sso/saml/{provider.pk}/metadata/").content.decode())
+        authn_url = start(client, "ada@acme.test")
+        assert authn_url.startswith(saml_idp.url)  # the request goes to the chosen IdP only
+        response = acs_post(client, *idp_answer(authn_url.replace(saml_idp.url, other.url), login="ada@acme.test"))
+        assert response.status_code == 400 and "not by this identity provider" in text(response)
+        assert signed_in_user(client) is None
+    finally:
+        other.stop()
