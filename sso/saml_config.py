@@ -129,11 +129,14 @@ def metadata_check(xml, *, entity_id=""):
 
 def idp_metadata(provider):
     """(metadata XML, IdP entity id): the pasted XML, or the document at metadata_url, fetched and checked at most
-    every SSO_SAML_METADATA_CACHE_SECONDS. Unavailable when the URL does not answer or answers something else."""
+    every SSO_SAML_METADATA_CACHE_SECONDS, or after the IdP is saved (e.g. when its certificate was rotated).
+    Unavailable when the URL does not answer or answers something else."""
     if provider.metadata_xml:
         return provider.metadata_xml, provider.entity_id or metadata_check(provider.metadata_xml)
     url = provider.metadata_url
-    key = f"sso:saml-metadata:{hashlib.sha256(f'{url} {provider.entity_id}'.encode()).hexdigest()}"
+    saved = provider.updated_at.isoformat() if provider.updated_at else ""
+    source = f"{provider.pk} {saved} {url} {provider.entity_id}"
+    key = f"sso:saml-metadata:{hashlib.sha256(source.encode()).hexdigest()}"
     cached = django_cache.get(key)
     if cached is not None:
         return cached

@@ -168,7 +168,7 @@ def identity_provider_update(*, identity_provider, actor, **changes):
     with transaction.atomic():
         tenant = Tenant.objects.select_for_update().get(pk=tenant.pk)
         provider = IdentityProvider.objects.select_for_update().get(pk=identity_provider.pk)
-        if "metadata_xml" in values and "entity_id" not in values:
+        if {"metadata_xml", "metadata_url"} & set(values) and "entity_id" not in values:
             provider.entity_id = ""  # read again from the new metadata
         for field, value in values.items():
             setattr(provider, field, value)
