@@ -116,6 +116,9 @@ class SamlAcsView(_ProviderConfig, AssertionConsumerServiceView):
             self.get_sp_config(request)
         except ServiceError as exc:
             return login_failed(request, exc)
+        if not request.POST.get("SAMLResponse"):
+            return login_failed(request, TokenRejected("No SAML response was posted here: start again from the "
+                                                       "sign-in page.", code="sso_saml_missing"))
         request.sso_identity_provider = self.provider
         try:
             with outstanding_requests(request.saml_session, self.provider):

@@ -125,6 +125,8 @@ class _Handler(BaseHTTPRequestHandler):
         query = {k: v[0] for k, v in parse_qs(url.query).items()}
         if url.path == "/metadata":
             return self._send(200, self.server.idp.metadata_xml, "application/samlmetadata+xml")
+        if url.path == "/not-metadata":  # a URL that answers, but not with metadata
+            return self._send(200, "<html><body>Welcome to our IdP</body></html>")
         if url.path != "/sso/redirect" or "SAMLRequest" not in query:
             return self._send(404, "not found")
         return self._send(200, LOGIN_PAGE.format(request=html.escape(query["SAMLRequest"]),

@@ -276,7 +276,10 @@ def test_an_idp_metadata_url_that_does_not_answer_is_a_503_page(client, acme, sa
                                                            metadata_url=f"http://127.0.0.1:{free_port()}/md")
     response = client.get(reverse("sso:saml-login", args=[provider.pk]))
     assert response.status_code == 503 and "could not be read" in text(response)
-    # Fetched from a URL that answers, it is used (and cached).
+    IdentityProvider.objects.filter(pk=provider.pk).update(metadata_url=f"{saml_idp.url}/not-metadata")
+    response = client.get(reverse("sso:saml-login", args=[provider.pk]))
+    assert response.status_code == 503 and "cannot be used: The IdP metadata does not describe" in text(response)
+    # Fetched from a URL that answers with the IdP's metadata, it is used (and cached).
     IdentityProvider.objects.filter(pk=provider.pk).update(metadata_url=f"{saml_idp.url}/metadata")
     response = client.get(reverse("sso:saml-login", args=[provider.pk]))
     assert response.status_code == 302 and response["Location"].startswith(f"{saml_idp.url}/sso/redirect?")
@@ -302,3 +305,14 @@ def test_another_idp_of_the_same_metadata_is_refused(client, acme, saml_idp):
         assert signed_in_user(client) is None
     finally:
         other.stop()
+
+
+def test_a_post_without_a_valid_saml_response_is_a_clear_400(client, acme, saml_idp):
+    tenant, *_ = acme
+    provider = saml_provider_for(tenant, saml_idp)
+    acs = reverse("sso:saml-acs", args=[provider.pk])
+    response = client.post(acs, {})
+    assert response.status_code == 400 and "No SAML response was posted" in text(response)
+    response = client.post(acs, {"SAMLResponse": "bm90IFhNTA=="})  # base64 of "not XML"
+    assert response.status_code == 400 and "response was refused" in text(response)
+    assert signed_in_user(client) is None
