@@ -180,7 +180,7 @@ def test_an_unknown_in_response_to_is_refused(client, acme, saml_idp):
     assert signed_in_user(client) is None
 
 
-def test_a_response_to_another_browsers_request_is_refused(client, acme, saml_idp, django_user_model):
+def test_a_response_to_another_browsers_request_is_refused(client, acme, saml_idp):
     from django.test import Client
 
     tenant, *_ = acme

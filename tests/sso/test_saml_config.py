@@ -122,3 +122,26 @@ def test_an_assertion_signs_in_once_until_it_expires(acme, saml_idp):
     assert list(SamlAssertion.objects.values_list("assertion_id", flat=True)) == ["_a2"]
     with pytest.raises(TokenRejected, match="no id"):
         saml_assertion_use(identity_provider=provider, assertion_id="", not_on_or_after=later)
+
+
+def test_patching_the_metadata_checks_it_again_and_other_tenants_get_404(acme, saml_idp):
+    from tests.factories import MembershipFactory, TenantFactory
+    from tests.sso.saml_idp import SamlIdp
+
+    tenant, owner, admin, _ = acme
+    api = api_client_for(owner)
+    created = api.post(URL, {"kind": "saml", "metadata_xml": saml_idp.metadata_xml}, format="json").json()
+    response = api.patch(f"{URL}/{created['id']}", {"metadata_xml": "<broken"}, format="json")
+    assert response.status_code == 400 and response.json()["field"] == "metadata_xml"
+    other_idp = SamlIdp()
+    try:
+        response = api.patch(f"{URL}/{created['id']}", {"metadata_xml": other_idp.metadata_xml}, format="json")
+        assert response.status_code == 200 and response.json()["entity_id"] == other_idp.entity_id
+    finally:
+        other_idp.stop()
+    assert api_client_for(admin).patch(f"{URL}/{created['id']}", {"entity_id": "x"}, format="json").status_code == 403
+    stranger = MembershipFactory(role="owner", tenant=TenantFactory(plan=tenant.plan))
+    response = api_client_for(stranger).patch(f"{URL}/{created['id']}", {"metadata_xml": saml_idp.metadata_xml},
+                                              format="json")
+    assert response.status_code == 404
+    assert tenant.identity_providers.get().entity_id == other_idp.entity_id
