@@ -4,9 +4,9 @@ thread (http.server). Its key and certificate are made at start with `cryptograp
 GET /sso/redirect?SAMLRequest=…&RelayState=… (the HTTP-Redirect binding) answers a login page; POSTing it
 (`login` = an address of ACCOUNTS or any) answers the auto-posting HTML form that carries the signed Response to the
 SP's ACS (the HTTP-POST binding). The form's other fields make a wrong IdP on purpose, for the refusal tests:
-`unsigned=1`, `audience=…`, `in_response_to=…`, `destination=…`, `refuse=<message>` (an error status, as an
-IdP answers a user it denies); `encrypt=1` encrypts the signed assertion with
-the SP's certificate from its metadata, as IdPs configured to encrypt do.
+`unsigned=1` (with `sign_response=1`: only the response is signed), `audience=…`, `in_response_to=…`,
+`destination=…`, `refuse=<message>` (an error status, as an IdP answers a user it denies). `encrypt=1` encrypts
+the signed assertion with the SP's certificate from its metadata, as IdPs configured to encrypt do.
 """
 import html
 import re
@@ -94,7 +94,7 @@ class SamlIdp:
                 response = self.server.create_authn_response(
                     identity, userid=email, name_id=NameID(format=NAMEID_FORMAT_PERSISTENT, text=f"id-{email}"),
                     authn={"class_ref": saml2.saml.AUTHN_PASSWORD, "authn_auth": self.url},
-                    sign_assertion=form.get("unsigned") != "1", sign_response=False,
+                    sign_assertion=form.get("unsigned") != "1", sign_response=form.get("sign_response") == "1",
                     **self._encryption(request.issuer.text, form.get("encrypt") == "1"), **args)
             http_args = self.server.apply_binding(saml2.BINDING_HTTP_POST, str(response), args["destination"],
                                                   relay_state, response=True)

@@ -122,6 +122,9 @@ def test_an_unsigned_assertion_is_refused(client, acme, saml_idp):
     assert response.status_code == 400 and "assertion is not signed" in text(response)
     assert 'data-code="sso_saml_unsigned"' in text(response)
     assert signed_in_user(client) is None and not User.objects.filter(email="ada@acme.test").exists()
+    # A signature on the response only is not enough either.
+    response = sign_in(client, "ada@acme.test", unsigned="1", sign_response="1")
+    assert response.status_code == 400 and "assertion is not signed" in text(response)
 
 
 def test_a_response_changed_after_signing_is_refused(client, acme, saml_idp):
