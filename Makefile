@@ -19,7 +19,7 @@ run: venv
 	@scripts/run.sh
 
 test: venv
-	@scripts/services.sh postgres redis docker haproxy tinyproxy chromium imagetools
+	@scripts/services.sh postgres redis docker haproxy tinyproxy xmlsec1 chromium imagetools
 	@scripts/images/ensure.sh
 	@scripts/test-idp.sh
 	$(PY) -m pytest $(PYTEST_ARGS)

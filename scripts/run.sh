@@ -10,7 +10,7 @@ say() { printf '\033[1m[hearth]\033[0m %s\n' "$*"; }
 database=(); [ -n "${DATABASE_URL:-}" ] || database=(postgres database)
 
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-  scripts/services.sh "${database[@]}" redis docker haproxy tinyproxy
+  scripts/services.sh "${database[@]}" redis docker haproxy tinyproxy xmlsec1
 else
   missing=()
   if [ ${#database[@]} -gt 0 ]; then
@@ -20,6 +20,7 @@ else
   docker info >/dev/null 2>&1 || missing+=("the Docker engine (apt-get install docker.io; dockerd)")
   command -v haproxy >/dev/null || missing+=("HAProxy (apt-get install haproxy)")
   command -v tinyproxy >/dev/null || missing+=("tinyproxy, the workspaces' egress proxy (apt-get install tinyproxy)")
+  command -v xmlsec1 >/dev/null || missing+=("xmlsec1, for SAML sign-in (apt-get install xmlsec1)")
   if [ ${#missing[@]} -gt 0 ]; then
     say "Hearth needs these running; as root on Debian/Ubuntu \`make run\` installs them itself:"
     printf '  - %s\n' "${missing[@]}"

@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Installs (as root on Debian/Ubuntu) and starts the services Hearth needs: PostgreSQL, Redis, dockerd, HAProxy,
-# tinyproxy (the workspaces' egress proxy: installed here, configured and run by `manage.py egress_proxy`);
+# tinyproxy (the workspaces' egress proxy: installed here, configured and run by `manage.py egress_proxy`), xmlsec1
+# (pysaml2 signs and checks SAML messages with it: the SAML sign-in, sso/saml.py);
 # `database` creates `make run`'s own role and database (hearth, the default DATABASE_URL of config/settings/base.py).
-# Usage: scripts/services.sh [postgres] [database] [redis] [docker] [haproxy] [tinyproxy] [chromium] [imagetools]
-#        (no argument: postgres redis docker haproxy tinyproxy)
+# Usage: scripts/services.sh [postgres] [database] [redis] [docker] [haproxy] [tinyproxy] [xmlsec1] [chromium]
+#        [imagetools] (no argument: postgres redis docker haproxy tinyproxy xmlsec1)
 set -euo pipefail
 
 want=("$@")
-[ ${#want[@]} -gt 0 ] || want=(postgres redis docker haproxy tinyproxy)
+[ ${#want[@]} -gt 0 ] || want=(postgres redis docker haproxy tinyproxy xmlsec1)
 
 log() { printf '[services] %s\n' "$*"; }
 
@@ -91,6 +92,7 @@ start_docker() {
 install_haproxy() { command -v haproxy >/dev/null || apt_install haproxy; }
 # Debian's package also enables a tinyproxy service of its own on port 8888; Hearth runs its own processes instead.
 install_tinyproxy() { command -v tinyproxy >/dev/null || apt_install tinyproxy; }
+install_xmlsec1() { command -v xmlsec1 >/dev/null || apt_install xmlsec1; }
 install_imagetools() {
   # What `make images` needs to build the workspace images offline (debootstrap, npm native builds, ripgrep).
   local need=()
@@ -109,6 +111,7 @@ for s in "${want[@]}"; do
     docker) start_docker ;;
     haproxy) install_haproxy ;;
     tinyproxy) install_tinyproxy ;;
+    xmlsec1) install_xmlsec1 ;;
     chromium) install_chromium ;;
     imagetools) install_imagetools ;;
     *) log "unknown service $s"; exit 2 ;;

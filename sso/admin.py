@@ -5,7 +5,7 @@ from django.contrib import admin
 from django.utils.html import format_html_join
 
 from core.admin_actions import run_service
-from sso import services
+from sso import saml_config, services
 from sso.models import IdentityProvider, SsoDomain, SsoIdentity
 from tenants.exceptions import ServiceError
 
@@ -68,7 +68,7 @@ class IdentityProviderAdmin(admin.ModelAdmin):
     list_display = ["id", "tenant", "kind", "issuer", "client_id", "enforce_sso", "domain_list"]
     list_filter = ["kind", "enforce_sso"]
     search_fields = ["tenant__slug", "issuer", "client_id", "domains__domain"]
-    readonly_fields = ["domain_status"]
+    readonly_fields = ["domain_status", "saml_service_provider"]
     actions = ["verify_domains_by_staff", "verify_domains_by_dns"]
 
     def get_queryset(self, request):
@@ -83,6 +83,14 @@ class IdentityProviderAdmin(admin.ModelAdmin):
         rows = [(d.domain, f"verified {d.verified_at:%Y-%m-%d} by {d.verified_by}" if d.verified_at
                  else f"TXT {d.txt_record}") for d in obj.domains.all()]
         return format_html_join("", "<div><strong>{}</strong>: {}</div>", rows) or "—"
+
+    @admin.display(description="Hearth as SAML SP")
+    def saml_service_provider(self, obj):
+        """What the IdP's administrators enter: Hearth's metadata URL (= its entity id) and ACS URL."""
+        if obj is None or obj.pk is None or obj.kind != IdentityProvider.Kind.SAML:
+            return "—"
+        return format_html_join("", "<div>{}: <code>{}</code></div>", [
+            ("Metadata URL and entity id", saml_config.sp_entity_id(obj)), ("ACS URL", saml_config.sp_acs_url(obj))])
 
     def get_form(self, request, obj=None, **kwargs):
         form = super().get_form(request, obj, **kwargs)

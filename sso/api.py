@@ -6,7 +6,7 @@ from rest_framework.permissions import IsAuthenticated
 from rest_framework.response import Response
 
 from core.api import IsTenantMember, IsTenantOwner, StrictInputSerializer, TenantScopedView, error_responses, validated
-from sso import selectors, services
+from sso import saml_config, selectors, services
 from sso.models import IdentityProvider
 from tenants import policy
 
@@ -38,11 +38,15 @@ class IdentityProviderOutputSerializer(serializers.ModelSerializer):
     domains = serializers.SerializerMethodField(help_text="Every listed domain; only verified ones route sign-ins.")
     domain_verification = DomainOutputSerializer(source="domains", many=True, read_only=True)
     client_secret_set = serializers.SerializerMethodField(help_text="The secret itself is never returned.")
+    sp_metadata_url = serializers.SerializerMethodField(
+        help_text="SAML: Hearth's SP metadata for this IdP; its URL is also Hearth's entity id (null for OIDC).")
+    sp_acs_url = serializers.SerializerMethodField(help_text="SAML: the ACS URL the IdP posts to (null for OIDC).")
 
     class Meta:
         model = IdentityProvider
         fields = ["id", "kind", "issuer", "client_id", "client_secret_set", "scopes", "claim_mapping",
-                  "metadata_url", "metadata_xml", "entity_id", "attribute_mapping", "domains", "domain_verification",
+                  "metadata_url", "metadata_xml", "entity_id", "attribute_mapping", "sp_metadata_url", "sp_acs_url",
+                  "domains", "domain_verification",
                   "default_role", "group_roles", "enforce_sso", "created_at", "updated_at"]
         read_only_fields = fields
 
@@ -51,6 +55,12 @@ class IdentityProviderOutputSerializer(serializers.ModelSerializer):
 
     def get_client_secret_set(self, provider) -> bool:
         return bool(provider.client_secret_encrypted)
+
+    def get_sp_metadata_url(self, provider) -> str | None:
+        return saml_config.sp_entity_id(provider) if provider.kind == IdentityProvider.Kind.SAML else None
+
+    def get_sp_acs_url(self, provider) -> str | None:
+        return saml_config.sp_acs_url(provider) if provider.kind == IdentityProvider.Kind.SAML else None
 
 
 class IdentityProviderInputSerializer(StrictInputSerializer):

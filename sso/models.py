@@ -1,5 +1,5 @@
-"""Single sign-on: each tenant's identity providers (OIDC now, SAML fields ready), the email domains that route to
-them, and the IdP accounts linked to Hearth users."""
+"""Single sign-on: each tenant's identity providers (OIDC or SAML), the email domains that route to them, the IdP
+accounts linked to Hearth users, and the SAML assertions already used."""
 from django.conf import settings
 from django.db import models
 from django.db.models.functions import Lower
@@ -10,6 +10,10 @@ DEFAULT_OIDC_SCOPES = "openid email profile"
 # Where each value is read in the IdP's claims (OIDC) or attributes (SAML), unless claim_mapping says otherwise.
 DEFAULT_CLAIMS = {"email": "email", "email_verified": "email_verified", "name": "name", "given_name": "given_name",
                   "family_name": "family_name", "groups": "groups"}
+# Where each value is read in a SAML assertion's attributes, unless attribute_mapping says otherwise. The address
+# may also be the NameID when its format is emailAddress.
+SAML_ATTRIBUTES = {"email": "email", "name": "name", "given_name": "given_name", "family_name": "family_name",
+                   "groups": "groups"}
 
 
 class IdentityProvider(models.Model):
@@ -17,8 +21,7 @@ class IdentityProvider(models.Model):
 
     class Kind(models.TextChoices):
         OIDC = "oidc", "OpenID Connect"
-        # The fields are stored and edited; the SAML login itself is not built yet (docs/SSO.md).
-        SAML = "saml", "SAML 2.0 (login not built yet)"
+        SAML = "saml", "SAML 2.0"
 
     tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="identity_providers")
     kind = models.CharField(max_length=8, choices=Kind.choices, default=Kind.OIDC)
@@ -31,11 +34,18 @@ class IdentityProvider(models.Model):
     scopes = models.CharField(max_length=300, default=DEFAULT_OIDC_SCOPES)
     claim_mapping = models.JSONField(default=dict, blank=True,
                                      help_text=f"Hearth's name → the IdP's claim; defaults: {DEFAULT_CLAIMS}.")
-    # --- SAML (stored now; the login comes with djangosaml2)
-    metadata_url = models.URLField(max_length=500, blank=True)
+    # --- SAML (sso/saml.py, sso/saml_config.py)
+    metadata_url = models.URLField(max_length=500, blank=True,
+                                   help_text="The IdP's metadata URL (read at sign-in, cached), or paste its XML.")
     metadata_xml = models.TextField(blank=True)
-    entity_id = models.CharField(max_length=500, blank=True)
-    attribute_mapping = models.JSONField(default=dict, blank=True)
+    entity_id = models.CharField(max_length=500, blank=True,
+                                 help_text="The IdP's entity id; read from its metadata when it holds one IdP.")
+    attribute_mapping = models.JSONField(default=dict, blank=True,
+                                         help_text=f"Hearth's name → the IdP's attribute; defaults: {SAML_ATTRIBUTES}.")
+    # Hearth's own key pair as the service provider of this IdP, made with it (sso.saml_config.sp_keypair_generate).
+    sp_certificate = models.TextField(blank=True, editable=False, help_text="PEM; published in Hearth's metadata.")
+    sp_private_key_encrypted = models.TextField(blank=True, editable=False,
+                                                help_text="Fernet token (sso.encryption); never shown.")
     # --- membership
     default_role = models.CharField(max_length=16, choices=[(r, r) for r in (Role.MEMBER, Role.ADMIN)],
                                     default=Role.MEMBER)
@@ -96,3 +106,21 @@ class SsoIdentity(models.Model):
 
     def __str__(self):
         return f"{self.subject} at {self.identity_provider_id} → {self.user_id}"
+
+
+class SamlAssertion(models.Model):
+    """A SAML assertion already used to sign in, kept until it expires, so that it can never be used again
+    (sso.saml_replay)."""
+
+    identity_provider = models.ForeignKey(IdentityProvider, on_delete=models.CASCADE, related_name="+")
+    assertion_id = models.CharField(max_length=255)
+    not_on_or_after = models.DateTimeField()
+    used_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["identity_provider", "assertion_id"],
+                                               name="sso_saml_assertion_once")]
+        indexes = [models.Index(fields=["not_on_or_after"], name="sso_saml_assertion_expiry")]
+
+    def __str__(self):
+        return f"{self.assertion_id} at {self.identity_provider_id}"

@@ -24,19 +24,12 @@ from mozilla_django_oidc.views import OIDCAuthenticationCallbackView, OIDCAuthen
 from sso import encryption
 from sso.models import IdentityProvider
 from sso.provisioning import sso_login_provision
-from sso.views import login_failed, routable_provider
+from sso.views import TokenRejected, login_failed, routable_provider
 from tenants.exceptions import Forbidden, NotFound, ServiceError, Unavailable
 from tenants.portal import choose_tenant, sso_login_remember
 
 SIGNING_ALGORITHM = "RS256"
 DISCOVERY_PATH = "/.well-known/openid-configuration"
-
-
-class TokenRejected(ServiceError):
-    """The identity provider's answer did not pass a check; nobody is signed in."""
-
-    status_code = 400
-    code = "sso_token_rejected"
 
 
 def oidc_configuration(issuer):

@@ -8,8 +8,8 @@ from django.db import IntegrityError, transaction
 from django.db.models.functions import Lower
 from django.utils import timezone
 
-from sso import encryption, verification
-from sso.models import DEFAULT_CLAIMS, IdentityProvider, SsoDomain
+from sso import encryption, saml_config, verification
+from sso.models import DEFAULT_CLAIMS, SAML_ATTRIBUTES, IdentityProvider, SsoDomain
 from tenants import policy
 from tenants.audit import audit_record
 from tenants.exceptions import Conflict, NotFound, ServiceError
@@ -92,7 +92,7 @@ def _clean(kind, changes):
         elif field == "claim_mapping":
             values[field] = _mapping(value, field=field, known=DEFAULT_CLAIMS)
         elif field == "attribute_mapping":
-            values[field] = _mapping(value, field=field)
+            values[field] = _mapping(value, field=field, known=SAML_ATTRIBUTES)
         elif field == "group_roles":
             values[field] = _mapping(value, field=field)
             for role in value.values():
@@ -118,6 +118,15 @@ def _require_complete(provider):
             raise ServiceError(f"An OIDC identity provider needs {', '.join(missing)}.", field=missing[0])
     elif not (provider.metadata_url or provider.metadata_xml):
         raise ServiceError("A SAML identity provider needs metadata_url or metadata_xml.", field="metadata_url")
+    elif provider.metadata_xml:
+        # Pasted metadata is checked now (a URL's at sign-in); the IdP's entity id is read from it if not given.
+        provider.entity_id = saml_config.metadata_check(provider.metadata_xml, entity_id=provider.entity_id)
+
+
+def _sp_keypair_set(provider):
+    """Hearth's own key pair as the SP of a new SAML IdP: the private key is stored encrypted, never shown."""
+    key_pem, cert_pem = saml_config.sp_keypair_generate(f"Hearth SAML SP {provider.tenant.slug}")
+    provider.sp_certificate, provider.sp_private_key_encrypted = cert_pem, encryption.encrypt(key_pem)
 
 
 # --- identity providers ----------------------------------------------------------------------------------------------
@@ -134,12 +143,14 @@ def identity_provider_create(*, tenant, actor, kind=IdentityProvider.Kind.OIDC, 
     domains = values.pop("domains", [])
     provider = IdentityProvider(tenant=tenant, kind=kind, **values)
     _require_complete(provider)
+    if kind == IdentityProvider.Kind.SAML:
+        _sp_keypair_set(provider)
     with transaction.atomic():
         tenant = Tenant.objects.select_for_update().get(pk=tenant.pk)
         provider.save()
         _domains_set(provider, domains)
         audit_record(tenant=tenant, actor=actor, action="sso.identity_provider_created", target=provider.pk,
-                     data={"kind": kind, "issuer": provider.issuer, "domains": domains})
+                     data={"kind": kind, "issuer": provider.issuer or provider.entity_id, "domains": domains})
         _enforcement_sync(tenant)
     return provider
 
@@ -157,6 +168,8 @@ def identity_provider_update(*, identity_provider, actor, **changes):
     with transaction.atomic():
         tenant = Tenant.objects.select_for_update().get(pk=tenant.pk)
         provider = IdentityProvider.objects.select_for_update().get(pk=identity_provider.pk)
+        if {"metadata_xml", "metadata_url"} & set(values) and "entity_id" not in values:
+            provider.entity_id = ""  # read again from the new metadata
         for field, value in values.items():
             setattr(provider, field, value)
         _require_complete(provider)

@@ -1,7 +1,7 @@
 """Single sign-on routes: the routing by email address, each kind's start and callback, and the owners' pages."""
 from django.urls import path
 
-from sso import oidc, portal, views
+from sso import oidc, portal, saml, views
 
 app_name = "sso"
 urlpatterns = [
@@ -14,4 +14,7 @@ urlpatterns = [
     path("settings/<int:identity_provider_id>/", portal.provider_edit, name="settings-edit"),
     path("settings/<int:identity_provider_id>/delete/", portal.provider_delete, name="settings-delete"),
     path("settings/<int:identity_provider_id>/verify/", portal.domains_verify, name="settings-verify"),
+    path("saml/<int:identity_provider_id>/login/", saml.SamlLoginView.as_view(), name="saml-login"),
+    path("saml/<int:identity_provider_id>/acs/", saml.SamlAcsView.as_view(), name="saml-acs"),
+    path("saml/<int:identity_provider_id>/metadata/", saml.SamlMetadataView.as_view(), name="saml-metadata"),
 ]

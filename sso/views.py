@@ -1,5 +1,5 @@
 """The sign-in's routing by email address (GET /sso/login?email=…) and the page every refused SSO sign-in ends on.
-Each kind of identity provider adds its start view in LOGIN_STARTS (OIDC now; SAML later)."""
+Each kind of identity provider adds its start view in LOGIN_STARTS (sso.oidc, sso.saml)."""
 from urllib.parse import urlencode
 
 from django.contrib import messages
@@ -15,7 +15,14 @@ from tenants import policy
 from tenants.exceptions import NotFound, ServiceError
 
 # Kind → the URL name of the view that starts a sign-in with that kind of provider (it takes the provider's id).
-LOGIN_STARTS = {IdentityProvider.Kind.OIDC: "sso:oidc-start"}
+LOGIN_STARTS = {IdentityProvider.Kind.OIDC: "sso:oidc-start", IdentityProvider.Kind.SAML: "sso:saml-login"}
+
+
+class TokenRejected(ServiceError):
+    """The identity provider's answer (an ID token, a SAML response) did not pass a check; nobody is signed in."""
+
+    status_code = 400
+    code = "sso_token_rejected"
 
 
 def login_failed(request, exc: ServiceError):

@@ -101,6 +101,7 @@ MIDDLEWARE = [
     "core.request_limits.BodySizeLimitMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "core.middleware.SessionMiddleware",
+    "sso.saml.SamlSessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "core.middleware.CsrfViewMiddleware",
     "core.middleware.AuthenticationMiddleware",
@@ -154,6 +155,8 @@ AUTHENTICATION_BACKENDS = [
     "allauth.account.auth_backends.AuthenticationBackend",
     # Only the callback of a tenant's OIDC identity provider (sso.oidc); passwords go through the two above.
     "sso.oidc.TenantOidcBackend",
+    # Only the ACS of a tenant's SAML identity provider (sso.saml), after pysaml2 has checked the response.
+    "sso.saml.TenantSamlBackend",
 ]
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
@@ -269,6 +272,14 @@ OIDC_AUTHENTICATION_CALLBACK_URL = "sso:oidc-callback"
 OIDC_USE_PKCE = True
 OIDC_USE_NONCE = True
 OIDC_TIMEOUT = env.float("OIDC_TIMEOUT", default=10.0)
+# SAML (djangosaml2 / pysaml2, sso/saml.py): an IdP's metadata_url is read again after this long.
+SSO_SAML_METADATA_CACHE_SECONDS = env.int("SSO_SAML_METADATA_CACHE_SECONDS", default=3600)
+# Debian's xmlsec1 (scripts/services.sh installs it); empty: found on the PATH.
+SSO_SAML_XMLSEC_BINARY = env.str("SSO_SAML_XMLSEC_BINARY", default="")
+# AuthnRequests go by HTTP-Redirect; the IdP answers by HTTP-POST to /sso/saml/<id>/acs/.
+SAML_DEFAULT_BINDING = "urn:oasis:names:tc:SAML:2.0:bindings:HTTP-Redirect"
+# djangosaml2 would look for django-csp to loosen a Content-Security-Policy Hearth does not set on these pages.
+SAML_CSP_HANDLER = ""
 
 # --- the API (core/) ---------------------------------------------------------------------------------------------
 REST_FRAMEWORK = {
@@ -390,7 +401,8 @@ LOGGING = {
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
-    "loggers": {"django.db.backends": {"level": "WARNING"}},
+    # xmlschema (under pysaml2) logs each XSD it loads at INFO.
+    "loggers": {"django.db.backends": {"level": "WARNING"}, "xmlschema": {"level": "WARNING"}},
 }
 
 # --- workspaces: the pool, reclaim and the reconciler ----------------------------------------------

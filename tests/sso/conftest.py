@@ -70,3 +70,44 @@ def oidc_provider_for(tenant, idp, *, client=CLIENT_A, domains=("acme.test",), v
             services.domain_verify_by_staff(domain=domain, actor="test", identity_provider=provider)
     provider.refresh_from_db()
     return provider
+
+
+# --- SAML: pysaml2's Server over HTTP (tests/sso/saml_idp.py) -----------------------------------------------------
+
+SAML_ACCOUNTS = {"ada@acme.test": {"name": "Ada Lovelace", "given_name": "Ada", "family_name": "Lovelace",
+                                   "groups": ["platform-admins", "staff"]}}
+
+
+@pytest.fixture(scope="session")
+def saml_idp():
+    from tests.sso.saml_idp import SamlIdp
+
+    def check():
+        if shutil.which("xmlsec1") is None:
+            raise FileNotFoundError("xmlsec1")
+
+    require_service("xmlsec1 (Debian's package; `make test` installs it)", check)
+    idp = SamlIdp(accounts=SAML_ACCOUNTS)
+    yield idp
+    idp.stop()
+
+
+def saml_provider_for(tenant, idp, *, domains=("acme.test",), verified=True, **fields):
+    """A SAML identity provider of `tenant` with the test IdP's metadata, its domains verified by staff; the IdP
+    trusts Hearth's SP metadata, read from its public URL."""
+    from django.test import Client
+
+    from sso import services
+
+    owner = tenant.memberships.filter(role="owner").first().user
+    fields.setdefault("metadata_xml", idp.metadata_xml)
+    provider = services.identity_provider_create(tenant=tenant, actor=owner, kind="saml", domains=list(domains),
+                                                 **fields)
+    if verified:
+        for domain in domains:
+            services.domain_verify_by_staff(domain=domain, actor="test", identity_provider=provider)
+    response = Client().get(f"/sso/saml/{provider.pk}/metadata/")
+    assert response.status_code == 200, response.content[:300]
+    idp.trust(response.content.decode())
+    provider.refresh_from_db()
+    return provider
