@@ -1,8 +1,10 @@
 """Egress metering (`egress_bytes`): every byte leaving a workspace counted once, for the session that sent it.
 
 Two sources that never see the same byte:
-- `gw:<generation>`: what the gateway sent to the client for the session, per HAProxy worker process (its counter
-  only grows while it lives; the final tables of stopped workers are kept, `gateway.counters`);
+- `log`: what the gateway sent to the client for the session, from the gateway's egress log (a line per finished
+  stream, written by whichever HAProxy worker ends it: `gateway.egress_log`), read from a cursor that moves in the
+  transaction that records the bytes; the session's mark is the sum of its lines read so far. (Sessions metered
+  before the log have `gw:<generation>` marks from the workers' tables; nothing adds to those any more.)
 - `if:<container>`: what the container sent out of its own interface, except its answers on its service port (the
   gateway's connections), from a counter in its network namespace (`runtime.egress_counter`).
 Each session keeps a mark per source (`Session.egress_marks`); a reading at or below its mark is stale (an earlier
@@ -18,13 +20,14 @@ from django.db.models import F
 
 from metering import services as metering_services
 from workspaces import runtime as rt
-from workspaces.models import Session
+from workspaces.gateway import egress_log
+from workspaces.gateway.config import gateway_config
+from workspaces.models import GatewayEgressCursor, Session
 
 log = logging.getLogger(__name__)
 
 
-def gateway_source(generation: str) -> str:
-    return f"gw:{generation}"
+LOG_SOURCE = "log"
 
 
 def interface_source(container_id) -> str:
@@ -76,32 +79,62 @@ def _interface_reading(container) -> int | None:
         return None
 
 
-def egress_meter_all(*, counters: dict, now) -> int:
-    """The metering tick: the gateway's per-generation counters of every session it knows, and the interface
-    counter of every live session's container. Returns the bytes newly counted."""
-    readings = {}
-    for session_id, c in counters.items():
-        try:
-            key = str(uuid.UUID(session_id))
-        except (TypeError, ValueError):
-            continue  # not one of ours (another install behind the same gateway)
-        readings[key] = {gateway_source(g): v for g, v in (c.get("generations") or {}).items()}
+def egress_meter_all(*, now, cfg=None) -> int:
+    """The metering tick: the gateway's egress log since the cursor, and the interface counter of every live
+    session's container. Returns the bytes newly counted."""
+    recorded = gateway_log_meter(now=now, cfg=cfg)
     # A session still starting (asynchronous cold open) has no container yet: nothing of it to read.
     for session in Session.objects.filter(ended_at__isnull=True, container__isnull=False).select_related(
             "container__node"):
         sent = _interface_reading(session.container)
-        if sent is not None:
-            readings.setdefault(str(session.pk), {})[interface_source(session.container_id)] = sent
-    marks = dict(Session.objects.filter(pk__in=list(readings)).values_list("pk", "egress_marks"))
-    recorded = 0
-    for pk, counted in marks.items():
-        pending = {s: v for s, v in readings[str(pk)].items() if v > int((counted or {}).get(s, 0))}
-        if not pending:
+        if sent is None:
+            continue
+        source = interface_source(session.container_id)
+        if sent <= int((session.egress_marks or {}).get(source, 0)):
             continue
         try:
-            recorded += egress_record(session_id=pk, readings=pending, at=now)
+            recorded += egress_record(session_id=session.pk, readings={source: sent}, at=now)
         except Exception:  # one session's failure must not stop the others' metering; the next tick retries
-            log.exception("metering egress of session %s failed", pk)
+            log.exception("metering egress of session %s failed", session.pk)
+    return recorded
+
+
+def gateway_log_meter(*, now, cfg=None) -> int:
+    """Meter the gateway's egress log from the cursor on, a chunk per transaction: the sessions' bytes and the
+    cursor commit together (the cursor row is locked: overlapping ticks take turns, and a crash repeats nothing)."""
+    run_dir = str((cfg or gateway_config()).run_dir)
+    GatewayEgressCursor.objects.get_or_create(run_dir=run_dir)
+    recorded = 0
+    while True:
+        with transaction.atomic():
+            cursor = GatewayEgressCursor.objects.select_for_update().get(run_dir=run_dir)
+            chunk = egress_log.read(run_dir, egress_log.Cursor(cursor.file, cursor.offset))
+            recorded += _log_chunk_record(chunk.bytes_by_session, at=now)
+            moved = (chunk.cursor.file, chunk.cursor.offset) != (cursor.file, cursor.offset)
+            if moved:
+                GatewayEgressCursor.objects.filter(pk=cursor.pk).update(
+                    file=chunk.cursor.file, offset=chunk.cursor.offset)
+        if not moved or not chunk.lines:
+            break
+    egress_log.prune(run_dir, chunk.cursor)
+    return recorded
+
+
+def _log_chunk_record(bytes_by_session: dict, *, at) -> int:
+    ids = {}
+    for session_id in bytes_by_session:
+        try:
+            ids[session_id] = uuid.UUID(session_id)
+        except ValueError:
+            continue  # not one of ours (another install behind the same gateway)
+    marks = dict(Session.objects.filter(pk__in=list(ids.values())).values_list("pk", "egress_marks"))
+    recorded = 0
+    for session_id in sorted(ids):
+        pk = ids[session_id]
+        if pk not in marks:
+            continue  # not one of ours
+        counted = int((marks[pk] or {}).get(LOG_SOURCE, 0))
+        recorded += egress_record(session_id=pk, readings={LOG_SOURCE: counted + bytes_by_session[session_id]}, at=at)
     return recorded
 
 

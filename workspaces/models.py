@@ -175,8 +175,9 @@ class Session(models.Model):
     # db_default too: a row inserted outside the ORM still starts at 0.
     egress_bytes_metered = models.BigIntegerField(
         default=0, db_default=0, help_text="Egress bytes metered for this session, from every source.")
-    # {source: counter value metered so far}: "gw:<HAProxy generation>" (bytes the gateway sent to the client),
-    # "if:<container>" (what the container sent out itself). Each only grows; a lower reading is stale, never a reset.
+    # {source: counter value metered so far}: "log" (bytes the gateway sent to the client, from its egress log;
+    # "gw:<HAProxy generation>" in sessions metered before it), "if:<container>" (what the container sent out
+    # itself). Each only grows; a lower reading is stale, never a reset.
     egress_marks = models.JSONField(default=dict, db_default={}, blank=True)
     client_bytes_seen = models.BigIntegerField(
         default=0, db_default=0, help_text="Bytes the browser had sent through the gateway at the last reclaim tick.")
@@ -217,3 +218,16 @@ class Session(models.Model):
         if self.ended_at is not None:
             return "ended"
         return "starting" if self.container_id is None else "live"
+
+
+class GatewayEgressCursor(models.Model):
+    """How far metering has read a gateway's egress log (workspaces/gateway/egress_log.py): moved in the transaction
+    that records the bytes it read, so each line is metered once."""
+
+    run_dir = models.CharField(max_length=500, unique=True)
+    file = models.CharField(max_length=64, blank=True)
+    offset = models.BigIntegerField(default=0)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self):
+        return f"{self.run_dir}: {self.file or '-'} @ {self.offset}"

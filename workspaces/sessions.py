@@ -91,6 +91,10 @@ def sessions_reclaim(*, now=None):
     limit), and meter the others up to now."""
     now = now or timezone.now()
     _activity_from_gateway(now)
+    try:
+        egress.egress_meter_all(now=now)
+    except Exception:  # the log and the counters stay where they are: the next tick meters them
+        log.exception("metering egress failed")
     ended = 0
     # A member removed from the tenant loses their running sessions: the gateway checks only the session's token
     # and route, both alive as long as the session is.
@@ -208,7 +212,6 @@ def _activity_from_gateway(now):
     except Exception as exc:  # no counters this tick: sessions keep their last activity; the next tick counts
         log.warning("counters_read failed: %s", exc)
         return 0
-    egress.egress_meter_all(counters=counters, now=now)
     readings = {}
     for session_id, c in counters.items():
         try:

@@ -1,5 +1,6 @@
 """Recording usage exactly once: single, bulk, sessions with a controlled clock, egress, corrections; roll-ups match
 events."""
+import os
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
@@ -425,23 +426,24 @@ def _live_session(tenant, user, started_at):
                                   started_at=started_at, last_activity_at=started_at, metered_until=started_at)
 
 
-def test_gateway_egress_bytes_are_metered_by_the_reclaim_tick(monkeypatch):
-    """`egress_bytes` is fed from the gateway's per-session counters, read by the reclaim tick. HAProxy's stick
-    table is replaced by its reader's answer here (the gateway's own tests cover reading it)."""
+def test_gateway_egress_bytes_are_metered_by_the_reclaim_tick(settings, tmp_path):
+    """`egress_bytes` is fed from the gateway's egress log, read by the reclaim tick. The log is written here as
+    HAProxy writes it (the gateway's own tests run HAProxy); no gateway runs, so activity has no counters."""
     from workspaces import services as workspace_services
+    from workspaces.gateway import egress_log
 
+    settings.GATEWAY_RUN_DIR = str(tmp_path)
     tenant = tenant_on("pro")
     member = MembershipFactory(tenant=tenant, role="owner")
     now = timezone_now()
     session = _live_session(tenant, member.user, now - timedelta(minutes=2))
-    from workspaces.gateway import routes as gateway_routes
-
-    monkeypatch.setattr(gateway_routes, "counters_read", lambda **kw: {
-        str(session.pk): {"requests": 40, "bytes_in": 20_000, "bytes_out": 5_000_000, "active": True,
-                          "idle_seconds": 0, "generations": {"1234.1796290000": 5_000_000}}})
+    fd = egress_log.log_open(tmp_path)
+    os.write(fd, f"hearth-egress {session.pk} 4000000\nhearth-egress {session.pk} 1000000\n".encode())
+    os.close(fd)
     workspace_services.sessions_reclaim(now=now)
+    workspace_services.sessions_reclaim(now=now)  # read again: nothing new
     egress = UsageRollup.objects.filter(tenant=tenant, period="month", meter__slug="egress_bytes").first()
-    assert egress is not None and egress.quantity >= 5_000_000
+    assert egress is not None and egress.quantity == 5_000_000
 
 
 def test_unusual_usage_is_today_above_three_times_the_weekly_mean():

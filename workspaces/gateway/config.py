@@ -7,6 +7,7 @@ from pathlib import Path
 from django.conf import settings
 from django.template.loader import render_to_string
 
+from workspaces.gateway import egress_log
 from workspaces.gateway.tokens import SigningKey, signing_keys
 
 COOKIE_NAME = "hearth_gw"
@@ -183,6 +184,7 @@ def config_render(cfg: GatewayConfig, *, keys: list[SigningKey] | None = None, r
         "gateway/haproxy.cfg",
         {
             "admin_socket": cfg.admin_socket,
+            "egress_log_format": egress_log.LOG_FORMAT,
             "maxconn": cfg.maxconn,
             "nbthread": cfg.nbthread,
             "hard_stop_after": cfg.hard_stop_after,

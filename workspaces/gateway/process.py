@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterable
 from django.conf import settings
 from django.utils.module_loading import import_string
 
-from workspaces.gateway import counters, tokens
+from workspaces.gateway import counters, egress_log, tokens
 from workspaces.gateway.config import GatewayConfig, config_check, config_render, gateway_config, routes_map_write
 from workspaces.gateway.counters import TABLE
 from workspaces.gateway.routes import routes_list, routes_restore
@@ -129,12 +129,11 @@ def _die_with_parent() -> None:
 class GatewayProcess:
     """HAProxy in master-worker mode, in the foreground of this process (`manage.py gateway`, tests)."""
 
-    def __init__(self, cfg: GatewayConfig | None = None, *, routes_source: RoutesSource | None = None,
-                 stdout=None, stderr=None):
+    def __init__(self, cfg: GatewayConfig | None = None, *, routes_source: RoutesSource | None = None, stderr=None):
         self.cfg = cfg or gateway_config()
         self.routes_source = routes_source
         self.proc: subprocess.Popen | None = None
-        self.stdout, self.stderr = stdout, stderr
+        self.stderr = stderr
 
     def start(self, *, timeout: float = 15.0) -> None:
         # Routes go into the map file before HAProxy starts, so there is no window without them.
@@ -151,12 +150,17 @@ class GatewayProcess:
         counters.retired_prune(self.cfg, older_than_seconds=counters.duration_ms(self.cfg.table_expire) / 1000)
         config_render(self.cfg, routes=routes)
         config_check(self.cfg)
-        self.proc = subprocess.Popen(
-            [settings.HAPROXY_BIN, "-W", "-db", "-f", str(self.cfg.config_path),
-             "-S", f"{self.cfg.master_socket},mode,600", "-p", str(self.cfg.pid_file)],
-            cwd=self.cfg.run_dir, stdout=self.stdout, stderr=self.stderr, start_new_session=True,
-            preexec_fn=_die_with_parent,
-        )
+        # Its standard output is this start's egress log (HAProxy writes it; it outlives HAProxy and Hearth).
+        egress_fd = egress_log.log_open(self.cfg.run_dir)
+        try:
+            self.proc = subprocess.Popen(
+                [settings.HAPROXY_BIN, "-W", "-db", "-f", str(self.cfg.config_path),
+                 "-S", f"{self.cfg.master_socket},mode,600", "-p", str(self.cfg.pid_file)],
+                cwd=self.cfg.run_dir, stdout=egress_fd, stderr=self.stderr, start_new_session=True,
+                preexec_fn=_die_with_parent,
+            )
+        finally:
+            os.close(egress_fd)
         admin = RuntimeAPI(self.cfg.admin_socket)
 
         def up():

@@ -155,7 +155,7 @@ def counters_read(*, cfg: GatewayConfig | None = None, tunnels: bool = False) ->
 
     Every live worker is read, old ones still draining after a reload too (a WebSocket they hold is activity), and
     the final tables of stopped workers (`counters.retire`) are added, so the sums never go back across a reload or
-    a graceful restart. Egress is metered per generation (`generations`), where a counter only ever grows.
+    a graceful restart (egress is metered from the gateway's egress log, not from these: `gateway.egress_log`).
     HAProxy 2.6 adds a WebSocket's bytes when it closes (the tunnel is forwarded without waking the stream),
     so while one is open the session reads as active (conn_cur) and its bytes arrive at close or route delete.
     With `tunnels=True` (from `show sess all` of every live worker: costlier, the reclaim tick reads it)
