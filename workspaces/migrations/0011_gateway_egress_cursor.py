@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('workspaces', '0009_container_egress_baseline'),
+        ('workspaces', '0010_session_open_ms'),
     ]
 
     operations = [
