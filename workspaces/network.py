@@ -268,6 +268,27 @@ def _egress_set(*, instance: str, ip: str, lists: set[str], proxy_port: int | No
                     pass
 
 
+_PLAN_LISTS = {"open": {"OPEN", "PXR"}, "proxy": {"PX"}}
+
+
+def egress_grant(*, instance: str, ip: str, internet_access: str, proxy_port: int | None = None) -> None:
+    """At a claim: add `ip` to its plan's lists in ONE iptables-restore (both tables, one transaction), without the
+    checks `_egress_set` runs per list (an exec each: 3-6 of them, 5-40 ms each on this machine). A claimed address
+    is in no list: its release closed it (`egress_close`, the full idempotent path), and `egress_sync` closes what a
+    crash left. Were it listed still, the rule would be there twice, and the close removes every copy."""
+    rules = _list_rules(instance, ip, proxy_port)
+    wanted = [rules[name] for name in sorted(_PLAN_LISTS.get(internet_access, ())) if name in rules]
+    if not wanted:
+        return
+    lines = []
+    for table in ("filter", "nat"):
+        adds = [" ".join(("-A", *rule)) for t, rule in wanted if t == table]
+        if adds:
+            lines += [f"*{table}", *adds, "COMMIT"]
+    with _lock:
+        _restore(lines + [""], "iptables")
+
+
 def egress_open(*, instance: str, ip: str, proxy_port: int | None = None) -> None:
     """Let the container at `ip` reach the Internet, directly and through the open proxy (an open plan's claim)."""
     _egress_set(instance=instance, ip=ip, lists={"OPEN", "PXR"}, proxy_port=proxy_port)
@@ -318,13 +339,32 @@ def proxy_environment(*, gateway: str, port: int, subnet: str) -> dict[str, str]
 
 
 def container_egress_set(*, container, internet_access: str) -> None:
-    """Open the Internet, the proxy or nothing for a claimed container (a Container row) per its plan's
-    `internet_access`. Only for engines on this host."""
+    """Open the Internet, the proxy or nothing for a container (a Container row) per its plan's `internet_access`:
+    the full idempotent path (a release closes with it). Only for engines on this host."""
+    ip = _local_ip(container)
+    if ip is None:
+        return
+    from django.conf import settings
+
+    setter = {"open": egress_open, "proxy": egress_proxy}.get(internet_access, egress_close)
+    setter(instance=settings.HEARTH_INSTANCE, ip=ip, proxy_port=settings.EGRESS_PROXY_PORT or None)
+
+
+def container_egress_grant(*, container, internet_access: str) -> None:
+    """At its claim: the plan's access for a container whose address is in no list (`egress_grant`)."""
+    ip = _local_ip(container)
+    if ip is None:
+        return
+    from django.conf import settings
+
+    egress_grant(instance=settings.HEARTH_INSTANCE, ip=ip, internet_access=internet_access,
+                 proxy_port=settings.EGRESS_PROXY_PORT or None)
+
+
+def _local_ip(container) -> str | None:
     from django.conf import settings
 
     url = getattr(container.node, "engine_url", "") or settings.DOCKER_HOST
     if not settings.HEARTH_NETWORK_POLICY or not url.startswith("unix://") or not container.address:
-        return
-    ip = container.address.rsplit(":", 1)[0]
-    setter = {"open": egress_open, "proxy": egress_proxy}.get(internet_access, egress_close)
-    setter(instance=settings.HEARTH_INSTANCE, ip=ip, proxy_port=settings.EGRESS_PROXY_PORT or None)
+        return None
+    return container.address.rsplit(":", 1)[0]

@@ -219,7 +219,7 @@ def _bind(session, *, resumed=False):
                       uid=provisioning.container_uid(session.container_id))
     plan = session.tenant.plan
     if plan.internet_access != "none":  # a warm container's address is closed already
-        network.container_egress_set(container=session.container, internet_access=plan.internet_access)
+        network.container_egress_grant(container=session.container, internet_access=plan.internet_access)
     if not resumed:
         _resources_apply(session.container, plan)
 

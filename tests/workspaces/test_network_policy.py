@@ -108,3 +108,24 @@ def test_the_reconciler_closes_internet_access_left_to_an_address_without_an_ope
     opened = network.egress_open_addresses(instance=settings.HEARTH_INSTANCE)
     assert "172.31.255.254" not in opened
     assert live.address.rsplit(":", 1)[0] in opened
+
+
+def test_a_claim_grants_in_one_transaction_and_a_release_closes_every_copy(node, tiny_template, workspace,
+                                                                           member):  # noqa: F811
+    """The claim's fast path (`egress_grant`: one iptables-restore, no checks) puts the address in its plan's lists;
+    were it listed already (the invariant broken), the copy is harmless and the close removes both."""
+    instance, ip = settings.HEARTH_INSTANCE, "172.31.255.252"
+    services.workspace_open(workspace=workspace, user=member.user)  # the instance's chains exist
+    network.egress_grant(instance=instance, ip=ip, internet_access="open")
+    network.egress_grant(instance=instance, ip=ip, internet_access="open")
+    assert ip in network.egress_open_addresses(instance=instance)
+    network.egress_grant(instance=instance, ip="172.31.255.251", internet_access="proxy")
+    assert "172.31.255.251" in network.egress_proxy_addresses(instance=instance)
+    assert "172.31.255.251" not in network.egress_open_addresses(instance=instance)
+    network.egress_grant(instance=instance, ip="172.31.255.250", internet_access="none")
+    assert "172.31.255.250" not in network.egress_open_addresses(instance=instance) | network.egress_proxy_addresses(
+        instance=instance)
+    for address in (ip, "172.31.255.251"):
+        network.egress_close(instance=instance, ip=address)
+    assert not {ip, "172.31.255.251"} & (network.egress_open_addresses(instance=instance)
+                                        | network.egress_proxy_addresses(instance=instance))
