@@ -83,17 +83,19 @@ def sso_login_provision(*, identity_provider, subject, claims):
         if (given or family) and (user.first_name, user.last_name) != (given, family):
             user.first_name, user.last_name = given, family
             user.save(update_fields=["first_name", "last_name"])
-        membership = _membership_provision(tenant=tenant, user=user, role=role, provider=identity_provider)
+        membership = membership_provision(tenant=tenant, user=user, role=role, provider=identity_provider)
         if identity is None:
             SsoIdentity.objects.create(identity_provider=identity_provider, subject=subject, user=user,
                                        last_login_at=now)
         else:
             SsoIdentity.objects.filter(pk=identity.pk).update(last_login_at=now)
-        _email_verified(user, email)
+        email_verified_record(user, email)
     return membership
 
 
-def _membership_provision(*, tenant, user, role, provider):
+def membership_provision(*, tenant, user, role, provider):
+    """The user's membership of `tenant` with `role` (an owner keeps theirs), created within the plan's seats or
+    brought up to date, with its audit row; in the caller's transaction, the tenant's row locked. Also SCIM's."""
     membership = Membership.objects.filter(tenant=tenant, user=user).first()
     if membership is None:
         # The user's own pending invitation is the seat they are taking now.
@@ -117,7 +119,7 @@ def _membership_provision(*, tenant, user, role, provider):
     return membership
 
 
-def _email_verified(user, email):
+def email_verified_record(user, email):
     """allauth's record of the address, verified: the IdP vouched for it."""
     address = EmailAddress.objects.filter(user=user, email__iexact=email).first()
     if address is None:
