@@ -5,7 +5,7 @@ from django.contrib.auth import get_user_model
 from django.db import transaction
 from django.utils import timezone
 
-from sso.models import DEFAULT_CLAIMS, SsoIdentity
+from sso.models import DEFAULT_CLAIMS, ScimUser, SsoIdentity
 from sso.selectors import email_domain, verified_domains
 from tenants import policy
 from tenants.audit import audit_record
@@ -49,8 +49,9 @@ def sso_login_provision(*, identity_provider, subject, claims):
     """The membership of the user the claims describe in the provider's tenant, created or brought up to date.
 
     Refused (Forbidden): no address, one the IdP has not verified, or one outside the provider's verified domains
-    (so tenant A's IdP can never sign in an address of tenant B); a deactivated user. Conflict(seat_limit) when
-    the tenant's plan has no free seat for a new member. The user's other memberships are left as they are.
+    (so tenant A's IdP can never sign in an address of tenant B); a deactivated user, or one the tenant's directory
+    deactivated over SCIM. Conflict(seat_limit) when the tenant's plan has no free seat for a new member. The user's
+    other memberships are left as they are.
     """
     values = claims_read(identity_provider, claims)
     email, tenant = values["email"], identity_provider.tenant
@@ -79,6 +80,10 @@ def sso_login_provision(*, identity_provider, subject, claims):
             user = User.objects.create_user(email=email)  # no password: this user signs in through the IdP
         if not user.is_active:
             raise Forbidden(f"The Hearth account {email} is deactivated.", code="account_inactive")
+        if ScimUser.objects.filter(identity_provider__tenant=tenant, user=user, active=False).exists():
+            # A sign-in must not bring back a member the directory deactivated (sso.scim).
+            raise Forbidden(f"{tenant.name}'s directory has deactivated {email}: ask its administrator.",
+                            code="scim_deactivated")
         given, family = _names(values)
         if (given or family) and (user.first_name, user.last_name) != (given, family):
             user.first_name, user.last_name = given, family

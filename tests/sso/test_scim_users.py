@@ -203,3 +203,20 @@ def test_discovery(acme_scim):
     # A plain application/json request is answered too, still as application/scim+json.
     response = scim.post("/Users", scim_user_body("json@acme.test"), content_type="application/json")
     assert response.status_code == 201 and response["Content-Type"] == SCIM_JSON
+
+
+def test_a_sign_in_does_not_bring_back_a_member_the_directory_deactivated(acme, acme_scim):
+    from sso.provisioning import sso_login_provision
+    from tenants.exceptions import Forbidden
+
+    tenant = acme[0]
+    provider, scim = acme_scim
+    claims = {"email": "grace@acme.test", "email_verified": True}
+    scim_id = scim.post("/Users", scim_user_body("grace@acme.test")).json()["id"]
+    scim.patch(f"/Users/{scim_id}", scim_patch({"op": "replace", "path": "active", "value": False}))
+    with pytest.raises(Forbidden) as refused:
+        sso_login_provision(identity_provider=provider, subject="grace", claims=claims)
+    assert refused.value.code == "scim_deactivated"
+    assert not Membership.objects.filter(tenant=tenant, user__email="grace@acme.test").exists()
+    scim.patch(f"/Users/{scim_id}", scim_patch({"op": "replace", "path": "active", "value": True}))
+    assert sso_login_provision(identity_provider=provider, subject="grace", claims=claims).tenant == tenant
