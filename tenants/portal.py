@@ -1,20 +1,14 @@
 """Which tenant a portal page acts on (chosen per browser session), the pending invitation, and dashboard cards."""
 import functools
-import logging
 from datetime import datetime
-from importlib import import_module
 
-from django.conf import settings
-from django.contrib.auth import SESSION_KEY as AUTH_USER_SESSION_KEY
+from django.contrib.auth import logout
 from django.contrib.auth.decorators import login_required
 from django.http import Http404
 from django.shortcuts import redirect
-from django.utils import timezone
 
 from tenants.exceptions import NotFound
 from tenants.selectors import memberships_of
-
-log = logging.getLogger(__name__)
 
 SESSION_KEY = "hearth_tenant"
 # An invitation token opened while signed out: accepted right after the next sign-in or email confirmation.
@@ -58,34 +52,24 @@ def sso_login_at(request, tenant):
     return datetime.fromisoformat(recorded["at"])
 
 
-def portal_sessions_end(*, user, tenant):
-    """The user's portal sessions stop acting in `tenant` (they lost their membership): a session that signed in
-    through the tenant's identity provider is signed out (the IdP vouched for it, and has just taken that back); one
-    that merely chose the tenant forgets the choice. Returns how many sessions changed.
-
-    Sessions are found by reading every unexpired one: Django keeps no index of a user's sessions. A removal is
-    rare, and this runs in the removal's transaction."""
-    store_class = import_module(settings.SESSION_ENGINE).SessionStore
-    if not hasattr(store_class, "get_model_class"):  # a cache-only engine cannot list its sessions
-        log.warning("SESSION_ENGINE %s cannot list sessions: %s's portal sessions in %s are not ended",
-                    settings.SESSION_ENGINE, user.pk, tenant.slug)
-        return 0
-    owner, changed = str(user.pk), 0
-    rows = store_class.get_model_class().objects.filter(expire_date__gt=timezone.now())
-    for key, data in rows.values_list("session_key", "session_data").iterator(chunk_size=2000):
-        decoded = store_class().decode(data)
-        if decoded.get(AUTH_USER_SESSION_KEY) != owner:
-            continue
-        if (decoded.get(SSO_LOGIN_SESSION_KEY) or {}).get("tenant") == tenant.pk:
-            store_class(session_key=key).delete()
-        elif decoded.get(SESSION_KEY) == tenant.slug:
-            store = store_class(session_key=key)
-            store.pop(SESSION_KEY, None)
-            store.save()
-        else:
-            continue
-        changed += 1
-    return changed
+def portal_session_check(request):
+    """A portal session acts only in tenants its user belongs to; checked on every browser request
+    (tenants.middleware) from the memberships the page loads anyway. A session that signed in through a tenant's
+    identity provider is signed out once the user has left that tenant (removed, or deactivated by its directory
+    over SCIM: the IdP's word was its credential); a chosen tenant the user has left is forgotten. Returns False
+    when it signed the session out."""
+    signed_in_through = (request.session.get(SSO_LOGIN_SESSION_KEY) or {}).get("tenant")
+    chosen = request.session.get(SESSION_KEY)
+    if (signed_in_through is None and chosen is None) or not request.user.is_authenticated:
+        return True  # nothing to check: no query
+    memberships = user_memberships(request)
+    if signed_in_through is not None and signed_in_through not in {m.tenant_id for m in memberships}:
+        logout(request)
+        return False
+    if chosen is not None and chosen not in {m.tenant.slug for m in memberships}:
+        del request.session[SESSION_KEY]
+        request._hearth_membership = None
+    return True
 
 
 def choose_tenant(request, slug):

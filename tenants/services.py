@@ -20,7 +20,7 @@ from django.utils import timezone
 from django.utils.text import slugify
 
 from core.tokens import hash_secret
-from tenants import files, offboarding, policy, portal
+from tenants import files, offboarding, policy
 from tenants.audit import audit_record
 from tenants.events import event_emit
 from tenants.exceptions import Conflict, Forbidden, NotFound, ServiceError
@@ -309,16 +309,16 @@ def member_deprovision(*, membership, actor):
 
 def _member_delete(*, tenant, target, locked, actor):
     """Delete a membership (its memberships locked in `locked`): its API tokens go with it (on_delete CASCADE: the
-    next request with one is refused), the user's portal sessions acting in the tenant end, and after commit what
-    they run there ends (offboarding's access-lost hooks: workspace sessions and their gateway routes)."""
+    next request with one is refused), the user's portal sessions stop acting in the tenant (at their next request:
+    tenants.portal.portal_session_check), and after commit what they run there ends (offboarding's access-lost
+    hooks: workspace sessions and their gateway routes)."""
     policy.last_owner_check(target, owners=_owners(locked),
                             message="The last owner cannot be removed: make someone else an owner first.")
     user, email = target.user, target.user.email
     tokens = target.api_tokens.filter(revoked_at__isnull=True).count()
     target.delete()
-    portal_sessions = portal.portal_sessions_end(user=user, tenant=tenant)
     audit_record(tenant=tenant, actor=actor, action="member.removed", target=email,
-                 data={"role": target.role, "api_tokens_revoked": tokens, "portal_sessions_ended": portal_sessions})
+                 data={"role": target.role, "api_tokens_revoked": tokens})
     event_emit(type="member.removed", tenant=tenant, payload={"email": email, "user": user.pk})
     # At once, not on the next reclaim tick: the gateway lets the session's token in as long as its route lives.
     transaction.on_commit(lambda: offboarding.run_access_lost_hooks(user=user, tenant=tenant, actor=actor))
