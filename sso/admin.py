@@ -118,7 +118,6 @@ class IdentityProviderAdmin(admin.ModelAdmin):
                      lambda provider: services.domains_verify_dns(identity_provider=provider, actor=request.user),
                      "Identity providers checked")
 
-
     @admin.action(description="Make or rotate the SCIM token (shown once)", permissions=["change"])
     def scim_token_issue(self, request, queryset):
         def issue(provider):
