@@ -133,7 +133,7 @@ def scim_user_create(*, identity_provider, user_name, given_name=None, family_na
                      active=True):
     """Provision a user: the Hearth account (made if new: no password, it signs in through the IdP) and, if
     active, a membership with the mapped role within the plan's seats (Conflict seat_limit when full). A member
-    already in the tenant (invited before) is linked as they are."""
+    already in the tenant (invited before) is linked as they are; provisioned inactive, they are removed."""
     email = _email(identity_provider, user_name)
     actor = directory_actor(identity_provider)
     with transaction.atomic():
@@ -148,6 +148,8 @@ def scim_user_create(*, identity_provider, user_name, given_name=None, family_na
                                             external_id=str(external_id or "")[:255], active=bool(active))
         if scim_user.active:
             _activate(tenant=tenant, scim_user=scim_user)
+        else:  # provisioned inactive: no membership, even one the user had before
+            _deactivate(tenant=tenant, scim_user=scim_user)
         email_verified_record(user, email)
         audit_record(tenant=tenant, actor=actor, action="scim.user_provisioned", target=email,
                      data={"scim_id": str(scim_user.pk), "active": scim_user.active,

@@ -66,6 +66,10 @@ def test_an_existing_member_is_linked_and_a_duplicate_is_refused(acme, acme_scim
     assert response.status_code == 201
     assert Membership.objects.get(pk=member.pk).role == "member"
     _error(scim.post("/Users", scim_user_body("MEMBER@acme.test")), 409, "uniqueness")
+    # Provisioned inactive, an existing member loses the membership: the directory's word is what counts.
+    response = scim.post("/Users", scim_user_body("admin@acme.test", active=False))
+    assert response.status_code == 201 and response.json()["active"] is False
+    assert not Membership.objects.filter(pk=admin.pk).exists()
 
 
 def test_the_seat_limit_is_a_409(acme, acme_scim):
