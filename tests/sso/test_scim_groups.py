@@ -78,3 +78,22 @@ def test_put_replaces_the_members_and_bad_group_input_is_a_scim_error(acme, acme
     error(scim.patch(f"/Groups/{gid}", scim_patch({"op": "add", "path": "members", "value": "grace"})), 400,
           "invalidValue")
     assert ScimGroup.objects.count() == 1
+
+
+def test_entra_ids_group_patches(acme, acme_scim):
+    """Entra ID adds members in a value object without a path and removes them with a value list."""
+    tenant = acme[0]
+    provider, scim = acme_scim
+    grace = scim.post("/Users", scim_user_body("grace@acme.test")).json()["id"]
+    alan = scim.post("/Users", scim_user_body("alan@acme.test")).json()["id"]
+    gid = scim.post("/Groups", {"displayName": "platform-admins"}).json()["id"]
+    response = scim.patch(f"/Groups/{gid}", scim_patch(
+        {"op": "Add", "value": {"members": [{"value": grace}, {"value": alan}]}}))
+    assert response.status_code == 200 and len(response.json()["members"]) == 2
+    assert _role(tenant, "alan@acme.test") == "admin"
+    response = scim.patch(f"/Groups/{gid}", scim_patch(
+        {"op": "Remove", "path": "members", "value": [{"value": alan}]}))
+    assert [m["value"] for m in response.json()["members"]] == [grace]
+    assert _role(tenant, "alan@acme.test") == "member" and _role(tenant, "grace@acme.test") == "admin"
+    response = scim.patch(f"/Groups/{gid}", scim_patch({"op": "remove", "path": "members"}))
+    assert response.json()["members"] == [] and _role(tenant, "grace@acme.test") == "member"
