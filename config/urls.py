@@ -1,4 +1,5 @@
-"""Hearth's URLs: portal, accounts, admin, the REST API (core.api_urls), health, billing and Stripe's webhooks."""
+"""Hearth's URLs: portal, accounts, admin, the REST API (core.api_urls), SCIM, health, billing and Stripe's
+webhooks."""
 from django.contrib import admin
 from django.urls import include, path
 
@@ -16,6 +17,8 @@ urlpatterns = [
     path("usage/", include("metering.urls")),
     path("billing/", include("billing.urls")),
     path("sso/", include("sso.urls")),
+    # SCIM 2.0: an identity provider's directory provisions and removes members (sso/scim_api.py).
+    path("scim/v2/", include("sso.scim_urls")),
     # Stripe posts webhooks to /stripe/webhook/<uuid>/ (dj-stripe verifies them; billing.webhooks applies them).
     path("stripe/", include("djstripe.urls", namespace="djstripe")),
     path("", include("tenants.urls")),

@@ -39,12 +39,11 @@ class IsTenantOwner(BasePermission):
         return policy.is_owner(request.auth.membership)
 
 
-class TenantScopedView(GenericAPIView):
-    permission_classes = [IsAuthenticated, IsTenantMember]
-    # Roles allowed to write (POST/PATCH/PUT/DELETE), named by tenants.policy; None: every member (the service
-    # checks the rest).
-    write_roles = policy.MANAGER_ROLES
-    write_denied_message = policy.MANAGERS_ONLY
+class ScopedView(GenericAPIView):
+    """The one scoping rule for every credential-resolved view: a subclass names its tenant (from the credentials,
+    once) and supplies `scoped_queryset()`; overriding `get_queryset` is refused at class creation. The API's
+    TenantScopedView (personal tokens) and SCIM's ScimView (an identity provider's directory token) are its two
+    kinds."""
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -53,6 +52,31 @@ class TenantScopedView(GenericAPIView):
                 f"{cls.__name__} overrides get_queryset; implement scoped_queryset() instead "
                 "(or dangerously_get_queryset with a comment saying why)"
             )
+
+    @property
+    def tenant(self):
+        raise NotImplementedError
+
+    def scoped_queryset(self):
+        raise NotImplementedError
+
+    def dangerously_get_queryset(self):
+        raise NotImplementedError
+
+    def get_queryset(self):
+        try:
+            return self.dangerously_get_queryset()
+        except NotImplementedError:
+            pass
+        return self.scoped_queryset()
+
+
+class TenantScopedView(ScopedView):
+    permission_classes = [IsAuthenticated, IsTenantMember]
+    # Roles allowed to write (POST/PATCH/PUT/DELETE), named by tenants.policy; None: every member (the service
+    # checks the rest).
+    write_roles = policy.MANAGER_ROLES
+    write_denied_message = policy.MANAGERS_ONLY
 
     @property
     def membership(self):
@@ -70,19 +94,6 @@ class TenantScopedView(GenericAPIView):
             and not policy.has_role(self.membership, self.write_roles)
         ):
             self.permission_denied(request, message=self.write_denied_message)
-
-    def scoped_queryset(self):
-        raise NotImplementedError
-
-    def dangerously_get_queryset(self):
-        raise NotImplementedError
-
-    def get_queryset(self):
-        try:
-            return self.dangerously_get_queryset()
-        except NotImplementedError:
-            pass
-        return self.scoped_queryset()
 
 
 def shared_representation(serializer_class):

@@ -1,4 +1,5 @@
-"""The browser's middleware, skipped on the token-only API (/api/v1/): session, CSRF, login and messages.
+"""The browser's middleware, skipped on the token-only API (/api/v1/) and SCIM (/scim/): session, CSRF, login
+and messages.
 
 An API request carries a bearer token and no cookie that Hearth reads, so loading a session, checking a CSRF
 cookie or preparing message storage is work for nothing on every call. Everywhere else (portal, admin, accounts,
@@ -10,12 +11,13 @@ from django.contrib.messages.middleware import MessageMiddleware as _MessageMidd
 from django.contrib.sessions.middleware import SessionMiddleware as _SessionMiddleware
 from django.middleware.csrf import CsrfViewMiddleware as _CsrfViewMiddleware
 
-TOKEN_ONLY_PREFIX = "/api/v1/"
+# The REST API and SCIM (an identity provider's directory): bearer tokens only.
+TOKEN_ONLY_PREFIXES = ("/api/v1/", "/scim/")
 
 
 class _BrowserOnly:
     def __call__(self, request):
-        if request.path_info.startswith(TOKEN_ONLY_PREFIX):
+        if request.path_info.startswith(TOKEN_ONLY_PREFIXES):
             return self.get_response(request)
         return super().__call__(request)
 

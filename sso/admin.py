@@ -1,12 +1,14 @@
 """Staff edit identity providers in the control plane; every save goes through sso.services (audit rows, domain
-rules, enforcement), and staff can vouch for a domain or check its DNS record."""
+rules, enforcement), and staff can vouch for a domain or check its DNS record, and make, rotate or revoke the SCIM
+token (sso.scim). SCIM's users and groups are shown, never edited: the directory owns them."""
 from django import forms
-from django.contrib import admin
+from django.contrib import admin, messages
 from django.utils.html import format_html_join
 
 from core.admin_actions import run_service
-from sso import saml_config, services
-from sso.models import IdentityProvider, SsoDomain, SsoIdentity
+from sso import saml_config, scim, services
+from sso.models import IdentityProvider, ScimGroup, ScimToken, ScimUser, SsoDomain, SsoIdentity
+from tenants.admin import ReadOnlyAdminMixin
 from tenants.exceptions import ServiceError
 
 _FIELDS = ("issuer", "client_id", "scopes", "claim_mapping", "metadata_url", "metadata_xml", "entity_id",
@@ -69,7 +71,7 @@ class IdentityProviderAdmin(admin.ModelAdmin):
     list_filter = ["kind", "enforce_sso"]
     search_fields = ["tenant__slug", "issuer", "client_id", "domains__domain"]
     readonly_fields = ["domain_status", "saml_service_provider"]
-    actions = ["verify_domains_by_staff", "verify_domains_by_dns"]
+    actions = ["verify_domains_by_staff", "verify_domains_by_dns", "scim_token_issue"]
 
     def get_queryset(self, request):
         return super().get_queryset(request).select_related("tenant").prefetch_related("domains")
@@ -124,6 +126,50 @@ class IdentityProviderAdmin(admin.ModelAdmin):
         run_service(self, request, queryset,
                      lambda provider: services.domains_verify_dns(identity_provider=provider, actor=request.user),
                      "Identity providers checked")
+
+    @admin.action(description="Make or rotate the SCIM token (shown once)", permissions=["change"])
+    def scim_token_issue(self, request, queryset):
+        def issue(provider):
+            token, plaintext, old = scim.scim_token_issue(identity_provider=provider, actor=request.user)
+            # The only time the secret is shown: staff hand it to the tenant's IdP administrator.
+            self.message_user(request, f"{provider}: SCIM token {plaintext} (copy it now; it is not shown again"
+                                       f"{'; the previous one is revoked' if old else ''}).", messages.WARNING)
+
+        run_service(self, request, queryset.select_related("tenant__plan"), issue, "SCIM tokens made")
+
+
+@admin.register(ScimToken)
+class ScimTokenAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+    list_display = ["name", "prefix", "identity_provider", "created_at", "last_used_at", "revoked_at"]
+    list_filter = [("revoked_at", admin.EmptyFieldListFilter)]
+    search_fields = ["prefix", "identity_provider__tenant__slug"]
+    list_select_related = ["identity_provider__tenant"]
+    actions = ["revoke"]
+
+    def has_revoke_permission(self, request):
+        return request.user.has_perm("sso.change_scimtoken")  # the row form stays read-only
+
+    @admin.action(description="Revoke selected tokens", permissions=["revoke"])
+    def revoke(self, request, queryset):
+        run_service(self, request, queryset.filter(revoked_at__isnull=True).select_related(
+            "identity_provider__tenant"),
+            lambda token: scim.scim_token_revoke(identity_provider=token.identity_provider, actor=request.user),
+            "SCIM tokens revoked")
+
+
+@admin.register(ScimUser)
+class ScimUserAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+    list_display = ["user_name", "identity_provider", "active", "external_id", "updated_at"]
+    list_filter = ["active"]
+    search_fields = ["user_name", "external_id", "identity_provider__tenant__slug"]
+    list_select_related = ["identity_provider__tenant"]
+
+
+@admin.register(ScimGroup)
+class ScimGroupAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+    list_display = ["display_name", "identity_provider", "external_id", "updated_at"]
+    search_fields = ["display_name", "identity_provider__tenant__slug"]
+    list_select_related = ["identity_provider__tenant"]
 
 
 @admin.register(SsoIdentity)

@@ -1,12 +1,14 @@
-"""REST API v1 of the sso app: the tenant's identity providers, for its owners only (reads too: they show how the
-tenant signs in). The client secret is accepted, stored encrypted and never returned."""
+"""REST API v1 of the sso app: the tenant's identity providers and their SCIM tokens, for its owners only (reads
+too: they show how the tenant signs in). The client secret is accepted, stored encrypted and never returned; a SCIM
+token is shown once, when it is made."""
+from django.urls import reverse
 from drf_spectacular.utils import extend_schema
 from rest_framework import serializers, status
 from rest_framework.permissions import IsAuthenticated
 from rest_framework.response import Response
 
 from core.api import IsTenantMember, IsTenantOwner, StrictInputSerializer, TenantScopedView, error_responses, validated
-from sso import saml_config, selectors, services
+from sso import saml_config, scim, selectors, services
 from sso.models import IdentityProvider
 from tenants import policy
 
@@ -14,7 +16,7 @@ _DESCRIBED = {
         400: "Invalid input (unknown field, bad URL or domain, a role an IdP cannot give, missing client secret).",
         401: "Missing, invalid or revoked API token.",
         403: "Not an owner, or the plan does not include single sign-on.",
-        404: "No such identity provider in the caller's tenant.",
+        404: "No such identity provider in the caller's tenant (or no live SCIM token).",
         409: "A domain is already verified by another tenant.",
         503: "The DNS lookup failed.",
 }
@@ -145,3 +147,53 @@ class IdentityProviderVerifyDomainsApi(_OwnersView):
         provider = self.provider(pk)
         services.domains_verify_dns(identity_provider=provider, actor=request.user)
         return Response(self.represent(provider))
+
+
+# --- the SCIM token --------------------------------------------------------------------------------------------------
+
+
+class ScimTokenOutputSerializer(serializers.Serializer):
+    prefix = serializers.CharField(help_text="Tells tokens apart; the token is hsc_<prefix>_….")
+    created_at = serializers.DateTimeField()
+    last_used_at = serializers.DateTimeField(allow_null=True)
+    scim_base_url = serializers.SerializerMethodField(help_text="Where the directory sends its SCIM requests.")
+
+    def get_scim_base_url(self, token) -> str:
+        return self.context["scim_base_url"]
+
+
+class ScimTokenCreatedSerializer(ScimTokenOutputSerializer):
+    token = serializers.CharField(help_text="The SCIM token: shown this once, stored only as a hash.")
+    rotated = serializers.BooleanField(help_text="A previous token was revoked by this one.")
+
+
+class _ScimTokenView(_OwnersView):
+    def context(self):
+        return {"scim_base_url": self.request.build_absolute_uri(reverse("scim:users")).removesuffix("/Users")}
+
+
+class ScimTokenGetApi(_ScimTokenView):
+    """The identity provider's live SCIM token (without the secret)."""
+
+    @extend_schema(responses={200: ScimTokenOutputSerializer, **_errors(403, 404)}, tags=["sso"])
+    def get(self, request, pk):
+        token = selectors.scim_token_live(tenant=self.tenant, identity_provider=self.provider(pk))
+        return Response(ScimTokenOutputSerializer(token, context=self.context()).data)
+
+
+class ScimTokenIssueApi(_ScimTokenView):
+    """Make the identity provider's SCIM token, or rotate it (the live one is revoked at once)."""
+
+    @extend_schema(request=None, responses={201: ScimTokenCreatedSerializer, **_errors(403, 404)}, tags=["sso"])
+    def post(self, request, pk):
+        token, plaintext, old = scim.scim_token_issue(identity_provider=self.provider(pk), actor=request.user)
+        token.token, token.rotated = plaintext, old is not None
+        return Response(ScimTokenCreatedSerializer(token, context=self.context()).data,
+                        status=status.HTTP_201_CREATED)
+
+
+class ScimTokenRevokeApi(_ScimTokenView):
+    @extend_schema(responses={204: None, **_errors(403, 404)}, tags=["sso"])
+    def delete(self, request, pk):
+        scim.scim_token_revoke(identity_provider=self.provider(pk), actor=request.user)
+        return Response(status=status.HTTP_204_NO_CONTENT)

@@ -13,4 +13,7 @@ urlpatterns = [
          name="api-identity-provider"),
     path("identity-providers/<int:pk>/domains/verify", api.IdentityProviderVerifyDomainsApi.as_view(),
          name="api-identity-provider-verify-domains"),
+    path("identity-providers/<int:pk>/scim-token",
+         route_by_method(get=api.ScimTokenGetApi, post=api.ScimTokenIssueApi, delete=api.ScimTokenRevokeApi),
+         name="api-identity-provider-scim-token"),
 ]

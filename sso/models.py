@@ -1,9 +1,13 @@
 """Single sign-on: each tenant's identity providers (OIDC or SAML), the email domains that route to them, the IdP
-accounts linked to Hearth users, and the SAML assertions already used."""
+accounts linked to Hearth users, the SAML assertions already used, and what the IdP's directory provisions over
+SCIM (its token, users and groups)."""
+import uuid
+
 from django.conf import settings
 from django.db import models
 from django.db.models.functions import Lower
 
+from core.tokens import BearerToken
 from tenants.models import Role, Tenant
 
 DEFAULT_OIDC_SCOPES = "openid email profile"
@@ -124,3 +128,61 @@ class SamlAssertion(models.Model):
 
     def __str__(self):
         return f"{self.assertion_id} at {self.identity_provider_id}"
+
+
+# --- SCIM 2.0 (sso/scim.py, sso/scim_api.py) ---------------------------------------------------------------------
+
+
+class ScimToken(BearerToken):
+    """The bearer token an identity provider's directory uses on /scim/v2/ (`hsc_…`): it acts for that provider's
+    tenant. One live token per provider; a rotation revokes the old one. Only the SHA-256 is stored."""
+
+    identity_provider = models.ForeignKey(IdentityProvider, on_delete=models.CASCADE, related_name="scim_tokens")
+
+    class Meta(BearerToken.Meta):
+        constraints = [models.UniqueConstraint(fields=["identity_provider"], condition=models.Q(revoked_at=None),
+                                               name="scim_token_one_live_per_idp")]
+
+
+class ScimUser(models.Model):
+    """A user as the directory provisioned it: active means a membership of the tenant; inactive (or deleted) means
+    none. The SCIM `id` is this row's uuid, never the user's key."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    identity_provider = models.ForeignKey(IdentityProvider, on_delete=models.CASCADE, related_name="scim_users")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="scim_users")
+    user_name = models.CharField(max_length=254, help_text="SCIM userName: the user's email address.")
+    external_id = models.CharField(max_length=255, blank=True)
+    active = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["created_at", "pk"]
+        constraints = [
+            models.UniqueConstraint(fields=["identity_provider", "user"], name="scim_user_unique_user"),
+            models.UniqueConstraint(Lower("user_name"), "identity_provider", name="scim_user_unique_user_name"),
+        ]
+
+    def __str__(self):
+        return f"{self.user_name} ({'active' if self.active else 'inactive'})"
+
+
+class ScimGroup(models.Model):
+    """A directory group; its displayName maps to a role through the provider's `group_roles`."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    identity_provider = models.ForeignKey(IdentityProvider, on_delete=models.CASCADE, related_name="scim_groups")
+    display_name = models.CharField(max_length=255)
+    external_id = models.CharField(max_length=255, blank=True)
+    members = models.ManyToManyField(ScimUser, related_name="groups", blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["created_at", "pk"]
+        constraints = [models.UniqueConstraint(Lower("display_name"), "identity_provider",
+                                               name="scim_group_unique_display_name")]
+
+    def __str__(self):
+        return self.display_name

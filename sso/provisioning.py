@@ -5,7 +5,7 @@ from django.contrib.auth import get_user_model
 from django.db import transaction
 from django.utils import timezone
 
-from sso.models import DEFAULT_CLAIMS, SsoIdentity
+from sso.models import DEFAULT_CLAIMS, ScimUser, SsoIdentity
 from sso.selectors import email_domain, verified_domains
 from tenants import policy
 from tenants.audit import audit_record
@@ -49,8 +49,9 @@ def sso_login_provision(*, identity_provider, subject, claims):
     """The membership of the user the claims describe in the provider's tenant, created or brought up to date.
 
     Refused (Forbidden): no address, one the IdP has not verified, or one outside the provider's verified domains
-    (so tenant A's IdP can never sign in an address of tenant B); a deactivated user. Conflict(seat_limit) when
-    the tenant's plan has no free seat for a new member. The user's other memberships are left as they are.
+    (so tenant A's IdP can never sign in an address of tenant B); a deactivated user, or one the tenant's directory
+    deactivated over SCIM. Conflict(seat_limit) when the tenant's plan has no free seat for a new member. The user's
+    other memberships are left as they are.
     """
     values = claims_read(identity_provider, claims)
     email, tenant = values["email"], identity_provider.tenant
@@ -79,21 +80,27 @@ def sso_login_provision(*, identity_provider, subject, claims):
             user = User.objects.create_user(email=email)  # no password: this user signs in through the IdP
         if not user.is_active:
             raise Forbidden(f"The Hearth account {email} is deactivated.", code="account_inactive")
+        if ScimUser.objects.filter(identity_provider__tenant=tenant, user=user, active=False).exists():
+            # A sign-in must not bring back a member the directory deactivated (sso.scim).
+            raise Forbidden(f"{tenant.name}'s directory has deactivated {email}: ask its administrator.",
+                            code="scim_deactivated")
         given, family = _names(values)
         if (given or family) and (user.first_name, user.last_name) != (given, family):
             user.first_name, user.last_name = given, family
             user.save(update_fields=["first_name", "last_name"])
-        membership = _membership_provision(tenant=tenant, user=user, role=role, provider=identity_provider)
+        membership = membership_provision(tenant=tenant, user=user, role=role, provider=identity_provider)
         if identity is None:
             SsoIdentity.objects.create(identity_provider=identity_provider, subject=subject, user=user,
                                        last_login_at=now)
         else:
             SsoIdentity.objects.filter(pk=identity.pk).update(last_login_at=now)
-        _email_verified(user, email)
+        email_verified_record(user, email)
     return membership
 
 
-def _membership_provision(*, tenant, user, role, provider):
+def membership_provision(*, tenant, user, role, provider):
+    """The user's membership of `tenant` with `role` (an owner keeps theirs), created within the plan's seats or
+    brought up to date, with its audit row; in the caller's transaction, the tenant's row locked. Also SCIM's."""
     membership = Membership.objects.filter(tenant=tenant, user=user).first()
     if membership is None:
         # The user's own pending invitation is the seat they are taking now.
@@ -117,7 +124,7 @@ def _membership_provision(*, tenant, user, role, provider):
     return membership
 
 
-def _email_verified(user, email):
+def email_verified_record(user, email):
     """allauth's record of the address, verified: the IdP vouched for it."""
     address = EmailAddress.objects.filter(user=user, email__iexact=email).first()
     if address is None:

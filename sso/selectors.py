@@ -1,8 +1,11 @@
-"""Reads of the sso app: a tenant's identity providers (tenant first; not yours is not found), and the routing of an
-email address to the identity provider of its verified domain."""
+"""Reads of the sso app: a tenant's identity providers (tenant first; not yours is not found), the routing of an
+email address to the identity provider of its verified domain, and the users and groups its directory provisioned
+over SCIM."""
+import uuid
+
 from django.db.models.functions import Lower
 
-from sso.models import IdentityProvider, SsoDomain
+from sso.models import IdentityProvider, ScimGroup, ScimToken, ScimUser, SsoDomain
 from tenants.exceptions import NotFound
 
 
@@ -38,3 +41,47 @@ def identity_provider_for_email(email):
 def verified_domains(identity_provider):
     return {d.lower() for d in identity_provider.domains.filter(verified_at__isnull=False)
             .values_list("domain", flat=True)}
+
+
+# --- SCIM ------------------------------------------------------------------------------------------------------------
+
+
+def scim_token_live(*, tenant, identity_provider):
+    token = ScimToken.objects.filter(identity_provider=identity_provider, identity_provider__tenant=tenant,
+                                     revoked_at__isnull=True).first()
+    if token is None:
+        raise NotFound("This identity provider has no live SCIM token.")
+    return token
+
+
+def scim_user_list(*, tenant, identity_provider):
+    return (ScimUser.objects.filter(identity_provider=identity_provider, identity_provider__tenant=tenant)
+            .select_related("user").prefetch_related("groups").order_by("created_at", "pk"))
+
+
+def scim_user_get(*, tenant, identity_provider, scim_user_id):
+    return _by_uuid(scim_user_list(tenant=tenant, identity_provider=identity_provider), scim_user_id, "user")
+
+
+def scim_group_list(*, tenant, identity_provider):
+    return (ScimGroup.objects.filter(identity_provider=identity_provider, identity_provider__tenant=tenant)
+            .prefetch_related("members").order_by("created_at", "pk"))
+
+
+def scim_group_get(*, tenant, identity_provider, scim_group_id):
+    return _by_uuid(scim_group_list(tenant=tenant, identity_provider=identity_provider), scim_group_id, "group")
+
+
+def is_uuid(value):
+    try:
+        uuid.UUID(str(value))
+    except ValueError:
+        return False
+    return True
+
+
+def _by_uuid(queryset, value, kind):
+    found = queryset.filter(pk=value).first() if is_uuid(value) else None
+    if found is None:
+        raise NotFound(f"No such {kind}.")
+    return found

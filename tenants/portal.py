@@ -2,6 +2,7 @@
 import functools
 from datetime import datetime
 
+from django.contrib.auth import logout
 from django.contrib.auth.decorators import login_required
 from django.core.paginator import Paginator
 from django.http import Http404
@@ -50,6 +51,26 @@ def sso_login_at(request, tenant):
     if recorded.get("tenant") != tenant.pk:
         return None
     return datetime.fromisoformat(recorded["at"])
+
+
+def portal_session_check(request):
+    """A portal session acts only in tenants its user belongs to; checked on every browser request
+    (tenants.middleware) from the memberships the page loads anyway. A session that signed in through a tenant's
+    identity provider is signed out once the user has left that tenant (removed, or deactivated by its directory
+    over SCIM: the IdP's word was its credential); a chosen tenant the user has left is forgotten. Returns False
+    when it signed the session out."""
+    signed_in_through = (request.session.get(SSO_LOGIN_SESSION_KEY) or {}).get("tenant")
+    chosen = request.session.get(SESSION_KEY)
+    if (signed_in_through is None and chosen is None) or not request.user.is_authenticated:
+        return True  # nothing to check: no query
+    memberships = user_memberships(request)
+    if signed_in_through is not None and signed_in_through not in {m.tenant_id for m in memberships}:
+        logout(request)
+        return False
+    if chosen is not None and chosen not in {m.tenant.slug for m in memberships}:
+        del request.session[SESSION_KEY]
+        request._hearth_membership = None
+    return True
 
 
 def choose_tenant(request, slug):

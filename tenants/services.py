@@ -291,15 +291,37 @@ def member_remove(*, membership, actor):
         if target is None:
             raise NotFound("No such member.")
         policy.require_grant(acting, target.role, message="Only owners can remove owners.")
-        policy.last_owner_check(target, owners=_owners(locked),
-                                message="The last owner cannot be removed: make someone else an owner first.")
-        email = target.user.email
-        target.delete()
-        audit_record(tenant=tenant, actor=actor, action="member.removed", target=email, data={"role": target.role})
-        event_emit(type="member.removed", tenant=tenant, payload={"email": email, "user": membership.user_id})
-        user = target.user
-        # At once, not on the next reclaim tick: the gateway lets the session's token in as long as its route lives.
-        transaction.on_commit(lambda: offboarding.run_access_lost_hooks(user=user, tenant=tenant, actor=actor))
+        _member_delete(tenant=tenant, target=target, locked=locked, actor=actor)
+
+
+def member_deprovision(*, membership, actor):
+    """The tenant's identity provider removes a member (SCIM: a user deactivated or deleted in its directory). The
+    authority is the directory's token, checked by its caller; the rest is member_remove's: in the caller's
+    transaction, with the same audit row, API tokens and portal sessions, and the same hooks after commit."""
+    tenant = membership.tenant
+    with transaction.atomic():
+        locked = {m.pk: m for m in _lock_memberships(tenant)}
+        target = locked.get(membership.pk)
+        if target is None:
+            raise NotFound("No such member.")
+        _member_delete(tenant=tenant, target=target, locked=locked, actor=actor)
+
+
+def _member_delete(*, tenant, target, locked, actor):
+    """Delete a membership (its memberships locked in `locked`): its API tokens go with it (on_delete CASCADE: the
+    next request with one is refused), the user's portal sessions stop acting in the tenant (at their next request:
+    tenants.portal.portal_session_check), and after commit what they run there ends (offboarding's access-lost
+    hooks: workspace sessions and their gateway routes)."""
+    policy.last_owner_check(target, owners=_owners(locked),
+                            message="The last owner cannot be removed: make someone else an owner first.")
+    user, email = target.user, target.user.email
+    tokens = target.api_tokens.filter(revoked_at__isnull=True).count()
+    target.delete()
+    audit_record(tenant=tenant, actor=actor, action="member.removed", target=email,
+                 data={"role": target.role, "api_tokens_revoked": tokens})
+    event_emit(type="member.removed", tenant=tenant, payload={"email": email, "user": user.pk})
+    # At once, not on the next reclaim tick: the gateway lets the session's token in as long as its route lives.
+    transaction.on_commit(lambda: offboarding.run_access_lost_hooks(user=user, tenant=tenant, actor=actor))
 
 
 def _audit_user_change(*, user, actor, action, data=None):

@@ -108,6 +108,8 @@ MIDDLEWARE = [
     "core.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "allauth.account.middleware.AccountMiddleware",
+    # A session signed in through a tenant's IdP ends once its user has left that tenant (removed, SCIM).
+    "tenants.middleware.PortalSessionMiddleware",
 ]
 
 ROOT_URLCONF = "config.urls"

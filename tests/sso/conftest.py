@@ -111,3 +111,73 @@ def saml_provider_for(tenant, idp, *, domains=("acme.test",), verified=True, **f
     idp.trust(response.content.decode())
     provider.refresh_from_db()
     return provider
+
+
+# --- SCIM --------------------------------------------------------------------------------------------------------
+
+SCIM = "/scim/v2"
+SCIM_JSON = "application/scim+json"
+
+
+class ScimClient:
+    """The directory's side: JSON in application/scim+json with the SCIM token, through Django's test client."""
+
+    def __init__(self, token):
+        from django.test import Client
+
+        self.token, self.client = token, Client()
+
+    def request(self, method, path, body=None, *, raw=None, token=None, content_type=SCIM_JSON):
+        import json
+
+        headers = {"HTTP_AUTHORIZATION": f"Bearer {token or self.token}"} if (token or self.token) else {}
+        data = raw if raw is not None else (json.dumps(body) if body is not None else "")
+        return getattr(self.client, method)(f"{SCIM}{path}", data=data, content_type=content_type, **headers)
+
+    def get(self, path, body=None, **kwargs):
+        return self.request("get", path, body, **kwargs)
+
+    def post(self, path, body=None, **kwargs):
+        return self.request("post", path, body, **kwargs)
+
+    def put(self, path, body=None, **kwargs):
+        return self.request("put", path, body, **kwargs)
+
+    def patch(self, path, body=None, **kwargs):
+        return self.request("patch", path, body, **kwargs)
+
+    def delete(self, path, body=None, **kwargs):
+        return self.request("delete", path, body, **kwargs)
+
+
+def scim_provider_for(tenant, *, domains=("acme.test",), group_roles=None):
+    """An OIDC identity provider of `tenant` (no IdP behind it: SCIM needs none) with its domains verified by staff,
+    and its SCIM token; returns (provider, plaintext)."""
+    from sso import scim, services
+
+    owner = tenant.memberships.filter(role="owner").first().user
+    provider = services.identity_provider_create(
+        tenant=tenant, actor=owner, kind="oidc", issuer=f"https://login.{domains[0]}", client_id="hearth",
+        client_secret="s3cret", domains=list(domains), group_roles=group_roles or {"platform-admins": "admin"})
+    for domain in domains:
+        services.domain_verify_by_staff(domain=domain, actor="test", identity_provider=provider)
+    _, plaintext, _ = scim.scim_token_issue(identity_provider=provider, actor=owner)
+    provider.refresh_from_db()
+    return provider, plaintext
+
+
+@pytest.fixture
+def acme_scim(acme):
+    """Acme's identity provider and a SCIM client holding its token."""
+    provider, token = scim_provider_for(acme[0])
+    return provider, ScimClient(token)
+
+
+def scim_user_body(email, **extra):
+    return {"schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"], "userName": email,
+            "name": {"givenName": "Grace", "familyName": "Hopper"}, "emails": [{"value": email, "primary": True}],
+            "active": True, "externalId": f"ext-{email}", **extra}
+
+
+def scim_patch(*operations):
+    return {"schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"], "Operations": list(operations)}
