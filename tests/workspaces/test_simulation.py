@@ -106,6 +106,7 @@ def test_idle_reclaim_after_the_shorter_timeout():
     result = run(one_user("free", Visit(at=3600, user=0, work_s=300, closes=False)))
     assert result.ended == {"idle": 1}
     assert 300 + 600 <= result.claimed_s_by_plan["free"] <= 300 + 600 + 30
+    assert result.idle_tail_s == pytest.approx(result.claimed_s_by_plan["free"] - 300)
 
 
 def test_the_pool_grows_with_demand_through_target_decide():
@@ -161,6 +162,7 @@ def test_the_table_names_the_targets():
     (["--warm-min", "4", "--warm-max", "2"], "--warm-min (4) is above --warm-max (2)"),
     (["--warm-min", "-1"], "must not be negative"),
     (["--lead-time", "-1"], "--lead-time must not be negative"),
+    (["--idle-timeout", "0"], "--idle-timeout must be at least 1 minute"),
     (["--template", "nope"], "no template 'nope'"),
     (["--runtime", "vax"], "unknown runtime profile 'vax'"),
     (["--refresh-from", "/nonexistent.json"], "not a bench JSON output"),

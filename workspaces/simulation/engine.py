@@ -69,6 +69,7 @@ class Result:
     metered_s_by_plan: dict = field(default_factory=dict)  # plan slug -> seconds metered (billed time)
     warm_s: float = 0.0  # container-seconds WARM or starting for the pool
     cold_starting_s: float = 0.0  # container-seconds of cold starts (the user waits: part of their session)
+    idle_tail_s: float = 0.0  # container-seconds of sessions between the user's last activity and the idle reclaim
     peak_containers: int = 0
     peak_working: int = 0
     series: list = field(default_factory=list)  # per pool tick: (t, live sessions, working, warm+starting, target)
@@ -293,6 +294,7 @@ class Simulation:
             if session.ends_at is not None and session.ends_at <= t:
                 self._end(t, session, "max_length", metered_to=session.ends_at)
             elif not session.working and session.last_activity < t - idle_s:
+                self.out.idle_tail_s += t - session.last_activity
                 self._end(t, session, "idle")
         by_tenant = {}
         for session in self.sessions.values():

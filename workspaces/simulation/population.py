@@ -33,11 +33,11 @@ class Behaviour:
 
 
 BEHAVIOURS = {
-    "free": Behaviour(active=0.024, extra_sessions=0.3, work_median_min=15, work_sigma=0.6, closes=0.3),
-    "starter": Behaviour(active=0.05, extra_sessions=0.4, work_median_min=30),
-    "pro": Behaviour(active=0.085, extra_sessions=0.6, work_median_min=45, closes=0.5),
-    "team": Behaviour(active=0.13, extra_sessions=0.8, work_median_min=60, closes=0.5),
-    "enterprise": Behaviour(active=0.13, extra_sessions=0.8, work_median_min=60, closes=0.5),
+    "free": Behaviour(active=0.02, extra_sessions=0.3, work_median_min=15, work_sigma=0.6, closes=0.3),
+    "starter": Behaviour(active=0.04, extra_sessions=0.4, work_median_min=30),
+    "pro": Behaviour(active=0.07, extra_sessions=0.6, work_median_min=45, closes=0.5),
+    "team": Behaviour(active=0.105, extra_sessions=0.8, work_median_min=60, closes=0.5),
+    "enterprise": Behaviour(active=0.105, extra_sessions=0.8, work_median_min=60, closes=0.5),
 }
 DEFAULT_BEHAVIOUR = BEHAVIOURS["pro"]
 WEEKEND_ACTIVITY = 0.3  # a weekend day's share of a weekday's activity

@@ -76,6 +76,7 @@ def summarize(result, *, rates, storage_gib_per_user, wall_s=None):
         "peak_working": result.peak_working,
         "session_container_hours": round(claimed_s / 3600, 1),
         "warm_container_hours": round(result.warm_s / 3600, 1),
+        "idle_tail_container_hours": round(result.idle_tail_s / 3600, 1),
         "metered_hours": round(sum(result.metered_s_by_plan.values()) / 3600, 1),
         "cost_usd": {line: round(float(value), 2) for line, value in costs.items()},
         "cost_per_user_month_by_line_usd": {line: round(float(value / result.users / months), 4)
@@ -94,7 +95,8 @@ def table(figures, *, title=""):
     """The figures as lines of text, with the issue's targets where it sets one."""
     rows = [
         ("users / days", f"{figures['users']} / {figures['days']}", ""),
-        ("container-hours", f"{figures['container_hours']} (sessions {figures['session_container_hours']}, warm "
+        ("container-hours", f"{figures['container_hours']} (sessions {figures['session_container_hours']}, of which "
+                            f"idle before reclaim {figures['idle_tail_container_hours']}; warm "
                             f"{figures['warm_container_hours']})", ""),
         ("one per signed-in user", f"{figures['naive_container_hours']} ({figures['reduction_x']}× more)", "≥ 20×"),
         ("open wait p50 / p95 / p99", " / ".join(f"{figures[k] * 1000:.1f} ms" if figures[k] is not None else "–"

@@ -1,5 +1,6 @@
 """`manage.py simulate`: replay a simulated population through the pool policy and report capacity, waits and cost
 (docs/CAPACITY.md)."""
+import copy
 import json
 from pathlib import Path
 
@@ -33,6 +34,8 @@ class Command(BaseCommand):
         parser.add_argument("--lead-time", type=float, help="seconds a claimed container takes to be replaced "
                             "(default: the runtime's cold start p95 + the refill nudge)")
         parser.add_argument("--window", type=float, help="seconds of recent opens the target reads (default 300)")
+        parser.add_argument("--idle-timeout", type=int, metavar="MINUTES",
+                            help="the template's idle timeout instead of its own (the plan's still applies if shorter)")
         parser.add_argument("--storage-gib", type=float, default=None,
                             help="stored GiB per user for the storage cost (default 0.05)")
         parser.add_argument("--runtime", default=DEFAULT_PROFILE, help="runtime profile: code-server or tiny")
@@ -55,6 +58,11 @@ class Command(BaseCommand):
             raise CommandError(f"--plan-mix: {exc}") from None
         template = self._template(options["template"])
         bounds = self._bounds(template, options["warm_min"], options["warm_max"])
+        if options["idle_timeout"] is not None:
+            if options["idle_timeout"] < 1:
+                raise CommandError(f"--idle-timeout must be at least 1 minute, not {options['idle_timeout']}")
+            template = copy.copy(template)  # the run's alone: nothing is saved
+            template.idle_timeout_minutes = options["idle_timeout"]
         for name in ("lead_time", "window", "storage_gib"):
             if options[name] is not None and options[name] < 0:
                 raise CommandError(f"--{name.replace('_', '-')} must not be negative, not {options[name]}")
