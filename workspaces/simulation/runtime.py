@@ -96,6 +96,12 @@ def runtime_refresh(model, path):
         data = json.loads(lines[-1]) if lines else json.loads(text)
     except (OSError, ValueError) as exc:
         raise RuntimeDataError(f"{path}: not a bench JSON output ({exc})") from exc
+    return runtime_refresh_data(model, data, source=str(path))
+
+
+def runtime_refresh_data(model, data, *, source):
+    """`model` with the figures of one bench output already parsed (`runtime_refresh`)."""
+    path = source
     changed = {}
     try:
         if data.get("sequential_warm", {}).get("n"):
