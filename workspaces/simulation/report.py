@@ -1,6 +1,7 @@
 """A run's figures (container-hours against one container per user, waits, cold-start rate, cost per user-month at
 the cost model's unit prices), its table and its plot (SVG, written by hand) of demand, pool size and waits over a
 day."""
+import math
 from decimal import Decimal
 from html import escape
 
@@ -134,7 +135,7 @@ def plot_svg(result, *, day=None):
     waits = [(at, w, cold) for at, w, cold in result.waits if start <= at < end]
     width, height, left, right, top, bottom = 900, 360, 50, 60, 30, 40
     plot_w, plot_h = width - left - right, height - top - bottom
-    y_max = max([1] + [max(r[1], r[3], r[4]) for r in series])
+    y_max = 4 * math.ceil(max([1] + [max(r[1], r[3], r[4]) for r in series]) / 4)  # whole ticks
     w_max = max([1.0] + [w for _, w, _ in waits])
 
     def x(t):
@@ -147,7 +148,15 @@ def plot_svg(result, *, day=None):
         return top + plot_h - v / w_max * plot_h
 
     def line(index, colour, dash=""):
-        points = " ".join(f"{x(r[0]):.1f},{y(r[index]):.1f}" for r in series)
+        steps = []  # a step line: a point only where the value changes
+        for i, row in enumerate(series):
+            if i == 0 or row[index] != series[i - 1][index]:
+                if i:
+                    steps.append((row[0], series[i - 1][index]))
+                steps.append((row[0], row[index]))
+        if series:
+            steps.append((series[-1][0], series[-1][index]))
+        points = " ".join(f"{x(t):.1f},{y(v):.1f}" for t, v in steps)
         return (f'<polyline fill="none" stroke="{colour}" stroke-width="1.5"{dash} points="{points}"/>'
                 if points else "")
 
