@@ -92,7 +92,7 @@ class Simulation:
         self.sessions = {}  # user -> live _Session
         self.tenant_live = {}  # tenant -> live sessions
         self.used_day, self.used_month = {}, {}  # tenant -> metered seconds (day index -> s; s this month)
-        self.last_t, self.target = 0.0, policy_inputs.bounds.minimum
+        self.last_t = 0.0
         self.out = Result(users=len(population.user_tenants), days=days,
                           plans={p.slug: p for p in population.tenant_plans})
 
@@ -199,9 +199,9 @@ class Simulation:
             left.append(plan.monthly_hours * 3600 - self.used_month.get(tenant, 0.0))
         return min(left) if left else None
 
-    def _claim_warm(self, t, arrival, visit, *, cold):
+    def _claim_warm(self, t, arrival, visit, *, cold, delay=0.0):
         self.warm -= 1
-        wait = (t - arrival) + self.runtime.warm_open.sample(self.rng)
+        wait = (t - arrival) + delay + self.runtime.warm_open.sample(self.rng)
         self._session_start(t, arrival, visit, wait=wait, cold=cold)
         self.at(t + self.policy.refill_delay_s, "fill")
 
@@ -211,8 +211,10 @@ class Simulation:
         while self.line:
             arrival, visit = self.line[0]
             if self.warm > 0:
+                # The head sees a container that turned WARM at its next look (every line_poll_s): half of it on
+                # average.
                 self.line.popleft()
-                self._claim_warm(t, arrival, visit, cold=True)
+                self._claim_warm(t, arrival, visit, cold=True, delay=self.policy.line_poll_s / 2)
             elif self._free_slots() > 0 and self._room():
                 self.line.popleft()
                 self.starting_cold += 1
@@ -260,8 +262,7 @@ class Simulation:
     def _fill(self, t):
         """pool_fill: top the pool up to the warm target, as many starts at once as free slots (the line of cold
         opens first: its head polls every 50 ms, a fill waiting for a slot every 0.25 s)."""
-        self.target = self._decide(t).target
-        missing = self.target - (self.warm + self.starting_pool)
+        missing = self._decide(t).target - (self.warm + self.starting_pool)
         while missing > 0 and not self.line and self._free_slots() > 0 and self._room():
             self.starting_pool += 1
             missing -= 1
@@ -277,7 +278,6 @@ class Simulation:
 
     def _on_pool_tick(self, t):
         decision = self._decide(t)
-        self.target = decision.target
         release = demand.surplus(warm=self.warm, target=decision.target)
         self.warm -= release
         self._fill(t)
