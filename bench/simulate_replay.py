@@ -179,9 +179,12 @@ def main():
         real, errors = replay_real(pairs, plan, template)
         out.update(load_avg=[round(load, 2), round(os.getloadavg()[0], 2)], failed=len(errors), errors=errors[:3])
         if args.calibrate:  # the machine may have changed meanwhile (other work on the shared engine)
-            runtimes["after"] = runtime_refresh_data(profile, calibrate(template, pairs[: args.calibrate],
-                                                                        cores=profile.cores),
-                                                     source=f"{args.calibrate} warm, cold and burst opens just after")
+            try:
+                runtimes["after"] = runtime_refresh_data(
+                    profile, calibrate(template, pairs[: args.calibrate], cores=profile.cores),
+                    source=f"{args.calibrate} warm, cold and burst opens just after")
+            except Exception as exc:  # the replay's figures stand; the run is marked not valid
+                errors.append(f"calibration after: {type(exc).__name__}: {exc}")
     finally:
         claim.close_all()
         claim.set_target(template, 0)
