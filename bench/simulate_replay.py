@@ -1,7 +1,8 @@
 """The simulator's reality check: one script of opens, replayed on real Docker and PostgreSQL and in the simulator.
 
     DATABASE_URL=postgres://... .venv/bin/python bench/simulate_replay.py [--opens 40] [--compress 120]
-                                                 [--warm 1] [--seed 1] [--refresh-from bench-output.json]
+                                                 [--warm 1] [--seed 1] [--calibrate 8]
+                                                 [--refresh-from bench-output.json]
 
 The script comes from the simulator's own generator (`workspaces.simulation.population`): the densest run of
 `--opens` first opens (one per user) of a weekday of 5,000 users, with their inter-arrival gaps and working times
@@ -56,6 +57,8 @@ def script(*, opens, compress, seed):
         if visit.user not in seen:
             seen.add(visit.user)
             visits.append(visit)
+    if len(visits) < opens:
+        raise SystemExit(f"--opens: the simulated day has only {len(visits)} first opens")
     # The densest window of `opens` consecutive first opens.
     start = min(range(len(visits) - opens + 1), key=lambda i: visits[i + opens - 1].at - visits[i].at)
     chosen = visits[start:start + opens]
