@@ -6,6 +6,7 @@ from django.urls import path, reverse
 from django.utils.html import format_html
 
 from workspaces import pool, reconciler, selectors, services
+from workspaces.admin_what_if import what_if_view
 from workspaces.models import Container, Node, Session, Workspace, WorkspaceTemplate
 from workspaces.pool import health
 
@@ -47,6 +48,8 @@ class WorkspaceTemplateAdmin(admin.ModelAdmin):
     def get_urls(self):
         return [
             path("pool/", self.admin_site.admin_view(self.pool_view), name="workspaces_pool_overview"),
+            path("pool/what-if/", self.admin_site.admin_view(lambda request: what_if_view(self, request)),
+                 name="workspaces_pool_what_if"),
             *super().get_urls(),
         ]
 
