@@ -1,6 +1,7 @@
 """Settings every environment shares, all from the environment (django-environ), with embedded defaults so that
 `make run` works on a bare machine. The default module of manage.py, WSGI, ASGI and Celery (development);
 production runs `config.settings.production`, the tests `config.settings.test`."""
+import os
 from datetime import timedelta
 from pathlib import Path
 
@@ -19,7 +20,6 @@ DEBUG = env.bool("DEBUG", default=False)
 def _local_secret_key(path: Path) -> str:
     """This checkout's own random key, made once (mode 0600) under var/: `make run` needs no SECRET_KEY, and no
     key that anyone else knows ever signs a session. The first process to start writes it; the others read it."""
-    import os
     import secrets
 
     try:
@@ -345,6 +345,20 @@ CELERY_BEAT_SCHEDULE = {
     # Nightly, off-peak (UTC): the previous and the open billing month are reconciled; gaps appear in admin.
     "billing-reconcile": {"task": "billing.tasks.reconcile", "schedule": crontab(hour=3, minute=30)},
 }
+
+# --- metrics (core/metrics.py; docs/OBSERVABILITY.md) ---------------------------------------------------------------
+# prometheus_client's multiprocess mode: every web and worker process writes its figures here and GET /metrics adds
+# them up. Set in the environment before anything loads prometheus_client (which reads it once, at import).
+PROMETHEUS_MULTIPROC_DIR = env.str("PROMETHEUS_MULTIPROC_DIR", default=str(VAR_DIR / "metrics"))
+os.environ["PROMETHEUS_MULTIPROC_DIR"] = PROMETHEUS_MULTIPROC_DIR
+Path(PROMETHEUS_MULTIPROC_DIR).mkdir(parents=True, exist_ok=True)
+# Networks (CIDRs) whose clients read /metrics without a token, besides loopback: your Prometheus's. Anyone else
+# needs a staff user's API token.
+METRICS_ALLOWED_NETWORKS = env.list("METRICS_ALLOWED_NETWORKS", default=[])
+# hearth_usage_total: tenants with the most events this month get their own `tenant` label, the rest "other";
+# the set is read again this often (seconds) in each process.
+METRICS_USAGE_TOP_TENANTS = env.int("METRICS_USAGE_TOP_TENANTS", default=20)
+METRICS_USAGE_TOP_REFRESH = env.int("METRICS_USAGE_TOP_REFRESH", default=300)
 
 LOGGING = {
     "version": 1,
