@@ -8,8 +8,8 @@ from prometheus_client.core import GaugeMetricFamily
 DELIVERIES = Counter("hearth_billing_deliveries_total", "Billing deliveries handled by the drain, by provider and "
                      "outcome (delivered; retry: failed or deferred, tried again later; dead: dead-lettered).",
                      ["provider", "outcome"])
-DEAD_LETTERS = Counter("hearth_billing_dead_letters_total", "Billing deliveries that became dead letters, by "
-                       "provider (permanent error, or BILLING_DELIVERY_MAX_ATTEMPTS failures).", ["provider"])
+# A new dead letter is hearth_billing_deliveries_total{outcome="dead"}; those still waiting for staff are the gauge
+# hearth_billing_dead_letters (OutboxCollector).
 
 
 def series_at_zero():
@@ -17,7 +17,6 @@ def series_at_zero():
     from billing.models import Provider
 
     for provider in Provider.values:
-        DEAD_LETTERS.labels(provider)
         for outcome in ("delivered", "retry", "dead"):
             DELIVERIES.labels(provider, outcome)
 
@@ -31,7 +30,6 @@ def deliveries_record(deliveries):
             outcome = "delivered"
         elif delivery.state == Delivery.State.DEAD:
             outcome = "dead"
-            DEAD_LETTERS.labels(delivery.provider).inc()
         else:
             outcome = "retry"
         DELIVERIES.labels(delivery.provider, outcome).inc()

@@ -112,6 +112,8 @@ def test_it_parses_and_names_every_figure_with_the_hearth_prefix_and_a_unit(db, 
     result = scrape()
     missing = EXPECTED_FAMILIES - set(result.families)
     assert not missing, missing
+    helps = [line.split()[2] for line in result.text.splitlines() if line.startswith("# HELP ")]
+    assert len(helps) == len(set(helps)), "two figures share a name"
     for family in result.families.values():
         assert family.name.startswith("hearth_"), family.name
         if family.type == "counter":
