@@ -444,7 +444,10 @@ GATEWAY_TOKEN_TTL = env.int("GATEWAY_TOKEN_TTL", default=8 * 3600)
 GATEWAY_AUDIENCE = env.str("GATEWAY_AUDIENCE", default="hearth-gateway")
 GATEWAY_ISSUER = env.str("GATEWAY_ISSUER", default="hearth")
 GATEWAY_RUN_DIR = Path(env.str("GATEWAY_RUN_DIR", default=str(VAR_DIR / "gateway")))
-GATEWAY_STATS_PORT = env.int("GATEWAY_STATS_PORT", default=0)  # 0: no stats/Prometheus listener
+# HAProxy's own stats page (/stats) and Prometheus exporter (/metrics) on this port (0: none); HAProxy serves them
+# without any check, so the address is loopback unless a private network's Prometheus must reach it (docs/GATEWAY.md).
+GATEWAY_STATS_PORT = env.int("GATEWAY_STATS_PORT", default=0)
+GATEWAY_STATS_ADDRESS = env.str("GATEWAY_STATS_ADDRESS", default="127.0.0.1")
 HAPROXY_BIN = env.str("HAPROXY_BIN", default="haproxy")
 # Remember tokens that passed every check for a route (exp still checked per request): about 10 us less per request.
 GATEWAY_TOKEN_CACHE = env.bool("GATEWAY_TOKEN_CACHE", default=True)
