@@ -67,11 +67,18 @@ def usage_record(totals):
     if not totals:
         return
     tenants, meters = _labels.current({meter_id for _, meter_id, _, _ in totals})
+    # Added up per label first: a batch of many tenants becomes at most (N + 1) × meters increments (each is a
+    # locked write to this process's file).
+    by_label = {}
     for tenant_id, meter_id, quantity, events in totals:
         slug, aggregation = meters.get(meter_id, (str(meter_id), "sum"))
-        tenant = tenants.get(tenant_id, OTHER)
+        key = (tenants.get(tenant_id, OTHER), slug)
+        summed = by_label.setdefault(key, [0, 0])
+        summed[0] += quantity if aggregation == "sum" else 0
+        summed[1] += events
+    for (tenant, slug), (quantity, events) in by_label.items():
         USAGE_EVENTS.labels(tenant, slug).inc(events)
-        if aggregation == "sum" and quantity > 0:
+        if quantity > 0:
             USAGE.labels(tenant, slug).inc(quantity)
 
 

@@ -351,7 +351,13 @@ CELERY_BEAT_SCHEDULE = {
 # them up. Set in the environment before anything loads prometheus_client (which reads it once, at import).
 PROMETHEUS_MULTIPROC_DIR = env.str("PROMETHEUS_MULTIPROC_DIR", default=str(VAR_DIR / "metrics"))
 os.environ["PROMETHEUS_MULTIPROC_DIR"] = PROMETHEUS_MULTIPROC_DIR
-Path(PROMETHEUS_MULTIPROC_DIR).mkdir(parents=True, exist_ok=True)
+try:
+    Path(PROMETHEUS_MULTIPROC_DIR).mkdir(parents=True, exist_ok=True)
+except OSError as exc:
+    from django.core.exceptions import ImproperlyConfigured
+
+    raise ImproperlyConfigured(f"PROMETHEUS_MULTIPROC_DIR={PROMETHEUS_MULTIPROC_DIR} cannot be created ({exc}); "
+                               "every process writes its metrics there: point it at a writable directory.") from exc
 # Networks (CIDRs) whose clients read /metrics without a token, besides loopback: your Prometheus's. Anyone else
 # needs a staff user's API token.
 METRICS_ALLOWED_NETWORKS = env.list("METRICS_ALLOWED_NETWORKS", default=[])
