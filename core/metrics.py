@@ -86,10 +86,6 @@ def collector_register(name: str, collector) -> None:
     _collectors[name] = collector
 
 
-def collectors_registered() -> dict:
-    return dict(_collectors)
-
-
 collector_register("celery_queues", QueueCollector())
 
 
