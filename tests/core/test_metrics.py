@@ -268,3 +268,35 @@ def test_queue_length_and_lag_come_from_redis(db, redis_url, settings):
     finally:
         broker.delete(key)
         app.amqp.queues.pop(queue, None)
+
+
+@pytest.mark.slow
+def test_a_real_worker_processes_failures_add_up_on_the_webs_metrics(db, redis_url):
+    # A Celery worker with two pool processes, on a queue of its own (no other install's tasks), writing to this
+    # run's directory: two failing tasks, whichever process ran each, read back as one sum on /metrics here.
+    from django.conf import settings
+
+    from config.celery import app
+
+    name = f"metrics-{uuid.uuid4().hex[:8]}@{settings.HEARTH_INSTANCE}"
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "config", "worker", "-n", name, "-Q", f"{name}-only",
+         "--pool", "prefork", "--concurrency", "2", "--without-mingle", "--without-gossip", "--loglevel", "WARNING"],
+        cwd=settings.BASE_DIR, env={**os.environ, "DJANGO_SETTINGS_MODULE": "config.settings.test"},
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    task = "workspaces.tasks.pool_fill"
+    try:
+        deadline = time.monotonic() + 60
+        while not app.control.ping(destination=[name], timeout=0.5):
+            assert worker.poll() is None and time.monotonic() < deadline, worker.stderr.read().decode()[-2000:]
+        before = scrape().value("hearth_celery_task_failures_total", task=task)
+        for _ in range(2):  # an argument the task does not take: a TypeError in the worker, before any query
+            app.send_task(task, kwargs={"no_such_argument": 1}, queue=f"{name}-only")
+        deadline = time.monotonic() + 30
+        while scrape().value("hearth_celery_task_failures_total", task=task) < before + 2:
+            assert time.monotonic() < deadline, "the worker's failures never reached /metrics"
+            time.sleep(0.2)
+        assert scrape().value("hearth_celery_task_failures_total", task=task) == before + 2
+    finally:
+        worker.terminate()
+        worker.wait(timeout=30)
