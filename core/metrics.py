@@ -153,10 +153,10 @@ def address_trusted(address) -> bool:
     """Loopback and METRICS_ALLOWED_NETWORKS (a Prometheus on the private network) read without a token."""
     if address is None:
         return False
+    if getattr(address, "ipv4_mapped", None) is not None:  # ::ffff:a.b.c.d from a dual-stack socket
+        address = address.ipv4_mapped
     if address.is_loopback:
         return True
-    if getattr(address, "ipv4_mapped", None) is not None:
-        address = address.ipv4_mapped
     return any(address.version == net.version and address in net for net in allowed_networks())
 
 
@@ -182,6 +182,7 @@ def metrics_view(request):
         if plaintext is None:
             return _refused(403, "metrics_forbidden", "Metrics are readable from loopback, from "
                             "METRICS_ALLOWED_NETWORKS, or with a staff user's API token (Authorization: Bearer).")
+        # Here, not at the top: gunicorn's master imports this module (config/gunicorn.py) before the apps load.
         from tenants import policy
         from tenants.exceptions import Forbidden
         from tenants.tokens import api_token_authenticate

@@ -89,6 +89,11 @@ def test_behind_a_trusted_proxy_the_forwarded_client_counts_not_the_proxy(client
     assert response.status_code == 403
 
 
+def test_an_ipv4_mapped_loopback_is_loopback_and_a_mapped_outsider_is_not(client, db, redis_url):
+    assert client.get("/metrics", REMOTE_ADDR="::ffff:127.0.0.1").status_code == 200
+    assert client.get("/metrics", REMOTE_ADDR="::ffff:203.0.113.7").status_code == 403
+
+
 def test_only_get(client, db):
     assert client.post("/metrics").status_code == 405
 
