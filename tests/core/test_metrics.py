@@ -76,9 +76,16 @@ def test_a_member_token_without_staff_is_refused(db):
 
 
 def test_a_revoked_or_made_up_token_is_401(client, db):
+    from tenants.services import api_token_create, api_token_revoke
+
     response = client.get("/metrics", HTTP_AUTHORIZATION="Bearer hth_nothing_like_a_token", **OUTSIDE)
     assert response.status_code == 401 and response.json()["code"] == "invalid_token"
     assert response["WWW-Authenticate"].startswith("Bearer")
+    staff = MembershipFactory(role="owner", user=UserFactory(is_staff=True))
+    token, plaintext = api_token_create(membership=staff, name="prometheus", actor=staff.user)
+    assert client.get("/metrics", HTTP_AUTHORIZATION=f"Bearer {plaintext}", **OUTSIDE).status_code == 200
+    api_token_revoke(token=token, actor=staff.user)
+    assert client.get("/metrics", HTTP_AUTHORIZATION=f"Bearer {plaintext}", **OUTSIDE).status_code == 401
 
 
 def test_behind_a_trusted_proxy_the_forwarded_client_counts_not_the_proxy(client, db, settings):
