@@ -346,26 +346,6 @@ CELERY_BEAT_SCHEDULE = {
     "billing-reconcile": {"task": "billing.tasks.reconcile", "schedule": crontab(hour=3, minute=30)},
 }
 
-# --- metrics (core/metrics.py; docs/OBSERVABILITY.md) ---------------------------------------------------------------
-# prometheus_client's multiprocess mode: every web and worker process writes its figures here and GET /metrics adds
-# them up. Set in the environment before anything loads prometheus_client (which reads it once, at import).
-PROMETHEUS_MULTIPROC_DIR = env.str("PROMETHEUS_MULTIPROC_DIR", default=str(VAR_DIR / "metrics"))
-os.environ["PROMETHEUS_MULTIPROC_DIR"] = PROMETHEUS_MULTIPROC_DIR
-try:
-    Path(PROMETHEUS_MULTIPROC_DIR).mkdir(parents=True, exist_ok=True)
-except OSError as exc:
-    from django.core.exceptions import ImproperlyConfigured
-
-    raise ImproperlyConfigured(f"PROMETHEUS_MULTIPROC_DIR={PROMETHEUS_MULTIPROC_DIR} cannot be created ({exc}); "
-                               "every process writes its metrics there: point it at a writable directory.") from exc
-# Networks (CIDRs) whose clients read /metrics without a token, besides loopback: your Prometheus's. Anyone else
-# needs a staff user's API token.
-METRICS_ALLOWED_NETWORKS = env.list("METRICS_ALLOWED_NETWORKS", default=[])
-# hearth_usage_total: tenants with the most events this month get their own `tenant` label, the rest "other";
-# the set is read again this often (seconds) in each process.
-METRICS_USAGE_TOP_TENANTS = env.int("METRICS_USAGE_TOP_TENANTS", default=20)
-METRICS_USAGE_TOP_REFRESH = env.int("METRICS_USAGE_TOP_REFRESH", default=300)
-
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
@@ -440,6 +420,26 @@ EGRESS_PROXY_ALLOW = env.list("EGRESS_PROXY_ALLOW", default=[
 EGRESS_PROXY_USER = env.str("EGRESS_PROXY_USER", default="tinyproxy")
 EGRESS_PROXY_RUN_DIR = Path(env.str("EGRESS_PROXY_RUN_DIR", default=str(VAR_DIR / "egress-proxy")))
 TINYPROXY_BIN = env.str("TINYPROXY_BIN", default="tinyproxy")
+
+# --- metrics (core/metrics.py; docs/OBSERVABILITY.md) ---------------------------------------------------------------
+# prometheus_client's multiprocess mode: every web and worker process writes its figures here and GET /metrics adds
+# them up. Set in the environment before anything loads prometheus_client (which reads it once, at import).
+PROMETHEUS_MULTIPROC_DIR = env.str("PROMETHEUS_MULTIPROC_DIR", default=str(VAR_DIR / "metrics"))
+os.environ["PROMETHEUS_MULTIPROC_DIR"] = PROMETHEUS_MULTIPROC_DIR
+try:
+    Path(PROMETHEUS_MULTIPROC_DIR).mkdir(parents=True, exist_ok=True)
+except OSError as exc:
+    from django.core.exceptions import ImproperlyConfigured
+
+    raise ImproperlyConfigured(f"PROMETHEUS_MULTIPROC_DIR={PROMETHEUS_MULTIPROC_DIR} cannot be created ({exc}); "
+                               "every process writes its metrics there: point it at a writable directory.") from exc
+# Networks (CIDRs) whose clients read /metrics without a token, besides loopback: your Prometheus's. Anyone else
+# needs a staff user's API token.
+METRICS_ALLOWED_NETWORKS = env.list("METRICS_ALLOWED_NETWORKS", default=[])
+# hearth_usage_total: tenants with the most events this month get their own `tenant` label, the rest "other";
+# the set is read again this often (seconds) in each process.
+METRICS_USAGE_TOP_TENANTS = env.int("METRICS_USAGE_TOP_TENANTS", default=20)
+METRICS_USAGE_TOP_REFRESH = env.int("METRICS_USAGE_TOP_REFRESH", default=300)
 
 # --- the gateway (HAProxy): workspaces answer at <host_key>.<GATEWAY_HOST>:<HEARTH_GATEWAY_PORT> ----------------
 GATEWAY_HOST = env.str("GATEWAY_HOST", default="localhost")
