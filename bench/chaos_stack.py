@@ -295,7 +295,8 @@ class Stack:
         py = sys.executable
         celery = [py, "-m", "celery", "-A", "config"]
         specs = {
-            "web": ([py, "-m", "gunicorn", "config.wsgi:application", "--bind", f"127.0.0.1:{self.web_port}",
+            "web": ([py, "-m", "gunicorn", "config.wsgi:application", "-c", "config/gunicorn.py",
+                     "--bind", f"127.0.0.1:{self.web_port}",
                      "--workers", "2", "--threads", "4", "--error-logfile", "-", "--log-level", "warning"],
                     lambda p: _http_ok(self.web_port)),
             "worker": ([*celery, "worker", "-c", "2", "-l", "INFO", "--without-heartbeat", "--without-gossip",

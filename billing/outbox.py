@@ -14,6 +14,7 @@ from django.conf import settings
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
+from billing import metrics
 from billing.models import BillingAccount, BillingEvent, Delivery, Provider
 from billing.providers import PermanentError, TransientError, provider_get, providers_registered
 from tenants.audit import audit_record
@@ -112,6 +113,7 @@ def deliveries_drain(*, batch_size=None, now=None):
             done = _deliver_batch(batch, now=moment, deadline=deadline)
             _save_outcomes(done)
             delivered += sum(1 for d in done if d.state == Delivery.State.DELIVERED)
+        metrics.deliveries_record(done)  # committed: counted once, never for a batch that rolled back
         if len(batch) < batch_size:
             return delivered
     return delivered

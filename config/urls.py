@@ -1,9 +1,9 @@
-"""Hearth's URLs: portal, accounts, admin, the REST API (core.api_urls), SCIM, health, billing and Stripe's
-webhooks."""
+"""Hearth's URLs: portal, accounts, admin, the REST API (core.api_urls), SCIM, health and metrics, billing and
+Stripe's webhooks."""
 from django.contrib import admin
 from django.urls import include, path
 
-from core import health
+from core import health, metrics
 from tenants import account_views
 
 urlpatterns = [
@@ -13,6 +13,7 @@ urlpatterns = [
     path("api/", include("core.api_urls")),
     path("healthz", health.healthz, name="healthz"),
     path("readyz", health.readyz, name="readyz"),
+    path("metrics", metrics.metrics_view, name="metrics"),
     path("workspaces/", include("workspaces.urls")),
     path("usage/", include("metering.urls")),
     path("billing/", include("billing.urls")),

@@ -15,7 +15,7 @@ from django.db import DataError, transaction
 from django.utils import timezone
 
 from config import db
-from metering import periods
+from metering import metrics, periods
 from metering.batches import usage_events_prepare
 from metering.entitlements import usage_thresholds_check
 from metering.meters import EGRESS_BYTES, PLATFORM_METERS, WORKSPACE_SECONDS, meter_get
@@ -92,7 +92,9 @@ up AS (
         updated_at = now()
     RETURNING 1
 )
-SELECT (SELECT count(*) FROM ins), (SELECT coalesce(sum(quantity), 0) FROM ins), (SELECT count(*) FROM up)
+SELECT (SELECT count(*) FROM ins), (SELECT coalesce(sum(quantity), 0) FROM ins), (SELECT count(*) FROM up),
+       -- What was new per tenant and meter, for the metrics (metering.metrics): from the months' groups already made.
+       (SELECT json_agg(json_build_array(tenant_id, meter_id, total, n)) FROM agg WHERE period = 'month')
 """
 _INGEST_UNIFORM_SQL = _INGEST_SQL.format(source=_SOURCE_ARRAYS, batch_columns="%b::text, %b::text, %b::int8")
 _INGEST_MIXED_SQL = _INGEST_SQL.format(source=_SOURCE_ARRAYS_MIXED, batch_columns="source, reason, actor_id")
@@ -126,7 +128,9 @@ def _ingest_rows(rows):
     # Bound on the server (the arrays go as binary int8/text arrays, not spelt out) and prepared once per connection.
     with transaction.atomic(), db.cursor(int8=True) as cursor:
         cursor.execute(sql, params)
-        inserted, quantity, _ = cursor.fetchone()
+        inserted, quantity, _, totals = cursor.fetchone()
+        if totals:
+            transaction.on_commit(lambda: metrics.usage_record(totals))
     return inserted, int(quantity)
 
 

@@ -8,6 +8,7 @@ from datetime import UTC
 
 from django.utils import timezone
 
+from metering import metrics
 from metering.ingestion import usage_record
 from metering.meters import SEATS, STORAGE_BYTES
 from tenants import files
@@ -33,6 +34,7 @@ def _mount_points(path):
         return []
 
 
+@metrics.sampler("storage")
 def storage_sample(*, tenant, now=None):
     """Measure the tenant's storage directory and record it as a storage_bytes sample (one per tenant and hour)."""
     from tenants.services import tenant_storage_path
@@ -47,6 +49,7 @@ def storage_sample(*, tenant, now=None):
     return size
 
 
+@metrics.sampler("seats")
 def seats_sample(*, tenant, now=None):
     """Record the tenant's member count as a seats sample; the day's and the month's figure is the peak.
 

@@ -4,7 +4,7 @@ import logging
 from celery import shared_task
 from django.utils import timezone
 
-from metering import services
+from metering import metrics, services
 from metering.models import UsageRollup
 from tenants.models import Tenant
 
@@ -12,6 +12,7 @@ log = logging.getLogger(__name__)
 
 
 @shared_task(acks_late=True, ignore_result=True)
+@metrics.sampler("thresholds")
 def usage_thresholds_scan(window_minutes=10):
     """Emit threshold notices for tenants whose roll-ups changed recently; idempotent (notices are remembered)."""
     since = timezone.now() - timezone.timedelta(minutes=window_minutes)

@@ -12,3 +12,8 @@ class TenantsConfig(AppConfig):
         from tenants.admin import admin_actions_guard
 
         admin_actions_guard(admin.site)
+
+        from core.metrics import collector_register
+        from tenants.metrics import OutboxCollector
+
+        collector_register("outbox", OutboxCollector())

@@ -237,6 +237,15 @@ def concurrent_workspaces_check(*, tenant, running):
             code="concurrency_limit")
 
 
+# --- operators ---------------------------------------------------------------------------------------------------
+
+
+def can_read_metrics(user) -> bool:
+    """GET /metrics from outside loopback and METRICS_ALLOWED_NETWORKS: an active staff user's API token (a token acts
+    for its member's user, so staff is that user's is_staff)."""
+    return user is not None and user.is_active and user.is_staff
+
+
 # --- tenants one user may own ------------------------------------------------------------------------------------
 
 

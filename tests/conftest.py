@@ -62,6 +62,19 @@ def _no_firewall_rules_left():
             network.network_rules_remove(instance=instance)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _metrics_directory():
+    """The run's own metrics directory (config/settings/test.py) goes at the end; the processes the tests start
+    share it (the environment), as a deployment's web and worker processes do."""
+    yield
+    import shutil
+
+    from django.conf import settings
+
+    if "hearth-test-metrics-" in settings.PROMETHEUS_MULTIPROC_DIR:
+        shutil.rmtree(settings.PROMETHEUS_MULTIPROC_DIR, ignore_errors=True)
+
+
 @pytest.fixture(autouse=True)
 def _isolated_paths(settings, tmp_path):
     settings.STORAGE_ROOT = tmp_path / "storage"

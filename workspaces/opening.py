@@ -16,7 +16,7 @@ from metering import services as metering_services
 from tenants import policy
 from tenants.exceptions import Conflict, Forbidden, NotFound, ServiceError, Unavailable
 from tenants.models import Membership, Plan, Tenant
-from workspaces import egress, network, routing, sessions, storage
+from workspaces import egress, metrics, network, routing, sessions, storage
 from workspaces import runtime as rt
 from workspaces.failpoints import failpoint
 from workspaces.gateway.tokens import session_token_issue
@@ -131,8 +131,11 @@ def workspace_open(*, workspace, user, tenant=None, start_later=False):
             return opened
     metering_services.entitlement_check(tenant=tenant)
 
+    started = time.perf_counter()
     session = _claim(workspace=workspace, user=user)
+    metrics.claim_observe(template=template, started=started, claimed=session is not None)
     if session is None:
+        metrics.COLD_STARTS.labels(template.slug).inc()
         if start_later:
             return _cold_open_later(workspace=workspace, user=user)
         session = _cold_start(workspace=workspace, user=user)

@@ -11,7 +11,7 @@ from datetime import timedelta
 from django.conf import settings
 from django.utils import timezone
 
-from workspaces import network, routing, sessions, storage
+from workspaces import metrics, network, routing, sessions, storage
 from workspaces import runtime as rt
 from workspaces.models import Container, Node, Session
 from workspaces.pool import health, provisioning
@@ -52,6 +52,7 @@ def reconcile(*, now=None):
         sessions.session_end(session=session, reason=EndReason.DELETED)
         report["sessions_ended"] += 1
     routing.gateway_routes_sync()
+    metrics.reconcile_record(report, full=True)
     return report
 
 
@@ -63,6 +64,7 @@ def node_reconcile(node, *, now=None):
     routing.gateway_routes_sync()
     _node_reconcile(node, now=now, report=report)
     routing.gateway_routes_sync()
+    metrics.reconcile_record(report, full=False)
     return report
 
 

@@ -16,7 +16,7 @@ from tenants import offboarding, policy
 from tenants.audit import audit_record
 from tenants.exceptions import Conflict, NotFound
 from tenants.models import Membership
-from workspaces import egress, routing, selectors
+from workspaces import egress, metrics, routing, selectors
 from workspaces.failpoints import failpoint
 from workspaces.gateway import routes as gateway_routes
 from workspaces.models import Container, Session
@@ -62,6 +62,7 @@ def session_end(*, session, reason, actor=None, metered_to=None):
         session.ended_at, session.end_reason = now, reason
         _usage_record(session, end=min(metered_to or now, now))
         session.save(update_fields=["ended_at", "end_reason", "metered_until"])
+        transaction.on_commit(lambda: metrics.RECLAIMS.labels(str(reason)).inc())
         Container.objects.filter(pk=session.container_id, state=State.CLAIMED).update(
             state=State.RELEASING, released_at=now)
         audit_record(tenant=session.tenant, actor=actor, action="session.ended", target=f"session:{session.pk}",

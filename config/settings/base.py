@@ -1,6 +1,7 @@
 """Settings every environment shares, all from the environment (django-environ), with embedded defaults so that
 `make run` works on a bare machine. The default module of manage.py, WSGI, ASGI and Celery (development);
 production runs `config.settings.production`, the tests `config.settings.test`."""
+import os
 from datetime import timedelta
 from pathlib import Path
 
@@ -19,7 +20,6 @@ DEBUG = env.bool("DEBUG", default=False)
 def _local_secret_key(path: Path) -> str:
     """This checkout's own random key, made once (mode 0600) under var/: `make run` needs no SECRET_KEY, and no
     key that anyone else knows ever signs a session. The first process to start writes it; the others read it."""
-    import os
     import secrets
 
     try:
@@ -473,6 +473,26 @@ EGRESS_PROXY_USER = env.str("EGRESS_PROXY_USER", default="tinyproxy")
 EGRESS_PROXY_RUN_DIR = Path(env.str("EGRESS_PROXY_RUN_DIR", default=str(VAR_DIR / "egress-proxy")))
 TINYPROXY_BIN = env.str("TINYPROXY_BIN", default="tinyproxy")
 
+# --- metrics (core/metrics.py; docs/OBSERVABILITY.md) ---------------------------------------------------------------
+# prometheus_client's multiprocess mode: every web and worker process writes its figures here and GET /metrics adds
+# them up. Set in the environment before anything loads prometheus_client (which reads it once, at import).
+PROMETHEUS_MULTIPROC_DIR = env.str("PROMETHEUS_MULTIPROC_DIR", default=str(VAR_DIR / "metrics"))
+os.environ["PROMETHEUS_MULTIPROC_DIR"] = PROMETHEUS_MULTIPROC_DIR
+try:
+    Path(PROMETHEUS_MULTIPROC_DIR).mkdir(parents=True, exist_ok=True)
+except OSError as exc:
+    from django.core.exceptions import ImproperlyConfigured
+
+    raise ImproperlyConfigured(f"PROMETHEUS_MULTIPROC_DIR={PROMETHEUS_MULTIPROC_DIR} cannot be created ({exc}); "
+                               "every process writes its metrics there: point it at a writable directory.") from exc
+# Networks (CIDRs) whose clients read /metrics without a token, besides loopback: your Prometheus's. Anyone else
+# needs a staff user's API token.
+METRICS_ALLOWED_NETWORKS = env.list("METRICS_ALLOWED_NETWORKS", default=[])
+# hearth_usage_total: tenants with the most events this month get their own `tenant` label, the rest "other";
+# the set is read again this often (seconds) in each process.
+METRICS_USAGE_TOP_TENANTS = env.int("METRICS_USAGE_TOP_TENANTS", default=20)
+METRICS_USAGE_TOP_REFRESH = env.int("METRICS_USAGE_TOP_REFRESH", default=300)
+
 # --- the gateway (HAProxy): workspaces answer at <host_key>.<GATEWAY_HOST>:<HEARTH_GATEWAY_PORT> ----------------
 GATEWAY_HOST = env.str("GATEWAY_HOST", default="localhost")
 GATEWAY_SCHEME = env.str("GATEWAY_SCHEME", default="http")
@@ -482,7 +502,10 @@ GATEWAY_TOKEN_TTL = env.int("GATEWAY_TOKEN_TTL", default=8 * 3600)
 GATEWAY_AUDIENCE = env.str("GATEWAY_AUDIENCE", default="hearth-gateway")
 GATEWAY_ISSUER = env.str("GATEWAY_ISSUER", default="hearth")
 GATEWAY_RUN_DIR = Path(env.str("GATEWAY_RUN_DIR", default=str(VAR_DIR / "gateway")))
-GATEWAY_STATS_PORT = env.int("GATEWAY_STATS_PORT", default=0)  # 0: no stats/Prometheus listener
+# HAProxy's own stats page (/stats) and Prometheus exporter (/metrics) on this port (0: none); HAProxy serves them
+# without any check, so the address is loopback unless a private network's Prometheus must reach it (docs/GATEWAY.md).
+GATEWAY_STATS_PORT = env.int("GATEWAY_STATS_PORT", default=0)
+GATEWAY_STATS_ADDRESS = env.str("GATEWAY_STATS_ADDRESS", default="127.0.0.1")
 HAPROXY_BIN = env.str("HAPROXY_BIN", default="haproxy")
 # Remember tokens that passed every check for a route (exp still checked per request): about 10 us less per request.
 GATEWAY_TOKEN_CACHE = env.bool("GATEWAY_TOKEN_CACHE", default=True)

@@ -1,16 +1,20 @@
 """Test settings: PostgreSQL (DATABASE_URL), fast hashing, mail to a real SMTP server the tests start."""
 import os
 import secrets
+import tempfile
 
 os.environ.setdefault("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/hearth")
 os.environ.setdefault("HEARTH_INSTANCE", "hearth-test")
+# Each run counts its own rate limits (allauth's, in Redis) and never meets the last run's; the processes the tests
+# start inherit HEARTH_TEST_RUN and share the run's counts, as a deployment's web processes do. The same for the
+# metrics' multiprocess directory (removed at the end of the run: tests/conftest.py).
+os.environ.setdefault("HEARTH_TEST_RUN", secrets.token_hex(4))
+os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", os.path.join(tempfile.gettempdir(),
+                                                               f"hearth-test-metrics-{os.environ['HEARTH_TEST_RUN']}"))
 
 from config.settings.base import *  # noqa: E402,F403
 from config.settings.base import BASE_DIR, CACHES, HEARTH_INSTANCE, STATIC_ROOT, VAR_DIR, env  # noqa: E402
 
-# Each run counts its own rate limits (allauth's, in Redis) and never meets the last run's; the processes the tests
-# start inherit HEARTH_TEST_RUN and share the run's counts, as a deployment's web processes do.
-os.environ.setdefault("HEARTH_TEST_RUN", secrets.token_hex(4))
 CACHES = {"default": {**CACHES["default"],
                       "KEY_PREFIX": f"{HEARTH_INSTANCE}:cache:{os.environ['HEARTH_TEST_RUN']}"}}
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 from django.conf import settings
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.workspaces.gateway_fixtures import (  # noqa: F401
     GATEWAY_HOST,
@@ -190,10 +191,28 @@ def test_prometheus_exporter_on_the_stats_port(gateway_env):  # noqa: F811
                          bind_address="127.0.0.1", cache_total_mb=16, cache_max_object_bytes=1024 * 1024)
     process = GatewayProcess(cfg)
     process.start()
-    try:
+
+    def scraped():
         r = httpx.get(f"http://127.0.0.1:{cfg.stats_port}/metrics")
         assert r.status_code == 200
-        assert 'haproxy_frontend_http_requests_total{proxy="hearth_gateway"}' in r.text
+        # Prometheus text that prometheus_client's parser reads, as a Prometheus would.
+        families = {f.name: f for f in text_string_to_metric_families(r.text)}
+        return {(s.name, s.labels.get("proxy"), s.labels.get("code")): s.value
+                for name in ("haproxy_frontend_http_requests", "haproxy_frontend_http_responses")
+                for s in families[name].samples}
+
+    try:
+        before = scraped()
+        assert ("haproxy_frontend_http_requests_total", "hearth_gateway", None) in before
+        # A request without a session token: refused (401) by the data plane, and counted by the exporter.
+        r = httpx.get(f"http://127.0.0.1:{cfg.port}/", headers={"Host": f"nothing.{GATEWAY_HOST}"})
+        assert r.status_code == 401
+        after = scraped()
+        key = ("haproxy_frontend_http_requests_total", "hearth_gateway", None)
+        assert after[key] == before[key] + 1
+        key = ("haproxy_frontend_http_responses_total", "hearth_gateway", "4xx")
+        assert after[key] == before[key] + 1
+        assert httpx.get(f"http://127.0.0.1:{cfg.stats_port}/stats").status_code == 200
     finally:
         process.stop()
         shutil.rmtree(cfg.run_dir, ignore_errors=True)

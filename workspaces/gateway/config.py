@@ -34,7 +34,8 @@ class GatewayConfig:
     audience: str = "hearth-gateway"
     issuer: str = "hearth"
     portal_url: str = "http://localhost:8000"
-    stats_port: int = 0
+    stats_port: int = 0  # HAProxy's stats page and Prometheus exporter (0: none), on stats_address
+    stats_address: str = "127.0.0.1"
     tls_cert: str = ""  # PEM with certificate + key for *.<gateway host>; empty: plain HTTP (or TLS in front)
     maxconn: int = 8000
     # One thread by default: HAProxy shares the machine's cores with the workspaces, and on 2 shared cores a
@@ -90,6 +91,7 @@ def gateway_config(**overrides) -> GatewayConfig:
         issuer=settings.GATEWAY_ISSUER,
         portal_url=settings.HEARTH_BASE_URL,
         stats_port=settings.GATEWAY_STATS_PORT,
+        stats_address=getattr(settings, "GATEWAY_STATS_ADDRESS", "127.0.0.1"),
         token_cache=getattr(settings, "GATEWAY_TOKEN_CACHE", True),
         tls_cert=getattr(settings, "GATEWAY_TLS_CERT", ""),
         nbthread=getattr(settings, "GATEWAY_NBTHREAD", 1),
@@ -216,6 +218,7 @@ def config_render(cfg: GatewayConfig, *, keys: list[SigningKey] | None = None, r
             "table_size": cfg.table_size,
             "table_expire": cfg.table_expire,
             "stats_port": cfg.stats_port,
+            "stats_address": cfg.stats_address,
             "tls_cert": cfg.tls_cert,
         },
     )
