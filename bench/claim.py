@@ -17,8 +17,8 @@ token) as the portal and the API call it, for the tiny image:
                 These defaults are the shape scripts/serve-web.sh runs gunicorn in.
                 `--clients threads`: N threads in this process, one GIL (the old default); `--clients processes`
                 (or `--processes`): a fresh process per open;
-  cold        — empty pool (warm_target 0): every open starts a container;
-  burst       — `--burst` opens at once against warm_target `--burst-target`, with a refiller process doing what
+  cold        — empty pool (warm minimum and maximum 0): every open starts a container;
+  burst       — `--burst` opens at once against a fixed pool of `--burst-target`, with a refiller process doing what
                 the Celery worker does after each claim (pool_fill of the template, again as soon as it returns).
 `--only burst,cold` runs only those scenarios.
 Prints one JSON line, then a table. Sets up its own node, template and synthetic tenant; its containers carry
@@ -101,7 +101,7 @@ def setup(n_users):
     Node.objects.exclude(pk=node.pk).update(enabled=False)
     template, _ = WorkspaceTemplate.objects.update_or_create(
         slug="claimbench-tiny", defaults=dict(name="bench tiny", image=TINY, internal_port=8080, cpus=0.1,
-                                              memory_mb=64, pids_limit=64, warm_target=0, max_containers=400,
+                                              memory_mb=64, pids_limit=64, warm_min=0, warm_max=0, max_containers=400,
                                               enabled=True, pool_paused=False))
     plan = Plan.objects.filter(max_concurrent_workspaces__isnull=True).order_by("sort_order").first()
     tenant, _ = Tenant.objects.get_or_create(slug="claimbench", defaults=dict(name="Claim bench", plan=plan,
@@ -118,8 +118,8 @@ def setup(n_users):
 
 
 def set_target(template, target):
-    WorkspaceTemplate.objects.filter(pk=template.pk).update(warm_target=target)
-    template.warm_target = target
+    WorkspaceTemplate.objects.filter(pk=template.pk).update(warm_min=target, warm_max=target)
+    template.warm_min = template.warm_max = target
 
 
 def fill(template, target):

@@ -51,3 +51,15 @@ def test_falling_demand_releases_the_surplus():
     assert decision.target == 2
     assert surplus(warm=9, target=decision.target) == 7
     assert surplus(warm=1, target=decision.target) == 0
+
+
+def test_history_since_sets_the_days_when_only_the_windows_are_passed():
+    peak = 3 * DAY + 9 * 3600
+    windows = sorted(peak - d * DAY + i * 10 for d in (1, 2) for i in range(90))  # only the 09:00 windows of 2 days
+    now = peak - 60  # the 15-minute lookahead holds 84 of each day's 90 opens
+    # The history started at day 0: three days, one of them (day 0) with no opens in its window.
+    with_since = target_decide(bounds=BOUNDS, opens=windows, now=now, lead_time_s=20.0, history_since=0.0)
+    assert abs(with_since.expected_per_min - (84 + 84) / 3 / 15) < 1e-6
+    # Without it, the first open passed (day 1's window) makes it one day of history.
+    without = target_decide(bounds=BOUNDS, opens=windows, now=now, lead_time_s=20.0)
+    assert abs(without.expected_per_min - 84 / 15) < 1e-6

@@ -80,13 +80,16 @@ def demand_quantile(mean, z=DEFAULT_Z):
     return math.ceil(mean + z * math.sqrt(mean))
 
 
-def target_decide(*, bounds, opens, now, lead_time_s, window_s=300.0, lookahead_s=900.0, history_days=7, z=DEFAULT_Z):
+def target_decide(*, bounds, opens, now, lead_time_s, window_s=300.0, lookahead_s=900.0, history_days=7, z=DEFAULT_Z,
+                  history_since=None):
     """The warm target for one template's pool at `now`. `opens`: sorted open times (seconds), the recent window and
-    up to `history_days` days before it (fewer days of history count as fewer days)."""
+    up to `history_days` days before it (fewer days of history count as fewer days). `history_since`: when the
+    history starts, for callers that pass only the windows the rule reads (the pool tick); else the first open."""
     recent = recent_rate(opens, now=now, window_s=window_s, lead_time_s=lead_time_s)
     days = 0
-    if opens:
-        days = min(history_days, int((now - opens[0]) // DAY))
+    first = history_since if history_since is not None else (opens[0] if opens else None)
+    if first is not None:
+        days = max(0, min(history_days, int((now - first) // DAY)))
     expected = expected_rate(opens, now=now, lookahead_s=lookahead_s, days=days)
     rate = max(recent, expected)
     wanted = demand_quantile(rate * lead_time_s, z)
