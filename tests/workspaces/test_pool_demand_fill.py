@@ -203,7 +203,7 @@ def test_the_pool_page_shows_the_target_why_hit_rate_p95_and_warm_cost(admin_cli
 
 def test_a_cold_open_answered_at_once_says_its_place_and_expected_wait(node, demand_template, member,
                                                                        make_workspace, make_api_client, settings,
-                                                                       monkeypatch):
+                                                                       monkeypatch, client):
     from tests.factories import MembershipFactory
     from workspaces import tasks
 
@@ -211,15 +211,18 @@ def test_a_cold_open_answered_at_once_says_its_place_and_expected_wait(node, dem
     settings.WORKSPACES_PROVISION_CONCURRENCY = 2
     demand_template.warm_min = demand_template.warm_max = 0
     demand_template.save()
-    answers = []
+    answers, memberships = [], []
     for i in range(3):
         membership = member if i == 0 else MembershipFactory(tenant=member.tenant, role="member")
+        memberships.append(membership)
         workspace = make_workspace(membership, name=f"line{i}")
         answers.append(make_api_client(membership).post(f"/api/v1/workspaces/{workspace.pk}/open"))
     assert [a.status_code for a in answers] == [202, 202, 202]
     # Two slots: the first two start in the first round of cold starts (10 s each here), the third in the second.
     assert [(a.json()["position"], a.json()["expected_wait_s"]) for a in answers] == [(1, 10.0), (2, 10.0),
                                                                                       (3, 20.0)]
+    client.force_login(memberships[2].user)  # the portal's list, which reloads itself while it starts
+    assert "number 3 in line, about 20 s" in client.get("/workspaces/").content.decode()
     session = Session.objects.get(pk=answers[0].json()["session"])
     services.session_start(session_id=str(session.pk))
     session.refresh_from_db()

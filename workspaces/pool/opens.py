@@ -144,3 +144,12 @@ def opens_read(template_id, *, now, window_s, lookahead_s, days):
         times += [start + span * (i + 0.5) / n for i in range(n)]
     times.sort()
     return times, since
+
+
+def opens_forget(template_id):
+    """Drop every count of `template_id` (a benchmark's template reused between runs starts without demand)."""
+    client = _client()
+    keys = list(client.scan_iter(match=f"{_prefix()}:{template_id}:*", count=1000))
+    if keys:
+        client.delete(*keys)
+    return len(keys)
