@@ -63,3 +63,13 @@ def test_history_since_sets_the_days_when_only_the_windows_are_passed():
     # Without it, the first open passed (day 1's window) makes it one day of history.
     without = target_decide(bounds=BOUNDS, opens=windows, now=now, lead_time_s=20.0)
     assert abs(without.expected_per_min - 84 / 15) < 1e-6
+
+
+def test_a_ramp_over_a_minute_is_seen_by_the_short_window():
+    # 50 opens in 60 s at a linearly rising rate (the k-th at 60·√(k/50)): 1.67 opens/s at the end.
+    now = 1000.0
+    opens = [now - 60 + 60 * ((k + 1) / 50) ** 0.5 for k in range(50)]
+    long_only = target_decide(bounds=BOUNDS, opens=opens, now=now, lead_time_s=1.0, short_window_s=0)
+    both = target_decide(bounds=BOUNDS, opens=opens, now=now, lead_time_s=1.0)
+    assert long_only.recent_per_min < 25  # the five-minute window: 50 opens over its last half, 20/min
+    assert both.recent_per_min > 75 and both.target > long_only.target
