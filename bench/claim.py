@@ -231,30 +231,35 @@ def _refiller_start(template):
     return process, stop
 
 
-def _demand_refiller_start(template, tick_s, nudge):
-    """The Celery side of the demand-following pool: pool_fill of the template on the beat's tick, and 0.25 s
-    (the nudger's coalescing) after an open sets `nudge`, as the claim's nudge makes a worker do."""
+def _demand_refiller_start(template, tick_s, nudge, workers=2):
+    """The Celery side of the demand-following pool, as the Procfile's worker (`--concurrency=2`) and beat run it:
+    `workers` processes run pool_fill of the template 0.25 s (the nudger's coalescing) after an open sets `nudge`,
+    whichever is free first, and the first also on the beat's tick. Returns [(process, stop)]."""
     ctx = multiprocessing.get_context("fork")
     stop = ctx.Event()
     connections.close_all()
 
-    def loop():
+    def loop(ticks):
         next_tick = time.monotonic()
         while not stop.is_set():
-            if nudge.wait(max(0.0, next_tick - time.monotonic())):
-                time.sleep(0.25)
+            wait = max(0.0, next_tick - time.monotonic()) if ticks else 1.0
+            if nudge.wait(wait):
                 nudge.clear()
-            else:
+                time.sleep(0.25)
+            elif ticks:
                 next_tick = time.monotonic() + tick_s
+            else:
+                continue
             try:
                 pool.pool_fill(template_id=template.pk)
             except Exception as exc:
                 print(f"refill: {exc}", file=sys.stderr)
         connections.close_all()
 
-    process = ctx.Process(target=loop, daemon=True)
-    process.start()
-    return process, stop
+    processes = [ctx.Process(target=loop, args=(i == 0,), daemon=True) for i in range(workers)]
+    for process in processes:
+        process.start()
+    return [(process, stop) for process in processes]
 
 
 def run_ramp(template, pairs, *, seconds, tick_s, minimum, maximum):
@@ -272,11 +277,16 @@ def run_ramp(template, pairs, *, seconds, tick_s, minimum, maximum):
     timeline, watching = [], threading.Event()
     started = time.perf_counter()
 
-    def watch():  # every second: the target the tick decided and the WARM containers
+    reasons = []
+
+    def watch():  # every second: the target the tick decided and the WARM containers; every 10 s why
         while not watching.wait(1.0):
-            t = WorkspaceTemplate.objects.filter(pk=template.pk).values_list("pool_target", flat=True).first()
+            t, reason = WorkspaceTemplate.objects.filter(pk=template.pk).values_list(
+                "pool_target", "pool_reason").first()
             warm = Container.objects.filter(template=template, state=Container.State.WARM).count()
             timeline.append([round(time.perf_counter() - started), t, warm])
+            if len(timeline) % 10 == 0:
+                reasons.append(f"{timeline[-1][0]} s: {reason}")
         connections.close_all()
 
     errors = []
@@ -302,10 +312,14 @@ def run_ramp(template, pairs, *, seconds, tick_s, minimum, maximum):
         samples = [r for r in executor.map(client, range(n)) if r is not None]
     watching.set()
     watcher.join()
-    _refiller_stop(refiller)
+    for one in refiller:
+        _refiller_stop(one)
     cold = [t for t, was_cold in samples if was_cold]
+    warm = [t for t, was_cold in samples if not was_cold]
     return {**stats(samples), "succeeded": len(samples), "failed": len(errors), "errors": errors[:3],
             "cold_starts": len(cold), "cold_p50_ms": pct(cold, 50) if cold else None,
+            "warm_p50_ms": pct(warm, 50) if warm else None, "warm_p99_ms": pct(warm, 99) if warm else None,
+            "sorted_s": [round(t, 2) for t in sorted(t for t, _ in samples)], "reasons": reasons,
             "seconds": seconds, "tick_s": tick_s, "warm_min": minimum, "warm_max": maximum,
             "load_avg": round(load, 2), "second_target_warm": timeline}
 

@@ -71,5 +71,14 @@ def test_a_ramp_over_a_minute_is_seen_by_the_short_window():
     opens = [now - 60 + 60 * ((k + 1) / 50) ** 0.5 for k in range(50)]
     long_only = target_decide(bounds=BOUNDS, opens=opens, now=now, lead_time_s=1.0, short_window_s=0)
     both = target_decide(bounds=BOUNDS, opens=opens, now=now, lead_time_s=1.0)
-    assert long_only.recent_per_min < 25  # the five-minute window: 50 opens over its last half, 20/min
-    assert both.recent_per_min > 75 and both.target > long_only.target
+    assert long_only.recent_per_min < 35  # the five-minute window: 50 opens in its last half (20/min plain)
+    assert 95 < both.recent_per_min < 110 and both.target > long_only.target  # the ramp ends at 100/min
+
+
+def test_a_linear_ramp_is_projected_to_the_rate_one_lead_time_ahead():
+    # The rate rises 1/36 opens/s each second from t=0 (50 opens in 60 s); at t=40 it is 1.11/s, at 42 s 1.17/s.
+    now = 40.0
+    opens = [60 * ((k + 1) / 50) ** 0.5 for k in range(50)]
+    opens = [t for t in opens if t <= now]
+    rate = recent_rate(opens, now=now, window_s=60, lead_time_s=2.0)
+    assert 1.05 < rate < 1.25  # the second half's plain rate (0.69/s) lags it by 15 s

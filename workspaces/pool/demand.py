@@ -55,14 +55,15 @@ def _count(sorted_times, start, end):
 def recent_rate(opens, *, now, window_s, lead_time_s):
     """Opens per second over the last `window_s`, projected `lead_time_s` ahead along the window's trend.
 
-    `opens` is sorted (seconds). Never below the window's plain rate: a trend only raises the estimate, and a falling
-    rate is followed by the window itself."""
+    `opens` is sorted (seconds). The second half's rate is the rate at its middle, a quarter window ago: projected
+    from there to `lead_time_s` from now. Never below the window's plain rate: a trend only raises the estimate, and
+    a falling rate is followed by the window itself."""
     half = window_s / 2
     first = _count(opens, now - window_s, now - half)
     second = _count(opens, now - half, now + 1e-9)
     plain = (first + second) / window_s
     slope = (second - first) / half / half  # change of the rate per second
-    return max(plain, second / half + slope * lead_time_s, 0.0)
+    return max(plain, second / half + slope * (half / 2 + lead_time_s), 0.0)
 
 
 def expected_rate(history, *, now, lookahead_s, days):
