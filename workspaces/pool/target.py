@@ -22,32 +22,21 @@ State = Container.State
 READY_STATES = (State.PROVISIONING, State.WARM)
 
 
-def cold_start_seconds(template, *, percentile=None):
-    """How long a container of `template` took to start (PROVISIONING row → WARM, or started for a cold open) over
-    its last WORKSPACES_POOL_LEAD_TIME_SAMPLES starts: the median, or the given percentile (nearest rank);
-    WORKSPACES_POOL_LEAD_TIME_DEFAULT before any."""
+def cold_start_seconds(template):
+    """The median time a container of `template` took to start (PROVISIONING row → WARM, or started for a cold open)
+    over its last WORKSPACES_POOL_LEAD_TIME_SAMPLES starts; WORKSPACES_POOL_LEAD_TIME_DEFAULT before any."""
     rows = (Container.objects.filter(template=template, ready_at__isnull=False)
             .exclude(state=State.FAILED).order_by("-pk")
             .values_list("created_at", "ready_at")[: settings.WORKSPACES_POOL_LEAD_TIME_SAMPLES])
-    durations = sorted((ready - created).total_seconds() for created, ready in rows)
-    if not durations:
-        return settings.WORKSPACES_POOL_LEAD_TIME_DEFAULT
-    if percentile is None:
-        return statistics.median(durations)
-    return durations[max(0, math.ceil(percentile / 100 * len(durations)) - 1)]
-
-
-# The pool is sized for a slow replacement, not a typical one: an open waits when its replacement comes late, and
-# on a loaded engine the starts spread widely (1-4 s for the same container at load 16 here).
-LEAD_TIME_PERCENTILE = 90
+    durations = [(ready - created).total_seconds() for created, ready in rows]
+    return statistics.median(durations) if durations else settings.WORKSPACES_POOL_LEAD_TIME_DEFAULT
 
 
 def lead_time_seconds(template, *, missing, nodes):
-    """How long a claimed container takes to be replaced: a slow cold start (the 90th percentile of the recent
-    ones), times the rounds the provisioning slots need for the `missing` containers (missing ÷ the nodes' slots,
-    at least one round)."""
+    """How long a claimed container takes to be replaced: a cold start, times the rounds the provisioning slots need
+    for the `missing` containers (missing ÷ the nodes' slots, at least one round)."""
     rounds = max(1, math.ceil(missing / (provision_concurrency() * max(1, nodes))))
-    return cold_start_seconds(template, percentile=LEAD_TIME_PERCENTILE) * rounds
+    return cold_start_seconds(template) * rounds
 
 
 @dataclass(frozen=True)
