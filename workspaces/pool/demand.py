@@ -9,7 +9,8 @@ with high probability: for Poisson arrivals at rate λ, the mean is λ·L and th
 λ·L + z·√(λ·L), rounded up. λ is the larger of
   - the recent rate (opens in the last `window_s`, and in the last `short_window_s`, whichever is higher: a ramp
     over a minute is diluted ten-fold in a five-minute window), pushed forward along its trend (the second half of
-    the window against the first) by one lead time, so the pool grows ahead of a rising ramp, and
+    the window against the first) from the middle of the second half to one lead time from now, so the pool grows
+    ahead of a rising ramp, and
   - the rate expected from the time of day (the same clock window on the previous days, looking `lookahead_s`
     ahead), so a daily peak is met before its first opens arrive;
 and the result is held within the bounds staff set (the template's minimum and maximum). When demand falls, both
