@@ -11,10 +11,10 @@ from django.conf import settings
 from django.db.models import Count
 from django.utils import timezone
 
-from workspaces.models import Container, WorkspaceTemplate
+from workspaces.models import Container, Session, WorkspaceTemplate
 from workspaces.pool import opens
 from workspaces.pool.demand import Bounds, target_decide
-from workspaces.pool.placement import provision_concurrency
+from workspaces.pool.placement import provision_concurrency, usable_nodes
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +89,6 @@ def pool_target_update(template, *, nodes, now=None):
     return PoolTarget(per_node=per_node, reason=reason, shrink=shrink)
 
 
-
 @dataclass(frozen=True)
 class Place:
     position: int            # 1: the next container of its template is this session's
@@ -100,9 +99,6 @@ def starting_place(session):
     """Where a `starting` session (a cold open answered at once) stands in its template's line, and its expected
     wait: the template's starting sessions opened before it (plus itself), started `slots` at a time, each round a
     measured cold start. What the portal and the open's 202 show instead of a bare spinner."""
-    from workspaces.models import Session
-    from workspaces.pool.placement import usable_nodes
-
     template = session.workspace.template
     position = Session.objects.filter(
         workspace__template_id=template.pk, container__isnull=True, ended_at__isnull=True,
