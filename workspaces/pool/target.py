@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from django.conf import settings
-from django.db.models import Count
+from django.db.models import Count, F, Value
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from workspaces.models import Container, Session, WorkspaceTemplate
@@ -56,7 +57,7 @@ def ready_counts(template, nodes):
 
 def pool_target_update(template, *, nodes, now=None):
     """Decide `template`'s warm target per node now and record it on the template (target, reason, time, and since
-    when the pool has been above it). One Redis round trip and three small queries."""
+    when the pool has been above it). One Redis round trip and a few small queries."""
     now = now or timezone.now()
     n = max(1, len(nodes))
     counts = ready_counts(template, nodes)
@@ -80,10 +81,12 @@ def pool_target_update(template, *, nodes, now=None):
         per_node = max(template.warm_min, min(template.warm_max, math.ceil(decision.target / n)))
         reason = decision.explain() + (f"; {per_node} per node on {n} nodes" if n > 1 else "")
     above = any(ready > per_node for ready in counts.values())
-    above_since = (template.pool_above_since or now) if above else None
+    # Since when, from the row as it is now (another worker's tick may have cleared or set it since we read it).
+    rows = WorkspaceTemplate.objects.filter(pk=template.pk)
+    rows.update(pool_target=per_node, pool_reason=reason[:300], pool_decided_at=now,
+                pool_above_since=Coalesce(F("pool_above_since"), Value(now)) if above else None)
+    above_since = rows.values_list("pool_above_since", flat=True).first() if above else None
     shrink = above_since is not None and now - above_since >= timedelta(seconds=settings.WORKSPACES_POOL_SHRINK_HOLD)
-    WorkspaceTemplate.objects.filter(pk=template.pk).update(
-        pool_target=per_node, pool_reason=reason[:300], pool_decided_at=now, pool_above_since=above_since)
     template.pool_target, template.pool_reason, template.pool_decided_at = per_node, reason[:300], now
     template.pool_above_since = above_since
     return PoolTarget(per_node=per_node, reason=reason, shrink=shrink)
