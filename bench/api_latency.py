@@ -283,7 +283,7 @@ def setup(opens):
 
     template, _ = WorkspaceTemplate.objects.update_or_create(
         slug="apibench-tiny", defaults=dict(name="bench tiny", image="hearth/tiny:1", internal_port=8080, cpus=0.1,
-                                            memory_mb=64, pids_limit=64, warm_target=0, max_containers=400,
+                                            memory_mb=64, pids_limit=64, warm_min=0, warm_max=0, max_containers=400,
                                             enabled=True, pool_paused=False))
     plan = Plan.objects.filter(max_concurrent_workspaces__isnull=True).order_by("sort_order").first()
     tokens, to_open = [], []
@@ -320,7 +320,7 @@ def warm_open(server, db_name, token, template, workspaces):
 
     close_all()
     image_ensure(template.image)
-    WorkspaceTemplate.objects.filter(pk=template.pk).update(warm_target=len(workspaces))
+    WorkspaceTemplate.objects.filter(pk=template.pk).update(warm_min=len(workspaces), warm_max=len(workspaces))
     pool.pool_fill(template_id=template.pk)
     warm = Container.objects.filter(template=template, state=Container.State.WARM).count()
     if warm < len(workspaces):
@@ -357,7 +357,7 @@ def cleanup(template):
     from workspaces.runtime import DockerRuntime
 
     close_all()
-    WorkspaceTemplate.objects.filter(pk=template.pk).update(warm_target=0)
+    WorkspaceTemplate.objects.filter(pk=template.pk).update(warm_min=0, warm_max=0)
     runtime = DockerRuntime(settings.DOCKER_HOST)
     for c in runtime.list(instance=settings.HEARTH_INSTANCE):
         runtime.remove(c.engine_id)

@@ -4,7 +4,7 @@
 
 Everything real and production-shaped: the portal under gunicorn (scripts/serve-web.sh's workers and threads),
 the HAProxy gateway started by Hearth with its routes from the database, the Docker pool with the `code-server`
-template (warm_target 1), Debian's Chromium. Each open: the pool is refilled and the warm container healthy
+template (warm minimum and maximum 1), Debian's Chromium. Each open: the pool is refilled and the warm container healthy
 (not timed), the workspaces page is loaded, then the clock runs from the click on "Open" (a POST in a new tab:
 claim + bind + route + token, the gateway's cookie redirect, the IDE's page and assets) to `.monaco-workbench`
 visible and a WebSocket open. The session is then closed (its container is removed) and the next open claims a
@@ -245,7 +245,7 @@ def main():
     WorkspaceTemplate.objects.exclude(slug="browserbench-cs").update(enabled=False)
     template, _ = WorkspaceTemplate.objects.update_or_create(
         slug="browserbench-cs", defaults=dict(name="bench code-server", image=IMAGE, internal_port=8080, cpus=1,
-                                              memory_mb=1024, pids_limit=512, warm_target=1, max_containers=4,
+                                              memory_mb=1024, pids_limit=512, warm_min=1, warm_max=1, max_containers=4,
                                               idle_timeout_minutes=30, enabled=True, pool_paused=False))
     plan = Plan.objects.filter(max_concurrent_workspaces__isnull=True).order_by("sort_order").first()
     tenant, _ = Tenant.objects.get_or_create(slug="browserbench", defaults=dict(name="Browser bench", plan=plan,
@@ -427,7 +427,7 @@ def main():
         web.wait(timeout=30)
         close_all()
         gateway.stop()
-        WorkspaceTemplate.objects.filter(pk=template.pk).update(warm_target=0)
+        WorkspaceTemplate.objects.filter(pk=template.pk).update(warm_min=0, warm_max=0)
         runtime = DockerRuntime(settings.DOCKER_HOST, node_name="browserbench")
         for c in runtime.list(instance=settings.HEARTH_INSTANCE):
             runtime.remove(c.engine_id)

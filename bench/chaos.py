@@ -388,7 +388,7 @@ def seed(stack, seed_from):
                         max_containers=100)
     WorkspaceTemplate.objects.update(enabled=False)
     template = WorkspaceTemplate.objects.create(slug="chaos-tiny", name="Chaos tiny", image=TINY, internal_port=8080,
-                                                cpus="0.10", memory_mb=64, pids_limit=64, warm_target=2,
+                                                cpus="0.10", memory_mb=64, pids_limit=64, warm_min=2, warm_max=2,
                                                 idle_timeout_minutes=30, max_containers=50)
     owner = User.objects.create_user("owner@chaos.test", "x" * 20)
     slug = f"chaos-{random.randrange(16 ** 6):06x}"

@@ -17,9 +17,15 @@ token) as the portal and the API call it, for the tiny image:
                 These defaults are the shape scripts/serve-web.sh runs gunicorn in.
                 `--clients threads`: N threads in this process, one GIL (the old default); `--clients processes`
                 (or `--processes`): a fresh process per open;
-  cold        — empty pool (warm_target 0): every open starts a container;
-  burst       — `--burst` opens at once against warm_target `--burst-target`, with a refiller process doing what
+  cold        — empty pool (warm minimum and maximum 0): every open starts a container;
+  burst       — `--burst` opens at once against a fixed pool of `--burst-target`, with a refiller process doing what
                 the Celery worker does after each claim (pool_fill of the template, again as soon as it returns).
+  ramp        — `--ramp` opens (default 50) over `--ramp-seconds` (60) at a linearly rising rate (the k-th at
+                T·√(k/N): from none to 2N/T a second), each by a user of their own, against the pool that follows
+                demand (warm minimum `--ramp-min`, maximum `--ramp-max`), with a refiller process doing what the
+                Celery worker and beat do: pool_fill (the demand target, decided per call) on the beat's tick every
+                `--ramp-tick` s and, as the claim's nudge, 0.25 s after any open. Reports the opens' wait
+                percentiles, the cold starts, and every second the target and the WARM containers.
 `--only burst,cold` runs only those scenarios.
 Prints one JSON line, then a table. Sets up its own node, template and synthetic tenant; its containers carry
 the instance label `<HEARTH_INSTANCE>-claimbench` and are removed at the end. Needs root (mounts) and dockerd.
@@ -72,7 +78,7 @@ from workspaces.models import Container, Node, Session, Workspace, WorkspaceTemp
 from workspaces.runtime import DockerRuntime  # noqa: E402
 
 TINY = "hearth/tiny:1"
-SCENARIOS_IN_ORDER = ("sequential", "concurrent", "cold", "burst")
+SCENARIOS_IN_ORDER = ("sequential", "concurrent", "cold", "burst", "ramp")
 SCENARIOS = set(SCENARIOS_IN_ORDER)
 
 
@@ -101,7 +107,7 @@ def setup(n_users):
     Node.objects.exclude(pk=node.pk).update(enabled=False)
     template, _ = WorkspaceTemplate.objects.update_or_create(
         slug="claimbench-tiny", defaults=dict(name="bench tiny", image=TINY, internal_port=8080, cpus=0.1,
-                                              memory_mb=64, pids_limit=64, warm_target=0, max_containers=400,
+                                              memory_mb=64, pids_limit=64, warm_min=0, warm_max=0, max_containers=400,
                                               enabled=True, pool_paused=False))
     plan = Plan.objects.filter(max_concurrent_workspaces__isnull=True).order_by("sort_order").first()
     tenant, _ = Tenant.objects.get_or_create(slug="claimbench", defaults=dict(name="Claim bench", plan=plan,
@@ -118,8 +124,8 @@ def setup(n_users):
 
 
 def set_target(template, target):
-    WorkspaceTemplate.objects.filter(pk=template.pk).update(warm_target=target)
-    template.warm_target = target
+    WorkspaceTemplate.objects.filter(pk=template.pk).update(warm_min=target, warm_max=target)
+    template.warm_min = template.warm_max = target
 
 
 def fill(template, target):
@@ -223,6 +229,99 @@ def _refiller_start(template):
     process = ctx.Process(target=loop, daemon=True)
     process.start()
     return process, stop
+
+
+def _demand_refiller_start(template, tick_s, nudge, workers=2):
+    """The Celery side of the demand-following pool, as the Procfile's worker (`--concurrency=2`) and beat run it:
+    `workers` processes run pool_fill of the template 0.25 s (the nudger's coalescing) after an open sets `nudge`,
+    whichever is free first, and the first also on the beat's tick. Returns [(process, stop)]."""
+    ctx = multiprocessing.get_context("fork")
+    stop = ctx.Event()
+    connections.close_all()
+
+    def loop(ticks):
+        next_tick = time.monotonic()
+        while not stop.is_set():
+            wait = max(0.0, next_tick - time.monotonic()) if ticks else 1.0
+            if nudge.wait(wait):
+                nudge.clear()
+                time.sleep(0.25)
+            elif ticks:
+                next_tick = time.monotonic() + tick_s
+            else:
+                continue
+            try:
+                pool.pool_fill(template_id=template.pk)
+            except Exception as exc:
+                print(f"refill: {exc}", file=sys.stderr)
+        connections.close_all()
+
+    processes = [ctx.Process(target=loop, args=(i == 0,), daemon=True) for i in range(workers)]
+    for process in processes:
+        process.start()
+    return [(process, stop) for process in processes]
+
+
+def run_ramp(template, pairs, *, seconds, tick_s, minimum, maximum):
+    """Opens at a linearly rising rate against the demand-following pool; returns the scenario's figures."""
+    from workspaces.pool import opens
+
+    WorkspaceTemplate.objects.filter(pk=template.pk).update(warm_min=minimum, warm_max=maximum, pool_target=None,
+                                                             pool_above_since=None)
+    opens.opens_forget(template.pk)  # an earlier run's opens are not this one's demand
+    pool.pool_fill(template_id=template.pk)
+    n = len(pairs)
+    schedule = [seconds * ((k + 1) / n) ** 0.5 for k in range(n)]
+    nudge = multiprocessing.get_context("fork").Event()
+    refiller = _demand_refiller_start(template, tick_s, nudge)
+    timeline, watching = [], threading.Event()
+    started = time.perf_counter()
+
+    reasons = []
+
+    def watch():  # every second: the target the tick decided and the WARM containers; every 10 s why
+        while not watching.wait(1.0):
+            t, reason = WorkspaceTemplate.objects.filter(pk=template.pk).values_list(
+                "pool_target", "pool_reason").first()
+            warm = Container.objects.filter(template=template, state=Container.State.WARM).count()
+            timeline.append([round(time.perf_counter() - started), t, warm])
+            if len(timeline) % 10 == 0:
+                reasons.append(f"{timeline[-1][0]} s: {reason}")
+        connections.close_all()
+
+    errors = []
+
+    def client(k):
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT 1")
+            time.sleep(max(0.0, schedule[k] - (time.perf_counter() - started)))
+            sample = timed_open(*pairs[k])
+            nudge.set()
+            return sample
+        except Exception as exc:  # counted as a failure of the run
+            errors.append(f"{type(exc).__name__}: {exc}")
+            return None
+        finally:
+            connections.close_all()
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    load = os.getloadavg()[0]
+    watcher.start()
+    with ThreadPoolExecutor(n) as executor:
+        samples = [r for r in executor.map(client, range(n)) if r is not None]
+    watching.set()
+    watcher.join()
+    for one in refiller:
+        _refiller_stop(one)
+    cold = [t for t, was_cold in samples if was_cold]
+    warm = [t for t, was_cold in samples if not was_cold]
+    return {**stats(samples), "succeeded": len(samples), "failed": len(errors), "errors": errors[:3],
+            "cold_starts": len(cold), "cold_p50_ms": pct(cold, 50) if cold else None,
+            "warm_p50_ms": pct(warm, 50) if warm else None, "warm_p99_ms": pct(warm, 99) if warm else None,
+            "sorted_s": [round(t, 2) for t in sorted(t for t, _ in samples)], "reasons": reasons,
+            "seconds": seconds, "tick_s": tick_s, "warm_min": minimum, "warm_max": maximum,
+            "load_avg": round(load, 2), "second_target_warm": timeline}
 
 
 def _refiller_stop(refiller):
@@ -349,6 +448,11 @@ def main():
     parser.add_argument("--cold", type=int, default=10)
     parser.add_argument("--burst", type=int, default=50)
     parser.add_argument("--burst-target", type=int, default=3)
+    parser.add_argument("--ramp", type=int, default=50, help="opens in the ramp scenario")
+    parser.add_argument("--ramp-seconds", type=float, default=60.0)
+    parser.add_argument("--ramp-min", type=int, default=2, help="the template's warm minimum in the ramp")
+    parser.add_argument("--ramp-max", type=int, default=20, help="the template's warm maximum in the ramp")
+    parser.add_argument("--ramp-tick", type=float, default=5.0, help="the beat's pool-fill tick (s) in the ramp")
     parser.add_argument("--clients", choices=("workers", "threads", "processes"), default="workers",
                         help="how the concurrent opens are served (see above)")
     parser.add_argument("--workers", type=int, default=2 * (os.cpu_count() or 1) + 1,
@@ -372,8 +476,9 @@ def main():
     args.rounds = args.rounds if "concurrent" in only else 0
     args.cold = args.cold if "cold" in only else 0
     args.burst = args.burst if "burst" in only else 0
+    args.ramp = args.ramp if "ramp" in only else 0
 
-    node, template, pairs = setup(max(args.seq, args.concurrent, args.cold, args.burst))
+    node, template, pairs = setup(max(args.seq, args.concurrent, args.cold, args.burst, args.ramp))
     close_all()
     gc.freeze()  # this process serves the sequential opens as a web worker would (config/wsgi.py)
     results = {"instance": settings.HEARTH_INSTANCE, "image": TINY, "cpus": os.cpu_count(),
@@ -466,6 +571,13 @@ def main():
                 "wall_s": round(wall, 2), "load_avg": round(load, 2), "opener_cpu_s": round(cpu, 2),
                 "sorted_s": [round(t, 2) for t in sorted(t for t, _ in samples)], "provisioning_every_0_5_s": timeline}
             close_all()
+
+        # A ramp against the pool that follows demand.
+        if args.ramp:
+            results[f"ramp_{args.ramp}_in_{args.ramp_seconds:g}_s"] = run_ramp(
+                template, pairs[: args.ramp], seconds=args.ramp_seconds, tick_s=args.ramp_tick,
+                minimum=args.ramp_min, maximum=args.ramp_max)
+            close_all()
     finally:
         if workers:
             workers.stop()
@@ -494,7 +606,9 @@ def main():
                                                  lambda r: r["p50_ms"] <= 30 and r["p99_ms"] <= 100),
                "cold_start": ("p50 ≤ 1000 ms", lambda r: r["p50_ms"] <= 1000),
                f"burst_{args.burst}_target_{args.burst_target}": ("all succeed, p99 ≤ 2000 ms",
-                                                                  lambda r: r["failed"] == 0 and r["p99_ms"] <= 2000)}
+                                                                  lambda r: r["failed"] == 0 and r["p99_ms"] <= 2000),
+               f"ramp_{args.ramp}_in_{args.ramp_seconds:g}_s": ("all succeed, p99 ≤ 1000 ms",
+                                                                lambda r: r["failed"] == 0 and r["p99_ms"] <= 1000)}
     print(f"\n{'scenario':<26}{'n':>5}{'p50 ms':>10}{'p95 ms':>10}{'p99 ms':>10}{'max ms':>10}{'hit rate':>10}"
           f"  target")
     for name, (label, check) in targets.items():

@@ -47,7 +47,7 @@ def main():
         user = User.objects.create(email="bench-fair-share@example.test")
         template = WorkspaceTemplate.objects.create(slug="bench-fair-share", name="bench", image="none",
                                                     internal_port=1, cpus="0.1", memory_mb=64, pids_limit=64,
-                                                    warm_target=0, max_containers=100_000)
+                                                    warm_min=0, warm_max=0, max_containers=100_000)
         node = Node.objects.create(name="bench-fair-share", engine_url="unix:///nonexistent", cpus=64,
                                    memory_mb=65536, max_containers=100_000)
         now = timezone.now()

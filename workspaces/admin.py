@@ -13,8 +13,9 @@ from workspaces.pool import health
 
 @admin.register(WorkspaceTemplate)
 class WorkspaceTemplateAdmin(admin.ModelAdmin):
-    list_display = ("slug", "name", "image", "warm_target", "warm_now", "max_containers", "enabled", "pool_paused")
-    list_editable = ("warm_target",)
+    list_display = ("slug", "name", "image", "warm_min", "warm_max", "pool_target", "warm_now", "max_containers",
+                    "enabled", "pool_paused")
+    list_editable = ("warm_min", "warm_max")
     list_filter = ("enabled", "pool_paused")
     search_fields = ("slug", "name", "image")
     actions = ("pause_pools", "resume_pools", "fill_pools")
@@ -58,6 +59,7 @@ class WorkspaceTemplateAdmin(admin.ModelAdmin):
             **self.admin_site.each_context(request),
             "title": "Warm pools",
             "rows": selectors.pool_overview(),
+            "demand": selectors.pool_demand(),
             "opts": self.model._meta,
         })
 

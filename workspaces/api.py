@@ -141,6 +141,9 @@ class WorkspaceOpenApi(TenantScopedView):
         url = serializers.CharField()
         expires_at = serializers.DateTimeField()
         resumed = serializers.BooleanField()
+        # While `starting`: its place in the template's line of cold opens (1: next) and the expected wait; else null.
+        position = serializers.IntegerField(source="place.position", allow_null=True)
+        expected_wait_s = serializers.FloatField(source="place.expected_wait_s", allow_null=True)
 
     _represent = staticmethod(shared_representation(OutputSerializer))
 

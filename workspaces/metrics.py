@@ -51,13 +51,15 @@ def reconcile_record(report, *, full):
 class PoolCollector:
     """hearth_pool_containers{template,state}: every enabled template's containers by live state (zeros included, so
     "no WARM container" is a series at 0, not a missing one), and hearth_pool_warm_target{template}: the WARM
-    containers it keeps per node (0: disabled or paused). Two small queries."""
+    containers it keeps per node now (the pool tick's last decision within the bounds; 0: disabled or paused).
+    Two small queries."""
 
     def collect(self):
         from workspaces.models import Container, WorkspaceTemplate
 
-        templates = {slug: (target if enabled and not paused else 0) for slug, target, enabled, paused in
-                     WorkspaceTemplate.objects.values_list("slug", "warm_target", "enabled", "pool_paused")}
+        templates = {t.slug: (t.warm_target_now() if t.enabled and not t.pool_paused else 0) for t in
+                     WorkspaceTemplate.objects.only("slug", "warm_min", "warm_max", "pool_target", "enabled",
+                                                    "pool_paused")}
         counts = {(row["template__slug"], row["state"]): row["n"] for row in
                   Container.objects.filter(state__in=Container.ACTIVE_STATES)
                   .values("template__slug", "state").annotate(n=Count("id")).order_by()}

@@ -4,6 +4,7 @@ import string
 import uuid
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.db import models
 
 from tenants.models import Tenant
@@ -28,11 +29,22 @@ class WorkspaceTemplate(models.Model):
     memory_mb = models.PositiveIntegerField(default=1024)
     pids_limit = models.PositiveIntegerField(default=256)
     idle_timeout_minutes = models.PositiveIntegerField(default=30)
-    warm_target = models.PositiveSmallIntegerField(default=2, help_text="WARM containers kept per node.")
+    # The warm pool follows demand between these bounds (workspaces.pool.demand; docs/POOL.md).
+    warm_min = models.PositiveSmallIntegerField(
+        default=2, verbose_name="warm minimum", help_text="WARM containers kept per node, whatever the demand.")
+    warm_max = models.PositiveSmallIntegerField(
+        default=10, verbose_name="warm maximum", help_text="WARM containers per node at most, whatever the demand.")
     max_containers = models.PositiveIntegerField(default=50, help_text="All containers of this template, all nodes.")
     environment = models.JSONField(default=dict, blank=True, help_text="Extra environment variables (str → str).")
     enabled = models.BooleanField(default=True)
     pool_paused = models.BooleanField(default=False, help_text="No claims and no refills while paused.")
+    # The pool tick's last decision (pool_fill): what admin shows, and the target the refill rechecks under its lock.
+    pool_target = models.PositiveSmallIntegerField(
+        null=True, blank=True, editable=False, help_text="WARM containers wanted per node now (the demand rule's).")
+    pool_reason = models.CharField(max_length=300, blank=True, editable=False)
+    pool_decided_at = models.DateTimeField(null=True, blank=True, editable=False)
+    # Since when the pool has held more than the target (a shrink waits WORKSPACES_POOL_SHRINK_HOLD); None: not above.
+    pool_above_since = models.DateTimeField(null=True, blank=True, editable=False)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -40,6 +52,21 @@ class WorkspaceTemplate(models.Model):
 
     def __str__(self):
         return self.slug
+
+    def clean(self):
+        errors = {}
+        if self.warm_min is not None and self.warm_max is not None and self.warm_min > self.warm_max:
+            errors["warm_max"] = "The warm maximum must be at least the minimum."
+        elif self.warm_max is not None and self.max_containers is not None and self.warm_max > self.max_containers:
+            errors["warm_max"] = "The warm maximum cannot exceed the template's max containers."
+        if errors:
+            raise ValidationError(errors)
+
+    def warm_target_now(self):
+        """WARM containers wanted per node: the last decision, held within the bounds as they are now (staff may
+        have changed them since); the minimum before the first decision."""
+        target = self.warm_min if self.pool_target is None else self.pool_target
+        return max(self.warm_min, min(self.warm_max, target))
 
 
 class Workspace(models.Model):
@@ -165,7 +192,7 @@ class Session(models.Model):
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="workspace_sessions")
     # None while the session is `starting`: a worker starts its container (workspaces.opening.session_start).
     container = models.ForeignKey(Container, on_delete=models.PROTECT, related_name="sessions", null=True, blank=True)
-    # False: served from the warm pool; True: the pool was empty and a container was started for it.
+    # False: served from the warm pool (a hit); True: the pool was empty and a container was started for it.
     cold_start = models.BooleanField(default=False)
     started_at = models.DateTimeField()
     last_activity_at = models.DateTimeField()
@@ -181,8 +208,9 @@ class Session(models.Model):
     egress_marks = models.JSONField(default=dict, db_default={}, blank=True)
     client_bytes_seen = models.BigIntegerField(
         default=0, db_default=0, help_text="Bytes the browser had sent through the gateway at the last reclaim tick.")
-    # The business dashboards' open latency (docs/OBSERVABILITY.md): from the open request to the session having its
-    # container (warm claim, or cold start, synchronous or in a worker). None: opened before it was recorded.
+    # What the user waited (the business dashboards' and the pool page's open latency): from the open's start to its
+    # container claimed (warm or cold), or for a `starting` session from the open to the container attached, in a
+    # worker. None: opened before it was recorded.
     open_ms = models.PositiveIntegerField(null=True, blank=True, help_text="Open request → container, in ms.")
 
     class Meta:

@@ -4,6 +4,7 @@ import logging
 import time
 from dataclasses import dataclass
 from datetime import datetime
+from functools import cached_property
 from pathlib import Path
 
 from django.conf import settings
@@ -22,7 +23,7 @@ from workspaces.failpoints import failpoint
 from workspaces.gateway.tokens import session_token_issue
 from workspaces.gateway.urls import workspace_url
 from workspaces.models import Container, Session, Workspace, WorkspaceTemplate
-from workspaces.pool import claim, health, placement, provisioning
+from workspaces.pool import claim, health, opens, placement, provisioning, target
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +43,12 @@ class Opened:
     def state(self):
         """`starting` while a worker starts the session's container (the gateway shows its "starting" page)."""
         return "starting" if self.session.container_id is None else "live"
+
+    @cached_property
+    def place(self):
+        """A `starting` session's place in its template's line and its expected wait (pool.target.Place); None when
+        live."""
+        return target.starting_place(self.session) if self.state == "starting" else None
 
 
 class _OpenLookup:
@@ -100,7 +107,7 @@ def workspace_open(*, workspace, user, tenant=None, start_later=False):
     (container CLAIMED + Session), then the storage bind, the gateway route and the token. A failure after
     the claim ends the session (reason `failed`) and releases the container: nothing is left half-made.
     """
-    requested_at = timezone.now()
+    began = timezone.now()
     workspace = _open_lookup(workspace_id=workspace.pk, user_id=getattr(user, "pk", None))
     if workspace is None or workspace.user_role is None or (tenant is not None and workspace.tenant_id != tenant.pk):
         raise NotFound("No such workspace.")
@@ -110,7 +117,6 @@ def workspace_open(*, workspace, user, tenant=None, start_later=False):
         if policy.sees_all_workspaces(viewer):
             raise Forbidden("Only the workspace's owner can open it: its files are theirs.", code="not_owner")
         raise NotFound("No such workspace.")
-    workspace.open_requested_at = requested_at  # the claim paths all get the workspace: it carries the start time
     tenant, template = workspace.tenant, workspace.template
     policy.require_active(tenant, doing="workspaces cannot be opened.")
     if not template.enabled:
@@ -132,13 +138,14 @@ def workspace_open(*, workspace, user, tenant=None, start_later=False):
     metering_services.entitlement_check(tenant=tenant)
 
     started = time.perf_counter()
-    session = _claim(workspace=workspace, user=user)
+    session = _claim(workspace=workspace, user=user, began=began)
     metrics.claim_observe(template=template, started=started, claimed=session is not None)
+    opens.open_record(template.pk)  # the demand the warm pool follows
     if session is None:
         metrics.COLD_STARTS.labels(template.slug).inc()
         if start_later:
             return _cold_open_later(workspace=workspace, user=user)
-        session = _cold_start(workspace=workspace, user=user)
+        session = _cold_start(workspace=workspace, user=user, began=began)
     failpoint("open.claimed")
     try:
         _bind(session)
@@ -264,30 +271,30 @@ def _check_concurrency(tenant, now):
     policy.concurrent_workspaces_check(tenant=tenant, running=running)
 
 
-def _open_ms(workspace, now):
-    """Milliseconds from the open request (workspace_open) to `now`, when the session gets its container."""
-    requested_at = getattr(workspace, "open_requested_at", None)
-    return None if requested_at is None else max(0, round((now - requested_at).total_seconds() * 1000))
+def _wait_ms(began, now):
+    """Session.open_ms: what the user has waited since the open began (None when unknown)."""
+    return None if began is None else max(0, round((now - began).total_seconds() * 1000))
 
 
-def _new_session(*, workspace, user, container, now, cold):
+def _new_session(*, workspace, user, container, now, cold, began=None):
     session = Session.objects.create(
         tenant=workspace.tenant, workspace=workspace, user=user, container=container, cold_start=cold,
         started_at=now, last_activity_at=now, metered_until=now, egress_marks=egress.initial_marks(container),
-        open_ms=_open_ms(workspace, now) if container is not None else None,
+        open_ms=_wait_ms(began, now) if container is not None else None,
     )
     # No audit row: the Session is itself the record of who opened what, when (GET /api/v1/sessions).
     session.workspace, session.container = workspace, container
     return session
 
 
-def _claim(*, workspace, user, cold=False, starting=None):
+def _claim(*, workspace, user, cold=False, starting=None, began=None):
     """`cold`: the open waited for this container (a cold open served by one that turned WARM meanwhile).
-    `starting`: the session (already counted against the plan's concurrency) that takes the container."""
+    `starting`: the session (already counted against the plan's concurrency) that takes the container.
+    `began`: when the open began (the session's open_ms)."""
     now = timezone.now()
     if starting is None and workspace.tenant.plan.max_concurrent_workspaces is None and (
             claim.single_statement_claims()):
-        return _claim_one_statement(workspace=workspace, user=user, now=now, cold=cold)
+        return _claim_one_statement(workspace=workspace, user=user, now=now, cold=cold, began=began)
     try:
         with transaction.atomic():
             if starting is None:
@@ -296,7 +303,7 @@ def _claim(*, workspace, user, cold=False, starting=None):
             if container is None:
                 return None
             session = _session_for(workspace=workspace, user=user, container=container, now=now, cold=cold,
-                                   starting=starting)
+                                   starting=starting, began=began)
             provisioning.pool_fill_enqueue(workspace.template_id)
     except IntegrityError:
         # A concurrent open of the same workspace won; the claim rolled back, the container stays WARM.
@@ -304,12 +311,13 @@ def _claim(*, workspace, user, cold=False, starting=None):
     return session
 
 
-def _session_for(*, workspace, user, container, now, cold, starting):
-    """The session on `container`: a new one, or `starting` given its container (its time counts from now)."""
+def _session_for(*, workspace, user, container, now, cold, starting, began=None):
+    """The session on `container`: a new one, or `starting` given its container (its time counts from now; its wait
+    from its open, when its started_at was set)."""
     if starting is None:
-        return _new_session(workspace=workspace, user=user, container=container, now=now, cold=cold)
+        return _new_session(workspace=workspace, user=user, container=container, now=now, cold=cold, began=began)
     # A `starting` session was created at the open request: its old start time is when the user asked.
-    open_ms = max(0, round((now - starting.started_at).total_seconds() * 1000))
+    open_ms = _wait_ms(starting.started_at, now)
     marks = egress.initial_marks(container)
     if not Session.objects.filter(pk=starting.pk, ended_at__isnull=True, container__isnull=True).update(
             container=container, started_at=now, last_activity_at=now, metered_until=now, open_ms=open_ms,
@@ -321,10 +329,10 @@ def _session_for(*, workspace, user, container, now, cold, starting):
     return starting
 
 
-def _claim_one_statement(*, workspace, user, now, cold=False):
+def _claim_one_statement(*, workspace, user, now, cold=False, began=None):
     """The claim and the Session insert as one statement, hence one transaction and one round trip."""
     session = Session(tenant=workspace.tenant, workspace=workspace, user=user, cold_start=cold, started_at=now,
-                      last_activity_at=now, metered_until=now, open_ms=_open_ms(workspace, now))
+                      last_activity_at=now, metered_until=now, open_ms=_wait_ms(began, now))
     try:
         container = claim.container_claim_for_session(template=workspace.template, session=session, now=now)
     except IntegrityError:
@@ -346,7 +354,7 @@ def _existing_or_conflict(workspace):
     return live
 
 
-def _cold_start(*, workspace, user, starting=None):
+def _cold_start(*, workspace, user, starting=None, began=None):
     """The pool is empty: start a container for this session, or take one that warms up in the pool meanwhile.
 
     Starts are limited per node (placement.provision_slot_try): with a free slot on a candidate node (least loaded
@@ -362,7 +370,7 @@ def _cold_start(*, workspace, user, starting=None):
     try:
         while True:
             if line.entered:
-                session = _claim(workspace=workspace, user=user, cold=True, starting=starting)
+                session = _claim(workspace=workspace, user=user, cold=True, starting=starting, began=began)
                 if session is not None:
                     line.leave()
                     return session
@@ -380,7 +388,7 @@ def _cold_start(*, workspace, user, starting=None):
                 if slot is None:
                     continue
                 line.leave()  # the next open moves up and may take the next slot while this one starts
-                session, outcome = _cold_start_with_slot(workspace, user, node, slot, starting)
+                session, outcome = _cold_start_with_slot(workspace, user, node, slot, starting, began)
                 if session is not None:
                     return session
                 full += outcome == "full"
@@ -402,13 +410,13 @@ def _cold_start(*, workspace, user, starting=None):
         line.leave()
 
 
-def _cold_start_with_slot(workspace, user, node, slot, starting=None):
+def _cold_start_with_slot(workspace, user, node, slot, starting=None, began=None):
     """(session, outcome): with a slot of `node` held, start a container there for the session; releases the slot.
 
     outcome "full": no room on the node after all; a NodeUnavailable: the engine did not answer.
     """
     try:
-        session = _cold_start_on(workspace=workspace, user=user, node=node, starting=starting)
+        session = _cold_start_on(workspace=workspace, user=user, node=node, starting=starting, began=began)
     except provisioning.NodeUnavailable as exc:
         return None, exc
     finally:
@@ -416,7 +424,7 @@ def _cold_start_with_slot(workspace, user, node, slot, starting=None):
     return session, ("started" if session is not None else "full")
 
 
-def _cold_start_on(*, workspace, user, node, starting=None):
+def _cold_start_on(*, workspace, user, node, starting=None, began=None):
     """Start a container on `node` (the caller holds one of its slots) and open the session on it; None: no room."""
     template = workspace.template
     container = provisioning.container_provision(template=template, node=node, for_warm=False, slot_held=True)
@@ -433,7 +441,7 @@ def _cold_start_on(*, workspace, user, node, starting=None):
                 raise ServiceError("The new container was given up while it started.", code="open_failed")
             container.state = State.CLAIMED
             session = _session_for(workspace=workspace, user=user, container=container, now=now, cold=True,
-                                   starting=starting)
+                                   starting=starting, began=began)
             provisioning.pool_fill_enqueue(template.pk)
     except (ServiceError, IntegrityError) as exc:
         Container.objects.filter(pk=container.pk, state__in=(State.PROVISIONING, State.CLAIMED)).update(

@@ -10,6 +10,7 @@ from typing import NamedTuple
 
 from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
+from django.db import connection
 from django.db.models import Count, Q
 from django.utils import timezone
 
@@ -18,6 +19,7 @@ from tenants import policy
 from tenants.exceptions import NotFound
 from tenants.models import Membership
 from workspaces.models import Container, Node, Session, Workspace, WorkspaceTemplate
+from workspaces.pool import target
 
 
 def membership_of(*, tenant, user):
@@ -111,6 +113,11 @@ def live_session_for(*, workspace):
     return Session.objects.filter(workspace=workspace, ended_at__isnull=True).select_related("container").first()
 
 
+def starting_place(*, session):
+    """A `starting` session's place in its template's line of cold opens and its expected wait (pool.target.Place)."""
+    return target.starting_place(session)
+
+
 def live_routes():
     """(host_key, session_id, address) of every live session: the gateway restores its map from this at start
     (set GATEWAY_ROUTES_SOURCE=workspaces.selectors.live_routes)."""
@@ -144,8 +151,65 @@ def pool_overview(*, since=None):
                 "template": template, "node": node,
                 "warm": c.get(Container.State.WARM, 0), "provisioning": c.get(Container.State.PROVISIONING, 0),
                 "claimed": c.get(Container.State.CLAIMED, 0), "releasing": c.get(Container.State.RELEASING, 0),
-                "target": template.warm_target if node.enabled and not node.draining else 0,
+                "target": template.warm_target_now() if node.enabled and not node.draining else 0,
                 "claims_warm": warm, "claims_cold": cold,
                 "hit_rate": (warm / (warm + cold)) if warm + cold else None,
             })
+    return rows
+
+
+_OPENS_SQL = f"""
+    SELECT w.template_id,
+        count(*) FILTER (WHERE s.started_at >= %(day)s),
+        count(*) FILTER (WHERE s.started_at >= %(day)s AND NOT s.cold_start),
+        count(*),
+        count(*) FILTER (WHERE NOT s.cold_start),
+        percentile_cont(0.95) WITHIN GROUP (ORDER BY s.open_ms) FILTER (WHERE s.started_at >= %(day)s),
+        percentile_cont(0.95) WITHIN GROUP (ORDER BY s.open_ms)
+    FROM {Session._meta.db_table} s JOIN {Workspace._meta.db_table} w ON w.id = s.workspace_id
+    WHERE s.started_at >= %(week)s AND s.started_at <= %(now)s
+    GROUP BY w.template_id"""
+
+# WARM time: from ready_at to whatever ended it (a claim, a release, removal; still WARM: now), within the window. A
+# cold start's container is claimed the moment it is ready, so it adds nothing.
+_WARM_END = "coalesce(c.claimed_at, c.released_at, c.removed_at, CASE WHEN c.state = 'warm' THEN %(now)s " \
+            "ELSE c.updated_at END)"
+_WARM_SECONDS_SQL = f"""
+    SELECT c.template_id, sum(greatest(0, extract(epoch FROM least({_WARM_END}, %(now)s)
+                                                         - greatest(c.ready_at, %(week)s))))
+    FROM {Container._meta.db_table} c
+    WHERE c.ready_at IS NOT NULL AND c.ready_at < %(now)s AND {_WARM_END} > %(week)s
+    GROUP BY c.template_id"""
+
+
+def pool_demand(*, now=None):
+    """Per template, for the pool page: the warm target now and why, the hit rate (opens served warm ÷ opens) and
+    the p95 open wait (Session.open_ms) over the last 24 hours and 7 days, and the warm container-hours of the last 7
+    days with what they cost at the cost model's unit prices (billing.costs.usage_cost, the template's CPU and
+    memory)."""
+    from billing import costs  # the cost model's one formula; billing's models load after this app's
+
+    now = now or timezone.now()
+    params = {"now": now, "day": now - timedelta(hours=24), "week": now - timedelta(days=7)}
+    with connection.cursor() as cursor:
+        cursor.execute(_OPENS_SQL, params)
+        opens = {row[0]: row[1:] for row in cursor.fetchall()}
+        cursor.execute(_WARM_SECONDS_SQL, params)
+        warm_seconds = {row[0]: float(row[1] or 0) for row in cursor.fetchall()}
+    rates = costs.cost_rates()
+    rows = []
+    for template in WorkspaceTemplate.objects.order_by("slug"):
+        opens_day, warm_day, opens_week, warm_week, p95_day, p95_week = opens.get(template.pk, (0, 0, 0, 0, None, None))
+        seconds = warm_seconds.get(template.pk, 0.0)
+        usage = costs.Usage(workspace_seconds=round(seconds), vcpus=template.cpus,
+                            memory_gib=costs.Decimal(template.memory_mb) / costs.MIB_PER_GIB)
+        rows.append({
+            "template": template, "target": template.warm_target_now(), "reason": template.pool_reason,
+            "decided_at": template.pool_decided_at,
+            "opens_24h": opens_day, "hit_rate_24h": warm_day / opens_day if opens_day else None,
+            "opens_7d": opens_week, "hit_rate_7d": warm_week / opens_week if opens_week else None,
+            "p95_open_ms_24h": p95_day, "p95_open_ms_7d": p95_week,
+            "warm_hours_7d": seconds / 3600,
+            "warm_cost_7d": costs.usage_cost(usage, rates=rates).total, "currency": rates.currency,
+        })
     return rows

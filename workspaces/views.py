@@ -25,6 +25,8 @@ def workspace_list(request, membership):
                                                                                                 flat=True))
     for workspace in workspaces:
         workspace.live_session = live.get(workspace.pk)
+        if workspace.live_session is not None and workspace.live_session.state == "starting":
+            workspace.place = selectors.starting_place(session=workspace.live_session)
         workspace.start_failed = workspace.live_session is None and workspace.pk in failed
     return render(request, "workspaces/list.html", {
         "membership": membership,

@@ -381,7 +381,7 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {"global_keyprefix": f"{HEARTH_INSTANCE}:"}
 # The periodic ticks that drive Hearth's loops, all of them; each task is idempotent and safe to run late or twice.
 CELERY_BEAT_SCHEDULE = {
     "outbox-drain": {"task": "tenants.tasks.outbox_drain", "schedule": schedule(timedelta(seconds=10))},
-    "workspaces-pool-fill": {"task": "workspaces.tasks.pool_fill", "schedule": schedule(timedelta(seconds=15))},
+    "workspaces-pool-fill": {"task": "workspaces.tasks.pool_fill", "schedule": schedule(timedelta(seconds=5))},
     "workspaces-reclaim": {"task": "workspaces.tasks.sessions_reclaim", "schedule": schedule(timedelta(seconds=30))},
     "workspaces-reconcile": {"task": "workspaces.tasks.reconcile", "schedule": schedule(timedelta(seconds=20))},
     "metering-thresholds": {"task": "metering.tasks.usage_thresholds_scan", "schedule": schedule(timedelta(minutes=1))},
@@ -423,6 +423,15 @@ WORKSPACES_WARMUP_PATH = env.str("WORKSPACES_WARMUP_PATH", default="/")
 # workspaces (burst): containers a node starts at the same time (pool fills and cold opens of every process together;
 # an engine starts them at a fixed rate, so more at once only makes every one of them later: bench/cold_phases.py).
 WORKSPACES_PROVISION_CONCURRENCY = env.int("WORKSPACES_PROVISION_CONCURRENCY", default=16)
+# The warm pool that follows demand (workspaces.pool.demand, workspaces.pool.target; docs/POOL.md): the lead time used
+# before a template has cold starts to measure, how many recent starts its median takes, how long the pool must have
+# held more than its target before the surplus is released, and the demand rule's windows.
+WORKSPACES_POOL_LEAD_TIME_DEFAULT = env.float("WORKSPACES_POOL_LEAD_TIME_DEFAULT", default=3.0)
+WORKSPACES_POOL_LEAD_TIME_SAMPLES = env.int("WORKSPACES_POOL_LEAD_TIME_SAMPLES", default=20)
+WORKSPACES_POOL_SHRINK_HOLD = env.float("WORKSPACES_POOL_SHRINK_HOLD", default=120.0)
+WORKSPACES_POOL_DEMAND_WINDOW = env.float("WORKSPACES_POOL_DEMAND_WINDOW", default=300.0)
+WORKSPACES_POOL_DEMAND_LOOKAHEAD = env.float("WORKSPACES_POOL_DEMAND_LOOKAHEAD", default=900.0)
+WORKSPACES_POOL_HISTORY_DAYS = env.int("WORKSPACES_POOL_HISTORY_DAYS", default=7)
 # A cold open waits this long for a container (its own, or one warming up in the pool) before answering 503.
 WORKSPACES_COLD_START_WAIT = env.float("WORKSPACES_COLD_START_WAIT", default=60.0)
 # A `starting` session still without a container this many seconds after its open gets its start enqueued again by

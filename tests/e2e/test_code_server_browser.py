@@ -40,7 +40,8 @@ def code_server_template(engine, pool_env):  # noqa: F811
     restore_defaults()
     WorkspaceTemplate.objects.exclude(slug="code-server").update(enabled=False)
     template = WorkspaceTemplate.objects.get(slug="code-server")
-    template.image, template.warm_target, template.enabled, template.pool_paused = CODE_SERVER_IMAGE, 1, True, False
+    template.image, template.warm_min, template.warm_max = CODE_SERVER_IMAGE, 1, 1
+    template.enabled, template.pool_paused = True, False
     template.save()
     return template
 

@@ -113,7 +113,7 @@ def tiny_template(db, tiny_image):
     # Only the tiny image takes part: the real templates' images are slow (or not built) here.
     WorkspaceTemplate.objects.exclude(slug="tiny").update(enabled=False)
     return WorkspaceTemplate.objects.create(slug="tiny", name="Tiny", image=tiny_image, internal_port=8080,
-                                            cpus="0.10", memory_mb=64, pids_limit=64, warm_target=2,
+                                            cpus="0.10", memory_mb=64, pids_limit=64, warm_min=2, warm_max=2,
                                             idle_timeout_minutes=30, max_containers=250)
 
 

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.django_db
 @pytest.fixture
 def template():
     return WorkspaceTemplate.objects.create(slug="reads", name="Reads", image="hearth/none:0", internal_port=8080,
-                                            cpus="0.10", memory_mb=64, pids_limit=64, warm_target=0)
+                                            cpus="0.10", memory_mb=64, pids_limit=64, warm_min=0, warm_max=0)
 
 
 def make(membership, name, template):

@@ -22,7 +22,7 @@ pytestmark = [pytest.mark.django_db, pytest.mark.docker, pytest.mark.slow]
 
 @pytest.fixture
 def empty_pool(tiny_template):
-    tiny_template.warm_target = 0
+    tiny_template.warm_min = tiny_template.warm_max = 0
     tiny_template.save()
     return tiny_template
 

@@ -13,7 +13,7 @@ pytestmark = [pytest.mark.django_db, pytest.mark.docker]
 
 
 def test_claims_a_cold_start_and_the_pool_by_state(node, tiny_template, member, make_workspace, redis_url):
-    pool.pool_fill()  # warm_target 2
+    pool.pool_fill()  # warm_min 2
     before = scrape()
     assert before.value("hearth_pool_containers", template="tiny", state="warm") == 2.0
     assert before.value("hearth_pool_warm_target", template="tiny") == 2.0

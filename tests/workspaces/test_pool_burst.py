@@ -115,7 +115,7 @@ def test_a_waiting_start_takes_a_slot_the_moment_another_connection_frees_it(liv
 
 def test_pool_fill_starts_containers_side_by_side_within_the_bound(live_db, node, tiny_template, settings):
     settings.WORKSPACES_PROVISION_CONCURRENCY = 3
-    tiny_template.warm_target = 7
+    tiny_template.warm_min = tiny_template.warm_max = 7
     tiny_template.save()
     seen, stop = [], threading.Event()
 
@@ -139,7 +139,7 @@ def test_pool_fill_starts_containers_side_by_side_within_the_bound(live_db, node
 
 def test_pool_fill_waits_for_slots_held_elsewhere(live_db, node, tiny_template, settings):
     settings.WORKSPACES_PROVISION_CONCURRENCY = 2
-    tiny_template.warm_target = 2
+    tiny_template.warm_min = tiny_template.warm_max = 2
     tiny_template.save()
     holder = SlotHolder(node)
     holder.hold(2)
@@ -155,7 +155,7 @@ def test_cold_open_takes_a_container_that_warms_up_while_it_waits(live_db, node,
                                                                   settings):
     settings.WORKSPACES_PROVISION_CONCURRENCY = 1
     settings.WORKSPACES_POOL_POLL_INTERVAL = 0.2
-    tiny_template.warm_target = 0
+    tiny_template.warm_min = tiny_template.warm_max = 0
     tiny_template.save()
     holder = SlotHolder(node)  # the refill worker: it has the node's only slot
     holder.hold(1)
@@ -163,7 +163,7 @@ def test_cold_open_takes_a_container_that_warms_up_while_it_waits(live_db, node,
     time.sleep(0.5)
     assert not opening.done()  # the pool is empty and the only slot is busy: the open waits
     # The worker's start finishes (it holds the slot): a WARM container of the template appears.
-    tiny_template.warm_target = 1
+    tiny_template.warm_min = tiny_template.warm_max = 1
     tiny_template.save()
     warm = pool.container_provision(template=tiny_template, node=node, for_warm=True, slot_held=True)
     assert warm.state == State.WARM
@@ -181,7 +181,7 @@ def test_cold_open_gives_up_with_503_when_no_slot_or_container_comes(live_db, no
     settings.WORKSPACES_PROVISION_CONCURRENCY = 1
     settings.WORKSPACES_COLD_START_WAIT = 1.0
     settings.WORKSPACES_POOL_POLL_INTERVAL = 0.2
-    tiny_template.warm_target = 0
+    tiny_template.warm_min = tiny_template.warm_max = 0
     tiny_template.save()
     holder = SlotHolder(node)
     holder.hold(1)
@@ -198,7 +198,7 @@ def test_cold_open_gives_up_with_503_when_no_slot_or_container_comes(live_db, no
 def test_a_burst_against_a_small_pool_gives_everyone_a_container_of_their_own(live_db, node, tiny_template, tenant_e,
                                                                               make_workspace, settings):
     settings.WORKSPACES_PROVISION_CONCURRENCY = 3
-    tiny_template.warm_target = 2
+    tiny_template.warm_min = tiny_template.warm_max = 2
     tiny_template.save()
     assert pool.pool_fill() == 2
     members = [MembershipFactory(tenant=tenant_e) for _ in range(10)]

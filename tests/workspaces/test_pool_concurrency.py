@@ -53,7 +53,7 @@ def test_200_concurrent_claims_never_double_assign(live_db, node, tiny_template,
 
 
 def test_concurrent_opens_against_real_containers(live_db, node, tiny_template, tenant_e, make_workspace):
-    tiny_template.warm_target = 4
+    tiny_template.warm_min = tiny_template.warm_max = 4
     tiny_template.save()
     assert pool.pool_fill() == 4
     members = [MembershipFactory(tenant=tenant_e) for _ in range(6)]

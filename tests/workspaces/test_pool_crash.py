@@ -168,8 +168,8 @@ def _problems(templates, gw=None):
     for template in templates:
         for node in pool.usable_nodes():
             warm = Container.objects.filter(template=template, node=node, state=State.WARM).count()
-            if warm != template.warm_target:
-                problems.append(f"{template.slug}@{node.name}: {warm} warm of {template.warm_target}")
+            if warm != template.warm_target_now():
+                problems.append(f"{template.slug}@{node.name}: {warm} warm of {template.warm_target_now()}")
     return problems
 
 

@@ -28,7 +28,7 @@ def test_pool_is_kept_per_node_and_claims_take_any_node(two_nodes, tiny_template
     assert Container.objects.filter(node=main, state=State.WARM).count() == 2
     assert Container.objects.filter(node=second, state=State.WARM).count() == 2
 
-    tiny_template.warm_target = 0
+    tiny_template.warm_min = tiny_template.warm_max = 0
     tiny_template.save()
     Container.objects.filter(node=main, state=State.WARM).update(state=State.CLAIMED)  # main is busier now
     members = [MembershipFactory(tenant=tenant_e) for _ in range(2)]
@@ -43,7 +43,7 @@ def test_pool_is_kept_per_node_and_claims_take_any_node(two_nodes, tiny_template
 
 def test_cold_start_picks_the_node_with_fewer_containers(two_nodes, tiny_template, tenant_e, make_workspace):
     main, second = two_nodes
-    tiny_template.warm_target = 0
+    tiny_template.warm_min = tiny_template.warm_max = 0
     tiny_template.save()
     pool.container_provision(template=tiny_template, node=main, for_warm=False)  # main holds one more
     m = MembershipFactory(tenant=tenant_e)

@@ -33,7 +33,7 @@ def node_instance():
     return settings.HEARTH_INSTANCE
 
 
-def test_pool_fill_keeps_warm_target_per_node(node, tiny_template):
+def test_pool_fill_keeps_the_warm_minimum_per_node(node, tiny_template):
     assert pool.pool_fill() == 2
     warm = list(Container.objects.filter(state=State.WARM))
     assert len(warm) == 2

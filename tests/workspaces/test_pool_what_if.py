@@ -13,7 +13,7 @@ URL = "/admin/workspaces/workspacetemplate/pool/what-if/"
 
 @pytest.fixture
 def sim_template():
-    return WorkspaceTemplate.objects.create(slug="sim-ide", name="IDE", image="hearth/none:1", warm_target=2)
+    return WorkspaceTemplate.objects.create(slug="sim-ide", name="IDE", image="hearth/none:1", warm_min=2)
 
 
 @pytest.fixture

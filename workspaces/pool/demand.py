@@ -7,8 +7,10 @@ The rule: a claimed container is replaced after `lead_time_s` (a cold start, and
 slot). The opens that arrive meanwhile must find a WARM container, so the pool keeps what that window's opens need
 with high probability: for Poisson arrivals at rate λ, the mean is λ·L and the target is its upper quantile,
 λ·L + z·√(λ·L), rounded up. λ is the larger of
-  - the recent rate (opens in the last `window_s`), pushed forward along its trend (the second half of the
-    window against the first) by one lead time, so the pool grows ahead of a rising ramp, and
+  - the recent rate (opens in the last `window_s`, and in the last `short_window_s`, whichever is higher: a ramp
+    over a minute is diluted ten-fold in a five-minute window), pushed forward along its trend (the second half of
+    the window against the first) from the middle of the second half to one lead time from now, so the pool grows
+    ahead of a rising ramp, and
   - the rate expected from the time of day (the same clock window on the previous days, looking `lookahead_s`
     ahead), so a daily peak is met before its first opens arrive;
 and the result is held within the bounds staff set (the template's minimum and maximum). When demand falls, both
@@ -54,14 +56,15 @@ def _count(sorted_times, start, end):
 def recent_rate(opens, *, now, window_s, lead_time_s):
     """Opens per second over the last `window_s`, projected `lead_time_s` ahead along the window's trend.
 
-    `opens` is sorted (seconds). Never below the window's plain rate: a trend only raises the estimate, and a falling
-    rate is followed by the window itself."""
+    `opens` is sorted (seconds). The second half's rate is the rate at its middle, a quarter window ago: projected
+    from there to `lead_time_s` from now. Never below the window's plain rate: a trend only raises the estimate, and
+    a falling rate is followed by the window itself."""
     half = window_s / 2
     first = _count(opens, now - window_s, now - half)
     second = _count(opens, now - half, now + 1e-9)
     plain = (first + second) / window_s
     slope = (second - first) / half / half  # change of the rate per second
-    return max(plain, second / half + slope * lead_time_s, 0.0)
+    return max(plain, second / half + slope * (half / 2 + lead_time_s), 0.0)
 
 
 def expected_rate(history, *, now, lookahead_s, days):
@@ -80,13 +83,19 @@ def demand_quantile(mean, z=DEFAULT_Z):
     return math.ceil(mean + z * math.sqrt(mean))
 
 
-def target_decide(*, bounds, opens, now, lead_time_s, window_s=300.0, lookahead_s=900.0, history_days=7, z=DEFAULT_Z):
+def target_decide(*, bounds, opens, now, lead_time_s, window_s=300.0, lookahead_s=900.0, history_days=7, z=DEFAULT_Z,
+                  history_since=None, short_window_s=60.0):
     """The warm target for one template's pool at `now`. `opens`: sorted open times (seconds), the recent window and
-    up to `history_days` days before it (fewer days of history count as fewer days)."""
+    up to `history_days` days before it (fewer days of history count as fewer days). `history_since`: when the
+    history starts, for callers that pass only the windows the rule reads (the pool tick); else the first open.
+    `short_window_s`: the second, short window of the recent rate (0: none)."""
     recent = recent_rate(opens, now=now, window_s=window_s, lead_time_s=lead_time_s)
+    if short_window_s:
+        recent = max(recent, recent_rate(opens, now=now, window_s=short_window_s, lead_time_s=lead_time_s))
     days = 0
-    if opens:
-        days = min(history_days, int((now - opens[0]) // DAY))
+    first = history_since if history_since is not None else (opens[0] if opens else None)
+    if first is not None:
+        days = max(0, min(history_days, int((now - first) // DAY)))
     expected = expected_rate(opens, now=now, lookahead_s=lookahead_s, days=days)
     rate = max(recent, expected)
     wanted = demand_quantile(rate * lead_time_s, z)

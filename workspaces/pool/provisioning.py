@@ -25,6 +25,7 @@ from workspaces import runtime as rt
 from workspaces.failpoints import failpoint
 from workspaces.models import Container, Node, WorkspaceTemplate
 from workspaces.pool import health
+from workspaces.pool.demand import surplus
 from workspaces.pool.placement import (
     node_ensure_default,
     node_loads,
@@ -35,6 +36,7 @@ from workspaces.pool.placement import (
     session_locks_drop,
     usable_nodes,
 )
+from workspaces.pool.target import pool_target_update
 from workspaces.runtime.docker import DEFAULT_CPU_WEIGHT
 
 log = logging.getLogger(__name__)
@@ -87,7 +89,7 @@ def _reserve(*, template, node, for_warm):
             ready = Container.objects.filter(
                 template=template, node=node, state__in=(State.PROVISIONING, State.WARM)
             ).count()
-            if ready >= template.warm_target:
+            if ready >= template.warm_target_now():  # the locked row: the last decision of the pool tick
                 return None
         container = Container.objects.create(node=node, template=template, state=State.PROVISIONING)
         container.name = f"hearth-{instance()}-c{container.pk}"
@@ -354,22 +356,29 @@ def container_release(container):
 # --- refilling the pool --------------------------------------------------------------------------
 
 
-def pool_fill(*, template_id=None):
-    """Top up every (template, node) pool to warm_target. Returns the number of containers started.
+def pool_fill(*, template_id=None, now=None):
+    """Bring every (template, node) pool to the template's warm target now. Returns the number of containers started.
 
-    The missing containers of a pool start side by side, as many at a time as the node has provisioning slots
-    (one after another inside a transaction, where other threads would not see the rows).
+    The target follows demand (pool.target: the opens of the last minutes and of the same hour on the previous days,
+    within the template's warm minimum and maximum); the decision is recorded on the template for admin. Surplus WARM
+    containers are released once the pool has been above the target for WORKSPACES_POOL_SHRINK_HOLD. The missing
+    containers of a pool start side by side, as many at a time as the node has provisioning slots (one after another
+    inside a transaction, where other threads would not see the rows).
     """
     node_ensure_default()
     templates = WorkspaceTemplate.objects.filter(enabled=True, pool_paused=False).order_by("pk")
     if template_id is not None:
         templates = templates.filter(pk=template_id)
+    nodes = list(usable_nodes())
     started = 0
-    for node in usable_nodes():
-        for template in templates:
+    for template in templates:
+        target = pool_target_update(template, nodes=nodes, now=now)
+        for node in nodes:
+            if target.shrink:
+                pool_shrink(template=template, node=node, target=target.per_node)
             if _failing_recently(template, node):
                 continue
-            missing = template.warm_target - Container.objects.filter(
+            missing = target.per_node - Container.objects.filter(
                 template=template, node=node, state__in=(State.PROVISIONING, State.WARM)
             ).count()
             if missing <= 0:
@@ -385,6 +394,30 @@ def pool_fill(*, template_id=None):
                            for _ in range(workers)]
                 started += sum(f.result() for f in futures)
     return started
+
+
+def pool_shrink(*, template, node, target):
+    """Release the WARM containers of `template` on `node` above `target`, oldest first. Returns how many.
+
+    Under the template's row lock (as the refill's reservation), so two ticks never both release the same surplus;
+    a container a claim holds (FOR UPDATE) is skipped, never taken from under it.
+    """
+    with transaction.atomic():
+        WorkspaceTemplate.objects.select_for_update().filter(pk=template.pk).first()
+        ready = Container.objects.filter(template=template, node=node,
+                                         state__in=(State.PROVISIONING, State.WARM)).count()
+        extra = surplus(warm=ready, target=target)
+        if not extra:
+            return 0
+        ids = list(Container.objects.select_for_update(skip_locked=True)
+                   .filter(template=template, node=node, state=State.WARM).order_by("pk")
+                   .values_list("pk", flat=True)[:extra])
+        Container.objects.filter(pk__in=ids, state=State.WARM).update(state=State.RELEASING,
+                                                                      released_at=timezone.now())
+    for container in Container.objects.filter(pk__in=ids).select_related("node", "template"):
+        container_release(container)
+    log.info("pool %s on %s shrunk by %s to its target %s", template, node, len(ids), target)
+    return len(ids)
 
 
 def _fill_worker(template, node, limit, stop, own_db=False):

@@ -19,7 +19,6 @@ from workspaces.simulation.runtime import runtime_load
 
 # Without the pool branch's template bounds (warm_min / warm_max), the fixed warm target is the minimum and this the
 # maximum.
-DEFAULT_WARM_MAX = 10
 DEFAULT_STORAGE_GIB_PER_USER = 0.05  # assumed: a small project and the IDE's settings (50 MiB)
 
 
@@ -30,13 +29,8 @@ def beat_period(name, default):
 
 
 def template_bounds(template):
-    """The template's warm bounds as staff set them (the pool branch's fields, else the fixed target and the
-    default maximum)."""
-    minimum = getattr(template, "warm_min", None)
-    minimum = template.warm_target if minimum is None else minimum
-    maximum = getattr(template, "warm_max", None)
-    maximum = max(minimum, DEFAULT_WARM_MAX) if maximum is None else maximum
-    return demand.Bounds(minimum=int(minimum), maximum=int(maximum))
+    """The template's warm bounds as staff set them (`warm_min`, `warm_max`)."""
+    return demand.Bounds(minimum=int(template.warm_min), maximum=int(max(template.warm_min, template.warm_max)))
 
 
 def default_node():

@@ -13,7 +13,7 @@ DAYS_PER_MONTH = 365.25 / 12
 # The cost model's warm-pool line (CostRates.warm_pool_month) is what the default pool costs a month: the default
 # warm target's containers (2: "two cost about 20-40 a month"). A simulated warm container-second is priced at that
 # line's share, so a pool that follows demand costs what it holds.
-REFERENCE_WARM = WorkspaceTemplate._meta.get_field("warm_target").default
+REFERENCE_WARM = WorkspaceTemplate._meta.get_field("warm_min").default
 
 JSON_KEYS = ("users", "days", "container_hours", "naive_container_hours", "wait_p50_s", "wait_p99_s",
              "cold_start_rate", "peak_containers", "cost_per_user_month_usd")
