@@ -1,0 +1,104 @@
+"""The gateway's part of an open's trace: the first request HAProxy proxies for a session becomes a span of the trace
+that opened it.
+
+HAProxy checks tokens and proxies with no Python on the path and makes no spans itself. With telemetry on, the open
+keeps its W3C traceparent in Redis under the session (`first_request_expect`, where the route is set); HAProxy logs
+the first proxied request of each session, and only that one, to a datagram socket of the gateway process
+(`FirstRequestListener`), which records it — with HAProxy's own accept time and duration — as
+`gateway.first_request`, a child of the open's `workspace.route` span. Off, neither the key nor the log exists.
+"""
+import logging
+import os
+import socket
+import threading
+from pathlib import Path
+
+from django.conf import settings
+from django.core.cache import cache
+
+from core import context, telemetry
+
+log = logging.getLogger(__name__)
+
+LOG_TAG = "hearth-first"
+# The template's log-format: tag, session id, accept time (s, ms), total active time (ms), status, method, path.
+LOG_FORMAT = f"{LOG_TAG} %[var(txn.route_session)] %Ts %ms %Ta %ST %HM %HP"
+
+
+def _key(session_id) -> str:
+    return f"gateway:first-request:{session_id}"
+
+
+def first_request_expect(*, session_id) -> None:
+    """Under the open's route span: keep its traceparent for the session's first proxied request (telemetry on)."""
+    traceparent = telemetry.traceparent()
+    if traceparent is None:
+        return
+    # With the open's tenant, user and workspace: the gateway process has no request to read them from.
+    expected = {"traceparent": traceparent, **context.span_attributes()}
+    try:
+        cache.set(_key(session_id), expected, timeout=settings.GATEWAY_TRACE_FIRST_REQUEST_TTL)
+    except Exception as exc:  # Redis down: the trace ends at the route, the open goes on
+        log.warning("first request of session %s will not join its trace: %s", session_id, exc)
+
+
+def first_request_record(line: str) -> bool:
+    """One line of HAProxy's log (LOG_FORMAT): a span under the session's open if it still expects one."""
+    parts = line.strip().split(" ")
+    if len(parts) < 8 or parts[0] != LOG_TAG:
+        return False
+    _, session_id, seconds, millis, active_ms, status, method, path = parts[:8]
+    try:
+        start_ns = int(seconds) * 10**9 + int(millis) * 10**6
+        end_ns = start_ns + max(int(active_ms), 0) * 10**6
+    except ValueError:
+        return False
+    key = _key(session_id)
+    expected = cache.get(key)
+    if expected is None:  # not traced, already recorded (a reload's new worker counts from 0), or too late
+        return False
+    cache.delete(key)
+    traceparent = expected.pop("traceparent")
+    return telemetry.span_from(traceparent, "gateway.first_request", start_ns=start_ns, end_ns=end_ns, attributes={
+        **expected, "hearth.session_id": session_id, "http.request.method": method, "url.path": path,
+        "http.response.status_code": int(status) if status.isdigit() else 0})
+
+
+class FirstRequestListener:
+    """The datagram socket HAProxy logs first requests to, read by a thread of the gateway process."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.sock = None
+        self.thread = None
+        self.stopping = threading.Event()
+
+    def start(self) -> None:
+        self.path.unlink(missing_ok=True)
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(self.path))
+        os.chmod(self.path, 0o600)
+        self.sock.settimeout(0.5)  # to see stop() come
+        self.thread = threading.Thread(target=self._run, name="gateway-first-requests", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                data = self.sock.recv(65536)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            try:
+                first_request_record(data.decode(errors="replace"))
+            except Exception:  # a bad line or Redis away: the next one may do
+                log.warning("gateway: could not record a first request", exc_info=True)
+
+    def stop(self) -> None:
+        if self.sock is not None:
+            self.stopping.set()
+            self.thread.join(timeout=2)
+            self.sock.close()
+            self.sock = None
+            self.path.unlink(missing_ok=True)
