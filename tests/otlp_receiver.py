@@ -1,15 +1,19 @@
 """A real OTLP/HTTP trace receiver on loopback for the tests: what a collector would get, decoded from the protobuf
 `ExportTraceServiceRequest` (opentelemetry-proto) that the SDK's exporter posts to /v1/traces."""
+import contextlib
 import gzip
 import threading
 import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from django.db import connection
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
 )
+
+from core import context, telemetry
 
 
 def _value(any_value):
@@ -104,3 +108,25 @@ class OtlpReceiver:
     def close(self):
         self.server.shutdown()
         self.server.server_close()
+
+
+@contextlib.contextmanager
+def telemetry_to(receiver, monkeypatch):
+    """Telemetry on in this process, exporting to `receiver`; off again afterwards."""
+    from opentelemetry.instrumentation.psycopg import PsycopgInstrumentor
+
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", receiver.endpoint)
+    monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "50")
+    telemetry.telemetry_shutdown()  # forget an earlier "off" of this process
+    assert telemetry.telemetry_setup(process="web")
+    # The instrumentation wraps connections opened from now on; the test's own was opened before (a web process sets
+    # up before its first connection), so it gets the same cursor factory explicitly.
+    connection.ensure_connection()
+    PsycopgInstrumentor().instrument_connection(connection.connection,
+                                                tracer_provider=telemetry._state["provider"])
+    try:
+        yield
+    finally:
+        PsycopgInstrumentor.uninstrument_connection(connection.connection)
+        telemetry.telemetry_shutdown()
+        context.context_clear()

@@ -179,8 +179,13 @@ class GatewayProcess:
         gateway_reload(self.cfg, routes_source=self.routes_source, **kwargs)
 
     def stop(self, *, timeout: float = 10.0) -> None:
-        if self.first_requests is not None:
-            self.first_requests.stop()
+        try:
+            self._stop(timeout)
+        finally:
+            if self.first_requests is not None:  # after HAProxy, which logs to it until it exits
+                self.first_requests.stop()
+
+    def _stop(self, timeout: float) -> None:
         if self.proc is None or self.proc.poll() is not None:
             return
         try:

@@ -7,14 +7,16 @@ the first proxied request of each session, and only that one, to a datagram sock
 (`FirstRequestListener`), which records it — with HAProxy's own accept time and duration — as
 `gateway.first_request`, a child of the open's `workspace.route` span. Off, neither the key nor the log exists.
 """
+import json
 import logging
 import os
 import socket
 import threading
+from functools import cache
 from pathlib import Path
 
+import redis
 from django.conf import settings
-from django.core.cache import cache
 
 from core import context, telemetry
 
@@ -25,8 +27,14 @@ LOG_TAG = "hearth-first"
 LOG_FORMAT = f"{LOG_TAG} %[var(txn.route_session)] %Ts %ms %Ta %ST %HM %HP"
 
 
+@cache
+def _redis():
+    # Redis itself, not Django's cache: its key prefix may differ between the processes of one installation.
+    return redis.Redis.from_url(settings.REDIS_URL, socket_timeout=1, socket_connect_timeout=1)
+
+
 def _key(session_id) -> str:
-    return f"gateway:first-request:{session_id}"
+    return f"{settings.HEARTH_INSTANCE}:gateway:first-request:{session_id}"
 
 
 def first_request_expect(*, session_id) -> None:
@@ -37,7 +45,7 @@ def first_request_expect(*, session_id) -> None:
     # With the open's tenant, user and workspace: the gateway process has no request to read them from.
     expected = {"traceparent": traceparent, **context.span_attributes()}
     try:
-        cache.set(_key(session_id), expected, timeout=settings.GATEWAY_TRACE_FIRST_REQUEST_TTL)
+        _redis().set(_key(session_id), json.dumps(expected), ex=settings.GATEWAY_TRACE_FIRST_REQUEST_TTL)
     except Exception as exc:  # Redis down: the trace ends at the route, the open goes on
         log.warning("first request of session %s will not join its trace: %s", session_id, exc)
 
@@ -53,11 +61,10 @@ def first_request_record(line: str) -> bool:
         end_ns = start_ns + max(int(active_ms), 0) * 10**6
     except ValueError:
         return False
-    key = _key(session_id)
-    expected = cache.get(key)
+    expected = _redis().getdel(_key(session_id))
     if expected is None:  # not traced, already recorded (a reload's new worker counts from 0), or too late
         return False
-    cache.delete(key)
+    expected = json.loads(expected)
     traceparent = expected.pop("traceparent")
     return telemetry.span_from(traceparent, "gateway.first_request", start_ns=start_ns, end_ns=end_ns, attributes={
         **expected, "hearth.session_id": session_id, "http.request.method": method, "url.path": path,
@@ -74,6 +81,8 @@ class FirstRequestListener:
         self.stopping = threading.Event()
 
     def start(self) -> None:
+        if self.sock is not None:  # a restarted HAProxy logs to the same socket
+            return
         self.path.unlink(missing_ok=True)
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.sock.bind(str(self.path))
