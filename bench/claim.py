@@ -60,6 +60,10 @@ with socket.socket() as _s:
 import django  # noqa: E402
 
 django.setup()
+# Traces as the web process would send them when OTEL_* ask (bench/telemetry_overhead.py runs both ways).
+from core import telemetry  # noqa: E402
+
+telemetry.telemetry_setup(process="bench")
 
 from django.conf import settings  # noqa: E402
 from django.core.management import call_command  # noqa: E402
@@ -377,7 +381,7 @@ def main():
     close_all()
     gc.freeze()  # this process serves the sequential opens as a web worker would (config/wsgi.py)
     results = {"instance": settings.HEARTH_INSTANCE, "image": TINY, "cpus": os.cpu_count(),
-               "load_avg_before": os.getloadavg()[0]}
+               "load_avg_before": os.getloadavg()[0], "telemetry": telemetry.enabled()}
     gateway = None if args.no_gateway else start_gateway()
     results["gateway"] = gateway is not None
     # Forked before this process opens anything (as gunicorn forks its workers from a master that serves nothing).
@@ -391,7 +395,8 @@ def main():
             pg_cpu = backend_cpu(pids)
             samples = [timed_open(*pair) for pair in pairs[: args.seq]]
             pg_cpu = backend_cpu(pids) - pg_cpu if pg_cpu is not None else None
-            results["sequential_warm"] = {**stats(samples), "cpu_p50_ms": pct(_cpu, 50),
+            results["sequential_warm"] = {**stats(samples), "opens_per_s": round(len(samples) / sum(
+                                              t for t, _ in samples), 1), "cpu_p50_ms": pct(_cpu, 50),
                                           "cpu_mean_ms": round(sum(_cpu) / len(_cpu) * 1000, 2),
                                           "pg_cpu_mean_ms": round(pg_cpu / len(samples) * 1000, 2) if pg_cpu else None,
                                           "load_avg": os.getloadavg()[0]}
@@ -429,7 +434,9 @@ def main():
             "workers": f"{args.workers}x{args.threads}" if args.clients == "workers" else None,
             "cpu_p50_ms": pct(cpus, 50), "cpu_mean_ms": round(sum(cpus) / len(cpus) * 1000, 2) if cpus else None,
             "pg_cpu_mean_ms": round(pg_cpu / len(samples) * 1000, 2) if pg_cpu else None,
-            "rounds_p50_max_ms": per_round, "warmup_rounds": warmups, "load_avg": os.getloadavg()[0]}
+            "rounds_p50_max_ms": per_round, "warmup_rounds": warmups, "load_avg": os.getloadavg()[0],
+            # Each round's opens over its wall time (release to the last open's return).
+            "opens_per_s": round(len(samples) / sum(m for _, m in per_round) * 1000, 1) if per_round else None}
         if workers:
             workers.stop()
             workers = None

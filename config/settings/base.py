@@ -358,6 +358,8 @@ LOG_FORMAT = env.str("LOG_FORMAT", default="console")
 LOGGING = logging_config(log_format=LOG_FORMAT, level=LOG_LEVEL)
 # One line per request (method, path, status, duration_ms) from core.middleware.RequestContextMiddleware.
 LOG_REQUESTS = env.bool("LOG_REQUESTS", default=True)
+# The worker's lines (Celery's own included) through LOGGING too, not Celery's own format.
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 # Traces are set up before these settings load (config/wsgi.py, config/celery.py, the gateway and engine_events
 # commands) from OpenTelemetry's own variables, read by core/telemetry.py and the SDK: off unless OTEL_TRACES_EXPORTER
 # is otlp (or console) or OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT is set; OTEL_SDK_DISABLED=true wins; OTEL_SERVICE_NAME
