@@ -31,15 +31,20 @@ class RequestContextMiddleware:
 
     def __call__(self, request):
         context_clear()
-        if not self.log_requests:
-            return self.get_response(request)
-        started = time.perf_counter()
-        response = self.get_response(request)
-        duration_ms = round((time.perf_counter() - started) * 1000, 2)
-        request_log.info("%s %s %s %.1f ms", request.method, request.path, response.status_code, duration_ms,
-                         extra={"method": request.method, "path": request.path, "status": response.status_code,
-                                "duration_ms": duration_ms})
-        return response
+        try:
+            if not self.log_requests:
+                return self.get_response(request)
+            started = time.perf_counter()
+            response = self.get_response(request)
+            duration_ms = round((time.perf_counter() - started) * 1000, 2)
+            request_log.info("%s %s %s %.1f ms", request.method, request.path, response.status_code, duration_ms,
+                             extra={"method": request.method, "path": request.path, "status": response.status_code,
+                                    "duration_ms": duration_ms})
+            return response
+        finally:
+            # Cleared at the end too: the next request's span starts (in the instrumentation's middleware, before
+            # this one) with whatever the thread's context holds.
+            context_clear()
 
 
 class _BrowserOnly:

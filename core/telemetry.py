@@ -64,7 +64,7 @@ def telemetry_setup(*, process: str, environ=None) -> bool:
         attributes["service.name"] = f"hearth-{process}"
     # The sampler comes from OTEL_TRACES_SAMPLER(_ARG), the batch's sizes and delay from OTEL_BSP_*.
     provider = TracerProvider(resource=Resource.create(attributes))
-    provider.add_span_processor(_ContextSpanProcessor())
+    provider.add_span_processor(_context_span_processor())
     for name in names:
         if name == "otlp":
             from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
@@ -164,25 +164,14 @@ def span_from(traceparent_value: str, name: str, *, start_ns: int, end_ns: int |
     return True
 
 
-try:
-    from opentelemetry.sdk.trace import SpanProcessor as _SpanProcessor
-except ImportError:  # pragma: no cover - the SDK is in requirements.txt
-    _SpanProcessor = object
-
-
-class _ContextSpanProcessor(_SpanProcessor):
+def _context_span_processor():
     """Every span started in this process gets the tenant, user, workspace and session of the work it is part of."""
+    from opentelemetry.sdk.trace import SpanProcessor
 
-    def on_start(self, span, parent_context=None):
-        attributes = context.span_attributes()
-        if attributes:
-            span.set_attributes(attributes)
+    class ContextSpanProcessor(SpanProcessor):
+        def on_start(self, span, parent_context=None):
+            attributes = context.span_attributes()
+            if attributes:
+                span.set_attributes(attributes)
 
-    def on_end(self, span):
-        pass
-
-    def shutdown(self):
-        pass
-
-    def force_flush(self, timeout_millis=30000):
-        return True
+    return ContextSpanProcessor()

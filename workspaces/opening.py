@@ -164,6 +164,7 @@ def _resume(session):
     ended since it was read (its container is being released: the caller opens a new one). A session still
     `starting` is answered as it is: its worker binds and routes it."""
     now = timezone.now()
+    context_set(session_id=session.pk)
     if session.container_id is None:
         with transaction.atomic():
             # Under the row lock: the worker's attach (an UPDATE of this row) commits either before, and the
