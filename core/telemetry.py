@@ -63,7 +63,7 @@ def telemetry_setup(*, process: str, environ=None) -> bool:
     if not environ.get("OTEL_SERVICE_NAME"):
         attributes["service.name"] = f"hearth-{process}"
     # The sampler comes from OTEL_TRACES_SAMPLER(_ARG), the batch's sizes and delay from OTEL_BSP_*.
-    provider = TracerProvider(resource=Resource.create(attributes))
+    provider = TracerProvider(resource=Resource.create(attributes), sampler=_sampler())
     provider.add_span_processor(_context_span_processor())
     for name in names:
         if name == "otlp":
@@ -162,6 +162,28 @@ def span_from(traceparent_value: str, name: str, *, start_ns: int, end_ns: int |
                                   start_time=start_ns)
     recorded.end(end_time=end_ns if end_ns is not None else time.time_ns())
     return True
+
+
+def _sampler():
+    """The sampler OTEL_TRACES_SAMPLER names (the SDK's default: every trace), except that a database or Redis call
+    outside any traced work — a loop's poll, a heartbeat's lock, a command's query — starts no trace of its own: a
+    one-span trace per statement is noise for the reader and the bulk of what a busy loop would export."""
+    from opentelemetry.sdk.trace import sampling
+
+    configured = sampling._get_from_env_or_default()
+
+    class NoLoneClientCalls(sampling.Sampler):
+        def should_sample(self, parent_context, trace_id, name, kind=None, attributes=None, links=None,
+                          trace_state=None):
+            if kind == trace.SpanKind.CLIENT and not trace.get_current_span(
+                    parent_context).get_span_context().is_valid:
+                return sampling.SamplingResult(sampling.Decision.DROP)
+            return configured.should_sample(parent_context, trace_id, name, kind, attributes, links, trace_state)
+
+        def get_description(self):
+            return f"NoLoneClientCalls{{{configured.get_description()}}}"
+
+    return NoLoneClientCalls()
 
 
 def _context_span_processor():
