@@ -102,7 +102,8 @@ def setup(n_users):
     node, _ = Node.objects.update_or_create(
         name="claimbench", defaults=dict(engine_url=settings.DOCKER_HOST, cpus=512, memory_mb=512 * 1024,
                                          max_containers=500, enabled=True, draining=False,
-                                         failed_calls=0, last_error=""))  # an earlier run's engine timeouts
+                                         # healthy, whatever an earlier run's engine timeouts left
+                                         failed_calls=0, last_error="", last_seen_at=None))
     Node.objects.exclude(pk=node.pk).update(enabled=False)
     template, _ = WorkspaceTemplate.objects.update_or_create(
         slug="claimbench-tiny", defaults=dict(name="bench tiny", image=TINY, internal_port=8080, cpus=0.1,
