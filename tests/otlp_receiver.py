@@ -127,6 +127,9 @@ def telemetry_to(receiver, monkeypatch):
     try:
         yield
     finally:
-        PsycopgInstrumentor.uninstrument_connection(connection.connection)
+        if connection.connection is not None:
+            PsycopgInstrumentor.uninstrument_connection(connection.connection)
+            # It leaves the connection marked as instrumented: the next test's instrument_connection would do nothing.
+            connection.connection._is_instrumented_by_opentelemetry = False
         telemetry.telemetry_shutdown()
         context.context_clear()
