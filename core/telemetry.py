@@ -48,9 +48,14 @@ def telemetry_setup(*, process: str, environ=None) -> bool:
     environment asks for behind a BatchSpanProcessor, and the instrumentation of Django, Celery, psycopg and Redis.
     `process` names it (`service.name` is `hearth-<process>` unless OTEL_SERVICE_NAME is set). False: left off."""
     global _tracer
-    environ = os.environ if environ is None else environ
     if _state["pid"] == os.getpid():
         return _tracer is not None
+    if _state["provider"] is not None:  # set up before a fork: the SDK restarts its export thread in the child
+        _state["pid"] = os.getpid()
+        return True
+    if environ is None:
+        _settings_load()
+        environ = os.environ
     names = exporters(environ)
     if not names:
         _state["pid"] = os.getpid()
@@ -80,6 +85,16 @@ def telemetry_setup(*, process: str, environ=None) -> bool:
     log.info("telemetry: traces to %s (service %s)", ", ".join(names),
              environ.get("OTEL_SERVICE_NAME") or attributes["service.name"])
     return True
+
+
+def _settings_load() -> None:
+    """Hearth's settings read `.env` into the environment (config/settings/base.py): OTEL_* written there count too."""
+    try:
+        from django.conf import settings
+
+        settings.INSTALLED_APPS  # noqa: B018
+    except Exception:  # no Django settings here (a script): the environment as it is
+        pass
 
 
 def _instrument(provider) -> list:
