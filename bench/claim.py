@@ -66,6 +66,10 @@ with socket.socket() as _s:
 import django  # noqa: E402
 
 django.setup()
+# Traces as the web process would send them when OTEL_* ask (bench/telemetry_overhead.py runs both ways).
+from core import telemetry  # noqa: E402
+
+telemetry.telemetry_setup(process="bench")
 
 from django.conf import settings  # noqa: E402
 from django.core.management import call_command  # noqa: E402
@@ -103,7 +107,9 @@ def setup(n_users):
     image_ensure(TINY)
     node, _ = Node.objects.update_or_create(
         name="claimbench", defaults=dict(engine_url=settings.DOCKER_HOST, cpus=512, memory_mb=512 * 1024,
-                                         max_containers=500, enabled=True, draining=False))
+                                         max_containers=500, enabled=True, draining=False,
+                                         # healthy, whatever an earlier run's engine timeouts left
+                                         failed_calls=0, last_error="", last_seen_at=None))
     Node.objects.exclude(pk=node.pk).update(enabled=False)
     template, _ = WorkspaceTemplate.objects.update_or_create(
         slug="claimbench-tiny", defaults=dict(name="bench tiny", image=TINY, internal_port=8080, cpus=0.1,
@@ -146,7 +152,8 @@ _cpu = []  # thread CPU seconds of each open in this thread: what the open costs
 
 def timed_open(workspace, user):
     cpu, started = time.thread_time(), time.perf_counter()
-    opened = services.workspace_open(workspace=workspace, user=user)
+    with telemetry.span("bench.open"):  # one trace per open, as the web request's span makes it
+        opened = services.workspace_open(workspace=workspace, user=user)
     elapsed = time.perf_counter() - started
     _cpu.append(time.thread_time() - cpu)
     return elapsed, opened.session.cold_start
@@ -370,7 +377,8 @@ class WorkerPool:
                 workspace, user = pairs[job]
                 try:
                     cpu = time.thread_time()
-                    opened = services.workspace_open(workspace=workspace, user=user)
+                    with telemetry.span("bench.open"):
+                        opened = services.workspace_open(workspace=workspace, user=user)
                     returned = time.perf_counter()
                     done.append(("ok", (returned - released_at, opened.session.cold_start), time.thread_time() - cpu))
                 except Exception as exc:  # counted as a failure of the run
@@ -482,7 +490,7 @@ def main():
     close_all()
     gc.freeze()  # this process serves the sequential opens as a web worker would (config/wsgi.py)
     results = {"instance": settings.HEARTH_INSTANCE, "image": TINY, "cpus": os.cpu_count(),
-               "load_avg_before": os.getloadavg()[0]}
+               "load_avg_before": os.getloadavg()[0], "telemetry": telemetry.enabled()}
     gateway = None if args.no_gateway else start_gateway()
     results["gateway"] = gateway is not None
     # Forked before this process opens anything (as gunicorn forks its workers from a master that serves nothing).
@@ -493,11 +501,15 @@ def main():
             fill(template, args.seq)
             _cpu.clear()
             pids = [backend_pid()]
-            pg_cpu = backend_cpu(pids)
+            pg_cpu, process_cpu = backend_cpu(pids), time.process_time()
             samples = [timed_open(*pair) for pair in pairs[: args.seq]]
+            telemetry.flush()  # what the opens' spans cost to export counts too (the exporter's thread)
+            process_cpu = time.process_time() - process_cpu
             pg_cpu = backend_cpu(pids) - pg_cpu if pg_cpu is not None else None
-            results["sequential_warm"] = {**stats(samples), "cpu_p50_ms": pct(_cpu, 50),
+            results["sequential_warm"] = {**stats(samples), "opens_per_s": round(len(samples) / sum(
+                                              t for t, _ in samples), 1), "cpu_p50_ms": pct(_cpu, 50),
                                           "cpu_mean_ms": round(sum(_cpu) / len(_cpu) * 1000, 2),
+                                          "process_cpu_mean_ms": round(process_cpu / len(samples) * 1000, 2),
                                           "pg_cpu_mean_ms": round(pg_cpu / len(samples) * 1000, 2) if pg_cpu else None,
                                           "load_avg": os.getloadavg()[0]}
             close_all()
@@ -534,7 +546,9 @@ def main():
             "workers": f"{args.workers}x{args.threads}" if args.clients == "workers" else None,
             "cpu_p50_ms": pct(cpus, 50), "cpu_mean_ms": round(sum(cpus) / len(cpus) * 1000, 2) if cpus else None,
             "pg_cpu_mean_ms": round(pg_cpu / len(samples) * 1000, 2) if pg_cpu else None,
-            "rounds_p50_max_ms": per_round, "warmup_rounds": warmups, "load_avg": os.getloadavg()[0]}
+            "rounds_p50_max_ms": per_round, "warmup_rounds": warmups, "load_avg": os.getloadavg()[0],
+            # Each round's opens over its wall time (release to the last open's return).
+            "opens_per_s": round(len(samples) / sum(m for _, m in per_round) * 1000, 1) if per_round else None}
         if workers:
             workers.stop()
             workers = None

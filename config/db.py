@@ -11,6 +11,8 @@ from django.conf import settings
 from django.db import DEFAULT_DB_ALIAS, connections
 from psycopg.types.numeric import Int8BinaryDumper
 
+from core import telemetry
+
 # Django sets the connection's prepare_threshold to None, which forbids even an explicit prepare=True. A threshold no
 # statement reaches lets explicit requests through while Django's own (client-binding) cursors never prepare.
 _NEVER_AUTOMATICALLY = 2**31 - 1
@@ -95,11 +97,13 @@ def fetchone(sql, params):
     """Run one statement, prepared, and return its first row (or None). With no query log and no execute wrapper it
     skips Django's cursor wrapper (the open's path)."""
     db = connections[DEFAULT_DB_ALIAS]  # once: each attribute of `connection` is a lookup in a context-local
-    if db.queries_logged or db.execute_wrappers:
-        with cursor() as wrapped:
-            wrapped.execute(sql, params)
-            return wrapped.fetchone()
-    with db.wrap_database_errors:  # database errors become django.db errors (IntegrityError, ...)
-        with _ServerCursor(_raw_connection(db), prepare=_preparing(), int8=False) as raw:
-            raw.execute(sql, params)
-            return raw.fetchone()
+    # Its own span: the psycopg instrumentation sees only the cursors Django makes (core.telemetry).
+    with telemetry.db_span(sql):
+        if db.queries_logged or db.execute_wrappers:
+            with cursor() as wrapped:
+                wrapped.execute(sql, params)
+                return wrapped.fetchone()
+        with db.wrap_database_errors:  # database errors become django.db errors (IntegrityError, ...)
+            with _ServerCursor(_raw_connection(db), prepare=_preparing(), int8=False) as raw:
+                raw.execute(sql, params)
+                return raw.fetchone()

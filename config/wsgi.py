@@ -3,7 +3,11 @@ import os
 
 from django.core.wsgi import get_wsgi_application
 
+from core.telemetry import telemetry_setup
+
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.base")
+# Before the application loads its middleware: Django's instrumentation adds its own (off unless OTEL_* ask).
+telemetry_setup(process="web")
 application = get_wsgi_application()
 
 # Import every view now, then move everything loaded so far out of the cyclic garbage collector's sight

@@ -10,6 +10,7 @@ from rest_framework import exceptions, serializers
 from rest_framework.generics import GenericAPIView
 from rest_framework.permissions import BasePermission, IsAuthenticated
 
+from core.context import context_set
 from tenants import policy
 
 
@@ -87,6 +88,9 @@ class TenantScopedView(ScopedView):
         return self.request.auth.membership.tenant
 
     def check_permissions(self, request):
+        membership = getattr(request.auth, "membership", None)
+        if membership is not None:  # the request's tenant and user, for its spans and log lines (core.context)
+            context_set(tenant_id=membership.tenant_id, user_id=membership.user_id)
         super().check_permissions(request)
         if (
             request.method not in ("GET", "HEAD", "OPTIONS")

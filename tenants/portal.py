@@ -8,6 +8,7 @@ from django.core.paginator import Paginator
 from django.http import Http404
 from django.shortcuts import redirect
 
+from core.context import context_set
 from tenants.exceptions import NotFound
 from tenants.selectors import memberships_of
 
@@ -37,6 +38,8 @@ def current_membership(request):
     chosen = request.session.get(SESSION_KEY)
     membership = next((m for m in memberships if m.tenant.slug == chosen), memberships[0] if memberships else None)
     request._hearth_membership = membership
+    # The page's tenant and user, for its spans and log lines (core.context).
+    context_set(tenant_id=membership.tenant_id if membership else None, user_id=request.user.pk)
     return membership
 
 

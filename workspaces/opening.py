@@ -12,7 +12,8 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from config import db
-from core import sql
+from core import sql, telemetry
+from core.context import context_set
 from metering import services as metering_services
 from tenants import policy
 from tenants.exceptions import Conflict, Forbidden, NotFound, ServiceError, Unavailable
@@ -118,6 +119,7 @@ def workspace_open(*, workspace, user, tenant=None, start_later=False):
             raise Forbidden("Only the workspace's owner can open it: its files are theirs.", code="not_owner")
         raise NotFound("No such workspace.")
     tenant, template = workspace.tenant, workspace.template
+    context_set(tenant_id=tenant.pk, user_id=user.pk, workspace_id=workspace.pk)
     policy.require_active(tenant, doing="workspaces cannot be opened.")
     if not template.enabled:
         raise Conflict(f"The template '{template.slug}' is disabled.", code="template_disabled")
@@ -138,14 +140,17 @@ def workspace_open(*, workspace, user, tenant=None, start_later=False):
     metering_services.entitlement_check(tenant=tenant)
 
     started = time.perf_counter()
-    session = _claim(workspace=workspace, user=user, began=began)
+    with telemetry.span("workspace.claim"):
+        session = _claim(workspace=workspace, user=user, began=began)
     metrics.claim_observe(template=template, started=started, claimed=session is not None)
     opens.open_record(template.pk)  # the demand the warm pool follows
     if session is None:
         metrics.COLD_STARTS.labels(template.slug).inc()
         if start_later:
             return _cold_open_later(workspace=workspace, user=user)
-        session = _cold_start(workspace=workspace, user=user, began=began)
+        with telemetry.span("workspace.cold_start"):
+            session = _cold_start(workspace=workspace, user=user, began=began)
+    context_set(session_id=session.pk)
     failpoint("open.claimed")
     try:
         _bind(session)
@@ -171,6 +176,7 @@ def _resume(session):
     ended since it was read (its container is being released: the caller opens a new one). A session still
     `starting` is answered as it is: its worker binds and routes it."""
     now = timezone.now()
+    context_set(session_id=session.pk)
     if session.container_id is None:
         with transaction.atomic():
             # Under the row lock: the worker's attach (an UPDATE of this row) commits either before, and the
@@ -223,15 +229,16 @@ def _bind(session, *, resumed=False):
     # session always binds; slot_bind replaces whatever might still be on the slot.
     if resumed and storage.is_mount_point(slot):
         return
-    storage.user_volume_ensure(user_dir=Path(session.workspace.storage_path).parent,
-                               size_mb=session.tenant.plan.storage_mb)
-    storage.slot_bind(slot=slot, source=session.workspace.storage_path,
-                      uid=provisioning.container_uid(session.container_id))
-    plan = session.tenant.plan
-    if plan.internet_access != "none":  # a warm container's address is closed already
-        network.container_egress_grant(container=session.container, internet_access=plan.internet_access)
-    if not resumed:
-        _resources_apply(session.container, plan)
+    with telemetry.span("workspace.storage_bind"):
+        storage.user_volume_ensure(user_dir=Path(session.workspace.storage_path).parent,
+                                   size_mb=session.tenant.plan.storage_mb)
+        storage.slot_bind(slot=slot, source=session.workspace.storage_path,
+                          uid=provisioning.container_uid(session.container_id))
+        plan = session.tenant.plan
+        if plan.internet_access != "none":  # a warm container's address is closed already
+            network.container_egress_grant(container=session.container, internet_access=plan.internet_access)
+        if not resumed:
+            _resources_apply(session.container, plan)
 
 
 def _resources_apply(container, plan):
@@ -255,9 +262,10 @@ def _resources_apply(container, plan):
 def _session_url_and_token(session):
     """(url, token, expires_at) for opening `session` through the gateway."""
     workspace = session.workspace
-    token, expires_at = session_token_issue(tenant_slug=session.tenant.slug, user_id=session.user_id,
-                                            workspace_host_key=workspace.host_key, session_id=str(session.pk),
-                                            container_id=session.container_id)
+    with telemetry.span("workspace.token"):
+        token, expires_at = session_token_issue(tenant_slug=session.tenant.slug, user_id=session.user_id,
+                                                workspace_host_key=workspace.host_key, session_id=str(session.pk),
+                                                container_id=session.container_id)
     return workspace_url(host_key=workspace.host_key, token=token), token, expires_at
 
 
@@ -468,6 +476,7 @@ def _cold_open_later(*, workspace, user):
         with transaction.atomic():
             _check_concurrency(workspace.tenant, now)
             session = _new_session(workspace=workspace, user=user, container=None, now=now, cold=True)
+            context_set(session_id=session.pk)
             transaction.on_commit(lambda: _session_start_enqueue(session))
     except IntegrityError:
         # A concurrent open of the same workspace won: answer with its session.
@@ -504,8 +513,11 @@ def session_start(*, session_id):
                                              "user").filter(pk=session_id).first()
     if session is None or session.ended_at is not None or session.container_id is not None:
         return session
+    context_set(tenant_id=session.tenant_id, user_id=session.user_id, workspace_id=session.workspace_id,
+                session_id=session.pk)
     try:
-        session = _cold_start(workspace=session.workspace, user=session.user, starting=session)
+        with telemetry.span("workspace.cold_start"):
+            session = _cold_start(workspace=session.workspace, user=session.user, starting=session)
         _bind(session)
         routing.route_set_for_open(session)
     except Exception:

@@ -5,9 +5,11 @@ import logging
 from django.db import transaction
 
 from config import db
+from core import telemetry
 from tenants.exceptions import Conflict
 from workspaces import selectors
 from workspaces.gateway import routes as gateway_routes
+from workspaces.gateway import tracing as gateway_tracing
 from workspaces.gateway.runtime_api import GatewayUnavailable
 from workspaces.models import Session
 
@@ -68,11 +70,14 @@ def route_set_while_live(*, host_key, session_id, address):
 
 def route_set_locked(*, host_key, session_id, address):
     """route_set for a session whose row lock this transaction holds (so it is live)."""
-    try:
-        gateway_routes.route_set(host_key=host_key, session_id=str(session_id), address=address)
-    except GatewayUnavailable as exc:
-        # HAProxy is down or restarting: it restores every live route from live_routes() when it starts.
-        log.warning("route_set(%s): the gateway does not answer (%s); it restores routes at start", host_key, exc)
+    with telemetry.span("workspace.route", {"hearth.route.starting": address is None}):
+        try:
+            gateway_routes.route_set(host_key=host_key, session_id=str(session_id), address=address)
+        except GatewayUnavailable as exc:
+            # HAProxy is down or restarting: it restores every live route from live_routes() when it starts.
+            log.warning("route_set(%s): the gateway does not answer (%s); it restores routes at start", host_key, exc)
+        if address is not None:
+            gateway_tracing.first_request_expect(session_id=session_id)
 
 
 def route_delete_for(workspace) -> bool:
@@ -94,6 +99,11 @@ def gateway_routes_sync():
     The map is read before the database, so a session opened in between is in the database snapshot
     (and kept), and a route missing from the snapshot belongs to a session that had already ended.
     """
+    with telemetry.span("gateway.routes_sync"):
+        return _routes_sync()
+
+
+def _routes_sync():
     try:
         present = {route.host_key: route for route in gateway_routes.routes_list()}
     except GatewayUnavailable:

@@ -8,6 +8,8 @@ from pathlib import Path
 import environ
 from celery.schedules import crontab, schedule
 
+from core.logs import logging_config
+
 BASE_DIR = Path(__file__).resolve().parent.parent.parent
 VAR_DIR = BASE_DIR / "var"
 
@@ -97,6 +99,8 @@ INSTALLED_APPS = [
 
 # Session, CSRF, login and messages: Django's own, skipped on the token-only API (/api/v1/; core/middleware.py).
 MIDDLEWARE = [
+    # First: inside the request's span when traced (Django's instrumentation puts its own before everything).
+    "core.middleware.RequestContextMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "core.request_limits.BodySizeLimitMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
@@ -397,15 +401,23 @@ CELERY_BEAT_SCHEDULE = {
     "billing-reconcile": {"task": "billing.tasks.reconcile", "schedule": crontab(hour=3, minute=30)},
 }
 
-LOGGING = {
-    "version": 1,
-    "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
-    "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
-    # xmlschema (under pysaml2) logs each XSD it loads at INFO.
-    "loggers": {"django.db.backends": {"level": "WARNING"}, "xmlschema": {"level": "WARNING"}},
-}
+# --- observability: logs and traces (docs/OBSERVABILITY.md) ----------------------------------------------------
+# Log lines carry the tenant, user, workspace, session and trace ids of their work (core/logs.py): "console" is for a
+# person (`make run`), "json" one object a line for a log pipeline (production's default, config/settings/production).
+LOG_LEVEL = env.str("LOG_LEVEL", default="INFO")
+LOG_FORMAT = env.str("LOG_FORMAT", default="console")
+LOGGING = logging_config(log_format=LOG_FORMAT, level=LOG_LEVEL)
+# One line per request (method, path, status, duration_ms) from core.middleware.RequestContextMiddleware.
+LOG_REQUESTS = env.bool("LOG_REQUESTS", default=True)
+# The worker's lines (Celery's own included) through LOGGING too, not Celery's own format.
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+# Traces are set up before these settings load (config/wsgi.py, config/celery.py, the gateway and engine_events
+# commands) from OpenTelemetry's own variables, read by core/telemetry.py and the SDK: off unless OTEL_TRACES_EXPORTER
+# is otlp (or console) or OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT is set; OTEL_SDK_DISABLED=true wins; OTEL_SERVICE_NAME
+# (default hearth-<process>), OTEL_TRACES_SAMPLER(_ARG), OTEL_BSP_* as the SDK documents them. What Hearth adds:
+# the gateway's first proxied request of an open joins the open's trace through HAProxy's log (workspaces/gateway/
+# tracing.py); this many seconds after the open it is no longer looked for.
+GATEWAY_TRACE_FIRST_REQUEST_TTL = env.int("GATEWAY_TRACE_FIRST_REQUEST_TTL", default=600)
 
 # --- workspaces: the pool, reclaim and the reconciler ----------------------------------------------
 # A PROVISIONING row older than this is given up by the reconciler (its worker died); keep it under 60 s.

@@ -5,12 +5,16 @@ the documented environment (README, "Production"): SECRET_KEY, ALLOWED_HOSTS, an
 on a domain of its own, and SECURE_HSTS_PRELOAD=true once the operator has chosen to preload.
 """
 from config.settings.base import *  # noqa: F403
-from config.settings.base import HEARTH_BASE_URL, SILENCED_SYSTEM_CHECKS, env
+from config.settings.base import HEARTH_BASE_URL, LOG_LEVEL, SILENCED_SYSTEM_CHECKS, env
+from core.logs import logging_config
 
 DEBUG = False
 # No defaults: a deployment that forgot them refuses to start rather than run with a known key or any Host.
 SECRET_KEY = env.str("SECRET_KEY")
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS")
+# One JSON object a line, for the log pipeline (LOG_FORMAT=console for a person reading them).
+LOG_FORMAT = env.str("LOG_FORMAT", default="json")
+LOGGING = logging_config(log_format=LOG_FORMAT, level=LOG_LEVEL)
 
 # Served over https (HEARTH_BASE_URL says so): cookies never travel in clear, browsers are told to stay on https.
 HTTPS = HEARTH_BASE_URL.startswith("https://")

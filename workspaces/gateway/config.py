@@ -7,6 +7,7 @@ from pathlib import Path
 from django.conf import settings
 from django.template.loader import render_to_string
 
+from core import telemetry
 from workspaces.gateway import egress_log
 from workspaces.gateway.tokens import SigningKey, signing_keys
 
@@ -52,6 +53,9 @@ class GatewayConfig:
     token_cache: bool = True  # remember tokens that passed every check for a route (see the template)
     token_cache_size: str = "20k"
     token_cache_expire: str = "10m"
+    # Log each session's first proxied request to the gateway process, which adds it to the open's trace
+    # (workspaces/gateway/tracing.py); on with telemetry.
+    trace_first_request: bool = False
     static_compression: bool = True  # gzip versioned assets in HAProxy (level 1) instead of code-server (level 6)
     extra: dict = field(default_factory=dict)
 
@@ -70,6 +74,10 @@ class GatewayConfig:
     @property
     def routes_map(self) -> Path:
         return self.run_dir / "routes.map"
+
+    @property
+    def trace_socket(self) -> Path:
+        return self.run_dir / "first-requests.sock"
 
     @property
     def pid_file(self) -> Path:
@@ -95,6 +103,7 @@ def gateway_config(**overrides) -> GatewayConfig:
         token_cache=getattr(settings, "GATEWAY_TOKEN_CACHE", True),
         tls_cert=getattr(settings, "GATEWAY_TLS_CERT", ""),
         nbthread=getattr(settings, "GATEWAY_NBTHREAD", 1),
+        trace_first_request=telemetry.enabled(),
     )
     return replace(cfg, **overrides) if overrides else cfg
 
@@ -220,6 +229,8 @@ def config_render(cfg: GatewayConfig, *, keys: list[SigningKey] | None = None, r
             "stats_port": cfg.stats_port,
             "stats_address": cfg.stats_address,
             "tls_cert": cfg.tls_cert,
+            "trace_first_request": cfg.trace_first_request,
+            "trace_socket": cfg.trace_socket,
         },
     )
     _write(cfg.config_path, text, 0o600)

@@ -1,5 +1,6 @@
-"""The gateway's egress log: one line per finished stream of a session, `hearth-egress <session> <bytes>`, with the
-bytes HAProxy sent to the client (`%B`), written by HAProxy itself to its standard output, a file in the run dir.
+"""The gateway's egress log: one line per finished stream of a session, `hearth-egress <session> <bytes> …`, with
+the bytes HAProxy sent to the client (`%B`) and a few fields the open's trace reads, written by HAProxy itself to
+its standard output, a file in the run dir.
 
 Why a log and not the stick-table counters: a table lives in its worker. A stopping worker drops its entries the
 moment their last stream ends, so what it counts after a reload (a WebSocket open across it, counted when it
@@ -21,8 +22,10 @@ from pathlib import Path
 PREFIX = "hearth-egress"
 # HAProxy's log-format: only streams that passed the token checks and were counted for a session get a log level
 # that writes them (the frontend sets `silent` first); the session id is the route's ([A-Za-z0-9_-]{1,64}).
-LOG_FORMAT = f"{PREFIX} %[var(txn.metered)] %B"
-_LINE_RE = re.compile(rf"^{PREFIX} ([A-Za-z0-9_-]{{1,64}}) (\d+)$")
+# After the bytes, for the open's trace (workspaces/gateway/tracing.py): 1 on a session's first request (else "-"),
+# the accept time (s, ms), the active time (ms), status, method and path.
+LOG_FORMAT = f"{PREFIX} %[var(txn.metered)] %B %[var(txn.first)] %Ts %ms %Ta %ST %HM %HP"
+_LINE_RE = re.compile(rf"^{PREFIX} ([A-Za-z0-9_-]{{1,64}}) (\d+)(?: .*)?$")
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from workspaces.gateway.config import GatewayConfig, config_check, config_render
 from workspaces.gateway.counters import TABLE
 from workspaces.gateway.routes import routes_list, routes_restore
 from workspaces.gateway.runtime_api import GatewayUnavailable, MasterCLI, RuntimeAPI
+from workspaces.gateway.tracing import FirstRequestListener
 
 log = logging.getLogger(__name__)
 RoutesSource = Callable[[], Iterable[tuple[str, str, str | None]]]
@@ -134,6 +135,7 @@ class GatewayProcess:
         self.routes_source = routes_source
         self.proc: subprocess.Popen | None = None
         self.stderr = stderr
+        self.first_requests = FirstRequestListener(self.cfg.trace_socket) if self.cfg.trace_first_request else None
 
     def start(self, *, timeout: float = 15.0) -> None:
         # Routes go into the map file before HAProxy starts, so there is no window without them.
@@ -150,6 +152,8 @@ class GatewayProcess:
         counters.retired_prune(self.cfg, older_than_seconds=counters.duration_ms(self.cfg.table_expire) / 1000)
         config_render(self.cfg, routes=routes)
         config_check(self.cfg)
+        if self.first_requests is not None:
+            self.first_requests.start()
         # Its standard output is this start's egress log (HAProxy writes it; it outlives HAProxy and Hearth).
         egress_fd = egress_log.log_open(self.cfg.run_dir)
         try:
@@ -179,6 +183,13 @@ class GatewayProcess:
         gateway_reload(self.cfg, routes_source=self.routes_source, **kwargs)
 
     def stop(self, *, timeout: float = 10.0) -> None:
+        try:
+            self._stop(timeout)
+        finally:
+            if self.first_requests is not None:  # after HAProxy, which logs to it until it exits
+                self.first_requests.stop()
+
+    def _stop(self, timeout: float) -> None:
         if self.proc is None or self.proc.poll() is not None:
             return
         try:

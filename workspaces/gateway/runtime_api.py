@@ -3,9 +3,19 @@ import socket
 import time
 from pathlib import Path
 
+from core import telemetry
+
 
 class GatewayUnavailable(Exception):
     """HAProxy's socket does not answer (the gateway is not running)."""
+
+
+def _span_name(line: str) -> str:
+    """`haproxy.set map`: the command's first two words, without a master CLI's `@!<pid>` prefix."""
+    words = line.split(" ", 3)
+    if words[0].startswith("@"):
+        words = words[1:]
+    return "haproxy." + " ".join(words[:2])
 
 
 class RuntimeAPI:
@@ -20,6 +30,10 @@ class RuntimeAPI:
         if "\n" in line or ";" in line:
             raise ValueError("one command per call, without newlines or ';'")
         data = line + "\n" if payload is None else f"{line} <<\n{payload.rstrip(chr(10))}\n\n"
+        with telemetry.span(_span_name(line), child_only=True):
+            return self._send(data)
+
+    def _send(self, data: str) -> str:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.settimeout(self.timeout)
         try:

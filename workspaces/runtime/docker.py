@@ -17,6 +17,8 @@ import docker
 import requests
 from docker.types import LogConfig, Mount
 
+from core import telemetry
+
 from ..network import NetworkPolicyError, network_rules_ensure, proxy_environment, proxy_policy
 from . import egress_counter
 from .base import (
@@ -57,7 +59,16 @@ def network_name(instance: str) -> str:
 
 @contextlib.contextmanager
 def _engine_errors(runtime: DockerRuntime, action: str):
-    """Turn the SDK's many exceptions into the two the pool understands, with a message naming the engine."""
+    """Turn the SDK's many exceptions into the two the pool understands, with a message naming the engine; and a
+    span `docker.<verb>` for the call (inside traced work only: the engine follower's heartbeat pings make none)."""
+    with telemetry.span(f"docker.{action.split(' ', 1)[0]}", {"hearth.node": runtime.node_name,
+                                                               "docker.action": action}, child_only=True):
+        with _sdk_errors(runtime, action):
+            yield
+
+
+@contextlib.contextmanager
+def _sdk_errors(runtime: DockerRuntime, action: str):
     try:
         yield
     except (RuntimeUnavailable, RuntimeError_):

@@ -4,6 +4,7 @@ import threading
 
 from django.core.management.base import BaseCommand
 
+from core.telemetry import telemetry_setup
 from workspaces.engine_events import Followers
 
 
@@ -13,6 +14,7 @@ class Command(BaseCommand):
             "the others stand by.")
 
     def handle(self, *args, **options):
+        telemetry_setup(process="engine-events")
         stop = threading.Event()
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
         signal.signal(signal.SIGINT, lambda *_: stop.set())

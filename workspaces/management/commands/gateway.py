@@ -4,6 +4,7 @@ import subprocess
 
 from django.core.management.base import BaseCommand, CommandError
 
+from core.telemetry import telemetry_setup
 from workspaces.gateway.process import GatewayProcess, gateway_keys_rotate, gateway_reload, routes_source_from_settings
 
 
@@ -16,6 +17,7 @@ class Command(BaseCommand):
                             help="rotate the per-install JWT key on the running gateway and exit")
 
     def handle(self, *args, reload=False, rotate_key=False, **options):
+        telemetry_setup(process="gateway")
         source = routes_source_from_settings()
         if reload:
             gateway_reload(routes_source=source)

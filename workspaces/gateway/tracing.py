@@ -1,0 +1,116 @@
+"""The gateway's part of an open's trace: the first request HAProxy proxies for a session becomes a span of the trace
+that opened it.
+
+HAProxy checks tokens and proxies with no Python on the path and makes no spans itself. With telemetry on, the open
+keeps its W3C traceparent in Redis under the session (`first_request_expect`, where the route is set); HAProxy sends
+the egress log's lines (gateway.egress_log) to a datagram socket of the gateway process too (`FirstRequestListener`),
+which records the first proxied request of each session (marked by HAProxy) — with HAProxy's own accept time and
+duration — as `gateway.first_request`, a child of the open's `workspace.route` span. Off, neither the key nor the
+socket exists.
+"""
+import json
+import logging
+import os
+import socket
+import threading
+from functools import cache
+from pathlib import Path
+
+import redis
+from django.conf import settings
+
+from core import context, telemetry
+from workspaces.gateway import egress_log
+
+log = logging.getLogger(__name__)
+
+# HAProxy's lines are the egress log's (gateway.egress_log.LOG_FORMAT), sent to this process too with telemetry on:
+# tag, session id, bytes, first ("1" on the session's first request), accept time (s, ms), active time (ms),
+# status, method, path.
+LOG_TAG = egress_log.PREFIX
+
+
+@cache
+def _redis():
+    # Redis itself, not Django's cache: its key prefix may differ between the processes of one installation.
+    return redis.Redis.from_url(settings.REDIS_URL, socket_timeout=1, socket_connect_timeout=1)
+
+
+def _key(session_id) -> str:
+    return f"{settings.HEARTH_INSTANCE}:gateway:first-request:{session_id}"
+
+
+def first_request_expect(*, session_id) -> None:
+    """Under the open's route span: keep its traceparent for the session's first proxied request (telemetry on)."""
+    traceparent = telemetry.traceparent()
+    if traceparent is None:
+        return
+    # With the open's tenant, user and workspace: the gateway process has no request to read them from.
+    expected = {"traceparent": traceparent, **context.span_attributes()}
+    try:
+        _redis().set(_key(session_id), json.dumps(expected), ex=settings.GATEWAY_TRACE_FIRST_REQUEST_TTL)
+    except Exception as exc:  # Redis down: the trace ends at the route, the open goes on
+        log.warning("first request of session %s will not join its trace: %s", session_id, exc)
+
+
+def first_request_record(line: str) -> bool:
+    """One line of HAProxy's log (the egress log's format): a span under the session's open if it still expects one."""
+    parts = line.strip().split(" ")
+    if len(parts) < 10 or parts[0] != LOG_TAG or parts[3] != "1":
+        return False  # not ours, or not a session's first request
+    _, session_id, _bytes, _first, seconds, millis, active_ms, status, method, path = parts[:10]
+    try:
+        start_ns = int(seconds) * 10**9 + int(millis) * 10**6
+        end_ns = start_ns + max(int(active_ms), 0) * 10**6
+    except ValueError:
+        return False
+    expected = _redis().getdel(_key(session_id))
+    if expected is None:  # not traced, already recorded (a reload's new worker counts from 0), or too late
+        return False
+    expected = json.loads(expected)
+    traceparent = expected.pop("traceparent")
+    return telemetry.span_from(traceparent, "gateway.first_request", start_ns=start_ns, end_ns=end_ns, attributes={
+        **expected, "hearth.session_id": session_id, "http.request.method": method, "url.path": path,
+        "http.response.status_code": int(status) if status.isdigit() else 0})
+
+
+class FirstRequestListener:
+    """The datagram socket HAProxy logs first requests to, read by a thread of the gateway process."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.sock = None
+        self.thread = None
+        self.stopping = threading.Event()
+
+    def start(self) -> None:
+        if self.sock is not None:  # a restarted HAProxy logs to the same socket
+            return
+        self.path.unlink(missing_ok=True)
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(self.path))
+        os.chmod(self.path, 0o600)
+        self.sock.settimeout(0.5)  # to see stop() come
+        self.thread = threading.Thread(target=self._run, name="gateway-first-requests", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                data = self.sock.recv(65536)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            try:
+                first_request_record(data.decode(errors="replace"))
+            except Exception:  # a bad line or Redis away: the next one may do
+                log.warning("gateway: could not record a first request", exc_info=True)
+
+    def stop(self) -> None:
+        if self.sock is not None:
+            self.stopping.set()
+            self.thread.join(timeout=2)
+            self.sock.close()
+            self.sock = None
+            self.path.unlink(missing_ok=True)
