@@ -60,9 +60,9 @@ def test_same_seed_same_figures_and_another_seed_others():
 
 
 def test_one_user_one_session_by_hand():
-    # A Pro user opens at 10:00:05 (between two pool ticks) against a pool of exactly one, works 30 minutes and
+    # A Pro user opens at 10:00:07 (between two pool ticks) against a pool of exactly one, works 30 minutes and
     # closes the tab.
-    at = 10 * 3600 + 5
+    at = 10 * 3600 + 7
     result = run(one_user("pro", Visit(at=at, user=0, work_s=1800, closes=True)))
     assert result.waits == [(at, 0.005, False)]  # a warm claim: the claim's own time, not a start
     assert result.claimed_s_by_plan == {"pro": pytest.approx(1800)}
