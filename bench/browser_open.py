@@ -297,6 +297,7 @@ def main():
                 page = context.new_page()
                 page.goto(f"{portal_url}/accounts/login/")
                 page.get_by_label("Email").fill(EMAIL)
+                page.get_by_role("button", name="Continue").click()  # email first: no single sign-on here
                 page.get_by_label("Password").fill(PASSWORD)
                 page.get_by_role("button", name="Sign in").click()
                 page.get_by_role("heading", name="Browser bench", level=1).wait_for()
