@@ -18,13 +18,13 @@ from metering import services as metering_services
 from tenants import policy
 from tenants.exceptions import Conflict, Forbidden, NotFound, ServiceError, Unavailable
 from tenants.models import Membership, Plan, Tenant
-from workspaces import egress, metrics, network, routing, sessions, storage
+from workspaces import claiming, metrics, network, routing, sessions, storage
 from workspaces import runtime as rt
 from workspaces.failpoints import failpoint
 from workspaces.gateway.tokens import session_token_issue
 from workspaces.gateway.urls import workspace_url
 from workspaces.models import Container, Session, Workspace, WorkspaceTemplate
-from workspaces.pool import claim, health, opens, placement, provisioning, target
+from workspaces.pool import health, opens, placement, provisioning, target
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +141,7 @@ def workspace_open(*, workspace, user, tenant=None, start_later=False):
 
     started = time.perf_counter()
     with telemetry.span("workspace.claim"):
-        session = _claim(workspace=workspace, user=user, began=began)
+        session = claiming.session_claim(workspace=workspace, user=user, began=began)
     metrics.claim_observe(template=template, started=started, claimed=session is not None)
     opens.open_record(template.pk)  # the demand the warm pool follows
     if session is None:
@@ -269,99 +269,6 @@ def _session_url_and_token(session):
     return workspace_url(host_key=workspace.host_key, token=token), token, expires_at
 
 
-def _check_concurrency(tenant, now):
-    limit = tenant.plan.max_concurrent_workspaces
-    if limit is None:
-        return
-    # Serialise this tenant's opens so two cannot both take the last slot.
-    Tenant.objects.select_for_update().filter(pk=tenant.pk).first()
-    running = Session.objects.filter(tenant=tenant, ended_at__isnull=True).count()
-    policy.concurrent_workspaces_check(tenant=tenant, running=running)
-
-
-def _wait_ms(began, now):
-    """Session.open_ms: what the user has waited since the open began (None when unknown)."""
-    return None if began is None else max(0, round((now - began).total_seconds() * 1000))
-
-
-def _new_session(*, workspace, user, container, now, cold, began=None):
-    session = Session.objects.create(
-        tenant=workspace.tenant, workspace=workspace, user=user, container=container, cold_start=cold,
-        started_at=now, last_activity_at=now, metered_until=now, egress_marks=egress.initial_marks(container),
-        open_ms=_wait_ms(began, now) if container is not None else None,
-    )
-    # No audit row: the Session is itself the record of who opened what, when (GET /api/v1/sessions).
-    session.workspace, session.container = workspace, container
-    return session
-
-
-def _claim(*, workspace, user, cold=False, starting=None, began=None):
-    """`cold`: the open waited for this container (a cold open served by one that turned WARM meanwhile).
-    `starting`: the session (already counted against the plan's concurrency) that takes the container.
-    `began`: when the open began (the session's open_ms)."""
-    now = timezone.now()
-    if starting is None and workspace.tenant.plan.max_concurrent_workspaces is None and (
-            claim.single_statement_claims()):
-        return _claim_one_statement(workspace=workspace, user=user, now=now, cold=cold, began=began)
-    try:
-        with transaction.atomic():
-            if starting is None:
-                _check_concurrency(workspace.tenant, now)
-            container = claim.container_claim(template=workspace.template, tenant=workspace.tenant, now=now)
-            if container is None:
-                return None
-            session = _session_for(workspace=workspace, user=user, container=container, now=now, cold=cold,
-                                   starting=starting, began=began)
-            provisioning.pool_fill_enqueue(workspace.template_id)
-    except IntegrityError:
-        # A concurrent open of the same workspace won; the claim rolled back, the container stays WARM.
-        return _existing_or_conflict(workspace)
-    return session
-
-
-def _session_for(*, workspace, user, container, now, cold, starting, began=None):
-    """The session on `container`: a new one, or `starting` given its container (its time counts from now; its wait
-    from its open, when its started_at was set)."""
-    if starting is None:
-        return _new_session(workspace=workspace, user=user, container=container, now=now, cold=cold, began=began)
-    # A `starting` session was created at the open request: its old start time is when the user asked.
-    open_ms = _wait_ms(starting.started_at, now)
-    marks = egress.initial_marks(container)
-    if not Session.objects.filter(pk=starting.pk, ended_at__isnull=True, container__isnull=True).update(
-            container=container, started_at=now, last_activity_at=now, metered_until=now, open_ms=open_ms,
-            egress_marks=marks):
-        raise Conflict("The session was closed while its container started.", code="session_ended")
-    starting.container, starting.started_at, starting.last_activity_at = container, now, now
-    starting.open_ms, starting.egress_marks = open_ms, marks
-    starting.metered_until = now
-    return starting
-
-
-def _claim_one_statement(*, workspace, user, now, cold=False, began=None):
-    """The claim and the Session insert as one statement, hence one transaction and one round trip."""
-    session = Session(tenant=workspace.tenant, workspace=workspace, user=user, cold_start=cold, started_at=now,
-                      last_activity_at=now, metered_until=now, open_ms=_wait_ms(began, now))
-    try:
-        container = claim.container_claim_for_session(template=workspace.template, session=session, now=now)
-    except IntegrityError:
-        return _existing_or_conflict(workspace)
-    if container is None:
-        return None
-    session.container = container
-    session.egress_marks = egress.initial_marks(container)  # as the statement wrote them
-    sql.loaded(session)
-    provisioning.pool_fill_enqueue(workspace.template_id)  # autocommit: runs at once, the statement has committed
-    return session
-
-
-def _existing_or_conflict(workspace):
-    live = Session.objects.select_related("container", "workspace", "tenant").filter(
-        workspace=workspace, ended_at__isnull=True).first()
-    if live is None:
-        raise Conflict("The workspace is being opened by another request; try again.", code="open_in_progress")
-    return live
-
-
 def _cold_start(*, workspace, user, starting=None, began=None):
     """The pool is empty: start a container for this session, or take one that warms up in the pool meanwhile.
 
@@ -378,7 +285,8 @@ def _cold_start(*, workspace, user, starting=None, began=None):
     try:
         while True:
             if line.entered:
-                session = _claim(workspace=workspace, user=user, cold=True, starting=starting, began=began)
+                session = claiming.session_claim(workspace=workspace, user=user, cold=True, starting=starting,
+                                                 began=began)
                 if session is not None:
                     line.leave()
                     return session
@@ -442,13 +350,13 @@ def _cold_start_on(*, workspace, user, node, starting=None, began=None):
     try:
         with transaction.atomic():
             if starting is None:
-                _check_concurrency(workspace.tenant, now)
+                claiming.concurrency_check(workspace.tenant, now)
             if not Container.objects.filter(pk=container.pk, state=State.PROVISIONING).update(
                 state=State.CLAIMED, ready_at=now, claimed_at=now
             ):
                 raise ServiceError("The new container was given up while it started.", code="open_failed")
             container.state = State.CLAIMED
-            session = _session_for(workspace=workspace, user=user, container=container, now=now, cold=True,
+            session = claiming.session_for(workspace=workspace, user=user, container=container, now=now, cold=True,
                                    starting=starting, began=began)
             provisioning.pool_fill_enqueue(template.pk)
     except (ServiceError, IntegrityError) as exc:
@@ -456,7 +364,7 @@ def _cold_start_on(*, workspace, user, node, starting=None, began=None):
             state=State.RELEASING, released_at=timezone.now())
         provisioning.container_release(container)
         if isinstance(exc, IntegrityError):
-            return _existing_or_conflict(workspace)
+            return claiming.existing_or_conflict(workspace)
         raise
     return session
 
@@ -474,13 +382,13 @@ def _cold_open_later(*, workspace, user):
     now = timezone.now()
     try:
         with transaction.atomic():
-            _check_concurrency(workspace.tenant, now)
-            session = _new_session(workspace=workspace, user=user, container=None, now=now, cold=True)
+            claiming.concurrency_check(workspace.tenant, now)
+            session = claiming.session_new(workspace=workspace, user=user, container=None, now=now, cold=True)
             context_set(session_id=session.pk)
             transaction.on_commit(lambda: _session_start_enqueue(session))
     except IntegrityError:
         # A concurrent open of the same workspace won: answer with its session.
-        opened = _resume(_existing_or_conflict(workspace))
+        opened = _resume(claiming.existing_or_conflict(workspace))
         if opened is None:
             raise Conflict("The workspace is being opened by another request; try again.",
                            code="open_in_progress") from None

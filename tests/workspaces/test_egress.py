@@ -270,7 +270,7 @@ def test_a_claim_starts_the_session_at_the_counter_read_when_the_container_was_r
     first mark (both claim paths). A WARM container sends nothing while it waits: its counter has not moved."""
     from workspaces import egress
 
-    if not one_statement:  # a concurrency limit takes the claim into a transaction (opening._claim)
+    if not one_statement:  # a concurrency limit takes the claim into a transaction (claiming.session_claim)
         plan = workspace.tenant.plan
         plan.max_concurrent_workspaces = 5
         plan.save(update_fields=["max_concurrent_workspaces"])

@@ -8,7 +8,7 @@ from django.db import connection
 
 from tests.factories import MembershipFactory
 from tests.workspaces.fixtures_pool import *  # noqa: F403
-from workspaces import opening, pool, services, storage
+from workspaces import claiming, pool, services, storage
 from workspaces.models import Container, Session, Workspace
 
 pytestmark = [pytest.mark.docker]
@@ -36,7 +36,7 @@ def test_200_concurrent_claims_never_double_assign(live_db, node, tiny_template,
     def run(chunk):
         barrier.wait()
         try:
-            return [opening._claim(workspace=w, user=u) for w, u in chunk]
+            return [claiming.session_claim(workspace=w, user=u) for w, u in chunk]
         finally:
             connection.close()
 

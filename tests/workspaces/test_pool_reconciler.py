@@ -9,7 +9,7 @@ from django.conf import settings
 from django.utils import timezone
 
 from tests.workspaces.fixtures_pool import *  # noqa: F403
-from workspaces import opening, pool, reconciler, services, storage
+from workspaces import claiming, pool, reconciler, services, storage
 from workspaces.models import Container
 from workspaces.pool import provisioning
 from workspaces.runtime import ContainerSpec, runtime_for
@@ -116,7 +116,7 @@ def test_stale_slots_are_unbound_and_removed(node, tiny_template, tmp_path):
 def test_killed_between_claim_and_bind_resumes_on_the_next_open(node, tiny_template, workspace, member):
     pool.pool_fill()
     # The claim transaction committed, then the process died before binding storage.
-    half = opening._claim(workspace=workspace, user=member.user)
+    half = claiming.session_claim(workspace=workspace, user=member.user)
     container = Container.objects.get(pk=half.container_id)
     assert not storage.is_mount_point(Path(container.slot_path))
     opened = services.workspace_open(workspace=workspace, user=member.user)
