@@ -13,13 +13,12 @@ import logging
 import os
 import socket
 import threading
-from functools import cache
 from pathlib import Path
 
-import redis
 from django.conf import settings
 
 from core import context, telemetry
+from core.redis_client import redis_client
 from workspaces.gateway import egress_log
 
 log = logging.getLogger(__name__)
@@ -30,10 +29,9 @@ log = logging.getLogger(__name__)
 LOG_TAG = egress_log.PREFIX
 
 
-@cache
 def _redis():
     # Redis itself, not Django's cache: its key prefix may differ between the processes of one installation.
-    return redis.Redis.from_url(settings.REDIS_URL, socket_timeout=1, socket_connect_timeout=1)
+    return redis_client()
 
 
 def _key(session_id) -> str:

@@ -17,6 +17,7 @@ from collections import Counter
 import redis
 from django.conf import settings
 
+from core.redis_client import redis_client
 from workspaces.pool.demand import DAY
 
 log = logging.getLogger(__name__)
@@ -36,15 +37,8 @@ def _prefix():
     return f"{settings.CACHES['default']['KEY_PREFIX']}:pool-opens"
 
 
-_clients = {}
-
-
 def _client():
-    url = settings.CACHES["default"].get("LOCATION") or settings.REDIS_URL
-    key = (os.getpid(), url)
-    if key not in _clients:
-        _clients[key] = redis.Redis.from_url(url, socket_timeout=1, socket_connect_timeout=1)
-    return _clients[key]
+    return redis_client(settings.CACHES["default"].get("LOCATION") or settings.REDIS_URL)
 
 
 def _key(template_id, width, bucket):
