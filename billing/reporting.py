@@ -11,6 +11,7 @@ from django.utils import timezone
 from billing.models import BillingAccount, BillingEvent, ReportedUsage
 from billing.outbox import billing_event_record, providers_for
 from billing.providers import providers_registered
+from billing.selectors import monthly_fee_cents
 from metering import periods
 from metering.meters import WORKSPACE_SECONDS
 from metering.models import Meter, UsageRollup
@@ -74,9 +75,9 @@ def usage_report_tenant(*, tenant, now=None):
 def _fees(tenant, now):
     names = providers_for(tenant)
     registered = providers_registered()
-    fee = BillingAccount.objects.filter(tenant=tenant).values_list("fixed_fee_cents", flat=True).first()
-    if fee is None:
-        fee = tenant.plan.monthly_price_cents
+    fee = monthly_fee_cents(
+        plan_price_cents=tenant.plan.monthly_price_cents,
+        contract_cents=BillingAccount.objects.filter(tenant=tenant).values_list("fixed_fee_cents", flat=True).first())
     if not fee:
         return []
     probe = BillingEvent(kind=BillingEvent.Kind.PLAN_FEE)

@@ -10,6 +10,12 @@ from metering import periods
 from tenants.exceptions import NotFound
 
 
+def monthly_fee_cents(*, plan_price_cents, contract_cents):
+    """What a tenant pays a month for its plan: its contract fee (`BillingAccount.fixed_fee_cents`) when it has one,
+    else the plan's price. The one rule: billing's fee events and the MRR in insights both use it."""
+    return plan_price_cents if contract_cents is None else contract_cents
+
+
 def invoices_for(tenant, *, issued_only=True):
     invoices = Invoice.objects.filter(tenant=tenant)
     return invoices.filter(status=Invoice.Status.ISSUED) if issued_only else invoices

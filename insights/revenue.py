@@ -9,6 +9,7 @@ from bisect import bisect_left
 from dataclasses import dataclass, field
 
 from billing.models import BillingAccount
+from billing.selectors import monthly_fee_cents
 from metering import periods
 from tenants.models import AuditLog, Plan, Tenant
 
@@ -79,7 +80,7 @@ class Fees:
         if plan is None:
             return 0, None
         cents, currency = self.prices.get(plan, (0, None))
-        return self.contracts.get(key, cents), currency
+        return monthly_fee_cents(plan_price_cents=cents, contract_cents=self.contracts.get(key)), currency
 
 
 @dataclass
