@@ -75,25 +75,21 @@ class QueueCollector:
     has waited): one Redis round trip for all queues (LLEN and the oldest message of each priority list)."""
 
     def collect(self):
-        import redis
         from django.conf import settings
         from prometheus_client.core import GaugeMetricFamily
 
         from config.celery import app
+        from core.redis_client import redis_client
 
         prefix = settings.CELERY_BROKER_TRANSPORT_OPTIONS.get("global_keyprefix", "")
         queues = _queue_names(app)
-        client = redis.Redis.from_url(settings.CELERY_BROKER_URL, socket_timeout=2, socket_connect_timeout=2)
-        try:
-            with client.pipeline(transaction=False) as pipe:
-                for queue in queues:
-                    for priority in _PRIORITIES:
-                        key = prefix + (f"{queue}{_PRIORITY_SEPARATOR}{priority}" if priority else queue)
-                        pipe.llen(key)
-                        pipe.lindex(key, -1)  # LPUSH in, BRPOP out: the oldest is at the right end
-                replies = pipe.execute()
-        finally:
-            client.close()
+        with redis_client(settings.CELERY_BROKER_URL).pipeline(transaction=False) as pipe:
+            for queue in queues:
+                for priority in _PRIORITIES:
+                    key = prefix + (f"{queue}{_PRIORITY_SEPARATOR}{priority}" if priority else queue)
+                    pipe.llen(key)
+                    pipe.lindex(key, -1)  # LPUSH in, BRPOP out: the oldest is at the right end
+            replies = pipe.execute()
         length = GaugeMetricFamily("hearth_celery_queue_length", "Tasks waiting in the Celery queue.",
                                    labels=["queue"])
         lag = GaugeMetricFamily("hearth_celery_queue_lag_seconds",

@@ -1,7 +1,7 @@
 """One Redis client per URL and process, for what Hearth keeps in Redis itself (not through Django's cache): the
-pool's demand counts and the gateway's trace hand-over (the readiness check connects afresh each time: it tests that
-a new connection works). redis-py's pool notices a fork and opens new connections in the child, so a client made
-before a fork (gunicorn, Celery's prefork) stays safe to use."""
+pool's demand counts, the gateway's trace hand-over, the Celery queues read at each scrape. (The readiness check
+connects afresh each time: it tests that a new connection works.) redis-py's pool notices a fork and opens new
+connections in the child, so a client made before a fork (gunicorn, Celery's prefork) stays safe to use."""
 from functools import cache
 
 import redis
