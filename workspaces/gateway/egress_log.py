@@ -11,13 +11,21 @@ HAProxy is killed are lost — their bytes were never counted anywhere.
 
 Each start of the gateway writes a new file (`<run dir>/egress/<start ns>.log`). The reader keeps a cursor (file,
 offset) that metering stores in the same transaction as the bytes it records (workspaces.egress), and reads up to
-the last complete line. Files before the cursor's are consumed and removed.
+the last complete line. Files before the cursor's are consumed and removed. The live file cannot be rotated (it is
+HAProxy's standard output, held by every worker until the gateway stops), so the part before the cursor is given
+back to the file system instead: its blocks are punched out (a sparse file of the same length: offsets stay valid,
+O_APPEND writes go on at the end), and a gateway that runs for months holds on disk only what is not yet metered.
 """
+import ctypes
+import errno
+import logging
 import os
 import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 PREFIX = "hearth-egress"
 # HAProxy's log-format: only streams that passed the token checks and were counted for a session get a log level
@@ -87,11 +95,47 @@ def read(run_dir: Path, cursor: Cursor, *, max_bytes: int = 4 << 20) -> Chunk:
     return Chunk(bytes_by_session=totals, cursor=position, lines=lines)
 
 
+# fallocate(2) modes (linux/falloc.h): free a range's blocks, keep the file's length.
+_FALLOC_FL_KEEP_SIZE, _FALLOC_FL_PUNCH_HOLE = 0x01, 0x02
+PUNCH_MIN_BYTES = 1 << 20  # below this much metered text a hole is not worth a syscall per tick
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long]
+
+
 def prune(run_dir: Path, cursor: Cursor) -> int:
-    """Remove the files wholly before the cursor's (read and recorded)."""
+    """Remove the files wholly before the cursor's (read and recorded), and punch out the cursor file's blocks
+    before the cursor (`punch`)."""
     removed = 0
     for name in _files(run_dir):
         if cursor.file and name < cursor.file:
             (directory(run_dir) / name).unlink(missing_ok=True)
             removed += 1
+    if cursor.file:
+        punch(directory(run_dir) / cursor.file, cursor.offset)
     return removed
+
+
+def punch(path: Path, offset: int) -> int:
+    """Free the whole file-system blocks of `path` before `offset` (read and recorded); the bytes freed (0 when
+    under PUNCH_MIN_BYTES, or already punched). A file system without hole punching keeps the file whole: the log
+    then grows until the gateway restarts, as before (logged once per call, not an error)."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return 0
+    end = offset - offset % (st.st_blksize or 4096)
+    held = st.st_blocks * 512 - max(0, st.st_size - end)  # roughly what is allocated before `end`
+    if end < PUNCH_MIN_BYTES or held < PUNCH_MIN_BYTES:
+        return 0
+    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        if _libc.fallocate(fd, _FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE, 0, end) != 0:
+            err = ctypes.get_errno()
+            if err in (errno.EOPNOTSUPP, errno.ENOSYS):
+                log.info("the file system of %s cannot punch holes: the egress log is removed at the next restart",
+                         path)
+                return 0
+            raise OSError(err, os.strerror(err), str(path))
+    finally:
+        os.close(fd)
+    return end
