@@ -10,11 +10,8 @@ nothing. Anything this module cannot do raises CgroupUnavailable, and the caller
 from __future__ import annotations
 
 import errno
-import logging
 import os
 from dataclasses import dataclass
-
-log = logging.getLogger(__name__)
 
 # The v1 controllers a claim writes to (blkio only where the kernel has a weight file, as dockerd decides).
 V1_CONTROLLERS = ("memory", "cpu", "pids", "blkio")
@@ -60,6 +57,8 @@ def _mounts(mountinfo: str) -> list[tuple[str, str, str, set]]:
 
 def _under_mount(root: str, point: str, path: str) -> str | None:
     """The directory of cgroup `path` (as /proc/<pid>/cgroup names it) under a mount of hierarchy `root`."""
+    if not path.startswith("/") or "/.." in path:  # outside this process's cgroup namespace
+        return None
     if root == "/":
         return point.rstrip("/") + path
     if path == root or path.startswith(root.rstrip("/") + "/"):
