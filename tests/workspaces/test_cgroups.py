@@ -8,7 +8,7 @@ import time
 import pytest
 
 from tests.workspaces.fixtures_runtime import *  # noqa: F403
-from workspaces.runtime import Resources, cgroups
+from workspaces.runtime import DockerRuntime, Resources, RuntimeUnavailable, cgroups
 
 pytestmark = pytest.mark.docker
 
@@ -101,6 +101,16 @@ def test_a_cgroup_that_cannot_be_written_falls_back_to_the_engines_update(make_c
     host = docker_runtime.api.inspect_container(container.engine_id)["HostConfig"]
     assert (host["CpuShares"], host["NanoCpus"], host["PidsLimit"]) == (256, 250_000_000, 32)
     assert _settings(docker_runtime, container.engine_id)["cpu/cpu.shares"] == "256"
+
+
+@pytest.mark.parametrize("url", ["unix:///nonexistent/docker.sock", "tcp://127.0.0.1:9"])
+def test_an_engine_that_does_not_answer_or_is_remote_goes_through_the_engine(url):
+    """A local engine that is down cannot say where its container's cgroup is (RuntimeUnavailable: the open answers
+    503 as before); a remote one is never written to directly (its cgroups are on another host)."""
+    runtime = DockerRuntime(url, node_name="elsewhere", timeout=2)
+    with pytest.raises(RuntimeUnavailable):
+        runtime.resources_set("ab" * 32, LOWER)
+    assert runtime._cgroup_layout is None and runtime._cgroups_off_until == 0.0
 
 
 # --- cgroup v2 (not on this host: a directory tree shaped like one) --------------------------------------------
