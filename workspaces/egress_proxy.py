@@ -148,12 +148,13 @@ def egress_proxy_from_settings() -> EgressProxy:
     from workspaces.models import Node
     from workspaces.pool.placement import node_ensure_default
     from workspaces.runtime import runtime_for
+    from workspaces.runtime.base import LOCAL_ENGINE_SCHEME
 
     if not settings.EGRESS_PROXY_PORT:
         raise EgressProxyError("EGRESS_PROXY_PORT is 0: the egress proxy is off (`proxy` plans reach nothing)")
     node_ensure_default()
     subnets = []
-    for node in Node.objects.filter(enabled=True, engine_url__startswith="unix://"):
+    for node in Node.objects.filter(enabled=True, engine_url__startswith=LOCAL_ENGINE_SCHEME):
         address = runtime_for(node).bridge_address()  # also installs and checks the rules
         if address is not None and address[0] not in subnets:
             subnets.append(address[0])

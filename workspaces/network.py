@@ -364,7 +364,9 @@ def container_egress_grant(*, container, internet_access: str) -> None:
 def _local_ip(container) -> str | None:
     from django.conf import settings
 
+    from workspaces.runtime.base import engine_is_local  # the runtime package imports this module
+
     url = getattr(container.node, "engine_url", "") or settings.DOCKER_HOST
-    if not settings.HEARTH_NETWORK_POLICY or not url.startswith("unix://") or not container.address:
+    if not settings.HEARTH_NETWORK_POLICY or not engine_is_local(url) or not container.address:
         return None
     return container.address.rsplit(":", 1)[0]

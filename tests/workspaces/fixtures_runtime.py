@@ -115,6 +115,29 @@ def docker_exec(runtime, engine_id, *cmd, timeout=30):
     return code, output.decode(errors="replace")
 
 
+def cgroup_limits(runtime, engine_id):
+    """(CPU shares, NanoCpus, memory MB, pids) in force for a running container, read from its cgroup: a claim
+    writes them there, and the engine's HostConfig keeps the values it was created with (docs/RUNTIME.md)."""
+    from workspaces.runtime import cgroups
+
+    layout = cgroups.layout_learn(engine_id=engine_id, pid=runtime._pid(engine_id))
+
+    def read(controller, name):
+        with open(os.path.join(layout.directory(engine_id, controller), name)) as f:
+            return f.read().split()
+
+    if layout.version == 1:
+        quota, period = int(read("cpu", "cpu.cfs_quota_us")[0]), int(read("cpu", "cpu.cfs_period_us")[0])
+        shares, memory = int(read("cpu", "cpu.shares")[0]), int(read("memory", "memory.limit_in_bytes")[0])
+        pids = int(read("pids", "pids.max")[0])
+    else:  # the weight as shares: the inverse of runc's conversion, exact for the shares Hearth uses
+        weight = int(read("", "cpu.weight")[0])
+        shares = next(s for s in range(2, 262145) if cgroups.cpu_weight_v2(s) >= weight)
+        quota, period = (int(v) for v in read("", "cpu.max"))
+        memory, pids = int(read("", "memory.max")[0]), int(read("", "pids.max")[0])
+    return shares, quota * 10**9 // period, memory >> 20, pids
+
+
 @pytest.fixture(scope="session")
 def second_dockerd(docker_runtime, tiny_image):
     """The second engine's daemon (ExtraDockerd), running, with the tiny image; stopped at the end."""

@@ -78,9 +78,10 @@ def test_the_trace_of_an_open_runs_from_the_api_to_the_first_proxied_request(
                  if s.parent_span_id == claim.span_id and s.attributes.get("db.system") == "postgresql"]
     assert claim_sql and all(s.attributes["hearth.tenant_id"] == tenant for s in claim_sql)
     assert any("db.statement" in s.attributes for s in trace if s.attributes.get("db.system") == "postgresql")
-    # Docker (the plan's resources at the bind) and HAProxy (the route) as children of their step.
+    # The plan's resources at the bind (written to the cgroup: a local engine) and HAProxy (the route) as children of
+    # their step.
     (bind,), (route,) = names["workspace.storage_bind"], names["workspace.route"]
-    assert any(s.name == "docker.update" and s.parent_span_id == bind.span_id for s in trace), sorted(names)
+    assert any(s.name == "cgroup.write" and s.parent_span_id == bind.span_id for s in trace), sorted(names)
     assert any(s.name == "haproxy.set map" and s.parent_span_id == route.span_id for s in trace), sorted(names)
     # The gateway's first request: a child of the route, timed by HAProxy, with the open's ids; only one.
     (first,) = names["gateway.first_request"]

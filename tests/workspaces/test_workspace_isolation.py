@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.workspaces.fixtures_pool import *  # noqa: F403
-from tests.workspaces.fixtures_runtime import docker_exec
+from tests.workspaces.fixtures_runtime import cgroup_limits, docker_exec
 from workspaces import reconciler, services, storage
 from workspaces.models import Container, Session
 from workspaces.runtime import runtime_for
@@ -396,8 +396,7 @@ def test_a_claim_sets_the_plans_cpu_weight_and_caps(node, tiny_template, make_wo
     shown = {}
     for name, m in (("free", free), ("big", big)):
         container = services.workspace_open(workspace=make_workspace(m, name), user=m.user).session.container
-        host = runtime_for(node).api.inspect_container(container.engine_id)["HostConfig"]
-        shown[name] = (host["CpuShares"], host["NanoCpus"], host["Memory"] >> 20, host["PidsLimit"])
+        shown[name] = cgroup_limits(runtime_for(node), container.engine_id)
     assert shown["free"] == (256, int(0.10 * 1e9), 64, 32)
     assert shown["big"] == (Plan.objects.get(slug="enterprise").cpu_weight, int(0.10 * 1e9), 64, 64)
 
@@ -412,7 +411,7 @@ def test_a_refill_starts_at_a_low_cpu_weight_and_the_claim_raises_it(settings, n
     from workspaces.pool import provisioning
 
     def shares(container):
-        return runtime_for(node).api.inspect_container(container.engine_id)["HostConfig"]["CpuShares"]
+        return cgroup_limits(runtime_for(node), container.engine_id)[0]
 
     settings.WORKSPACES_WARM_CPU_WEIGHT = 48
     pool.pool_fill(template_id=tiny_template.pk)

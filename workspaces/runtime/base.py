@@ -4,6 +4,14 @@ from __future__ import annotations
 import abc
 from dataclasses import dataclass, field
 
+# An engine reached through a unix socket runs on this host: Hearth can reach its containers' firewall rules, network
+# namespaces and cgroups directly. One rule, used by the network policy, the egress counter and the cgroup writes.
+LOCAL_ENGINE_SCHEME = "unix://"
+
+
+def engine_is_local(url: str) -> bool:
+    return url.startswith(LOCAL_ENGINE_SCHEME)
+
 
 class RuntimeUnavailable(Exception):
     """The engine does not answer (down, unreachable, timed out)."""

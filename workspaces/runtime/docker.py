@@ -1,6 +1,7 @@
 """The Docker runtime: hardened workspace containers on one engine per Node, through the docker SDK."""
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import fcntl
 import hashlib
@@ -20,7 +21,7 @@ from docker.types import LogConfig, Mount
 from core import telemetry
 
 from ..network import NetworkPolicyError, network_rules_ensure, proxy_environment, proxy_policy
-from . import egress_counter
+from . import cgroups, egress_counter
 from .base import (
     CONTAINER_END_EVENTS,
     ContainerExists,
@@ -32,6 +33,7 @@ from .base import (
     RuntimeError_,
     RuntimeEvent,
     RuntimeUnavailable,
+    engine_is_local,
 )
 
 log = logging.getLogger(__name__)
@@ -113,6 +115,9 @@ class DockerRuntime(Runtime):
         self._bridge_address: tuple[str, str] | None = None  # (subnet, gateway) once the policy is ensured
         self._lock = threading.Lock()
         self._network_lock = threading.Lock()
+        self._cgroup_layout: cgroups.Layout | None = None  # learned from the first container claimed
+        self._cgroups_off_until = 0.0  # monotonic: after a failed direct write, the engine's update for a while
+        self._recorder: concurrent.futures.ThreadPoolExecutor | None = None
 
     def __repr__(self):
         return f"<DockerRuntime {self.node_name} {self.url}>"
@@ -180,7 +185,7 @@ class DockerRuntime(Runtime):
 
         Only for an engine on this host (a unix socket): a remote engine's host needs Hearth's rules installed there.
         """
-        if not _setting("HEARTH_NETWORK_POLICY", True) or not self.url.startswith("unix://"):
+        if not _setting("HEARTH_NETWORK_POLICY", True) or not engine_is_local(self.url):
             return
         if not self._network_id:
             self.ensure_network()  # which comes back here
@@ -319,6 +324,52 @@ class DockerRuntime(Runtime):
                 raise
 
     def resources_set(self, engine_id: str, resources: Resources) -> None:
+        """On an engine of this host, written into the container's cgroup (runtime/cgroups.py: no engine round
+        trip; the engine's record, `docker inspect`'s HostConfig, keeps the values the container was created with);
+        anywhere else, or if that fails, through the engine's update endpoint."""
+        if engine_is_local(self.url) and time.monotonic() >= self._cgroups_off_until:
+            try:
+                layout = self._cgroups_layout(engine_id)
+                with telemetry.span("cgroup.write", {"hearth.node": self.node_name}, child_only=True):
+                    cgroups.resources_write(layout, engine_id, resources)
+            except cgroups.CgroupUnavailable as exc:
+                log.warning("cgroup of %s on %s not written (%s): through the engine's update for a minute",
+                            engine_id[:12], self.node_name, exc)
+                self._cgroup_layout, self._cgroups_off_until = None, time.monotonic() + 60
+            else:
+                if layout.systemd:
+                    self._record_later(engine_id, resources)
+                return
+        self._resources_update(engine_id, resources)
+
+    def _cgroups_layout(self, engine_id: str) -> cgroups.Layout:
+        """Where this engine's containers' cgroups are, learned once from `engine_id`'s init process."""
+        layout = self._cgroup_layout
+        if layout is None:
+            pid = self._pid(engine_id)  # the engine down: RuntimeUnavailable, as the update would raise
+            if pid is None:
+                raise cgroups.CgroupUnavailable(f"{engine_id[:12]} is not running")
+            layout = self._cgroup_layout = cgroups.layout_learn(engine_id=engine_id, pid=pid)
+        return layout
+
+    def _record_later(self, engine_id: str, resources: Resources) -> None:
+        """With the systemd driver, systemd keeps its own copy of a scope's limits and puts it back on a
+        `systemctl daemon-reload` (moby#41233): the engine's update, off the request path, sets that copy (and the
+        engine's record) to what was just written."""
+        if self._recorder is None:
+            with self._lock:
+                if self._recorder is None:
+                    self._recorder = concurrent.futures.ThreadPoolExecutor(
+                        max_workers=1, thread_name_prefix=f"hearth-record-{self.node_name}")
+        self._recorder.submit(self._record, engine_id, resources)
+
+    def _record(self, engine_id: str, resources: Resources) -> None:
+        try:
+            self._resources_update(engine_id, resources)
+        except (RuntimeUnavailable, RuntimeError_) as exc:  # e.g. released and removed meanwhile
+            log.info("recording the resources of %s on %s in the engine: %s", engine_id[:12], self.node_name, exc)
+
+    def _resources_update(self, engine_id: str, resources: Resources) -> None:
         memory = int(resources.memory_mb) * 1024 * 1024
         body = {"CpuShares": int(resources.cpu_weight), "NanoCpus": int(resources.cpus * 1e9),
                 "Memory": memory, "MemorySwap": memory, "PidsLimit": int(resources.pids_limit)}
@@ -332,7 +383,7 @@ class DockerRuntime(Runtime):
             log.info("update %s on %s: %s", engine_id[:12], self.node_name, warning)
 
     def _counts_egress(self) -> bool:
-        return bool(_setting("HEARTH_EGRESS_COUNTER", True)) and self.url.startswith("unix://")
+        return bool(_setting("HEARTH_EGRESS_COUNTER", True)) and engine_is_local(self.url)
 
     def _pid(self, engine_id: str) -> int | None:
         with _engine_errors(self, f"inspect {engine_id[:12]}"):
