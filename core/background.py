@@ -1,10 +1,12 @@
 """One daemon thread per process that handles, in batches, the work a request hands it so that the request need not
 wait for it (the pool's refill nudge, the Internet grant after an open)."""
+import logging
 import os
 import threading
 import time
 import weakref
 
+log = logging.getLogger(__name__)
 _queues = weakref.WeakSet()
 
 
@@ -48,6 +50,8 @@ class BackgroundQueue:
                 batch, self._items = self._items, []
             try:
                 self._handle(batch)
+            except Exception:  # the next batch still comes
+                log.exception("%s: handling %d items failed", self.name, len(batch))
             finally:
                 with self._cond:
                     self._busy = False
