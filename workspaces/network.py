@@ -316,7 +316,7 @@ def egress_sync(*, instance: str, allowed: set[str], proxied: set[str] = frozens
     for ip in stale:
         lists = _PLAN_LISTS["open"] if ip in allowed else _PLAN_LISTS["proxy"] if ip in proxied else frozenset()
         _egress_set(instance=instance, ip=ip, lists=lists, proxy_port=proxy_port)
-    return len(stale), (allowed - listed_open) | (proxied - listed_proxy)
+    return len(stale), ((allowed - listed_open) | (proxied - listed_proxy)) - stale
 
 
 def _listed(chain: str) -> set[str]:
