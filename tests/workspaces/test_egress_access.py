@@ -1,6 +1,7 @@
 """The Internet grant after an open (workspaces/egress_access.py), with committed transactions, the real granter
 thread, the real engine and iptables: it lands after the open has answered; a session ended while it runs keeps no
-access (the race held open at the `egress.locked` failpoint); a grant lost with its process is made by the reconciler.
+access (the race held open at the `egress.locked` failpoint); a grant lost with its process, or refused by iptables
+(counted on /metrics), is made by the reconciler.
 
 The "Internet" is test_egress_proxy's network namespace of TEST-NET-2 hosts, reached directly (open plans).
 """
@@ -140,3 +141,27 @@ def test_a_grant_lost_with_its_process_is_made_by_the_reconciler(open_plan, node
     assert _ip(container) in network.egress_open_addresses(instance=settings.HEARTH_INSTANCE)
     assert _reaches(container, allowed)
     assert reconciler.reconcile()["egress_granted"] == 0  # idempotent
+
+
+def test_a_failed_grant_is_counted_and_made_by_the_reconciler(settings, node, tiny_template, tenant_e, workspace,
+                                                              member):
+    """iptables refuses the grant (here: the instance's chains are not there): the open is not failed for it, the
+    failure is counted on /metrics, and the reconciler's pass grants the address."""
+    from tests.metrics_support import scrape
+
+    tenant_e.plan.internet_access = "open"
+    tenant_e.plan.save(update_fields=["internet_access"])
+    session = services.workspace_open(workspace=workspace, user=member.user).session
+    container = Container.objects.select_related("node").get(pk=session.container_id)
+    ip, instance = _ip(container), settings.HEARTH_INSTANCE
+    network.egress_close(instance=instance, ip=ip)  # the open's own grant undone: as if it had never landed
+    failures = scrape().value("hearth_egress_grant_failures_total")
+    settings.HEARTH_INSTANCE = f"{instance}-gone"
+    egress_access._grant_or_count(egress_access._Grant(session.pk, container.pk, ip, "open"))
+    settings.HEARTH_INSTANCE = instance
+    assert scrape().value("hearth_egress_grant_failures_total") == failures + 1
+    assert ip not in _listed()
+
+    report = reconciler.reconcile()
+    assert report["egress_granted"] == 1, report
+    assert ip in network.egress_open_addresses(instance=instance)
