@@ -477,10 +477,10 @@ def main():
             finally:
                 floor.stop()
             results["floor"]["commit_p50_ms"] = commit_floor()
-            if not args.no_open:
-                cleanup(template)
-            if gateway:
-                gateway.stop()
+        if not args.no_open:
+            cleanup(template)
+        if gateway:
+            gateway.stop()
     results["load_avg_after"] = round(os.getloadavg()[0], 2)
     report(results)
 
