@@ -2,7 +2,8 @@
 
 A test starts a real process (Celery worker, `manage.py shell`) with `HEARTH_FAILPOINT=<name>` and
 `HEARTH_FAILPOINT_FILE=<path>`: when that process reaches `failpoint("<name>")` it writes its pid to the file and
-hangs, so the test can SIGKILL it at exactly that moment (tests/workspaces/test_pool_crash.py). Points:
+hangs, so the test can SIGKILL it at exactly that moment (tests/workspaces/test_pool_crash.py), or let it go on by
+removing the file (a race held open: tests/workspaces/test_egress_access.py). Points:
 
 - `provision.reserved`  PROVISIONING row committed; no slot, no engine container yet
 - `provision.created`   engine container created; its id not yet saved on the row
@@ -11,6 +12,7 @@ hangs, so the test can SIGKILL it at exactly that moment (tests/workspaces/test_
 - `open.claimed`        claim committed (container CLAIMED, session live); storage not bound
 - `open.bound`          user storage bound onto the slot; no gateway route, no token yet
 - `release.committed`   session ended and container RELEASING committed; route, bind, engine container still there
+- `egress.locked`       the Internet grant after an open holds its live session's row lock; nothing granted yet
 """
 import logging
 import os
@@ -24,7 +26,8 @@ if _ARMED:
 
 
 def failpoint(name):
-    """Hang here for good (after writing this pid to HEARTH_FAILPOINT_FILE) if HEARTH_FAILPOINT == name."""
+    """Hang here (after writing this pid to HEARTH_FAILPOINT_FILE) if HEARTH_FAILPOINT == name, until that file is
+    removed; for good without one."""
     if _ARMED != name:
         return
     marker = os.environ.get("HEARTH_FAILPOINT_FILE")
@@ -32,5 +35,5 @@ def failpoint(name):
         with open(f"{marker}.tmp", "w") as f:
             f.write(str(os.getpid()))
         os.replace(f"{marker}.tmp", marker)
-    while True:
-        time.sleep(3600)
+    while not marker or os.path.exists(marker):
+        time.sleep(0.02 if marker else 3600)

@@ -18,10 +18,13 @@ RECLAIMS = Counter("hearth_reclaims_total", "Sessions ended, by reason (idle, qu
                    "failed, suspended, drained, deleted); counted when the end commits.", ["reason"])
 RECONCILER_FIXES = Counter("hearth_reconciler_fixes_total", "What the reconciler found wrong and fixed, by kind.",
                            ["kind"])
+EGRESS_GRANT_FAILURES = Counter("hearth_egress_grant_failures_total", "Internet grants after an open that failed "
+                                "(iptables or the database); the reconciler's next pass grants them.")
 RECONCILER_LAST_SUCCESS = Gauge("hearth_reconciler_last_success_timestamp_seconds",
                                 "When the last full reconciler pass finished (Unix time).", multiprocess_mode="max")
 # The reconciler's report keys that count fixes (its other key lists the engines it could not ask).
-FIX_KINDS = ("orphans_removed", "lost", "failed", "released", "slots_removed", "sessions_ended", "egress_closed")
+FIX_KINDS = ("orphans_removed", "lost", "failed", "released", "slots_removed", "sessions_ended", "egress_closed",
+             "egress_granted")
 
 
 def series_at_zero():

@@ -256,7 +256,7 @@ def _list_rules(instance: str, ip: str, port: int | None) -> dict[str, tuple[str
     return rules
 
 
-def _egress_set(*, instance: str, ip: str, lists: set[str], proxy_port: int | None) -> None:
+def _egress_set(*, instance: str, ip: str, lists: frozenset[str], proxy_port: int | None) -> None:
     """Put `ip` in exactly `lists` (of OPEN, PX, PXR); idempotent."""
     with _lock:
         for name, (table, rule) in _list_rules(instance, ip, proxy_port).items():
@@ -268,14 +268,15 @@ def _egress_set(*, instance: str, ip: str, lists: set[str], proxy_port: int | No
                     pass
 
 
-_PLAN_LISTS = {"open": {"OPEN", "PXR"}, "proxy": {"PX"}}
+_PLAN_LISTS = {"open": frozenset({"OPEN", "PXR"}), "proxy": frozenset({"PX"})}
 
 
 def egress_grant(*, instance: str, ip: str, internet_access: str, proxy_port: int | None = None) -> None:
-    """At a claim: add `ip` to its plan's lists in ONE iptables-restore (both tables, one transaction), without the
-    checks `_egress_set` runs per list (an exec each: 3-6 of them, 5-40 ms each on this machine). A claimed address
-    is in no list: its release closed it (`egress_close`, the full idempotent path), and `egress_sync` closes what a
-    crash left. Were it listed still, the rule would be there twice, and the close removes every copy."""
+    """After a claim (the granter of workspaces/egress_access.py): add `ip` to its plan's lists in ONE iptables-restore
+    (both tables, one transaction), without the checks `_egress_set` runs per list (an exec each: 3-6 of them, 5-40 ms
+    each on this machine). A claimed address is in no list: its release closed it (`egress_close`, the full
+    idempotent path), and `egress_sync` closes what a crash left. Were it listed still (the reconciler granted it
+    first), the rule would be there twice, and the close removes every copy."""
     rules = _list_rules(instance, ip, proxy_port)
     wanted = [rules[name] for name in sorted(_PLAN_LISTS.get(internet_access, ())) if name in rules]
     if not wanted:
@@ -291,29 +292,31 @@ def egress_grant(*, instance: str, ip: str, internet_access: str, proxy_port: in
 
 def egress_open(*, instance: str, ip: str, proxy_port: int | None = None) -> None:
     """Let the container at `ip` reach the Internet, directly and through the open proxy (an open plan's claim)."""
-    _egress_set(instance=instance, ip=ip, lists={"OPEN", "PXR"}, proxy_port=proxy_port)
+    _egress_set(instance=instance, ip=ip, lists=_PLAN_LISTS["open"], proxy_port=proxy_port)
 
 
 def egress_proxy(*, instance: str, ip: str, proxy_port: int | None = None) -> None:
     """Let the container at `ip` reach the allow-list proxy, and nothing else outside (a proxy plan's claim)."""
-    _egress_set(instance=instance, ip=ip, lists={"PX"}, proxy_port=proxy_port)
+    _egress_set(instance=instance, ip=ip, lists=_PLAN_LISTS["proxy"], proxy_port=proxy_port)
 
 
 def egress_close(*, instance: str, ip: str, proxy_port: int | None = None) -> None:
     """Withdraw `ip`'s Internet and proxy access (at release: the address goes to the next container)."""
-    _egress_set(instance=instance, ip=ip, lists=set(), proxy_port=proxy_port)
+    _egress_set(instance=instance, ip=ip, lists=frozenset(), proxy_port=proxy_port)
 
 
 def egress_sync(*, instance: str, allowed: set[str], proxied: set[str] = frozenset(),
-                proxy_port: int | None = None) -> int:
+                proxy_port: int | None = None) -> tuple[int, set[str]]:
     """Close every address in the OPEN list that is not in `allowed` and in the PX list that is not in `proxied`
-    (a release that died half-way, a lost container); returns how many were closed."""
-    stale = (egress_open_addresses(instance=instance) - allowed) | (egress_proxy_addresses(instance=instance)
-                                                                     - proxied)
+    (a release that died half-way, a lost container). Returns how many were closed, and the addresses of `allowed`
+    and `proxied` missing from their list (a grant that failed or never ran): the caller grants those under their
+    sessions' row locks (workspaces/egress_access.py), since a session may end meanwhile."""
+    listed_open, listed_proxy = egress_open_addresses(instance=instance), egress_proxy_addresses(instance=instance)
+    stale = (listed_open - allowed) | (listed_proxy - proxied)
     for ip in stale:
-        lists = {"OPEN", "PXR"} if ip in allowed else {"PX"} if ip in proxied else set()
+        lists = _PLAN_LISTS["open"] if ip in allowed else _PLAN_LISTS["proxy"] if ip in proxied else frozenset()
         _egress_set(instance=instance, ip=ip, lists=lists, proxy_port=proxy_port)
-    return len(stale)
+    return len(stale), ((allowed - listed_open) | (proxied - listed_proxy)) - stale
 
 
 def _listed(chain: str) -> set[str]:
@@ -338,30 +341,25 @@ def proxy_environment(*, gateway: str, port: int, subnet: str) -> dict[str, str]
             "http_proxy": url, "https_proxy": url, "no_proxy": local}
 
 
+def egress_ensure(*, instance: str, ip: str, internet_access: str, proxy_port: int | None = None) -> None:
+    """Put `ip` in exactly its plan's lists (none for `none`): the checked, idempotent path."""
+    _egress_set(instance=instance, ip=ip, lists=_PLAN_LISTS.get(internet_access, frozenset()), proxy_port=proxy_port)
+
+
 def container_egress_set(*, container, internet_access: str) -> None:
     """Open the Internet, the proxy or nothing for a container (a Container row) per its plan's `internet_access`:
     the full idempotent path (a release closes with it). Only for engines on this host."""
-    ip = _local_ip(container)
+    ip = local_ip(container)
     if ip is None:
         return
     from django.conf import settings
 
-    setter = {"open": egress_open, "proxy": egress_proxy}.get(internet_access, egress_close)
-    setter(instance=settings.HEARTH_INSTANCE, ip=ip, proxy_port=settings.EGRESS_PROXY_PORT or None)
+    egress_ensure(instance=settings.HEARTH_INSTANCE, ip=ip, internet_access=internet_access,
+                  proxy_port=settings.EGRESS_PROXY_PORT or None)
 
 
-def container_egress_grant(*, container, internet_access: str) -> None:
-    """At its claim: the plan's access for a container whose address is in no list (`egress_grant`)."""
-    ip = _local_ip(container)
-    if ip is None:
-        return
-    from django.conf import settings
-
-    egress_grant(instance=settings.HEARTH_INSTANCE, ip=ip, internet_access=internet_access,
-                 proxy_port=settings.EGRESS_PROXY_PORT or None)
-
-
-def _local_ip(container) -> str | None:
+def local_ip(container) -> str | None:
+    """The container's address, if the network policy applies to it (on, and an engine on this host)."""
     from django.conf import settings
 
     from workspaces.runtime.base import engine_is_local  # the runtime package imports this module

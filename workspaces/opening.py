@@ -18,7 +18,7 @@ from metering import services as metering_services
 from tenants import policy
 from tenants.exceptions import Conflict, Forbidden, NotFound, ServiceError, Unavailable
 from tenants.models import Membership, Plan, Tenant
-from workspaces import claiming, metrics, network, routing, sessions, storage
+from workspaces import claiming, egress_access, metrics, routing, sessions, storage
 from workspaces import runtime as rt
 from workspaces.failpoints import failpoint
 from workspaces.gateway.tokens import session_token_issue
@@ -235,8 +235,8 @@ def _bind(session, *, resumed=False):
         storage.slot_bind(slot=slot, source=session.workspace.storage_path,
                           uid=provisioning.container_uid(session.container_id))
         plan = session.tenant.plan
-        if plan.internet_access != "none":  # a warm container's address is closed already
-            network.container_egress_grant(container=session.container, internet_access=plan.internet_access)
+        # Off the request path: it lands a few ms after the open answers (a warm container's address is closed).
+        egress_access.session_egress_grant_later(session=session, internet_access=plan.internet_access)
         if not resumed:
             _resources_apply(session.container, plan)
 

@@ -8,10 +8,9 @@ again at the end for the sessions this pass ended.
 import logging
 from datetime import timedelta
 
-from django.conf import settings
 from django.utils import timezone
 
-from workspaces import metrics, network, routing, sessions, storage
+from workspaces import egress_access, metrics, routing, sessions, storage
 from workspaces import runtime as rt
 from workspaces.models import Container, Node, Session
 from workspaces.pool import health, provisioning
@@ -46,7 +45,7 @@ def reconcile(*, now=None):
         sessions.session_end(session=session, reason=EndReason.LOST)
         report["sessions_ended"] += 1
     report["slots_removed"] = _stale_slots_remove()
-    report["egress_closed"] = _stale_egress_close()
+    report["egress_closed"], report["egress_granted"] = egress_access.egress_access_sync()
     # An open that passed its checks just before a delete may have claimed after the delete ended the sessions.
     for session in Session.objects.filter(ended_at__isnull=True, workspace__deleted_at__isnull=False):
         sessions.session_end(session=session, reason=EndReason.DELETED)
@@ -81,25 +80,6 @@ def container_lost(row, *, reason, report=None):
         report["sessions_ended"] += 1
     provisioning.engine_cleanup(row)
     return True
-
-
-def _stale_egress_close():
-    """Internet and proxy access stay only with the live sessions of open and proxy plans (a lost container's
-    address is reused)."""
-    if not settings.HEARTH_NETWORK_POLICY:
-        return 0
-    live = {"open": set(), "proxy": set()}
-    for address, access in Session.objects.filter(
-        ended_at__isnull=True, container__state=State.CLAIMED, tenant__plan__internet_access__in=tuple(live),
-    ).values_list("container__address", "tenant__plan__internet_access"):
-        if address:
-            live[access].add(address.rsplit(":", 1)[0])
-    try:
-        return network.egress_sync(instance=settings.HEARTH_INSTANCE, allowed=live["open"], proxied=live["proxy"],
-                                   proxy_port=settings.EGRESS_PROXY_PORT or None)
-    except network.NetworkPolicyError as exc:
-        log.warning("closing stale Internet access failed: %s", exc)
-        return 0
 
 
 def _node_reconcile(node, *, now, report):

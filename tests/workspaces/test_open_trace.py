@@ -102,9 +102,11 @@ def empty_pool(tiny_template):
 def test_a_cold_open_keeps_its_trace_across_the_worker_that_starts_its_container(
         receiver, monkeypatch, live_db, gateway_env, node, empty_pool, member, workspace, make_api_client,  # noqa: F811
         tmp_path):
+    from tenants.models import Plan
     from tests.workspaces.test_pool_crash import _env, _kill, _purge_queue, _worker
 
     _purge_queue()
+    Plan.objects.filter(pk=member.tenant.plan_id).update(internet_access="open")
     with telemetry_to(receiver, monkeypatch):
         gateway = start_gateway(gateway_env)
         worker = _worker({**_env("", tmp_path / "failpoint"), "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": receiver.endpoint,
@@ -121,7 +123,8 @@ def test_a_cold_open_keeps_its_trace_across_the_worker_that_starts_its_container
             # Live once the worker attached the container; its bind and route follow at once.
             token = _token_of(body["url"])
             assert wait_until(lambda: gateway.get(workspace.host_key, "/", token=token).status_code == 200)
-            spans = receiver.wait_for(lambda got: {"gateway.first_request", "workspace.cold_start"}
+            spans = receiver.wait_for(lambda got: {"gateway.first_request", "workspace.cold_start",
+                                                   "workspace.egress_grant"}
                                       <= {s.name for s in got if s.service == "hearth-worker"} | {
                                           s.name for s in got if s.name == "gateway.first_request"}, timeout=20)
         finally:
@@ -150,6 +153,10 @@ def test_a_cold_open_keeps_its_trace_across_the_worker_that_starts_its_container
     (first,) = [s for s in trace if s.name == "gateway.first_request"]
     parent = next(s for s in trace if s.span_id == first.parent_span_id)
     assert parent.name == "workspace.route" and parent.service == "hearth-worker"
+    # The Internet grant, made by the worker's granter thread after the bind, is in the trace under that bind.
+    (grant,) = [s for s in trace if s.name == "workspace.egress_grant"]
+    (bind,) = [s for s in trace if s.name == "workspace.storage_bind" and s.service == "hearth-worker"]
+    assert grant.parent_span_id == bind.span_id and grant.attributes.get("hearth.session_id") == body["session"]
 
 
 def test_off_nothing_is_instrumented_and_nothing_is_sent(receiver, monkeypatch, gateway_env, node, member,  # noqa: F811

@@ -6,9 +6,7 @@ RELEASING before remove), so a worker killed at any point leaves a row the recon
 """
 import http.client
 import logging
-import os
 import threading
-import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
@@ -19,6 +17,7 @@ from django.db import DatabaseError, connection, connections, transaction
 from django.db.models import Q
 from django.utils import timezone
 
+from core.background import BackgroundQueue
 from tenants.exceptions import ServiceError
 from workspaces import egress, network, storage
 from workspaces import runtime as rt
@@ -453,53 +452,28 @@ def _failing_recently(template, node):
     return last[1] > timezone.now() - timedelta(seconds=settings.WORKSPACES_FAILURE_BACKOFF)
 
 
-class _RefillNudger:
-    """Enqueues pool_fill after claims from a background thread, so no open waits on the broker.
-
-    Nudges for the same template coalesce while one is pending, and the thread waits COALESCE_SECONDS after
-    the first before it publishes: a Celery publish costs about 1 ms of CPU here, as much as a whole open, and
-    during a burst of opens one publish per process then covers them all (instead of one per open, each
-    competing with the opens for the CPU and this process's GIL). Containers take far longer than that to
-    start. Best effort by design: if the process dies first, the beat's pool-fill tick (every 15 s) refills.
-    """
-
-    COALESCE_SECONDS = 0.25
-
-    def __init__(self):
-        self._pending = set()
-        self._lock = threading.Lock()
-        self._wake = threading.Event()
-        self._thread = None
-        self._pid = None
-
-    def nudge(self, template_id):
-        with self._lock:
-            self._pending.add(template_id)
-            if self._thread is None or self._pid != os.getpid() or not self._thread.is_alive():
-                self._pid = os.getpid()
-                self._thread = threading.Thread(target=self._run, name="hearth-refill-nudger", daemon=True)
-                self._thread.start()
-        self._wake.set()
-
-    def _run(self):
-        from workspaces import tasks
-
-        while True:
-            self._wake.wait()
-            time.sleep(self.COALESCE_SECONDS)
-            self._wake.clear()
-            with self._lock:
-                pending, self._pending = self._pending, set()
-            for template_id in pending:
-                try:
-                    tasks.pool_fill.delay(template_id=template_id)
-                except Exception as exc:  # a dead broker delays the refill until the next beat tick
-                    log.warning("could not enqueue pool_fill: %s", exc)
+# The refill's nudge waits this long after the first claim before it publishes: a Celery publish costs about 1 ms of
+# CPU here, as much as a whole open, and during a burst of opens one publish per process then covers them all
+# (instead of one per open, each competing with the opens for the CPU and this process's GIL). Containers take far
+# longer than that to start.
+REFILL_COALESCE_SECONDS = 0.25
 
 
-_nudger = _RefillNudger()
+def _refills_publish(template_ids):
+    from workspaces import tasks
+
+    for template_id in set(template_ids):  # nudges for the same template coalesce
+        try:
+            tasks.pool_fill.delay(template_id=template_id)
+        except Exception as exc:  # a dead broker delays the refill until the next beat tick
+            log.warning("could not enqueue pool_fill: %s", exc)
+
+
+# Enqueues pool_fill after claims from a background thread, so no open waits on the broker. Best effort by design:
+# if the process dies first, the beat's pool-fill tick (every 15 s) refills.
+_nudger = BackgroundQueue("hearth-refill-nudger", _refills_publish, delay=REFILL_COALESCE_SECONDS)
 
 
 def pool_fill_enqueue(template_id):
     """After the current transaction commits, ask a worker to refill the template's pools."""
-    transaction.on_commit(lambda: _nudger.nudge(template_id))
+    transaction.on_commit(lambda: _nudger.put(template_id))

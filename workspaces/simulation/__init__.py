@@ -46,9 +46,9 @@ def default_node():
 
 def policy_inputs(*, template, runtime, bounds=None, lead_time_s=None, window_s=None, lookahead_s=None):
     """The policy's inputs from settings, the beat schedule and the template; overrides where given."""
-    from workspaces.pool.provisioning import _RefillNudger
+    from workspaces.pool.provisioning import REFILL_COALESCE_SECONDS
 
-    refill_delay = _RefillNudger.COALESCE_SECONDS
+    refill_delay = REFILL_COALESCE_SECONDS
     return PolicyInputs(
         bounds=bounds or template_bounds(template),
         lead_time_s=lead_time_s if lead_time_s is not None else runtime.lead_time() + refill_delay,
