@@ -10,7 +10,7 @@ from tenants.exceptions import Conflict
 from tenants.models import Tenant
 from workspaces import egress
 from workspaces.models import Session
-from workspaces.pool import claim, provisioning
+from workspaces.pool import claim, refill
 
 
 def concurrency_check(tenant, now):
@@ -56,7 +56,7 @@ def session_claim(*, workspace, user, cold=False, starting=None, began=None):
                 return None
             session = session_for(workspace=workspace, user=user, container=container, now=now, cold=cold,
                                    starting=starting, began=began)
-            provisioning.pool_fill_enqueue(workspace.template_id)
+            refill.pool_fill_enqueue(workspace.template_id)
     except IntegrityError:
         # A concurrent open of the same workspace won; the claim rolled back, the container stays WARM.
         return existing_or_conflict(workspace)
@@ -94,7 +94,7 @@ def _one_statement(*, workspace, user, now, cold=False, began=None):
     session.container = container
     session.egress_marks = egress.initial_marks(container)  # as the statement wrote them
     sql.loaded(session)
-    provisioning.pool_fill_enqueue(workspace.template_id)  # autocommit: runs at once, the statement has committed
+    refill.pool_fill_enqueue(workspace.template_id)  # autocommit: runs at once, the statement has committed
     return session
 
 

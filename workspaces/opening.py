@@ -24,7 +24,7 @@ from workspaces.failpoints import failpoint
 from workspaces.gateway.tokens import session_token_issue
 from workspaces.gateway.urls import workspace_url
 from workspaces.models import Container, Session, Workspace, WorkspaceTemplate
-from workspaces.pool import health, opens, placement, provisioning, target
+from workspaces.pool import health, opens, placement, provisioning, refill, target
 
 log = logging.getLogger(__name__)
 
@@ -358,7 +358,7 @@ def _cold_start_on(*, workspace, user, node, starting=None, began=None):
             container.state = State.CLAIMED
             session = claiming.session_for(workspace=workspace, user=user, container=container, now=now, cold=True,
                                    starting=starting, began=began)
-            provisioning.pool_fill_enqueue(template.pk)
+            refill.pool_fill_enqueue(template.pk)
     except (ServiceError, IntegrityError) as exc:
         Container.objects.filter(pk=container.pk, state__in=(State.PROVISIONING, State.CLAIMED)).update(
             state=State.RELEASING, released_at=timezone.now())

@@ -6,7 +6,7 @@ from django.utils import timezone
 
 from workspaces import sessions
 from workspaces.models import Container, Node, Session, WorkspaceTemplate
-from workspaces.pool import provisioning
+from workspaces.pool import provisioning, refill
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +28,7 @@ def node_drain(*, node, actor):
             provisioning.container_release(container)
     for template_id in {c.template_id for c in warm}:
         with transaction.atomic():
-            provisioning.pool_fill_enqueue(template_id)
+            refill.pool_fill_enqueue(template_id)
     log.info("node %s drained by %s", node.name, actor)
     return node
 
@@ -37,7 +37,7 @@ def node_undrain(*, node, actor):
     Node.objects.filter(pk=node.pk).update(draining=False)
     node.draining = False
     with transaction.atomic():
-        provisioning.pool_fill_enqueue(None)
+        refill.pool_fill_enqueue(None)
     return node
 
 
@@ -48,5 +48,5 @@ def pool_pause(*, template, paused, actor):
     log.info("pool %s %s by %s", template.slug, "paused" if paused else "resumed", actor)
     if not paused:
         with transaction.atomic():
-            provisioning.pool_fill_enqueue(template.pk)
+            refill.pool_fill_enqueue(template.pk)
     return template

@@ -20,7 +20,7 @@ from workspaces import egress, metrics, routing, selectors
 from workspaces.failpoints import failpoint
 from workspaces.gateway import routes as gateway_routes
 from workspaces.models import Container, Session
-from workspaces.pool import provisioning
+from workspaces.pool import provisioning, refill
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ def session_end(*, session, reason, actor=None, metered_to=None):
         if session.container_id is not None:  # a session ended while `starting` has no container to release
             template_id = Container.objects.filter(pk=session.container_id).values_list("template_id",
                                                                                         flat=True).first()
-            provisioning.pool_fill_enqueue(template_id)
+            refill.pool_fill_enqueue(template_id)
     failpoint("release.committed")
     if not routing.route_delete_for(session.workspace) or session.container_id is None:
         # The route may still lead to the container's address: removed now, the address would go to the next

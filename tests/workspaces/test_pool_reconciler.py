@@ -11,7 +11,7 @@ from django.utils import timezone
 from tests.workspaces.fixtures_pool import *  # noqa: F403
 from workspaces import claiming, pool, reconciler, services, storage
 from workspaces.models import Container
-from workspaces.pool import provisioning
+from workspaces.pool import provisioning, refill
 from workspaces.runtime import ContainerSpec, runtime_for
 
 pytestmark = [pytest.mark.django_db, pytest.mark.docker]
@@ -87,7 +87,7 @@ def test_provisioning_whose_process_died_is_failed_at_once_but_a_started_cold_on
     assert dead.state == State.FAILED and dead.last_error == provisioning._PROVISIONER_DIED
     assert str(dead.pk) not in _engine_pks(node)
     assert cold.state == State.PROVISIONING  # its cold start claims it next, within milliseconds
-    assert not provisioning._failing_recently(tiny_template, node)  # the newest row died with its process: no back-off
+    assert not refill._failing_recently(tiny_template, node)  # the newest row died with its process: no back-off
     Container.objects.filter(pk=cold.pk).update(ready_at=timezone.now() - provisioning._COLD_CLAIM_GRACE)
     assert reconciler.reconcile()["failed"] == 1  # ... so unclaimed this long, its process is gone
     cold.refresh_from_db()

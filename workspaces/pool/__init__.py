@@ -1,5 +1,5 @@
-"""The warm pool: placement and capacity (`placement`), starting, refilling and releasing containers (`provisioning`)
-and the claim statement (`claim`); the names other code calls are re-exported here."""
+"""The warm pool: placement and capacity (`placement`), starting and releasing containers (`provisioning`),
+refilling the pool (`refill`) and the claim statement (`claim`); the names other code calls are re-exported here."""
 from workspaces.pool.claim import container_claim, container_claim_for_session, single_statement_claims
 from workspaces.pool.placement import (
                                        ColdOpenLine,
@@ -17,9 +17,8 @@ from workspaces.pool.provisioning import (
                                        ProvisionFailed,
                                        container_provision,
                                        container_release,
-                                       pool_fill,
-                                       pool_fill_enqueue,
 )
+from workspaces.pool.refill import pool_fill, pool_fill_enqueue
 
 __all__ = [
     "ColdOpenLine", "NoCapacity", "NodeUnavailable", "PoolBusy", "ProvisionFailed", "container_claim",

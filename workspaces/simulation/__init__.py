@@ -46,7 +46,7 @@ def default_node():
 
 def policy_inputs(*, template, runtime, bounds=None, lead_time_s=None, window_s=None, lookahead_s=None):
     """The policy's inputs from settings, the beat schedule and the template; overrides where given."""
-    from workspaces.pool.provisioning import REFILL_COALESCE_SECONDS
+    from workspaces.pool.refill import REFILL_COALESCE_SECONDS
 
     refill_delay = REFILL_COALESCE_SECONDS
     return PolicyInputs(
