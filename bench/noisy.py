@@ -32,7 +32,7 @@ django.setup()
 
 from django.conf import settings  # noqa: E402
 
-from workspaces import network, storage  # noqa: E402
+from workspaces import network, storage, userns  # noqa: E402
 from workspaces.images import image_ensure  # noqa: E402
 from workspaces.runtime import ContainerSpec, DockerRuntime, Resources  # noqa: E402
 
@@ -76,9 +76,7 @@ def start(runtime, name, uid, resources):
 
 def open_once(runtime, container, slot, home):
     """Bind → first byte of the user's file through the container; unbound again afterwards."""
-    for fd in storage._userns_fds.values():  # every claim is a new container, so a new uid: no cached namespace
-        os.close(fd)
-    storage._userns_fds.clear()
+    userns.cached_forget()  # every claim is a new container, so a new uid: no cached namespace
     host, port = container.address.rsplit(":", 1)
     t0 = time.perf_counter()
     storage.user_volume_ensure(user_dir=home.parent, size_mb=1024)

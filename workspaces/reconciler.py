@@ -10,7 +10,7 @@ from datetime import timedelta
 
 from django.utils import timezone
 
-from workspaces import egress_access, metrics, routing, sessions, storage
+from workspaces import egress_access, metrics, routing, sessions, storage, userns
 from workspaces import runtime as rt
 from workspaces.models import Container, Node, Session
 from workspaces.pool import health, provisioning
@@ -148,4 +148,7 @@ def _stale_slots_remove():
         if entry.name.startswith("c") and entry.name not in live:
             storage.slot_remove(entry)
             removed += 1
+    for key in userns.userns_pins():  # a pin whose slot went without it (a crash between the two)
+        if key.startswith("c") and key not in live:
+            userns.userns_unpin(key=key)
     return removed

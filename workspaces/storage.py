@@ -27,11 +27,11 @@ from pathlib import Path
 
 from django.conf import settings
 
+from workspaces import userns as userns_mod
+from workspaces.userns import WORKSPACE_GID, WORKSPACE_UID  # noqa: F401 (the owner of the users' files on disk)
+
 log = logging.getLogger(__name__)
 
-# The owner of the users' files on disk (the images' `coder`); containers see it as their own uid through the bind.
-WORKSPACE_UID = 1000
-WORKSPACE_GID = 1000
 # Written into the user's directory before each bind: an entrypoint that waits for it knows the home is there.
 READY_MARKER = ".hearth-ready"
 
@@ -78,56 +78,22 @@ class _MountAttr(ctypes.Structure):
                 ("userns_fd", ctypes.c_uint64)]
 
 
-# uid -> descriptor of a user namespace mapping WORKSPACE_UID to it (what an idmapped mount is given).
-_userns_fds: dict[int, int] = {}
-_userns_lock = threading.Lock()
-_USERNS_CACHED = 64
-
-
 class StorageError(Exception):
     """A slot could not be prepared, bound or released."""
 
 
-def _userns_fd(uid: int) -> int:
-    """A user namespace whose map sends WORKSPACE_UID/GID to `uid` (host), as the descriptor of a namespace file.
-
-    Made by an `unshare --user` child that is killed as soon as its namespace is open: the descriptor keeps the
-    namespace alive. A few are kept per process (a resume binds the same uid again).
-    """
-    with _userns_lock:
-        fd = _userns_fds.get(uid)
-        if fd is not None:
-            return fd
-        own = os.readlink("/proc/self/ns/user")
-        child = subprocess.Popen(["unshare", "--user", "sleep", "30"], stdin=subprocess.DEVNULL,
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        try:
-            deadline = time.monotonic() + 5
-            while os.readlink(f"/proc/{child.pid}/ns/user") == own:  # until unshare(2) has run in the child
-                if child.poll() is not None or time.monotonic() > deadline:
-                    raise StorageError(f"unshare --user failed: {child.stderr.read().decode(errors='replace')}")
-                time.sleep(0.0005)
-            for name, line in (("uid_map", f"{WORKSPACE_UID} {uid} 1\n"), ("setgroups", "deny"),
-                               ("gid_map", f"{WORKSPACE_GID} {uid} 1\n")):
-                with open(f"/proc/{child.pid}/{name}", "w") as f:
-                    f.write(line)
-            fd = os.open(f"/proc/{child.pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
-        finally:
-            child.kill()
-            child.wait()
-        if len(_userns_fds) >= _USERNS_CACHED:
-            oldest = next(iter(_userns_fds))
-            os.close(_userns_fds.pop(oldest))
-        _userns_fds[uid] = fd
-        return fd
-
-
 def _mount_idmapped(source: str, target: str, uid: int) -> None:
-    """Bind `source` onto `target` with WORKSPACE_UID shown (and stored) as `uid`."""
-    userns = _userns_fd(uid)
+    """Bind `source` onto `target` with WORKSPACE_UID shown (and stored) as `uid` (the namespace: the slot's pin,
+    workspaces.userns)."""
+    try:
+        userns, owned = userns_mod.userns_open(uid=uid, key=os.path.basename(target))
+    except userns_mod.UsernsError as exc:
+        raise StorageError(str(exc)) from exc
     tree = _libc.syscall(_SYS_OPEN_TREE, _AT_FDCWD, os.fsencode(source),
                          ctypes.c_uint(_OPEN_TREE_CLONE | _OPEN_TREE_CLOEXEC))
     if tree < 0:
+        if owned:
+            os.close(userns)
         raise StorageError(f"open_tree {source}: {os.strerror(ctypes.get_errno())}")
     try:
         attr = _MountAttr(attr_set=_MOUNT_ATTR_IDMAP, userns_fd=userns)
@@ -140,6 +106,8 @@ def _mount_idmapped(source: str, target: str, uid: int) -> None:
             raise StorageError(f"move_mount {source} -> {target}: {os.strerror(ctypes.get_errno())}")
     finally:
         os.close(tree)
+        if owned:
+            os.close(userns)
 
 
 def _mount(source, target, flags) -> None:
@@ -243,12 +211,19 @@ def slot_root_release(root: Path | None = None) -> None:
 
 
 def slot_create(key: str, *, uid: int = WORKSPACE_UID) -> Path:
-    """An empty slot directory `STORAGE_ROOT/slots/<key>` owned by the container's uid."""
+    """An empty slot directory `STORAGE_ROOT/slots/<key>` owned by the container's uid, and the pinned user
+    namespace of its idmapped bind (workspaces.userns)."""
     if not _KEY.match(key):
         raise StorageError(f"bad slot key {key!r}: letters, digits, '.', '_' and '-' only")
     slot = slot_root() / key
     slot.mkdir(exist_ok=True)
     os.chown(slot, uid, uid)
+    if uid != WORKSPACE_UID:
+        # The namespace its claim's idmapped bind needs, made now rather than on the open's path.
+        try:
+            userns_mod.userns_pin(key=key, uid=uid)
+        except (userns_mod.UsernsError, OSError) as exc:  # the claim makes it instead
+            log.warning("user namespace of slot %s not pinned: %s", key, exc)
     return slot
 
 
@@ -371,6 +346,10 @@ def slot_remove(slot: Path) -> None:
     slot, once nothing is mounted on or under it.
     """
     slot_unbind(slot=slot)
+    try:
+        userns_mod.userns_unpin(key=os.path.basename(slot))
+    except userns_mod.UsernsError as exc:  # the reconciler's pass tries again
+        log.warning("%s", exc)
     real_slot = os.path.realpath(slot)
     if any(point == real_slot or point.startswith(real_slot + "/") for point, _ in _mountinfo()):
         raise StorageError(f"slot {slot} still has something mounted under it; not deleting")

@@ -11,7 +11,7 @@ import pytest
 from django.conf import settings
 
 from tests.workspaces.fixtures_runtime import REPO, docker_exec
-from workspaces import storage
+from workspaces import storage, userns
 from workspaces.storage import StorageError
 
 
@@ -279,3 +279,49 @@ def test_the_file_survives_the_container_and_is_there_in_the_next_one(make_conta
     assert _get(second, "/home/work.txt")[0] == 404
     storage.slot_bind(slot=slot2, source=source)
     assert _get(second, "/home/work.txt") == (200, "kept\n")
+
+
+# --- the user namespace of an idmapped bind, pinned at the slot's creation (workspaces.userns) ----------------------
+
+def test_a_slot_for_its_own_uid_pins_its_namespace_and_the_bind_uses_it_without_a_child(slots, monkeypatch):
+    uid = 1_999_000_123
+    slot = storage.slot_create("c-pin-1", uid=uid)
+    pin = userns.pin_directory() / "c-pin-1"
+    assert pin.exists() and os.path.realpath(pin) in {p for p, _ in storage._mountinfo()}
+    fd = os.open(pin, os.O_RDONLY)
+    try:
+        assert userns._is_userns(fd) and os.fstat(fd).st_ino != os.stat("/proc/self/ns/user").st_ino
+    finally:
+        os.close(fd)
+    # The claim's bind opens the pin: no `unshare` child (it would fail the bind here).
+    monkeypatch.setattr(userns.subprocess, "Popen", lambda *a, **k: pytest.fail("a namespace was made at the bind"))
+    source = _user_dir("acme", 21)
+    storage.slot_bind(slot=slot, source=source, uid=uid)
+    (source / "mine.txt").write_text("on disk as 1000")
+    os.chown(source / "mine.txt", 1000, 1000)
+    assert (slot / "mine.txt").stat().st_uid == uid  # the map the pin holds: 1000 on disk shows as the uid
+
+    storage.slot_remove(slot)
+    assert not pin.exists() and os.path.realpath(pin) not in {p for p, _ in storage._mountinfo()}
+
+
+def test_a_slot_without_a_pin_gets_its_namespace_at_the_bind(slots):
+    uid = 1_999_000_124
+    slot = storage.slot_create("c-pin-2", uid=uid)
+    userns.userns_unpin(key="c-pin-2")  # e.g. provisioned before pins existed
+    source = _user_dir("acme", 22)
+    storage.slot_bind(slot=slot, source=source, uid=uid)
+    (source / "f").write_text("x")
+    os.chown(source / "f", 1000, 1000)
+    assert (slot / "f").stat().st_uid == uid
+    storage.slot_remove(slot)
+
+
+def test_the_reconciler_removes_a_pin_whose_container_is_gone(slots, db):
+    from workspaces import reconciler
+
+    storage.slot_create("c9999991", uid=1_999_000_125)
+    os.rmdir(slots / "c9999991")  # the slot went, its pin stayed (a crash between the two)
+    assert "c9999991" in userns.userns_pins()
+    reconciler._stale_slots_remove()
+    assert "c9999991" not in userns.userns_pins()
