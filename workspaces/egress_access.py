@@ -85,10 +85,10 @@ def _grants_make(batch):
     close_old_connections()
 
 
-# The granter waits GRANT_DELAY_SECONDS after an open hands it a grant: woken at once, its thread would take the GIL
-# at the open's next database round trip and hold its request up for the 1-2 ms of CPU a grant costs (measured: the
-# hand-off took 1.5 ms of the open's time instead of 44 us). By then the open has answered; the browser has not yet
-# loaded the IDE, let alone asked the Internet for anything.
+# The granter waits GRANT_DELAY_SECONDS after an open hands it a grant: woken at once, its thread would run while the
+# open still does (this process's GIL: it takes it at the open's next database round trip) and add the grant's 1-2 ms
+# of CPU to the open's time; a burst's grants also come in one batch. By then the open has answered, and the browser
+# has not yet loaded the IDE, let alone asked the Internet for anything.
 GRANT_DELAY_SECONDS = 0.02
 _granter = BackgroundQueue("hearth-egress-granter", _grants_make, delay=GRANT_DELAY_SECONDS)
 
