@@ -153,7 +153,7 @@ def span(name: str, attributes: dict | None = None, *, child_only: bool = False)
 def step(name: str, attributes: dict | None = None):
     """`with step("workspace.claim"):` one step of the open (claim, storage bind, route, token): a span under the
     current one whose own calls — PostgreSQL statements, Docker and HAProxy commands, Redis — make no spans: Hearth's
-    (span(), db_span(), call()) are listed on it instead, by name and duration (`hearth.calls`, `hearth.calls.ms`),
+    (span(), db_span()) are listed on it instead, by name and duration (`hearth.calls`, `hearth.calls.ms`),
     and the instrumentations' (psycopg, Redis, Celery) are suppressed. A span costs 30-70 µs of CPU between its
     start and its export; an open's calls would be two thirds of its spans (docs/OBSERVABILITY.md, "Cost").
     A shared no-op when off; one of the calls when inside another step."""
@@ -163,15 +163,6 @@ def step(name: str, attributes: dict | None = None):
     if calls is not None:
         return _Call(calls, name)
     return _Step(name, attributes)
-
-
-def call(name: str):
-    """`with call("redis.SET"):` a call that an instrumentation would otherwise trace, listed on the step in
-    progress; nothing outside a step (the instrumentation's own span covers it there)."""
-    if _tracer is None:
-        return _NOOP
-    calls = otel_context.get_value(_STEP_CALLS)
-    return _NOOP if calls is None else _Call(calls, name)
 
 
 class _Step:

@@ -40,15 +40,14 @@ def test_a_steps_calls_are_listed_on_it_and_make_no_spans(receiver, monkeypatch)
                     pass
                 assert db.fetchone("SELECT 1", []) == (1,)  # a prepared statement (config/db.py)
                 list(Tenant.objects.all()[:1])  # the ORM: the psycopg instrumentation's
-                with telemetry.call("redis.SET"):
-                    redis_client().set("hearth-test:telemetry-step", "1", ex=5)  # the Redis instrumentation's
+                redis_client().set("hearth-test:telemetry-step", "1", ex=5)  # the Redis instrumentation's
                 with telemetry.step("workspace.token"):  # a step inside a step is one of its calls
                     pass
             redis_client().get("hearth-test:telemetry-step")  # outside a step: the instrumentation's span
         spans = _exported(receiver, {"test.open", "workspace.route", "GET"})
 
     route = spans["workspace.route"]
-    assert _calls(route) == ["haproxy.set map", "postgresql.SELECT", "redis.SET", "workspace.token"]
+    assert _calls(route) == ["haproxy.set map", "postgresql.SELECT", "workspace.token"]
     assert all(call.endswith(" ms") for call in route.attributes["hearth.calls"].split(", "))
     assert route.attributes["hearth.route.starting"] is False
     assert {k: route.attributes[k] for k in ("hearth.tenant_id", "hearth.session_id")} == {
@@ -92,6 +91,6 @@ def test_a_sampled_out_step_makes_nothing_and_suppresses_its_calls(receiver, mon
     assert receiver.spans == []
 
 
-def test_off_a_step_and_a_call_are_the_shared_no_op():
+def test_off_a_step_is_the_shared_no_op():
     assert not telemetry.enabled()
-    assert telemetry.step("workspace.claim") is telemetry.call("redis.SET") is telemetry.span("workspace.token")
+    assert telemetry.step("workspace.claim") is telemetry.span("workspace.token") is telemetry.db_span("SELECT 1")

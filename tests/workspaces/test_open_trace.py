@@ -79,13 +79,13 @@ def test_the_trace_of_an_open_runs_from_the_api_to_the_first_proxied_request(
     (claim,) = names["workspace.claim"]
     assert claim.parent_span_id == server.span_id and claim.attributes["hearth.tenant_id"] == tenant
     # A step's own calls make no spans: each is listed on its step by name and duration (docs/OBSERVABILITY.md,
-    # "Cost") — the claim's statement, the plan's resources on Docker, HAProxy's route and the Redis hand-over.
+    # "Cost") — the claim's statement, the plan's resources on Docker, HAProxy's route and the session's check.
     step_ids = {s.span_id for name in OPEN_STEPS for s in names[name]}
     assert [s.name for s in trace if s.parent_span_id in step_ids] == ["gateway.first_request"]
     (bind,), (route,) = names["workspace.storage_bind"], names["workspace.route"]
     assert any(name.startswith("postgresql.") for name in _calls(claim)), claim.attributes
     assert "docker.update" in _calls(bind), bind.attributes
-    assert {"haproxy.set map", "redis.SET", "postgresql.SELECT"} <= _calls(route), route.attributes
+    assert {"haproxy.set map", "postgresql.SELECT"} <= _calls(route), route.attributes
     # The open's lookup, a prepared statement run under the request, is listed on the request's span; the ORM's
     # statements outside the steps (the token's lookup) are spans of the psycopg instrumentation.
     assert "postgresql.SELECT" in _calls(server), server.attributes
