@@ -77,9 +77,9 @@ def telemetry_setup(*, process: str, environ=None) -> bool:
     provider.add_span_processor(_context_span_processor())
     for name in names:
         if name == "otlp":
-            from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+            from core.otlp import SpanExporter  # the official OTLP/HTTP exporter, with a faster encoding
 
-            exporter = OTLPSpanExporter()  # OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT, _HEADERS, _TIMEOUT
+            exporter = SpanExporter()  # OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT, _HEADERS, _TIMEOUT
         else:
             exporter = ConsoleSpanExporter()
         provider.add_span_processor(BatchSpanProcessor(exporter))
