@@ -152,11 +152,11 @@ def span(name: str, attributes: dict | None = None, *, child_only: bool = False)
 
 def step(name: str, attributes: dict | None = None):
     """`with step("workspace.claim"):` one step of the open (claim, storage bind, route, token): a span under the
-    current one whose own calls — PostgreSQL statements, Docker and HAProxy commands, Redis — make no spans: Hearth's
-    (span(), db_span()) are listed on it instead, by name and duration (`hearth.calls`, `hearth.calls.ms`),
-    and the instrumentations' (psycopg, Redis, Celery) are suppressed. A span costs 30-70 µs of CPU between its
-    start and its export; an open's calls would be two thirds of its spans (docs/OBSERVABILITY.md, "Cost").
-    A shared no-op when off; one of the calls when inside another step."""
+    current one whose own calls make no spans: Hearth's (span(), db_span(): PostgreSQL, Docker, HAProxy) are listed
+    on it instead, by name and duration, in one attribute (`hearth.calls`), and the instrumentations' (psycopg,
+    Redis, Celery) are suppressed. A span cost 50-70 µs of CPU from its start to its export, and the calls were two
+    thirds of an open's spans (docs/OBSERVABILITY.md, "Cost"). A shared no-op when off; one of the calls when inside
+    another step."""
     if _tracer is None:
         return _NOOP
     calls = otel_context.get_value(_STEP_CALLS)
@@ -217,14 +217,21 @@ class _Call:
         return False
 
 
-class _SpanCall(_Call):
-    """A call listed on a span that is not a step (the request's): added to its `hearth.calls` at once."""
-    __slots__ = ()
+class _SpanCall:
+    """A call listed on a span that is not a step (the request's): added to its `hearth.calls` when it returns."""
+    __slots__ = ("span", "name", "started")
+
+    def __init__(self, span, name):
+        self.span, self.name = span, name
+
+    def __enter__(self):
+        self.started = time.perf_counter_ns()
+        return trace.INVALID_SPAN
 
     def __exit__(self, *exc):
-        span, text = self.calls, _call_text(self.name, time.perf_counter_ns() - self.started)
-        listed = span.attributes.get(CALLS)
-        span.set_attribute(CALLS, f"{listed}, {text}" if listed else text)
+        text = _call_text(self.name, time.perf_counter_ns() - self.started)
+        listed = self.span.attributes.get(CALLS)
+        self.span.set_attribute(CALLS, f"{listed}, {text}" if listed else text)
         return False
 
 

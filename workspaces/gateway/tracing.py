@@ -53,7 +53,7 @@ class _Handovers:
     """The opens' traceparents on their way to Redis: a writer thread (one per process, started by the first open)
     sets what came in during the last WRITE_SECONDS in one pipelined round trip, so an open spends no round trip on
     its trace and a busy web worker one per batch. The gateway looks again for a first request it finds no
-    traceparent for, for RETRY_SECONDS (FirstRequestListener). Best effort: what a dying process holds is lost (its
+    traceparent for, for FirstRequestListener.RETRY_SECONDS. Best effort: what a dying process holds is lost (its
     first requests start no span), and so is a batch Redis refuses."""
 
     WRITE_SECONDS = 0.05
@@ -140,8 +140,9 @@ class FirstRequestListener:
         self.thread = threading.Thread(target=self._run, name="gateway-first-requests", daemon=True)
         self.thread.start()
 
-    # A first request can come before its open's traceparent is in Redis (_Handovers writes every 50 ms).
-    RETRY_SECONDS = 1.0
+    # A first request can come before its open's traceparent is in Redis (_Handovers writes every 50 ms); one of an
+    # open that was not traced (sampled out) is looked for RETRY_SECONDS / RETRY_EVERY times.
+    RETRY_SECONDS = 0.5
     RETRY_EVERY = 0.1
 
     def _run(self) -> None:
