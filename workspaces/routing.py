@@ -32,17 +32,16 @@ def route_set_for_open(session):
     host_key, session_id = session.workspace.host_key, str(session.pk)
     # A session still `starting` (no container yet) gets the gateway's "starting" page.
     address = session.container.address if session.container_id is not None else None
-    with telemetry.step("workspace.route", {"hearth.route.starting": address is None}):  # the check is the route's
-        _route_set(host_key=host_key, session_id=session.pk, address=address)
-        if db.fetchone(_SESSION_LIVE_SQL, [session.pk]) is None:
-            try:
-                route = gateway_routes.route_get(host_key)
-                if route is not None and route.session_id == session_id:
-                    gateway_routes.route_delete(host_key=host_key)
-            except GatewayUnavailable as exc:  # the reconciler's route sync removes routes of ended sessions
-                log.warning("route_delete(%s) after a racing end failed: %s", host_key, exc)
-            raise Conflict("This session ended while it was being opened; open the workspace again.",
-                           code="session_ended")
+    route_set_locked(host_key=host_key, session_id=session.pk, address=address)
+    if db.fetchone(_SESSION_LIVE_SQL, [session.pk]) is None:
+        try:
+            route = gateway_routes.route_get(host_key)
+            if route is not None and route.session_id == session_id:
+                gateway_routes.route_delete(host_key=host_key)
+        except GatewayUnavailable as exc:  # the reconciler's route sync removes routes of ended sessions
+            log.warning("route_delete(%s) after a racing end failed: %s", host_key, exc)
+        raise Conflict("This session ended while it was being opened; open the workspace again.",
+                       code="session_ended")
 
 
 # NO KEY UPDATE is what the end's own UPDATE of ended_at takes.
@@ -72,17 +71,13 @@ def route_set_while_live(*, host_key, session_id, address):
 def route_set_locked(*, host_key, session_id, address):
     """route_set for a session whose row lock this transaction holds (so it is live)."""
     with telemetry.step("workspace.route", {"hearth.route.starting": address is None}):
-        _route_set(host_key=host_key, session_id=session_id, address=address)
-
-
-def _route_set(*, host_key, session_id, address):
-    try:
-        gateway_routes.route_set(host_key=host_key, session_id=str(session_id), address=address)
-    except GatewayUnavailable as exc:
-        # HAProxy is down or restarting: it restores every live route from live_routes() when it starts.
-        log.warning("route_set(%s): the gateway does not answer (%s); it restores routes at start", host_key, exc)
-    if address is not None:
-        gateway_tracing.first_request_expect(session_id=session_id)
+        try:
+            gateway_routes.route_set(host_key=host_key, session_id=str(session_id), address=address)
+        except GatewayUnavailable as exc:
+            # HAProxy is down or restarting: it restores every live route from live_routes() when it starts.
+            log.warning("route_set(%s): the gateway does not answer (%s); it restores routes at start", host_key, exc)
+        if address is not None:
+            gateway_tracing.first_request_expect(session_id=session_id)
 
 
 def route_delete_for(workspace) -> bool:
