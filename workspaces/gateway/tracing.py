@@ -2,7 +2,8 @@
 that opened it.
 
 HAProxy checks tokens and proxies with no Python on the path and makes no spans itself. With telemetry on, the open
-keeps its W3C traceparent in Redis under the session (`first_request_expect`, where the route is set); HAProxy sends
+keeps its W3C traceparent in Redis under the session (`first_request_expect`, where the route is set, through a
+writer thread: `_Handovers`); HAProxy sends
 the egress log's lines (gateway.egress_log) to a datagram socket of the gateway process too (`FirstRequestListener`),
 which records the first proxied request of each session (marked by HAProxy) — with HAProxy's own accept time and
 duration — as `gateway.first_request`, a child of the open's `workspace.route` span. Off, neither the key nor the
