@@ -494,7 +494,9 @@ def main():
     gateway = None if args.no_gateway else start_gateway()
     results["gateway"] = gateway is not None
     # Forked before this process opens anything (as gunicorn forks its workers from a master that serves nothing).
-    workers = WorkerPool(args.workers, pairs[: args.concurrent], args.threads) if args.clients == "workers" else None
+    # Only for the concurrent scenario: `--only sequential` forks no workers and runs no concurrent warm-up round.
+    workers = (WorkerPool(args.workers, pairs[: args.concurrent], args.threads)
+               if args.clients == "workers" and args.rounds else None)
     try:
         # Sequential warm opens.
         if args.seq:

@@ -8,11 +8,14 @@ Where it is called: config/wsgi.py and config/asgi.py (web, runserver included),
 (`worker_process_init`, after the fork), `manage.py gateway` and `manage.py engine_events`, bench/claim.py.
 """
 import contextlib
+import functools
 import logging
 import os
 import time
 
+from opentelemetry import context as otel_context
 from opentelemetry import trace
+from opentelemetry.context import _SUPPRESS_INSTRUMENTATION_KEY  # what the instrumentations check (and the SDK sets)
 
 from core import context
 
@@ -22,6 +25,8 @@ TRACER_NAME = "hearth"
 _NOOP = contextlib.nullcontext()
 
 _tracer = None  # a Tracer once set up in this process
+_STEP_CALLS = otel_context.create_key("hearth.step_calls")  # the calls of the step in progress (see step())
+CALLS = "hearth.calls"  # the attribute listing a span's calls that made no span of their own
 _state = {"pid": None, "provider": None, "instrumentors": []}
 
 
@@ -72,9 +77,9 @@ def telemetry_setup(*, process: str, environ=None) -> bool:
     provider.add_span_processor(_context_span_processor())
     for name in names:
         if name == "otlp":
-            from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+            from core.otlp import SpanExporter  # the official OTLP/HTTP exporter, with a faster encoding
 
-            exporter = OTLPSpanExporter()  # OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT, _HEADERS, _TIMEOUT
+            exporter = SpanExporter()  # OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT, _HEADERS, _TIMEOUT
         else:
             exporter = ConsoleSpanExporter()
         provider.add_span_processor(BatchSpanProcessor(exporter))
@@ -132,34 +137,135 @@ def flush(timeout_ms: int = 5000) -> bool:
 
 
 def span(name: str, attributes: dict | None = None, *, child_only: bool = False):
-    """`with span("workspace.claim"):` a span of Hearth's own work under the current one; a shared no-op when off.
-    `child_only`: only inside traced work (a call made on its own, e.g. a heartbeat ping, makes no trace)."""
-    if _tracer is None or (child_only and not trace.get_current_span().is_recording()):
+    """`with span("workspace.cold_start"):` a span of Hearth's own work under the current one; a shared no-op when
+    off. `child_only`: only inside traced work (a call made on its own, e.g. a heartbeat ping, makes no trace).
+    Inside a step() it makes no span: it is one of the step's calls."""
+    if _tracer is None:
+        return _NOOP
+    calls = otel_context.get_value(_STEP_CALLS)
+    if calls is not None:
+        return _Call(calls, name)
+    if child_only and not trace.get_current_span().is_recording():
         return _NOOP
     return _tracer.start_as_current_span(name, attributes=attributes)
 
 
-def db_span(sql: str):
-    """A client span for a statement that config/db.py runs on its own cursor, which the psycopg instrumentation
-    (Django's cursors) does not see: the open's lookup and claim. Inside traced work only."""
-    if _tracer is None or not trace.get_current_span().is_recording():
+def step(name: str, attributes: dict | None = None):
+    """`with step("workspace.claim"):` one step of the open (claim, storage bind, route, token): a span under the
+    current one whose own calls make no spans: Hearth's (span(), db_span(): PostgreSQL, Docker, HAProxy) are listed
+    on it instead, by name and duration, in one attribute (`hearth.calls`), and the instrumentations' (psycopg,
+    Redis, Celery) are suppressed. A span cost 50-70 µs of CPU from its start to its export, and the calls were two
+    thirds of an open's spans (docs/OBSERVABILITY.md, "Cost"). A shared no-op when off; one of the calls when inside
+    another step."""
+    if _tracer is None:
         return _NOOP
-    operation = sql.lstrip().split(None, 1)[0].upper() if sql.strip() else "SQL"
-    return _tracer.start_as_current_span(operation, kind=trace.SpanKind.CLIENT, attributes={
-        "db.system.name": "postgresql", "db.system": "postgresql", "db.operation.name": operation,
-        "db.query.text": sql})
+    calls = otel_context.get_value(_STEP_CALLS)
+    if calls is not None:
+        return _Call(calls, name)
+    return _Step(name, attributes)
+
+
+class _Step:
+    __slots__ = ("name", "attributes", "span", "calls", "token")
+
+    def __init__(self, name, attributes):
+        self.name, self.attributes = name, attributes
+
+    def __enter__(self):
+        # start_span and one attach (the span, the suppression and the calls' list together), not
+        # start_as_current_span's generator and use_span.
+        self.span = span = _tracer.start_span(self.name, attributes=self.attributes)
+        current = otel_context.set_value(_SUPPRESS_INSTRUMENTATION_KEY, True, trace.set_span_in_context(span))
+        if span.is_recording():  # sampled out: its calls make nothing either
+            self.calls = []
+            current = otel_context.set_value(_STEP_CALLS, self.calls, current)
+        else:
+            self.calls = None
+        self.token = otel_context.attach(current)
+        return span
+
+    def __exit__(self, exc_type, exc, tb):
+        otel_context.detach(self.token)
+        span, calls = self.span, self.calls
+        if calls is not None:
+            if exc is not None:  # as use_span records it
+                span.record_exception(exc)
+                span.set_status(trace.Status(trace.StatusCode.ERROR, f"{exc_type.__name__}: {exc}"))
+            if calls:  # one string: an attribute costs its encoding per value, an array's per element
+                span.set_attribute(CALLS, ", ".join(_call_text(name, ns) for name, ns in calls))
+        span.end()
+        return False
+
+
+def _call_text(name, ns):
+    return f"{name} {ns / 1e6:.3f} ms"
+
+
+class _Call:
+    """One call of a step: its name and duration, appended to the step's list when it returns (or raises)."""
+    __slots__ = ("calls", "name", "started")
+
+    def __init__(self, calls, name):
+        self.calls, self.name = calls, name
+
+    def __enter__(self):
+        self.started = time.perf_counter_ns()
+        return trace.INVALID_SPAN
+
+    def __exit__(self, *exc):
+        self.calls.append((self.name, time.perf_counter_ns() - self.started))
+        return False
+
+
+class _SpanCall:
+    """A call listed on a span that is not a step (the request's): added to its `hearth.calls` when it returns."""
+    __slots__ = ("span", "name", "started")
+
+    def __init__(self, span, name):
+        self.span, self.name = span, name
+
+    def __enter__(self):
+        self.started = time.perf_counter_ns()
+        return trace.INVALID_SPAN
+
+    def __exit__(self, *exc):
+        text = _call_text(self.name, time.perf_counter_ns() - self.started)
+        listed = self.span.attributes.get(CALLS)
+        self.span.set_attribute(CALLS, f"{listed}, {text}" if listed else text)
+        return False
+
+
+@functools.lru_cache(maxsize=256)  # a handful of constant statements
+def _statement_name(sql: str) -> str:
+    return "postgresql." + (sql.lstrip().split(None, 1)[0].upper() if sql.strip() else "SQL")
+
+
+def db_span(sql: str):
+    """A statement that config/db.py runs on its own cursor (the open's lookup and claim, the hot path's prepared
+    statements), which the psycopg instrumentation does not see: listed on the span in progress as
+    `postgresql.<operation>` with its duration (`hearth.calls`), not a span of its own. Inside traced work only."""
+    if _tracer is None:
+        return _NOOP
+    calls = otel_context.get_value(_STEP_CALLS)
+    if calls is not None:
+        return _Call(calls, _statement_name(sql))
+    current = trace.get_current_span()
+    if not current.is_recording():
+        return _NOOP
+    return _SpanCall(current, _statement_name(sql))
 
 
 def traceparent() -> str | None:
     """The current span's W3C `traceparent`, to carry this trace to work that another process picks up later (the
     gateway's first request of a session); None when off or outside a trace."""
-    if _tracer is None or not trace.get_current_span().is_recording():
+    if _tracer is None:
         return None
-    from opentelemetry import propagate
-
-    carrier = {}
-    propagate.inject(carrier)
-    return carrier.get("traceparent")
+    span = trace.get_current_span()
+    if not span.is_recording():
+        return None
+    # What propagate.inject would write for it (its tracestate aside), without the global propagators' work.
+    span_context = span.get_span_context()
+    return f"00-{span_context.trace_id:032x}-{span_context.span_id:016x}-{span_context.trace_flags:02x}"
 
 
 def span_from(traceparent_value: str, name: str, *, start_ns: int, end_ns: int | None = None,

@@ -140,7 +140,7 @@ def workspace_open(*, workspace, user, tenant=None, start_later=False):
     metering_services.entitlement_check(tenant=tenant)
 
     started = time.perf_counter()
-    with telemetry.span("workspace.claim"):
+    with telemetry.step("workspace.claim"):
         session = claiming.session_claim(workspace=workspace, user=user, began=began)
     metrics.claim_observe(template=template, started=started, claimed=session is not None)
     opens.open_record(template.pk)  # the demand the warm pool follows
@@ -229,7 +229,7 @@ def _bind(session, *, resumed=False):
     # session always binds; slot_bind replaces whatever might still be on the slot.
     if resumed and storage.is_mount_point(slot):
         return
-    with telemetry.span("workspace.storage_bind"):
+    with telemetry.step("workspace.storage_bind"):
         storage.user_volume_ensure(user_dir=Path(session.workspace.storage_path).parent,
                                    size_mb=session.tenant.plan.storage_mb)
         storage.slot_bind(slot=slot, source=session.workspace.storage_path,
@@ -262,7 +262,7 @@ def _resources_apply(container, plan):
 def _session_url_and_token(session):
     """(url, token, expires_at) for opening `session` through the gateway."""
     workspace = session.workspace
-    with telemetry.span("workspace.token"):
+    with telemetry.step("workspace.token"):
         token, expires_at = session_token_issue(tenant_slug=session.tenant.slug, user_id=session.user_id,
                                                 workspace_host_key=workspace.host_key, session_id=str(session.pk),
                                                 container_id=session.container_id)

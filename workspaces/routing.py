@@ -70,7 +70,7 @@ def route_set_while_live(*, host_key, session_id, address):
 
 def route_set_locked(*, host_key, session_id, address):
     """route_set for a session whose row lock this transaction holds (so it is live)."""
-    with telemetry.span("workspace.route", {"hearth.route.starting": address is None}):
+    with telemetry.step("workspace.route", {"hearth.route.starting": address is None}):
         try:
             gateway_routes.route_set(host_key=host_key, session_id=str(session_id), address=address)
         except GatewayUnavailable as exc:

@@ -32,6 +32,11 @@ def _token_of(url):
     return url.split("token=", 1)[1]
 
 
+def _calls(span):
+    """The names in a span's `hearth.calls` ("haproxy.set map 0.210 ms, redis.SET 0.080 ms")."""
+    return {call.rsplit(" ", 2)[0] for call in span.attributes.get("hearth.calls", "").split(", ") if call}
+
+
 def _by_name(spans):
     found = {}
     for s in spans:
@@ -73,16 +78,19 @@ def test_the_trace_of_an_open_runs_from_the_api_to_the_first_proxied_request(
         assert {k: step.attributes.get(k) for k in expected} == expected, (name, step.attributes)
     (claim,) = names["workspace.claim"]
     assert claim.parent_span_id == server.span_id and claim.attributes["hearth.tenant_id"] == tenant
-    # PostgreSQL: the claim's own statement under the claim, the ORM's through the psycopg instrumentation.
-    claim_sql = [s for s in trace
-                 if s.parent_span_id == claim.span_id and s.attributes.get("db.system") == "postgresql"]
-    assert claim_sql and all(s.attributes["hearth.tenant_id"] == tenant for s in claim_sql)
-    assert any("db.statement" in s.attributes for s in trace if s.attributes.get("db.system") == "postgresql")
-    # The plan's resources at the bind (written to the cgroup: a local engine) and HAProxy (the route) as children of
-    # their step.
+    # A step's own calls make no spans: each is listed on its step by name and duration (docs/OBSERVABILITY.md,
+    # "Cost") — the claim's statement, the plan's resources in the cgroup, HAProxy's route.
+    step_ids = {s.span_id for name in OPEN_STEPS for s in names[name]}
+    assert [s.name for s in trace if s.parent_span_id in step_ids] == ["gateway.first_request"]
     (bind,), (route,) = names["workspace.storage_bind"], names["workspace.route"]
-    assert any(s.name == "cgroup.write" and s.parent_span_id == bind.span_id for s in trace), sorted(names)
-    assert any(s.name == "haproxy.set map" and s.parent_span_id == route.span_id for s in trace), sorted(names)
+    assert any(name.startswith("postgresql.") for name in _calls(claim)), claim.attributes
+    assert "cgroup.write" in _calls(bind), bind.attributes  # the plan's resources: a local engine's cgroup
+    assert "haproxy.set map" in _calls(route), route.attributes
+    # The open's lookup and the session's liveness check after the route, prepared statements run under the request,
+    # are listed on the request's span; the ORM's statements outside the steps (the token's lookup) are spans of the
+    # psycopg instrumentation.
+    assert server.attributes["hearth.calls"].count("postgresql.SELECT") >= 2, server.attributes
+    assert any("db.statement" in s.attributes for s in trace if s.attributes.get("db.system") == "postgresql")
     # The gateway's first request: a child of the route, timed by HAProxy, with the open's ids; only one.
     (first,) = names["gateway.first_request"]
     assert first.parent_span_id == route.span_id

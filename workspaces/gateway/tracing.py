@@ -2,7 +2,8 @@
 that opened it.
 
 HAProxy checks tokens and proxies with no Python on the path and makes no spans itself. With telemetry on, the open
-keeps its W3C traceparent in Redis under the session (`first_request_expect`, where the route is set); HAProxy sends
+keeps its W3C traceparent in Redis under the session (`first_request_expect`, where the route is set, through a
+writer thread: `_Handovers`); HAProxy sends
 the egress log's lines (gateway.egress_log) to a datagram socket of the gateway process too (`FirstRequestListener`),
 which records the first proxied request of each session (marked by HAProxy) — with HAProxy's own accept time and
 duration — as `gateway.first_request`, a child of the open's `workspace.route` span. Off, neither the key nor the
@@ -13,6 +14,7 @@ import logging
 import os
 import socket
 import threading
+import time
 from pathlib import Path
 
 from django.conf import settings
@@ -39,20 +41,68 @@ def _key(session_id) -> str:
 
 
 def first_request_expect(*, session_id) -> None:
-    """Under the open's route span: keep its traceparent for the session's first proxied request (telemetry on)."""
+    """Under the open's route span: keep its traceparent for the session's first proxied request (telemetry on).
+    Written to Redis by a background thread (`_handovers`), not by the open: a round trip cost an open 0.1 ms of CPU."""
     traceparent = telemetry.traceparent()
     if traceparent is None:
         return
     # With the open's tenant, user and workspace: the gateway process has no request to read them from.
-    expected = {"traceparent": traceparent, **context.span_attributes()}
-    try:
-        _redis().set(_key(session_id), json.dumps(expected), ex=settings.GATEWAY_TRACE_FIRST_REQUEST_TTL)
-    except Exception as exc:  # Redis down: the trace ends at the route, the open goes on
-        log.warning("first request of session %s will not join its trace: %s", session_id, exc)
+    _handovers.add(_key(session_id), {"traceparent": traceparent, **context.span_attributes()})
 
 
-def first_request_record(line: str) -> bool:
-    """One line of HAProxy's log (the egress log's format): a span under the session's open if it still expects one."""
+class _Handovers:
+    """The opens' traceparents on their way to Redis: a writer thread (one per process, started by the first open)
+    sets what came in during the last WRITE_SECONDS in one pipelined round trip, so an open spends no round trip on
+    its trace and a busy web worker one per batch. The gateway looks again for a first request it finds no
+    traceparent for, for FirstRequestListener.RETRY_SECONDS. Best effort: what a dying process holds is lost (its
+    first requests start no span), and so is a batch Redis refuses."""
+
+    WRITE_SECONDS = 0.05
+
+    def __init__(self):
+        self._waiting = []
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._thread = None
+        self._pid = None
+
+    def add(self, key, expected) -> None:
+        with self._lock:
+            self._waiting.append((key, expected))
+            if self._thread is None or self._pid != os.getpid() or not self._thread.is_alive():
+                self._pid = os.getpid()
+                self._wake = threading.Event()  # a forked child's own
+                self._thread = threading.Thread(target=self._run, name="hearth-trace-handover", daemon=True)
+                self._thread.start()
+        self._wake.set()
+
+    def _run(self) -> None:
+        while True:
+            self._wake.wait()
+            time.sleep(self.WRITE_SECONDS)  # the opens of the next few milliseconds go in the same round trip
+            self._wake.clear()
+            self.write()
+
+    def write(self) -> None:
+        with self._lock:
+            waiting, self._waiting = self._waiting, []
+        if not waiting:
+            return
+        try:  # outside any trace: the sampler drops the pipeline's lone client span (core.telemetry._sampler)
+            pipe = _redis().pipeline(transaction=False)
+            for key, expected in waiting:
+                pipe.set(key, json.dumps(expected), ex=settings.GATEWAY_TRACE_FIRST_REQUEST_TTL)
+            pipe.execute()
+        except Exception as exc:  # Redis down: those traces end at the route, the opens went on
+            log.warning("the first requests of %s sessions will not join their traces: %s", len(waiting), exc)
+
+
+_handovers = _Handovers()
+
+
+def first_request_record(line: str) -> bool | None:
+    """One line of HAProxy's log (the egress log's format): a span under the session's open if it still expects one.
+    None: a first request whose traceparent is not (yet) in Redis (the caller may look again)."""
     parts = line.strip().split(" ")
     if len(parts) < 10 or parts[0] != LOG_TAG or parts[3] != "1":
         return False  # not ours, or not a session's first request
@@ -63,8 +113,8 @@ def first_request_record(line: str) -> bool:
     except ValueError:
         return False
     expected = _redis().getdel(_key(session_id))
-    if expected is None:  # not traced, already recorded (a reload's new worker counts from 0), or too late
-        return False
+    if expected is None:  # not yet written, not traced, already recorded (a reload's new worker counts from 0), late
+        return None
     expected = json.loads(expected)
     traceparent = expected.pop("traceparent")
     return telemetry.span_from(traceparent, "gateway.first_request", start_ns=start_ns, end_ns=end_ns, attributes={
@@ -88,22 +138,37 @@ class FirstRequestListener:
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.sock.bind(str(self.path))
         os.chmod(self.path, 0o600)
-        self.sock.settimeout(0.5)  # to see stop() come
         self.thread = threading.Thread(target=self._run, name="gateway-first-requests", daemon=True)
         self.thread.start()
 
+    # A first request can come before its open's traceparent is in Redis (_Handovers writes every 50 ms); one of an
+    # open that was not traced (sampled out) is looked for RETRY_SECONDS / RETRY_EVERY times.
+    RETRY_SECONDS = 0.5
+    RETRY_EVERY = 0.1
+
     def _run(self) -> None:
+        pending = []  # [next look, give up at, line]: first requests whose traceparent was not in Redis yet
         while not self.stopping.is_set():
+            self.sock.settimeout(self.RETRY_EVERY if pending else 0.5)  # 0.5 s: to see stop() come
             try:
-                data = self.sock.recv(65536)
+                line = self.sock.recv(65536).decode(errors="replace")
             except TimeoutError:
-                continue
+                line = None
             except OSError:
                 return
-            try:
-                first_request_record(data.decode(errors="replace"))
-            except Exception:  # a bad line or Redis away: the next one may do
-                log.warning("gateway: could not record a first request", exc_info=True)
+            now = time.monotonic()
+            if line:
+                pending.append([now, now + self.RETRY_SECONDS, line])
+            due, pending = [p for p in pending if p[0] <= now], [p for p in pending if p[0] > now]
+            for entry in due:
+                try:
+                    recorded = first_request_record(entry[2])
+                except Exception:  # a bad line or Redis away: the next one may do
+                    log.warning("gateway: could not record a first request", exc_info=True)
+                    continue
+                if recorded is None and now + self.RETRY_EVERY < entry[1]:
+                    entry[0] = now + self.RETRY_EVERY
+                    pending.append(entry)
 
     def stop(self) -> None:
         if self.sock is not None:
