@@ -1,5 +1,5 @@
 """One daemon thread per process that handles, in batches, the work a request hands it so that the request need not
-wait for it (the pool's refill nudge, the Internet grant after an open)."""
+wait for it (the pool's refill nudge, the Internet grant after an open, the open's traceparent for the gateway)."""
 import logging
 import os
 import threading
@@ -18,7 +18,7 @@ class BackgroundQueue:
     (the beat's refill tick, the reconciler's grant)."""
 
     def __init__(self, name, handle, *, delay=0.0):
-        self.name, self._handle, self._delay = name, handle, delay
+        self.name, self._handle, self.delay = name, handle, delay
         self._reset()
         _queues.add(self)
 
@@ -44,8 +44,8 @@ class BackgroundQueue:
             with self._cond:
                 self._cond.wait_for(lambda: self._items)
                 self._busy = True
-            if self._delay:
-                time.sleep(self._delay)
+            if self.delay:
+                time.sleep(self.delay)
             with self._cond:
                 batch, self._items = self._items, []
             try:

@@ -8,6 +8,7 @@ Where it is called: config/wsgi.py and config/asgi.py (web, runserver included),
 (`worker_process_init`, after the fork), `manage.py gateway` and `manage.py engine_events`, bench/claim.py.
 """
 import contextlib
+import contextvars
 import functools
 import logging
 import os
@@ -148,6 +149,20 @@ def span(name: str, attributes: dict | None = None, *, child_only: bool = False)
     if child_only and not trace.get_current_span().is_recording():
         return _NOOP
     return _tracer.start_as_current_span(name, attributes=attributes)
+
+
+def context_handoff() -> contextvars.Context:
+    """A copy of this thread's context for work handed to another thread (the open's Internet grant): its spans are
+    children of the current span, but not calls of the step in progress, which has ended by then (nor suppressed)."""
+    handed = contextvars.copy_context()
+    if _tracer is not None and otel_context.get_value(_STEP_CALLS) is not None:
+        handed.run(_step_leave)
+    return handed
+
+
+def _step_leave():
+    current = otel_context.set_value(_STEP_CALLS, None)
+    otel_context.attach(otel_context.set_value(_SUPPRESS_INSTRUMENTATION_KEY, False, current))
 
 
 def step(name: str, attributes: dict | None = None):

@@ -80,7 +80,8 @@ def _isolated_paths(settings, tmp_path):
     settings.STORAGE_ROOT = tmp_path / "storage"
     settings.EXPORT_ROOT = tmp_path / "exports"
     yield
-    if (tmp_path / "storage" / "volumes").exists():  # an open mounted users' volumes: free their loop devices
+    if (tmp_path / "storage" / "volumes").exists() or (tmp_path / "storage" / "userns").exists():
+        # An open mounted users' volumes (free their loop devices), or slots pinned their user namespaces.
         from workspaces import storage
 
         storage.slot_root_release(tmp_path / "storage" / "slots")

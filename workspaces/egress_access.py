@@ -46,7 +46,7 @@ def session_egress_grant_later(*, session, internet_access):
     if transaction.get_connection().in_atomic_block:
         _grant_or_count(_Grant(session.pk, session.container_id, ip, internet_access))
         return
-    _granter.put(_Grant(session.pk, session.container_id, ip, internet_access, contextvars.copy_context()))
+    _granter.put(_Grant(session.pk, session.container_id, ip, internet_access, telemetry.context_handoff()))
 
 
 def egress_grants_wait_idle(timeout=5.0):

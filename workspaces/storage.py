@@ -200,10 +200,12 @@ def slot_root() -> Path:
 
 
 def slot_root_release(root: Path | None = None) -> None:
-    """Unmount every slot and the slot root itself (teardown of an install or a test)."""
+    """Unmount every slot, the slot root itself and the slots' pinned user namespaces beside it (teardown of an
+    install or a test)."""
     root = os.path.realpath(root or Path(settings.STORAGE_ROOT) / "slots")
+    pins = os.path.join(os.path.dirname(root), userns_mod.pin_directory().name)
     for point, _ in reversed(_mountinfo()):
-        if point == root or point.startswith(root + "/"):
+        if point == root or point.startswith(root + "/") or point.startswith(pins + "/"):
             _umount(point)
     _root_ready.discard(root)
     _root_mount_ids.pop(root, None)

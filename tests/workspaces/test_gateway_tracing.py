@@ -25,7 +25,7 @@ def receiver():
 
 def test_a_first_request_logged_before_its_traceparent_is_written_still_joins_the_open(receiver, monkeypatch,
                                                                                       tmp_path):
-    monkeypatch.setattr(tracing._handovers, "WRITE_SECONDS", 0.3)  # the line surely comes first
+    monkeypatch.setattr(tracing._handovers, "delay", 0.3)  # the line surely comes first
     session_id = f"handover-{time.monotonic_ns()}"
     listener = tracing.FirstRequestListener(tmp_path / "first-requests.sock")
     with telemetry_to(receiver, monkeypatch):

@@ -3,7 +3,7 @@ that opened it.
 
 HAProxy checks tokens and proxies with no Python on the path and makes no spans itself. With telemetry on, the open
 keeps its W3C traceparent in Redis under the session (`first_request_expect`, where the route is set, through a
-writer thread: `_Handovers`); HAProxy sends
+writer thread: `_handovers`); HAProxy sends
 the egress log's lines (gateway.egress_log) to a datagram socket of the gateway process too (`FirstRequestListener`),
 which records the first proxied request of each session (marked by HAProxy) — with HAProxy's own accept time and
 duration — as `gateway.first_request`, a child of the open's `workspace.route` span. Off, neither the key nor the
@@ -20,6 +20,7 @@ from pathlib import Path
 from django.conf import settings
 
 from core import context, telemetry
+from core.background import BackgroundQueue
 from core.redis_client import redis_client
 from workspaces.gateway import egress_log
 
@@ -47,57 +48,28 @@ def first_request_expect(*, session_id) -> None:
     if traceparent is None:
         return
     # With the open's tenant, user and workspace: the gateway process has no request to read them from.
-    _handovers.add(_key(session_id), {"traceparent": traceparent, **context.span_attributes()})
+    _handovers.put((_key(session_id), {"traceparent": traceparent, **context.span_attributes()}))
 
 
-class _Handovers:
-    """The opens' traceparents on their way to Redis: a writer thread (one per process, started by the first open)
-    sets what came in during the last WRITE_SECONDS in one pipelined round trip, so an open spends no round trip on
-    its trace and a busy web worker one per batch. The gateway looks again for a first request it finds no
-    traceparent for, for FirstRequestListener.RETRY_SECONDS. Best effort: what a dying process holds is lost (its
-    first requests start no span), and so is a batch Redis refuses."""
-
-    WRITE_SECONDS = 0.05
-
-    def __init__(self):
-        self._waiting = []
-        self._lock = threading.Lock()
-        self._wake = threading.Event()
-        self._thread = None
-        self._pid = None
-
-    def add(self, key, expected) -> None:
-        with self._lock:
-            self._waiting.append((key, expected))
-            if self._thread is None or self._pid != os.getpid() or not self._thread.is_alive():
-                self._pid = os.getpid()
-                self._wake = threading.Event()  # a forked child's own
-                self._thread = threading.Thread(target=self._run, name="hearth-trace-handover", daemon=True)
-                self._thread.start()
-        self._wake.set()
-
-    def _run(self) -> None:
-        while True:
-            self._wake.wait()
-            time.sleep(self.WRITE_SECONDS)  # the opens of the next few milliseconds go in the same round trip
-            self._wake.clear()
-            self.write()
-
-    def write(self) -> None:
-        with self._lock:
-            waiting, self._waiting = self._waiting, []
-        if not waiting:
-            return
-        try:  # outside any trace: the sampler drops the pipeline's lone client span (core.telemetry._sampler)
-            pipe = _redis().pipeline(transaction=False)
-            for key, expected in waiting:
-                pipe.set(key, json.dumps(expected), ex=settings.GATEWAY_TRACE_FIRST_REQUEST_TTL)
-            pipe.execute()
-        except Exception as exc:  # Redis down: those traces end at the route, the opens went on
-            log.warning("the first requests of %s sessions will not join their traces: %s", len(waiting), exc)
+# The opens' traceparents on their way to Redis: a background thread (one per process, started by the first open)
+# sets what came in during the last HANDOVER_DELAY_SECONDS in one pipelined round trip, so an open spends no round
+# trip on its trace and a busy web worker one per batch. The gateway looks again for a first request it finds no
+# traceparent for, for FirstRequestListener.RETRY_SECONDS. Best effort: what a dying process holds is lost (its first
+# requests start no span), and so is a batch Redis refuses.
+HANDOVER_DELAY_SECONDS = 0.05
 
 
-_handovers = _Handovers()
+def _handovers_write(waiting) -> None:
+    try:  # outside any trace: the sampler drops the pipeline's lone client span (core.telemetry._sampler)
+        pipe = _redis().pipeline(transaction=False)
+        for key, expected in waiting:
+            pipe.set(key, json.dumps(expected), ex=settings.GATEWAY_TRACE_FIRST_REQUEST_TTL)
+        pipe.execute()
+    except Exception as exc:  # Redis down: those traces end at the route, the opens went on
+        log.warning("the first requests of %s sessions will not join their traces: %s", len(waiting), exc)
+
+
+_handovers = BackgroundQueue("hearth-trace-handover", _handovers_write, delay=HANDOVER_DELAY_SECONDS)
 
 
 def first_request_record(line: str) -> bool | None:
@@ -141,7 +113,7 @@ class FirstRequestListener:
         self.thread = threading.Thread(target=self._run, name="gateway-first-requests", daemon=True)
         self.thread.start()
 
-    # A first request can come before its open's traceparent is in Redis (_Handovers writes every 50 ms); one of an
+    # A first request can come before its open's traceparent is in Redis (`_handovers` writes every 50 ms); one of an
     # open that was not traced (sampled out) is looked for RETRY_SECONDS / RETRY_EVERY times.
     RETRY_SECONDS = 0.5
     RETRY_EVERY = 0.1
