@@ -266,7 +266,7 @@ class DockerRuntime(Runtime):
                         f"start {spec.name} on node {self.node_name}: container is {container.status} without an "
                         f"address right after start; its log: {logs[-500:] or '(empty)'}"
                     )
-            self._egress_counter_install(engine_id, spec.internal_port)
+            self._egress_counter_install(engine_id, spec.internal_port, name=spec.name)
             return container
         except BaseException:
             # Never leave a half-made container behind; if the engine is gone the reconciler removes it later.
@@ -393,13 +393,13 @@ class DockerRuntime(Runtime):
                 return None
         return (state.get("Pid") or None) if state.get("Running") else None
 
-    def _egress_counter_install(self, engine_id: str, port: int) -> None:
+    def _egress_counter_install(self, engine_id: str, port: int, *, name: str) -> None:
         if not self._counts_egress():
             return
         pid = self._pid(engine_id)
+        if pid is None:  # its entrypoint failed just after the start's inspect (an init process execs it then)
+            raise RuntimeError_(f"start {name} on node {self.node_name}: the container stopped right after start")
         try:
-            if pid is None:
-                raise egress_counter.EgressCounterError("the container is not running")
             egress_counter.counter_install(pid=pid, port=port)
         except egress_counter.EgressCounterError as exc:
             raise RuntimeError_(f"egress counter of {engine_id[:12]} on node {self.node_name}: {exc}") from exc
