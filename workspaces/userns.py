@@ -2,7 +2,7 @@
 is what `mount_setattr(MOUNT_ATTR_IDMAP)` is given when the user's directory is bound onto that container's slot.
 
 Making one costs a child process (`unshare --user`: 2-3 ms of fork and exec here), so it is made when the container
-is provisioned, off the open's path, and **pinned**: its namespace file is bind-mounted on `<run dir>/userns/<slot
+is provisioned, off the open's path, and **pinned**: its namespace file is bind-mounted on `STORAGE_ROOT/userns/<slot
 key>` (as `ip netns` pins network namespaces), where any process of the host opens it again at the claim (an open(2),
 microseconds). The pin goes with the slot (`userns_unpin` at release; the reconciler removes pins of containers that
 are gone). A container without a pin (provisioned before pins existed, or pinning failed) gets its namespace made at
@@ -71,7 +71,7 @@ def _made(uid: int, then):
 
 
 def userns_pin(*, key: str, uid: int) -> Path:
-    """Make container `key`'s namespace (mapping to `uid`) and pin it at `<run dir>/userns/<key>`."""
+    """Make container `key`'s namespace (mapping to `uid`) and pin it at `STORAGE_ROOT/userns/<key>`."""
     path = _pin_path(key)
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     userns_unpin(key=key)  # a pin left by a crash is replaced, never stacked
