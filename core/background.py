@@ -1,5 +1,6 @@
 """One daemon thread per process that handles, in batches, the work a request hands it so that the request need not
-wait for it (the pool's refill nudge, the Internet grant after an open, the open's traceparent for the gateway)."""
+wait for it (the pool's refill nudge, the Internet grant after an open, the open's traceparent for the gateway, the
+demand counter's opens)."""
 import logging
 import os
 import threading
@@ -34,6 +35,13 @@ class BackgroundQueue:
                 self._thread.start()
             self._cond.notify_all()
 
+    def take(self):
+        """What is queued and not yet handed to the thread, for a caller that handles it now (a test's flush)."""
+        with self._cond:
+            items, self._items = self._items, []
+            self._cond.notify_all()
+        return items
+
     def wait_idle(self, timeout):
         """True once nothing is queued or being handled (tests, a graceful stop); False after `timeout` seconds."""
         with self._cond:
@@ -49,7 +57,8 @@ class BackgroundQueue:
             with self._cond:
                 batch, self._items = self._items, []
             try:
-                self._handle(batch)
+                if batch:  # a `take` may have emptied the queue meanwhile
+                    self._handle(batch)
             except Exception:  # the next batch still comes
                 log.exception("%s: handling %d items failed", self.name, len(batch))
             finally:

@@ -1,4 +1,5 @@
-"""core.background: the per-process daemon thread behind the refill nudge and the Internet grant."""
+"""core.background: the per-process daemon thread behind the refill nudge, the Internet grant, the trace hand-over
+and the demand counter."""
 import os
 import threading
 
@@ -62,3 +63,15 @@ def test_a_forked_child_starts_its_own_thread_with_an_empty_queue():
     os.close(write)
     with os.fdopen(read) as lines:
         assert lines.read().splitlines() == [f"{os.getpid()}:parent", f"{pid}:child"]
+
+
+def test_take_hands_the_queued_items_to_the_caller_and_the_thread_gets_none_of_them():
+    seen = []
+    queue = BackgroundQueue("hearth-test-queue", seen.append, delay=0.3)  # the thread waits before it takes
+    queue.put("a")
+    queue.put("b")
+    assert queue.take() == ["a", "b"]
+    assert queue.wait_idle(5)
+    assert seen == []  # no empty batch either
+    queue.put("c")
+    assert queue.wait_idle(5) and seen == [["c"]]

@@ -9,14 +9,13 @@ counted (the estimate of a rate, not a meter), and a Redis outage leaves the poo
 """
 import logging
 import math
-import os
-import threading
 import time
 from collections import Counter
 
 import redis
 from django.conf import settings
 
+from core.background import BackgroundQueue
 from core.redis_client import redis_client
 from workspaces.pool.demand import DAY
 
@@ -45,52 +44,33 @@ def _key(template_id, width, bucket):
     return f"{_prefix()}:{template_id}:{width}:{bucket}"
 
 
-class _OpenBuffer:
-    """Open times waiting for the flusher thread (started on the first open of each process)."""
-
-    FLUSH_SECONDS = 0.5
-
-    def __init__(self):
-        self._opens = []
-        self._lock = threading.Lock()
-        self._thread = None
-        self._pid = None
-
-    def add(self, template_id, at):
-        with self._lock:
-            self._opens.append((template_id, at))
-            if self._thread is None or self._pid != os.getpid() or not self._thread.is_alive():
-                self._pid = os.getpid()
-                self._thread = threading.Thread(target=self._run, name="hearth-open-counter", daemon=True)
-                self._thread.start()
-
-    def take(self):
-        with self._lock:
-            opens, self._opens = self._opens, []
-        return opens
-
-    def _run(self):
-        while True:
-            time.sleep(self.FLUSH_SECONDS)
-            try:
-                opens_flush()
-            except Exception as exc:  # a Redis outage: these opens are not counted; the pool keeps its target
-                log.warning("could not count %s", exc)
+FLUSH_SECONDS = 0.5
 
 
-_buffer = _OpenBuffer()
+def _opens_write_logged(opens):
+    try:
+        _opens_write(opens)
+    except Exception as exc:  # a Redis outage: these opens are not counted; the pool keeps its target
+        log.warning("could not count %s", exc)
+
+
+# Open times waiting for the background thread (one per process, started by its first open), written every
+# FLUSH_SECONDS at most.
+_buffer = BackgroundQueue("hearth-open-counter", _opens_write_logged, delay=FLUSH_SECONDS)
 
 
 def open_record(template_id, *, at=None):
     """Count one open of `template_id` (now, or at `at`, epoch seconds). Costs a list append on the request."""
-    _buffer.add(template_id, time.time() if at is None else at)
+    _buffer.put((template_id, time.time() if at is None else at))
 
 
 def opens_flush():
-    """Add the buffered opens to Redis now (the flusher does it every FLUSH_SECONDS; tests call it)."""
+    """Add the buffered opens to Redis now (the background thread does it every FLUSH_SECONDS; tests call it)."""
     opens = _buffer.take()
-    if not opens:
-        return 0
+    return _opens_write(opens) if opens else 0
+
+
+def _opens_write(opens):
     counts = Counter()
     firsts = {}
     for template_id, at in opens:
