@@ -217,37 +217,33 @@ def _call_text(name, ns):
 
 
 class _Call:
-    """One call of a step: its name and duration, appended to the step's list when it returns (or raises)."""
-    __slots__ = ("calls", "name", "started")
+    """One call of a step (`target`: the step's list) or of a span that is not a step (`_SpanCall`: the request's),
+    recorded by name and duration when it returns (or raises)."""
+    __slots__ = ("target", "name", "started")
 
-    def __init__(self, calls, name):
-        self.calls, self.name = calls, name
-
-    def __enter__(self):
-        self.started = time.perf_counter_ns()
-        return trace.INVALID_SPAN
-
-    def __exit__(self, *exc):
-        self.calls.append((self.name, time.perf_counter_ns() - self.started))
-        return False
-
-
-class _SpanCall:
-    """A call listed on a span that is not a step (the request's): added to its `hearth.calls` when it returns."""
-    __slots__ = ("span", "name", "started")
-
-    def __init__(self, span, name):
-        self.span, self.name = span, name
+    def __init__(self, target, name):
+        self.target, self.name = target, name
 
     def __enter__(self):
         self.started = time.perf_counter_ns()
         return trace.INVALID_SPAN
 
     def __exit__(self, *exc):
-        text = _call_text(self.name, time.perf_counter_ns() - self.started)
-        listed = self.span.attributes.get(CALLS)
-        self.span.set_attribute(CALLS, f"{listed}, {text}" if listed else text)
+        self._record(time.perf_counter_ns() - self.started)
         return False
+
+    def _record(self, ns):
+        self.target.append((self.name, ns))
+
+
+class _SpanCall(_Call):
+    """Added to the span's `hearth.calls` at once: the span has no end of a step to list its calls at."""
+    __slots__ = ()
+
+    def _record(self, ns):
+        text = _call_text(self.name, ns)
+        listed = self.target.attributes.get(CALLS)
+        self.target.set_attribute(CALLS, f"{listed}, {text}" if listed else text)
 
 
 @functools.lru_cache(maxsize=256)  # a handful of constant statements

@@ -89,6 +89,16 @@ def _isolated_paths(settings, tmp_path):
 
 
 @pytest.fixture
+def receiver():
+    """A real OTLP/HTTP trace receiver on loopback for one test (tests/otlp_receiver.py)."""
+    from tests.otlp_receiver import OtlpReceiver
+
+    got = OtlpReceiver()
+    yield got
+    got.close()
+
+
+@pytest.fixture
 def user(db):
     return UserFactory()
 

@@ -10,7 +10,6 @@ from django.conf import settings
 from django.db import connection
 
 from core import telemetry
-from tests.otlp_receiver import OtlpReceiver
 
 
 @pytest.mark.parametrize("environ, expected", [
@@ -71,13 +70,6 @@ def _web_process(**otel):
                             text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout.strip().splitlines()[-1])
-
-
-@pytest.fixture
-def receiver():
-    got = OtlpReceiver()
-    yield got
-    got.close()
 
 
 def test_the_web_process_is_not_instrumented_and_sends_nothing_by_default(receiver, db):

@@ -10,20 +10,9 @@ from config import db
 from core import context, telemetry
 from core.redis_client import redis_client
 from tenants.models import Tenant
-from tests.otlp_receiver import OtlpReceiver, telemetry_to
+from tests.otlp_receiver import calls_of, telemetry_to
 
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture
-def receiver():
-    got = OtlpReceiver()
-    yield got
-    got.close()
-
-
-def _calls(span):
-    return [call.rsplit(" ", 2)[0] for call in span.attributes.get("hearth.calls", "").split(", ") if call]
 
 
 def _exported(receiver, names):
@@ -47,7 +36,7 @@ def test_a_steps_calls_are_listed_on_it_and_make_no_spans(receiver, monkeypatch)
         spans = _exported(receiver, {"test.open", "workspace.route", "GET"})
 
     route = spans["workspace.route"]
-    assert _calls(route) == ["haproxy.set map", "postgresql.SELECT", "workspace.token"]
+    assert calls_of(route) == ["haproxy.set map", "postgresql.SELECT", "workspace.token"]
     assert all(call.endswith(" ms") for call in route.attributes["hearth.calls"].split(", "))
     assert route.attributes["hearth.route.starting"] is False
     assert {k: route.attributes[k] for k in ("hearth.tenant_id", "hearth.session_id")} == {
@@ -63,7 +52,7 @@ def test_a_prepared_statement_outside_a_step_is_listed_on_the_span_in_progress(r
             db.fetchone("SELECT 1", [])
             db.fetchone("SELECT 2", [])
         spans = _exported(receiver, {"test.open"})
-    assert _calls(spans["test.open"]) == ["postgresql.SELECT", "postgresql.SELECT"]
+    assert calls_of(spans["test.open"]) == ["postgresql.SELECT", "postgresql.SELECT"]
     assert len(receiver.spans) == 1
 
 
@@ -76,7 +65,7 @@ def test_a_step_that_raises_is_an_error_and_its_calls_so_far_are_listed(receiver
                         raise ValueError("engine away")
         spans = _exported(receiver, {"workspace.storage_bind"})
     bind = spans["workspace.storage_bind"]
-    assert bind.status_code == 2 and _calls(bind) == ["docker.update"]  # STATUS_CODE_ERROR
+    assert bind.status_code == 2 and calls_of(bind) == ["docker.update"]  # STATUS_CODE_ERROR
 
 
 def test_a_sampled_out_step_makes_nothing_and_suppresses_its_calls(receiver, monkeypatch):

@@ -10,17 +10,10 @@ import time
 import pytest
 
 from core import context, telemetry
-from tests.otlp_receiver import OtlpReceiver, telemetry_to
+from tests.otlp_receiver import telemetry_to
 from workspaces.gateway import tracing
 
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture
-def receiver():
-    got = OtlpReceiver()
-    yield got
-    got.close()
 
 
 def test_a_first_request_logged_before_its_traceparent_is_written_still_joins_the_open(receiver, monkeypatch,

@@ -10,7 +10,7 @@ import time
 import pytest
 
 from core import telemetry
-from tests.otlp_receiver import OtlpReceiver, telemetry_to
+from tests.otlp_receiver import calls_of, telemetry_to
 from tests.workspaces.fixtures_pool import *  # noqa: F403
 from tests.workspaces.gateway_fixtures import gateway_env, start_gateway, wait_until  # noqa: F401
 from workspaces import pool, services
@@ -21,20 +21,8 @@ pytestmark = [pytest.mark.django_db, pytest.mark.docker, pytest.mark.slow]
 OPEN_STEPS = {"workspace.claim", "workspace.storage_bind", "workspace.route", "workspace.token"}
 
 
-@pytest.fixture
-def receiver():
-    got = OtlpReceiver()
-    yield got
-    got.close()
-
-
 def _token_of(url):
     return url.split("token=", 1)[1]
-
-
-def _calls(span):
-    """The names in a span's `hearth.calls` ("haproxy.set map 0.210 ms, redis.SET 0.080 ms")."""
-    return {call.rsplit(" ", 2)[0] for call in span.attributes.get("hearth.calls", "").split(", ") if call}
 
 
 def _by_name(spans):
@@ -83,9 +71,9 @@ def test_the_trace_of_an_open_runs_from_the_api_to_the_first_proxied_request(
     step_ids = {s.span_id for name in OPEN_STEPS for s in names[name]}
     assert [s.name for s in trace if s.parent_span_id in step_ids] == ["gateway.first_request"]
     (bind,), (route,) = names["workspace.storage_bind"], names["workspace.route"]
-    assert any(name.startswith("postgresql.") for name in _calls(claim)), claim.attributes
-    assert "cgroup.write" in _calls(bind), bind.attributes  # the plan's resources: a local engine's cgroup
-    assert "haproxy.set map" in _calls(route), route.attributes
+    assert any(name.startswith("postgresql.") for name in calls_of(claim)), claim.attributes
+    assert "cgroup.write" in calls_of(bind), bind.attributes  # the plan's resources: a local engine's cgroup
+    assert "haproxy.set map" in calls_of(route), route.attributes
     # The open's lookup and the session's liveness check after the route, prepared statements run under the request,
     # are listed on the request's span; the ORM's statements outside the steps (the token's lookup) are spans of the
     # psycopg instrumentation.
