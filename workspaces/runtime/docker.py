@@ -1,7 +1,6 @@
 """The Docker runtime: hardened workspace containers on one engine per Node, through the docker SDK."""
 from __future__ import annotations
 
-import concurrent.futures
 import contextlib
 import fcntl
 import hashlib
@@ -19,6 +18,7 @@ import requests
 from docker.types import LogConfig, Mount
 
 from core import telemetry
+from core.background import BackgroundQueue
 
 from ..network import NetworkPolicyError, network_rules_ensure, proxy_environment, proxy_policy
 from . import cgroups, egress_counter
@@ -117,7 +117,6 @@ class DockerRuntime(Runtime):
         self._network_lock = threading.Lock()
         self._cgroup_layout: cgroups.Layout | None = None  # learned from the first container claimed
         self._cgroups_off_until = 0.0  # monotonic: after a failed direct write, the engine's update for a while
-        self._recorder: concurrent.futures.ThreadPoolExecutor | None = None
 
     def __repr__(self):
         return f"<DockerRuntime {self.node_name} {self.url}>"
@@ -356,12 +355,7 @@ class DockerRuntime(Runtime):
         """With the systemd driver, systemd keeps its own copy of a scope's limits and puts it back on a
         `systemctl daemon-reload` (moby#41233): the engine's update, off the request path, sets that copy (and the
         engine's record) to what was just written."""
-        if self._recorder is None:
-            with self._lock:
-                if self._recorder is None:
-                    self._recorder = concurrent.futures.ThreadPoolExecutor(
-                        max_workers=1, thread_name_prefix=f"hearth-record-{self.node_name}")
-        self._recorder.submit(self._record, engine_id, resources)
+        _recorder.put((self, engine_id, resources))
 
     def _record(self, engine_id: str, resources: Resources) -> None:
         try:
@@ -501,6 +495,14 @@ class _EventStream:
 
 _runtimes: dict[tuple[int, str], DockerRuntime] = {}
 _runtimes_lock = threading.Lock()
+
+
+def _records_make(batch):
+    for runtime, engine_id, resources in batch:
+        runtime._record(engine_id, resources)
+
+
+_recorder = BackgroundQueue("hearth-cgroup-record", _records_make)
 
 
 def runtime_for(node) -> DockerRuntime:
